@@ -1,0 +1,39 @@
+"""hetsurgery: merge neural networks of different depth and width without training.
+
+>>> import torch, hetsurgery
+>>> g = hetsurgery.trace(hetsurgery.zoo.resnet20(in_channels=1), torch.randn(2, 1, 8, 8))
+>>> g.coverage() > 0.95
+True
+"""
+
+from hetsurgery import zoo
+from hetsurgery.errors import (
+    ExportError,
+    HetsurgeryError,
+    IRError,
+    MergeError,
+    PassError,
+    TracingError,
+)
+from hetsurgery.ir import Blocks, ModelGraph, OpKind, PermGroup, Role, Site, Slot
+from hetsurgery.ir.lowering import to_module
+from hetsurgery.tracing import trace
+
+__all__ = [
+    "Blocks",
+    "ExportError",
+    "HetsurgeryError",
+    "IRError",
+    "MergeError",
+    "ModelGraph",
+    "OpKind",
+    "PassError",
+    "PermGroup",
+    "Role",
+    "Site",
+    "Slot",
+    "TracingError",
+    "to_module",
+    "trace",
+    "zoo",
+]

@@ -1,0 +1,27 @@
+"""The exceptions hetsurgery raises. Each message names the model, the node and what to do."""
+
+from __future__ import annotations
+
+
+class HetsurgeryError(Exception):
+    """Base class of every error hetsurgery raises on purpose."""
+
+
+class TracingError(HetsurgeryError):
+    """A model could not be traced into a ModelGraph (untraceable construct, bad example input)."""
+
+
+class IRError(HetsurgeryError):
+    """A ModelGraph is inconsistent; raised by ``ModelGraph.verify``."""
+
+
+class PassError(HetsurgeryError):
+    """A pass refused its input or failed; the message names the pass and the ones before it."""
+
+
+class MergeError(HetsurgeryError):
+    """Models cannot be merged as asked (shapes differ, NaN weights, a frozen group differs in width)."""
+
+
+class ExportError(HetsurgeryError):
+    """Saving, loading or exporting a model failed (bad package, ONNX parity above tolerance)."""

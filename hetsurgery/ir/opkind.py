@@ -1,0 +1,38 @@
+"""The closed vocabulary of operations the channel rules know.
+
+Every fx node is classified into exactly one ``OpKind`` (by module class or fx target, never by
+matching names); ``hetsurgery.tracing.rules.RULES`` maps every member to its channel rule, and a
+test checks that the table is total.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class OpKind(enum.Enum):
+    PLACEHOLDER = "placeholder"  # a model input
+    OUTPUT = "output"  # the model output
+    GET_ATTR = "get_attr"  # a parameter, buffer or constant read from the module
+    LINEAR = "linear"  # nn.Linear
+    CONV = "conv"  # nn.Conv1d/2d/3d, any ``groups``
+    BATCH_NORM = "batch_norm"  # nn.BatchNorm1d/2d/3d
+    LAYER_NORM = "layer_norm"  # nn.LayerNorm
+    GROUP_NORM = "group_norm"  # nn.GroupNorm
+    EMBEDDING = "embedding"  # nn.Embedding
+    MULTIHEAD_ATTENTION = "multihead_attention"  # nn.MultiheadAttention
+    ELEMENTWISE = "elementwise"  # activations, dropout, identity, casts: channel-wise, finite at 0
+    SPATIAL = "spatial"  # pooling and resizing over the dims after the channel dim
+    BINARY = "binary"  # add/sub/mul/div/max/min of tensors, with broadcasting
+    CONCAT = "concat"  # torch.cat
+    FLATTEN = "flatten"  # nn.Flatten, torch.flatten, Tensor.flatten
+    RESHAPE = "reshape"  # view / reshape
+    TRANSPOSE = "transpose"  # transpose / permute / swapaxes
+    UNSQUEEZE = "unsqueeze"  # unsqueeze / squeeze
+    REDUCE = "reduce"  # mean / sum / amax / amin over dims
+    SOFTMAX = "softmax"  # softmax / log_softmax along a dim
+    MATMUL = "matmul"  # matmul / @ / bmm
+    ATTENTION = "attention"  # F.scaled_dot_product_attention
+    GETITEM = "getitem"  # indexing of tensors, tuples and shapes
+    SHAPE = "shape"  # x.size(), x.shape, x.dim(): reads sizes
+    UNKNOWN = "unknown"  # anything else: freezes every group it touches

@@ -1,0 +1,6 @@
+"""Passes: ``ModelGraph -> ModelGraph`` rewrites, each a frozen dataclass, run by ``Pipeline``."""
+
+from hetsurgery.passes.apply_permutation import ApplyPermutation, random_permutations
+from hetsurgery.passes.base import Pass, Pipeline
+
+__all__ = ["ApplyPermutation", "Pass", "Pipeline", "random_permutations"]

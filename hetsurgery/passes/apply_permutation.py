@@ -1,0 +1,70 @@
+"""``ApplyPermutation``: reorder the channels of groups in every tensor that holds them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from hetsurgery.errors import PassError
+from hetsurgery.ir import ModelGraph, PermGroup
+from hetsurgery.passes.slot_algebra import permute_slot
+
+
+@dataclass(frozen=True)
+class ApplyPermutation:
+    """Permute groups: new channel ``i`` of group ``g`` is old channel ``perms[g][i]``.
+
+    Every slot moves (weights, biases, BatchNorm running statistics, concat offsets, flattened
+    features); the function of the model is unchanged.
+
+    Before (``mlp([2, 3, 1])``, group 1 = the hidden layer)::
+
+        layers.0.weight = [[a], [b], [c]]     layers.2.weight = [[x, y, z]]
+
+    After ``ApplyPermutation({1: tensor([2, 0, 1])})``::
+
+        layers.0.weight = [[c], [a], [b]]     layers.2.weight = [[z, x, y]]
+    """
+
+    perms: Mapping[int, torch.Tensor]
+    name: ClassVar[str] = "apply-permutation"
+
+    def __call__(self, g: ModelGraph) -> ModelGraph:
+        new: dict[str, torch.Tensor] = {}
+        for gid, perm in self.perms.items():
+            grp = g.group(gid)
+            perm = torch.as_tensor(perm, dtype=torch.long)
+            check_permutation(g, grp, perm)
+            for slot in grp.slots:
+                new[slot.param] = permute_slot(new.get(slot.param, g.params[slot.param]), slot, perm)
+        return g.with_updates(new)
+
+
+def check_permutation(g: ModelGraph, grp: PermGroup, perm: torch.Tensor) -> None:
+    if not grp.perm_ok:
+        raise PassError(f"{g.name}: group {grp.id} ({grp.label}) is frozen ({grp.frozen}); it cannot be permuted")
+    if perm.shape != (grp.size,) or not torch.equal(perm.sort().values, torch.arange(grp.size)):
+        raise PassError(f"{g.name}: the permutation for group {grp.id} is not a permutation of {grp.size} channels")
+    block = grp.structure.size
+    if not torch.equal(perm // block, torch.arange(grp.size) // block):
+        raise PassError(f"{g.name}: the permutation for group {grp.id} moves channels between its "
+                        f"{grp.structure.count} blocks of {block}")
+
+
+def random_permutations(g: ModelGraph, seed: int = 0) -> dict[int, torch.Tensor]:
+    """A random permutation for every permutable group, respecting its ``Blocks``.
+
+    >>> import torch, hetsurgery
+    >>> g = hetsurgery.trace(hetsurgery.zoo.mlp([4, 8, 3]), torch.randn(2, 4))
+    >>> sorted(random_permutations(g, seed=0)[1].tolist())
+    [0, 1, 2, 3, 4, 5, 6, 7]
+    """
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for grp in g.permutable():
+        b = grp.structure
+        out[grp.id] = torch.cat([j * b.size + torch.randperm(b.size, generator=gen) for j in range(b.count)])
+    return out

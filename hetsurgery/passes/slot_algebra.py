@@ -1,0 +1,68 @@
+"""Acting on one slot of a parameter: permute, pad, or multiply by a matrix along the slot's channels.
+
+Every pass and the merge's combine step go through these three functions, so the slot semantics
+(``offset``, ``inner``, ``chunks``) live in one place.
+
+>>> import torch
+>>> from hetsurgery.ir import Slot
+>>> w = torch.arange(6.).reshape(1, 6)
+>>> permute_slot(w, Slot("w", 1, inner=2), torch.tensor([2, 0, 1]))
+tensor([[4., 5., 0., 1., 2., 3.]])
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hetsurgery.ir import Slot
+
+
+def _segment(t: torch.Tensor, slot: Slot, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split ``t`` along the slot's dim into (before, the slot's segment, after)."""
+    lo, hi = slot.span(size)
+    n = t.shape[slot.dim]
+    return t.narrow(slot.dim, 0, lo), t.narrow(slot.dim, lo, hi - lo), t.narrow(slot.dim, hi, n - hi)
+
+
+def apply_matrix(t: torch.Tensor, slot: Slot, a: torch.Tensor) -> torch.Tensor:
+    """Replace the slot's ``d`` channels by ``a @ channels`` (``a`` is ``r x d``); the dim shrinks or grows."""
+    if slot.chunks > 1:
+        raise ValueError(f"{slot.param}: block-diagonal slots only take permutations")
+    d = a.shape[1]
+    before, seg, after = _segment(t, slot, d)
+    moved = seg.movedim(slot.dim, 0)
+    rest = moved.shape[1:]
+    grid = moved.reshape(d, slot.inner, -1)
+    out = torch.einsum("rd,dij->rij", a.to(t.dtype), grid).reshape(a.shape[0] * slot.inner, *rest)
+    return torch.cat([before, out.movedim(0, slot.dim), after], dim=slot.dim)
+
+
+def permute_slot(t: torch.Tensor, slot: Slot, perm: torch.Tensor) -> torch.Tensor:
+    """New channel ``i`` is old channel ``perm[i]``, at every position the slot names."""
+    size = perm.numel()
+    if slot.chunks > 1:
+        return _permute_chunks(t, slot, perm)
+    lo, hi = slot.span(size)
+    idx = torch.arange(t.shape[slot.dim])
+    idx[lo:hi] = lo + (perm[:, None] * slot.inner + torch.arange(slot.inner)).reshape(-1)
+    return t.index_select(slot.dim, idx)
+
+
+def _permute_chunks(t: torch.Tensor, slot: Slot, perm: torch.Tensor) -> torch.Tensor:
+    """A grouped conv's input: chunk ``j`` (along dim 0) reads only block ``j`` of the group."""
+    per = perm.numel() // slot.chunks
+    parts = []
+    for j, chunk in enumerate(t.chunk(slot.chunks, dim=0)):
+        local = perm[j * per:(j + 1) * per] - j * per
+        idx = (local[:, None] * slot.inner + torch.arange(slot.inner)).reshape(-1)
+        parts.append(chunk.index_select(slot.dim, idx))
+    return torch.cat(parts, dim=0)
+
+
+def pad_slot(t: torch.Tensor, slot: Slot, size: int, new_size: int, fill: float = 0.0) -> torch.Tensor:
+    """Append ``new_size - size`` channels (each ``inner`` wide) filled with ``fill`` after the slot."""
+    before, seg, after = _segment(t, slot, size)
+    shape = list(t.shape)
+    shape[slot.dim] = (new_size - size) * slot.inner
+    extra = torch.full(shape, fill, dtype=t.dtype, device=t.device)
+    return torch.cat([before, seg, extra, after], dim=slot.dim)

@@ -1,0 +1,93 @@
+"""Classify an fx node into an ``OpKind``: by exact module class, function identity or method name.
+
+Unknown modules, functions and methods are ``OpKind.UNKNOWN``: the rule for it freezes what it touches.
+Module classes match exactly (a subclass may override ``forward``), except the few listed subclasses.
+"""
+
+from __future__ import annotations
+
+import builtins
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
+
+from hetsurgery.ir import OpKind
+
+K = OpKind
+
+MODULES: dict[type[nn.Module], OpKind] = {
+    nn.Linear: K.LINEAR, NonDynamicallyQuantizableLinear: K.LINEAR,
+    nn.Conv1d: K.CONV, nn.Conv2d: K.CONV, nn.Conv3d: K.CONV,
+    nn.BatchNorm1d: K.BATCH_NORM, nn.BatchNorm2d: K.BATCH_NORM, nn.BatchNorm3d: K.BATCH_NORM,
+    nn.LayerNorm: K.LAYER_NORM, nn.GroupNorm: K.GROUP_NORM, nn.Embedding: K.EMBEDDING,
+    nn.MultiheadAttention: K.MULTIHEAD_ATTENTION,
+    **dict.fromkeys([nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.Hardswish,
+                     nn.Hardsigmoid, nn.ELU, nn.Mish, nn.Hardtanh, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
+                     nn.Identity], K.ELEMENTWISE),
+    **dict.fromkeys([nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
+                     nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.Upsample],
+                    K.SPATIAL),
+    nn.Flatten: K.FLATTEN, nn.Softmax: K.SOFTMAX, nn.LogSoftmax: K.SOFTMAX,
+}
+
+FUNCTIONS: dict[object, OpKind] = {
+    **dict.fromkeys([torch.relu, torch.relu_, F.relu, F.relu_, F.relu6, torch.sigmoid, F.sigmoid, torch.tanh,
+                     F.tanh, F.gelu, F.silu, F.leaky_relu, F.hardswish, F.hardsigmoid, F.elu, F.mish,
+                     F.hardtanh, F.dropout, F.dropout1d, F.dropout2d, torch.dropout, operator.neg,
+                     torch.neg], K.ELEMENTWISE),
+    **dict.fromkeys([F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d,
+                     F.adaptive_avg_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.interpolate,
+                     F.pad], K.SPATIAL),
+    **dict.fromkeys([operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
+                     operator.truediv, operator.itruediv, operator.pow, torch.add, torch.sub, torch.mul,
+                     torch.div, torch.true_divide, torch.maximum, torch.minimum, torch.pow], K.BINARY),
+    torch.cat: K.CONCAT, torch.concat: K.CONCAT,
+    torch.flatten: K.FLATTEN, torch.reshape: K.RESHAPE,
+    **dict.fromkeys([torch.transpose, torch.permute, torch.swapaxes, torch.t], K.TRANSPOSE),
+    torch.unsqueeze: K.UNSQUEEZE, torch.squeeze: K.UNSQUEEZE,
+    **dict.fromkeys([torch.mean, torch.sum, torch.amax, torch.amin], K.REDUCE),
+    **dict.fromkeys([F.softmax, torch.softmax, F.log_softmax, torch.log_softmax], K.SOFTMAX),
+    torch.matmul: K.MATMUL, operator.matmul: K.MATMUL, torch.bmm: K.MATMUL,
+    F.scaled_dot_product_attention: K.ATTENTION,
+    operator.getitem: K.GETITEM,
+}
+
+METHODS: dict[str, OpKind] = {
+    **dict.fromkeys(["relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "contiguous", "clone", "detach",
+                     "float", "to", "type_as", "neg"], K.ELEMENTWISE),
+    **dict.fromkeys(["add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "pow"], K.BINARY),
+    "view": K.RESHAPE, "reshape": K.RESHAPE, "flatten": K.FLATTEN,
+    **dict.fromkeys(["transpose", "permute", "swapaxes", "swapdims", "t"], K.TRANSPOSE),
+    **dict.fromkeys(["unsqueeze", "squeeze", "expand", "expand_as"], K.UNSQUEEZE),
+    **dict.fromkeys(["mean", "sum", "amax", "amin"], K.REDUCE),
+    "softmax": K.SOFTMAX, "log_softmax": K.SOFTMAX,
+    "matmul": K.MATMUL, "bmm": K.MATMUL,
+    "size": K.SHAPE, "dim": K.SHAPE, "numel": K.SHAPE,
+}
+
+ATTRIBUTES: dict[str, OpKind] = {
+    "T": K.TRANSPOSE, "mT": K.TRANSPOSE,
+    **dict.fromkeys(["shape", "dtype", "device", "ndim", "is_cuda"], K.SHAPE),
+}
+
+
+def classify(node: fx.Node, modules: dict[str, nn.Module]) -> OpKind:
+    if node.op == "placeholder":
+        return K.PLACEHOLDER
+    if node.op == "output":
+        return K.OUTPUT
+    if node.op == "get_attr":
+        return K.GET_ATTR
+    if node.op == "call_module":
+        return MODULES.get(type(modules[str(node.target)]), K.UNKNOWN)
+    if node.op == "call_method":
+        return METHODS.get(str(node.target), K.UNKNOWN)
+    if node.target is builtins.getattr:
+        return ATTRIBUTES.get(str(node.args[1]), K.UNKNOWN)
+    try:
+        return FUNCTIONS.get(node.target, K.UNKNOWN)
+    except TypeError:  # an unhashable target
+        return K.UNKNOWN

@@ -1,0 +1,155 @@
+"""Rules for attention: nn.MultiheadAttention, matmul contractions, F.scaled_dot_product_attention.
+
+Within one head, the coordinates of q and k may be permuted together (q·k is unchanged) and those of v
+together with the output projection's columns; heads are ``Blocks(heads, head_dim)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import fx, nn
+
+from hetsurgery.ir import Role, Slot
+from hetsurgery.tracing.lifter import Lifter, free_why
+from hetsurgery.tracing.rules.args import arg, rank, value
+from hetsurgery.tracing.values import Chan, Free, Heads, Items, Param, Seg, Tracked, Value, vars_of
+
+FIXED_MHA = "nn.MultiheadAttention keeps embed_dim fixed (write the attention by hand to change widths)"
+
+
+def multihead_attention(lx: Lifter, node: fx.Node) -> Value:
+    mod: nn.MultiheadAttention = lx.modules[str(node.target)]
+    t = str(node.target)
+    srcs = [arg(node, 0, "query"), arg(node, 1, "key"), arg(node, 2, "value")]
+    qkv = [value(lx, s) for s in srcs]
+    r = rank(srcs[0])
+    plain = all(isinstance(v, Chan) and v.dim == r - 1 and len(v.segs) == 1 and v.segs[0].inner == 1
+                for v in qkv)
+    if not mod._qkv_same_embed_dim or not plain:
+        for p in lx.module_params(t):
+            lx.distrust(p, f"nn.MultiheadAttention {t!r} with separate k/v dims or untracked inputs")
+        return Items((lx.give_up(qkv, f"nn.MultiheadAttention at node {node.name}"), Free("attention weights")))
+    e, hd = mod.embed_dim, mod.head_dim
+    stream = qkv[0].segs[0].var
+    for v, src in zip(qkv, srcs, strict=True):
+        lx.union(v.segs[0].var, stream, node)
+        lx.observe(v, src)
+    lx.slot(stream, Slot(f"{t}.in_proj_weight", 1, role=Role.CONSUME))
+    for p in (f"{t}.out_proj.weight", f"{t}.out_proj.bias"):
+        if p in lx.tensors:
+            lx.slot(stream, Slot(p, 0))
+    lx.fix_width([stream], FIXED_MHA)
+    qk, vv = lx.new_var(e, node), lx.new_var(e, node)
+    for var, offsets, extra in ((qk, (0, e), "bias_k"), (vv, (2 * e,), "bias_v")):
+        lx.constrain_blocks(var, hd)
+        lx.fix_width([var], FIXED_MHA)
+        for at in offsets:
+            lx.slot(var, Slot(f"{t}.in_proj_weight", 0, offset=at))
+            if f"{t}.in_proj_bias" in lx.tensors:
+                lx.slot(var, Slot(f"{t}.in_proj_bias", 0, offset=at))
+        if f"{t}.{extra}" in lx.tensors:
+            lx.slot(var, Slot(f"{t}.{extra}", 2))
+            lx.fix_axes(f"{t}.{extra}", [0, 1])
+    lx.slot(vv, Slot(f"{t}.out_proj.weight", 1, role=Role.CONSUME))
+    return Items((Chan(r - 1, (Seg(stream, e),)), Free("attention weights")))
+
+
+def matmul(lx: Lifter, node: fx.Node) -> Value:
+    """``a @ b``: a's last dim meets b's second-to-last; batch dims broadcast."""
+    sa, sb = arg(node, 0, "input"), arg(node, 1, "other")
+    a, b = value(lx, sa), value(lx, sb)
+    ra, rb, ro = rank(sa), rank(sb), rank(node)
+    if ra < 2 or rb < 2:
+        return lx.give_up([a, b], f"matmul with a vector at node {node.name}")
+    ka, kb = _contracted(a, ra - 1), _contracted(b, rb - 2)
+    out: list[Tracked] = []
+    if ka and kb:
+        if not _same_heads(a, b, ra, rb):
+            return lx.give_up([a, b], f"a contraction the rules cannot follow at node {node.name}")
+        for x, y in zip(vars_of(a), vars_of(b), strict=True):
+            lx.union(x, y, node)
+        lx.block_zip(vars_of(a), f"contracted with another group at node {node.name}")
+    elif ka and isinstance(b, Param) and isinstance(a, Chan):
+        lx.consume(a, sa, b.name, rb - 2)
+        out.append(_produce_from_param(lx, node, b.name, rb - 1, ro - 1))
+        lx.fix_axes(b.name, range(rb - 2))
+    elif kb and isinstance(a, Param) and isinstance(b, Chan):
+        lx.consume(b, sb, a.name, ra - 1)
+        out.append(_produce_from_param(lx, node, a.name, ra - 2, ro - 2))
+        lx.fix_axes(a.name, range(ra - 2))
+    elif ka or kb:
+        return lx.give_up([a, b], f"contracted with an untracked tensor at node {node.name}")
+    else:
+        for x, src_rank, keep in ((a, ra, ra - 2), (b, rb, rb - 1)):
+            if isinstance(x, Param):
+                return lx.give_up([a, b], f"matmul with a parameter at node {node.name}")
+            if isinstance(x, (Chan, Heads)):
+                moved = _passes_through(x, src_rank, ro, keep)
+                if moved is None:
+                    return lx.give_up([a, b], f"matmul at node {node.name}")
+                out.append(moved)
+    if len(out) > 1:
+        return lx.give_up(out, f"matmul result with two channel axes at node {node.name}")
+    return out[0] if out else Free(free_why([a, b]))
+
+
+def scaled_dot_product_attention(lx: Lifter, node: fx.Node) -> Value:
+    srcs = [arg(node, 0, "query"), arg(node, 1, "key"), arg(node, 2, "value")]
+    q, k, v = (value(lx, s) for s in srcs)
+    mask = value(lx, arg(node, 3, "attn_mask"))
+    if isinstance(mask, (Chan, Heads, Param)):
+        lx.give_up([mask], f"attention mask that carries channels at node {node.name}")
+    r = rank(srcs[0])
+    if isinstance(q, (Chan, Heads)) or isinstance(k, (Chan, Heads)):
+        if not (_contracted(q, r - 1) and _contracted(k, r - 1) and _same_heads(q, k, r, r)):
+            return lx.give_up([q, k, v], f"attention with query and key the rules cannot follow at node {node.name}")
+        for x, y in zip(vars_of(q), vars_of(k), strict=True):
+            lx.union(x, y, node)
+        lx.block_zip(vars_of(q), f"query and key meet in attention at node {node.name}")
+        if arg(node, 6, "scale") is None:
+            lx.block_pad(vars_of(q), f"attention at node {node.name} scales by 1/sqrt(width)")
+    elif isinstance(q, Param) or isinstance(k, Param):
+        return lx.give_up([q, k, v], f"attention on parameters at node {node.name}")
+    if isinstance(v, (Chan, Heads)):
+        moved = _passes_through(v, rank(srcs[2]), rank(node), rank(srcs[2]) - 1)
+        return moved if moved is not None else lx.give_up([v], f"attention value at node {node.name}")
+    if isinstance(v, Param):
+        return lx.give_up([v], f"attention on parameters at node {node.name}")
+    return Free(free_why([q, k, v]))
+
+
+def _contracted(x: Any, dim: int) -> bool:
+    return isinstance(x, (Chan, Heads)) and x.dim == dim
+
+
+def _same_heads(a: Any, b: Any, ra: int, rb: int) -> bool:
+    """Two contracted operands: plain channels, or heads whose head index sits at the same batch dim."""
+    if isinstance(a, Chan) and isinstance(b, Chan):
+        return [(s.size, s.inner) for s in a.segs] == [(s.size, s.inner) for s in b.segs]
+    if isinstance(a, Heads) and isinstance(b, Heads):
+        return (a.count, a.size) == (b.count, b.size) and a.block_dim - ra == b.block_dim - rb
+    return False
+
+
+def _passes_through(x: Tracked, src_rank: int, out_rank: int, keep: int) -> Tracked | None:
+    """A non-contracted operand: its channel dim must be the kept matrix dim; heads must be a batch dim."""
+    lead = out_rank - src_rank
+    if x.dim != keep:
+        return None
+    if isinstance(x, Heads):
+        if x.block_dim >= src_rank - 2:
+            return None
+        return Heads(x.block_dim + lead, x.dim + lead, x.var, x.count, x.size)
+    return Chan(x.dim + lead, x.segs)
+
+
+def _produce_from_param(lx: Lifter, node: fx.Node, param: str, pdim: int, out_dim: int) -> Chan:
+    size = lx.tensors[param].shape[pdim]
+    var = lx.new_var(size, node)
+    lx.slot(var, Slot(param, pdim))
+    out = Chan(out_dim, (Seg(var, size),))
+    lx.observe(out, node, producer=True)
+    return out
+
+

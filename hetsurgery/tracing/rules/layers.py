@@ -1,0 +1,142 @@
+"""Rules for the parametric layers: Linear, Conv, BatchNorm, LayerNorm, GroupNorm, Embedding."""
+
+from __future__ import annotations
+
+from torch import fx, nn
+
+from hetsurgery.ir import Role, Slot
+from hetsurgery.tracing.lifter import Lifter
+from hetsurgery.tracing.rules.args import rank, value
+from hetsurgery.tracing.values import MODEL_INPUT, Chan, Free, Seg, Value
+
+
+def _param(lx: Lifter, node: fx.Node, attr: str) -> str | None:
+    name = f"{node.target}.{attr}"
+    return name if name in lx.tensors else None
+
+
+def _read_input(lx: Lifter, node: fx.Node, x: object, weight: str, dim: int, what: str) -> None:
+    """``weight``'s axis ``dim`` reads ``x``: consumer slots, or a fixed axis for the model input."""
+    src = node.args[0]
+    if isinstance(x, Chan) and x.width == lx.tensors[weight].shape[dim]:
+        lx.consume(x, src, weight, dim)
+    elif isinstance(x, Free):
+        if x.why == MODEL_INPUT:
+            lx.fix_axes(weight, [dim])
+    else:
+        lx.give_up([x], f"{what} reads its input along a dim that does not carry channels (node {node.name})")
+
+
+def _produce(lx: Lifter, node: fx.Node, size: int, params: list[str | None], dim_out: int) -> Chan:
+    v = lx.new_var(size, node)
+    for p in params:
+        if p is not None:
+            lx.slot(v, Slot(p, 0, role=Role.PRODUCE))
+    out = Chan(dim_out, (Seg(v, size),))
+    lx.observe(out, node, producer=True)
+    return out
+
+
+def linear(lx: Lifter, node: fx.Node) -> Value:
+    mod = lx.modules[str(node.target)]
+    x = value(lx, node.args[0])
+    w, b = f"{node.target}.weight", _param(lx, node, "bias")
+    r = rank(node.args[0])
+    if isinstance(x, Chan) and x.dim != r - 1:
+        x = lx.give_up([x], f"nn.Linear over a non-channel dim at node {node.name}")
+    _read_input(lx, node, x, w, 1, "nn.Linear")
+    return _produce(lx, node, mod.out_features, [w, b], rank(node) - 1)
+
+
+def conv(lx: Lifter, node: fx.Node) -> Value:
+    mod = lx.modules[str(node.target)]
+    x = value(lx, node.args[0])
+    w, b = f"{node.target}.weight", _param(lx, node, "bias")
+    lx.fix_axes(w, range(2, lx.tensors[w].dim()))
+    g, cin, cout = mod.groups, mod.in_channels, mod.out_channels
+    if isinstance(x, Chan) and x.dim != 1:
+        x = lx.give_up([x], f"convolution over a non-channel dim at node {node.name}")
+    if g == 1:
+        _read_input(lx, node, x, w, 1, type(mod).__name__)
+        return _produce(lx, node, cout, [w, b], 1)
+    if g == cin and cout % cin == 0 and isinstance(x, Chan):
+        # depthwise: output channel c*m + j reads input channel c only
+        m = cout // cin
+        out = Chan(1, tuple(Seg(s.var, s.size, s.inner * m) for s in x.segs))
+        lx.add_slots(out, w, 0, Role.PRODUCE)
+        lx.add_slots(out, b, 0, Role.PRODUCE)
+        return out
+    if isinstance(x, Chan) and len(x.segs) == 1 and (cin // g) % x.segs[0].inner == 0:
+        seg = x.segs[0]
+        lx.constrain_blocks(seg.var, cin // g // seg.inner)
+        lx.slot(seg.var, Slot(w, 1, inner=seg.inner, role=Role.CONSUME, chunks=g))
+        lx.observe(x, node.args[0])
+    elif not isinstance(x, Free):
+        lx.give_up([x], f"grouped convolution over concatenated channels at node {node.name}")
+    out = _produce(lx, node, cout, [w, b], 1)
+    lx.constrain_blocks(out.segs[0].var, cout // g)  # output rows stay inside their group
+    return out
+
+
+def batch_norm(lx: Lifter, node: fx.Node) -> Value:
+    x = value(lx, node.args[0])
+    names = [_param(lx, node, a) for a in ("weight", "bias", "running_mean", "running_var")]
+    if isinstance(x, Chan) and x.dim == 1:
+        for p in names:
+            lx.add_slots(x, p, 0, Role.PRODUCE)
+        return x
+    if isinstance(x, Free):
+        return x
+    return lx.give_up([x], f"BatchNorm over a non-channel dim at node {node.name}")
+
+
+def layer_norm(lx: Lifter, node: fx.Node) -> Value:
+    mod: nn.LayerNorm = lx.modules[str(node.target)]
+    x = value(lx, node.args[0])
+    w, b = _param(lx, node, "weight"), _param(lx, node, "bias")
+    r, k = rank(node.args[0]), len(mod.normalized_shape)
+    if not isinstance(x, Chan):
+        return x if isinstance(x, Free) else lx.give_up([x], f"LayerNorm at node {node.name}")
+    normalised = range(r - k, r)
+    if x.dim not in normalised:
+        for p in (w, b):
+            lx.fix_axes(p, range(k))
+        return x
+    pdim = x.dim - (r - k)
+    for p in (w, b):
+        lx.add_slots(x, p, pdim, Role.PRODUCE)
+        lx.fix_axes(p, [d for d in range(k) if d != pdim])
+    vs = [s.var for s in x.segs]
+    lx.block_pad(vs, f"LayerNorm at node {node.name} normalises over the channels")
+    if w is None or k != 1:
+        lx.block_zip(vs, f"LayerNorm at node {node.name} has a normalized_shape no parameter spells")
+    return x
+
+
+def group_norm(lx: Lifter, node: fx.Node) -> Value:
+    mod: nn.GroupNorm = lx.modules[str(node.target)]
+    x = value(lx, node.args[0])
+    if isinstance(x, Free):
+        return x
+    if not (isinstance(x, Chan) and x.dim == 1 and len(x.segs) == 1 and x.segs[0].inner == 1):
+        return lx.give_up([x], f"GroupNorm over concatenated or non-channel dims at node {node.name}")
+    var = x.segs[0].var
+    lx.constrain_blocks(var, mod.num_channels // mod.num_groups)
+    for p in (_param(lx, node, "weight"), _param(lx, node, "bias")):
+        lx.add_slots(x, p, 0, Role.PRODUCE)
+    lx.fix_width([var], f"GroupNorm at node {node.name} normalises over groups of channels")
+    return x
+
+
+def embedding(lx: Lifter, node: fx.Node) -> Value:
+    mod: nn.Embedding = lx.modules[str(node.target)]
+    x = value(lx, node.args[0])
+    w = f"{node.target}.weight"
+    if not isinstance(x, Free):
+        lx.give_up([x], f"nn.Embedding indexed by a tracked tensor at node {node.name}")
+    lx.fix_axes(w, [0])
+    v = lx.new_var(mod.embedding_dim, node)
+    lx.slot(v, Slot(w, 1, role=Role.PRODUCE))
+    out = Chan(rank(node) - 1, (Seg(v, mod.embedding_dim),))
+    lx.observe(out, node, producer=True)
+    return out

@@ -1,0 +1,228 @@
+"""Rules for channel-wise ops: activations, pooling, broadcasting arithmetic, concat, reductions."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+from torch import fx
+
+from hetsurgery.ir import Role
+from hetsurgery.tracing.lifter import Lifter, free_why
+from hetsurgery.tracing.rules.args import arg, norm_dim, rank, shape, value
+from hetsurgery.tracing.values import (
+    Chan,
+    Free,
+    Heads,
+    Items,
+    Param,
+    Seg,
+    Tracked,
+    Value,
+    channel_dims,
+    remap,
+    shift,
+    vars_of,
+)
+
+
+def elementwise(lx: Lifter, node: fx.Node) -> Value:
+    """Activations, dropout, identity, casts: channel-wise and finite at 0, so the value passes through."""
+    return _only_first_tracked(lx, node) or value(lx, node.args[0])
+
+
+def spatial(lx: Lifter, node: fx.Node) -> Value:
+    """Pooling, resizing, padding: act on the dims after dim 1, which therefore must not carry channels."""
+    refused = _only_first_tracked(lx, node)
+    if refused is not None:
+        return refused
+    x = value(lx, node.args[0])
+    if node.op == "call_module" and getattr(lx.modules[str(node.target)], "return_indices", False):
+        return lx.give_up([x], f"pooling that returns indices at node {node.name}")
+    if isinstance(x, (Chan, Heads)) and channel_dims(x) != (1,):
+        return lx.give_up([x], f"pooling or resizing over the channel dim at node {node.name}")
+    if node.target is torch.nn.functional.pad and isinstance(x, Chan):
+        pads = arg(node, 1, "pad")
+        touched = rank(node.args[0]) - len(pads) // 2
+        if x.dim >= touched:
+            return lx.give_up([x], f"F.pad of the channel dim at node {node.name}")
+    return x
+
+
+def _only_first_tracked(lx: Lifter, node: fx.Node) -> Value | None:
+    """A unary rule is wrong when another input carries channels: then give up (else ``None``)."""
+    others = [value(lx, n) for n in node.all_input_nodes if n is not node.args[0]]
+    if any(isinstance(o, (Chan, Heads, Param, Items)) for o in others):
+        return lx.give_up([value(lx, node.args[0]), *others], f"extra tensor arguments at node {node.name}")
+    return None
+
+
+DIVISIONS = {operator.truediv, operator.itruediv, operator.floordiv, torch.div, torch.true_divide,
+             "div", "div_", "true_divide"}
+
+
+def binary(lx: Lifter, node: fx.Node) -> Value:
+    """Broadcasting arithmetic: the operands' channel axes line up and their groups join."""
+    a, b = arg(node, 0, "input"), arg(node, 1, "other")
+    out_rank = rank(node)
+    operands = [(x, value(lx, x)) for x in (a, b)]
+    result = join_aligned(lx, node, operands, out_rank)
+    if isinstance(result, (Chan, Heads)):
+        divisor = operands[1][1]
+        if node.target in DIVISIONS and isinstance(divisor, (Chan, Heads, Param)):
+            lx.block_pad(vars_of(result), f"division by a tracked tensor at node {node.name} (0/0 on padding)")
+        if node.target in (operator.pow, torch.pow, "pow") and not _positive_number(b):
+            lx.block_pad(vars_of(result), f"power with a non-positive exponent at node {node.name}")
+    return result
+
+
+def join_aligned(lx: Lifter, node: fx.Node, operands: list[tuple[Any, Any]], out_rank: int) -> Value:
+    """Join tensors that broadcast against each other; parameters among them become slots."""
+    tracked = [(src, shift(v, out_rank - rank(src))) for src, v in operands if isinstance(v, (Chan, Heads))]
+    if not tracked:
+        params = [v for _, v in operands if isinstance(v, Param)]
+        if params:
+            return lx.give_up(params, f"arithmetic on parameters at node {node.name}")
+        return Free(free_why([v for _, v in operands]))
+    out_shape = shape(node)
+    ref_src, ref = tracked[0]
+    if out_shape is None or any(out_shape[d] != s for d, s in _extents(ref, lx)):
+        return lx.give_up([v for _, v in tracked], f"broadcast across the channel dim at node {node.name}")
+    for src, v in operands:
+        if v is ref or src is ref_src:
+            continue
+        _join_one(lx, node, ref, src, v, out_rank)
+    return ref
+
+
+def _join_one(lx: Lifter, node: fx.Node, ref: Tracked, src: Any, v: Any, out_rank: int) -> None:
+    if isinstance(v, (Chan, Heads)):
+        v = shift(v, out_rank - rank(src))
+        if _same_layout(v, ref):
+            for x, y in zip(vars_of(v), vars_of(ref), strict=True):
+                lx.union(x, y, node)
+        elif _broadcasts(shape(src), out_rank, channel_dims(ref)):
+            lx.freeze(vars_of(v), f"broadcast over its channel dim at node {node.name}")
+        else:
+            lx.give_up([v, ref], f"channel axes that do not line up at node {node.name}")
+        return
+    src_shape = v.shape if isinstance(v, Param) else shape(src)
+    if src_shape is None or _broadcasts(src_shape, out_rank, channel_dims(ref)):
+        if isinstance(v, Param):
+            lead = out_rank - len(v.shape)
+            lx.fix_axes(v.name, [d for d in range(len(v.shape)) if d + lead not in channel_dims(ref)])
+        return
+    pdim = channel_dims(ref)[0] - (out_rank - len(src_shape))
+    if (isinstance(v, Param) and isinstance(ref, Chan) and v.shape == lx.tensors[v.name].shape
+            and v.shape[pdim] == ref.width):
+        lx.add_slots(ref, v.name, pdim, Role.PRODUCE)
+        lx.fix_axes(v.name, [d for d in range(len(v.shape)) if d != pdim])
+        return
+    why = v.why if isinstance(v, Free) else f"a parameter used at node {node.name}"
+    lx.give_up([ref, v], f"combined with an untracked tensor ({why}) at node {node.name}")
+
+
+def _extents(v: Tracked, lx: Lifter) -> list[tuple[int, int]]:
+    if isinstance(v, Chan):
+        return [(v.dim, v.width)]
+    return [(v.block_dim, v.count), (v.dim, v.size)]
+
+
+def _same_layout(a: Tracked, b: Tracked) -> bool:
+    if isinstance(a, Chan) and isinstance(b, Chan):
+        return a.dim == b.dim and [(s.size, s.inner) for s in a.segs] == [(s.size, s.inner) for s in b.segs]
+    if isinstance(a, Heads) and isinstance(b, Heads):
+        return (a.block_dim, a.dim, a.count, a.size) == (b.block_dim, b.dim, b.count, b.size)
+    return False
+
+
+def _broadcasts(src_shape: tuple[int, ...] | None, out_rank: int, dims: tuple[int, ...]) -> bool:
+    """True when a tensor of ``src_shape`` has extent 1 (or no dim) at every channel dim."""
+    if src_shape is None:
+        return True
+    lead = out_rank - len(src_shape)
+    return all(d - lead < 0 or src_shape[d - lead] == 1 for d in dims)
+
+
+def _positive_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and x > 0
+
+
+def concat(lx: Lifter, node: fx.Node) -> Value:
+    parts = list(arg(node, 0, "tensors"))
+    out_rank = rank(node)
+    dim = norm_dim(arg(node, 1, "dim", 0), out_rank)
+    values = [value(lx, p) for p in parts]
+    if not any(isinstance(v, Chan) and v.dim == dim for v in values):
+        return join_aligned(lx, node, list(zip(parts, values, strict=True)), out_rank)
+    segs: list[Seg] = []
+    for p, v in zip(parts, values, strict=True):
+        if isinstance(v, Chan) and v.dim == dim:
+            segs.extend(v.segs)
+            continue
+        # an untracked part: a frozen group of its own, so consumers still get exact slots
+        extent = (shape(p) or (0,) * out_rank)[dim]
+        fresh = lx.new_var(extent, node)
+        why = v.why if isinstance(v, Free) else f"a part that does not carry channels along dim {dim}"
+        lx.give_up([v], f"concatenated at node {node.name} along a non-channel dim")
+        lx.freeze([fresh], f"concatenated from {why} at node {node.name}", by_design=why == "model input")
+        segs.append(Seg(fresh, extent))
+    return Chan(dim, tuple(segs))
+
+
+def reduce(lx: Lifter, node: fx.Node) -> Value:
+    """mean/sum/amax/... over dims: over the channel dim the group ends (the result is invariant)."""
+    src = node.args[0]
+    x = value(lx, src)
+    r = rank(src)
+    dims = arg(node, 1, "dim")
+    keep = bool(arg(node, 2, "keepdim", False))
+    reduced = list(range(r)) if dims is None else [norm_dim(d, r) for d in (dims if isinstance(dims, (list, tuple)) else [dims])]
+    if isinstance(x, Param):
+        return lx.give_up([x], f"reduction of a parameter at node {node.name}")
+    if not isinstance(x, (Chan, Heads)):
+        return Free(free_why([x]))
+    if node.target in ("max", "min", torch.max, torch.min) and isinstance(dims, int):
+        return _max_with_indices(lx, node, x, reduced, keep, r)
+    if any(d in channel_dims(x) for d in reduced):
+        if not all(d in reduced for d in channel_dims(x)):
+            return lx.give_up([x], f"reduction over part of the heads at node {node.name}")
+        lx.block_pad(vars_of(x), f"reduction over the channels at node {node.name}")
+        return Free("reduced over channels")
+    mapping = _after_reduce(r, reduced, keep)
+    return remap(x, mapping) or lx.give_up([x], f"reduction at node {node.name}")
+
+
+def _max_with_indices(lx: Lifter, node: fx.Node, x: Tracked, reduced: list[int], keep: bool, r: int) -> Value:
+    if any(d in channel_dims(x) for d in reduced):
+        return lx.give_up([x], f"argmax over the channels at node {node.name}")
+    moved = remap(x, _after_reduce(r, reduced, keep))
+    return Items((moved, moved)) if moved is not None else lx.give_up([x], f"max at node {node.name}")
+
+
+def _after_reduce(r: int, reduced: list[int], keep: bool) -> dict[int, int]:
+    if keep:
+        return {d: d for d in range(r)}
+    mapping, at = {}, 0
+    for d in range(r):
+        if d in reduced:
+            continue
+        mapping[d] = at
+        at += 1
+    return mapping
+
+
+def softmax(lx: Lifter, node: fx.Node) -> Value:
+    src = node.args[0]
+    x = value(lx, src)
+    if isinstance(x, (Chan, Heads)):
+        dim = arg(node, 1, "dim")
+        if dim is None and node.op == "call_module":
+            dim = lx.modules[str(node.target)].dim
+        if dim is None or norm_dim(dim, rank(src)) in channel_dims(x):
+            lx.block_pad(vars_of(x), f"softmax over the channels at node {node.name}")
+        return x
+    if isinstance(x, Param):
+        return lx.give_up([x], f"softmax of a parameter at node {node.name}")
+    return x

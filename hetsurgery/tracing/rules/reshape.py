@@ -1,0 +1,198 @@
+"""Rules for ops that move, split or merge dims: flatten, view/reshape, transpose/permute, (un)squeeze.
+
+The channel axis follows the dims. Merging the channel dim with the dims after it multiplies each
+segment's ``inner`` (a conv channel owns H*W consecutive features after a flatten); splitting a plain
+channel dim in two makes attention heads (``Heads``); anything else freezes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from torch import fx
+
+from hetsurgery.tracing.lifter import Lifter
+from hetsurgery.tracing.rules.args import arg, norm_dim, rank, shape, value
+from hetsurgery.tracing.values import Chan, Heads, Param, Seg, Tracked, Value, channel_dims, remap, vars_of
+
+
+def flatten(lx: Lifter, node: fx.Node) -> Value:
+    """nn.Flatten / torch.flatten / Tensor.flatten: a reshape whose sizes come from the input."""
+    return _reshape_to(lx, node, node.args[0], shape(node), literal=[])
+
+
+def reshape(lx: Lifter, node: fx.Node) -> Value:
+    src = node.args[0]
+    sizes = node.args[1:] if node.op == "call_method" else (arg(node, 1, "shape"),)
+    if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
+        sizes = tuple(sizes[0])
+    return _reshape_to(lx, node, src, shape(node), literal=list(sizes))
+
+
+def transpose(lx: Lifter, node: fx.Node) -> Value:
+    src = node.args[0]
+    x = value(lx, src)
+    r = rank(src)
+    if isinstance(x, Param):
+        return lx.give_up([x], f"transpose of a parameter at node {node.name}")
+    if not isinstance(x, (Chan, Heads)):
+        return x
+    order = _permutation(node, r)
+    if order is None:
+        return lx.give_up([x], f"transpose at node {node.name}")
+    return remap(x, {old: new for new, old in enumerate(order)}) or lx.give_up([x], node.name)
+
+
+def unsqueeze(lx: Lifter, node: fx.Node) -> Value:
+    """unsqueeze / squeeze / expand: dims of extent 1 appear or vanish; the channel dims keep their extent."""
+    src = node.args[0]
+    x = value(lx, src)
+    before, after = shape(src), shape(node)
+    if isinstance(x, Param):
+        if node.target in ("expand", "expand_as") and before is not None and after is not None \
+                and len(before) == len(after):
+            return Param(x.name, x.shape)
+        return lx.give_up([x], f"reshaping a parameter at node {node.name}")
+    if not isinstance(x, (Chan, Heads)) or before is None or after is None:
+        return x
+    mapping = _align_unit_dims(before, after, node)
+    moved = remap(x, mapping) if mapping is not None else None
+    return moved if moved is not None else lx.give_up([x], f"squeeze of the channel dim at node {node.name}")
+
+
+def _permutation(node: fx.Node, r: int) -> list[int] | None:
+    target = node.target if node.op == "call_method" else getattr(node.target, "__name__", node.target)
+    if node.op == "call_function" and node.target is getattr:
+        target = node.args[1]
+        return list(range(r))[::-1] if target == "T" else [*range(r - 2), r - 1, r - 2]
+    if target in ("transpose", "swapaxes", "swapdims"):
+        d0, d1 = norm_dim(arg(node, 1, "dim0"), r), norm_dim(arg(node, 2, "dim1"), r)
+        order = list(range(r))
+        order[d0], order[d1] = d1, d0
+        return order
+    if target == "permute":
+        dims = node.args[1:] if node.op == "call_method" else (arg(node, 1, "dims"),)
+        if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+            dims = dims[0]
+        return [norm_dim(d, r) for d in dims] if all(isinstance(d, int) for d in dims) else None
+    if target == "t":
+        return list(range(r))[::-1]
+    return None
+
+
+def _align_unit_dims(before: tuple[int, ...], after: tuple[int, ...], node: fx.Node) -> dict[int, int] | None:
+    """Map dims of ``before`` onto ``after`` when they differ only by dims of extent 1 (or expand)."""
+    if len(before) == len(after):
+        return {d: d for d in range(len(before))}
+    if node.target == "expand" or node.target == "expand_as":
+        lead = len(after) - len(before)
+        return {d: d + lead for d in range(len(before))}
+    mapping: dict[int, int] = {}
+    i = j = 0
+    while i < len(before) and j < len(after):
+        if before[i] == after[j] and not (before[i] == 1 and len(before) - i > len(after) - j):
+            mapping[i] = j
+            i += 1
+            j += 1
+        elif before[i] == 1:
+            i += 1
+        elif after[j] == 1:
+            j += 1
+        else:
+            return None
+    return mapping
+
+
+def dim_groups(a: tuple[int, ...], b: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
+    """Pair runs of dims of ``a`` and ``b`` whose products match (how view/reshape regroups dims)."""
+    groups: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    while i < len(a) or j < len(b):
+        if i < len(a) and a[i] == 1 and (j >= len(b) or b[j] != 1):
+            groups.append(([i], []))
+            i += 1
+            continue
+        if j < len(b) and b[j] == 1 and (i >= len(a) or a[i] != 1):
+            groups.append(([], [j]))
+            j += 1
+            continue
+        if i >= len(a) or j >= len(b):
+            return []
+        gi, gj, pa, pb = [i], [j], a[i], b[j]
+        i, j = i + 1, j + 1
+        while pa != pb:
+            if pa < pb and i < len(a):
+                gi.append(i)
+                pa *= a[i]
+                i += 1
+            elif pb < pa and j < len(b):
+                gj.append(j)
+                pb *= b[j]
+                j += 1
+            else:
+                return []
+        groups.append((gi, gj))
+    return groups
+
+
+def _reshape_to(lx: Lifter, node: fx.Node, src: Any, out: tuple[int, ...] | None, literal: list[Any]) -> Value:
+    x = value(lx, src)
+    before = shape(src)
+    if isinstance(x, Param):
+        return lx.give_up([x], f"reshaping a parameter at node {node.name}")
+    if not isinstance(x, (Chan, Heads)):
+        return x
+    if before is None or out is None:
+        return lx.give_up([x], f"reshape without known shapes at node {node.name}")
+    groups = dim_groups(before, out)
+    result = _regroup(lx, node, x, before, out, groups)
+    if result is None:
+        return lx.give_up([x], f"a reshape the rules cannot follow at node {node.name} "
+                               f"({tuple(before)} -> {tuple(out)})")
+    _note_literal_width(lx, node, result, literal)
+    return result
+
+
+def _regroup(lx: Lifter, node: fx.Node, x: Tracked, a: tuple[int, ...], b: tuple[int, ...],
+             groups: list[tuple[list[int], list[int]]]) -> Tracked | None:
+    if isinstance(x, Heads):
+        return _regroup_heads(x, groups)
+    for gi, gj in groups:
+        if x.dim not in gi:
+            continue
+        if len(gi) == 1 and len(gj) == 1:
+            return x.moved(gj[0])
+        if len(gj) == 1 and gi[0] == x.dim:  # merge the channel dim with the dims after it
+            k = math.prod(a[d] for d in gi[1:])
+            return Chan(gj[0], tuple(Seg(s.var, s.size, s.inner * k) for s in x.segs))
+        if len(gi) == 1 and len(gj) == 2 and len(x.segs) == 1 and x.segs[0].inner == 1:
+            var, heads, size = x.segs[0].var, b[gj[0]], b[gj[1]]
+            lx.constrain_blocks(var, size)
+            return Heads(gj[0], gj[1], var, heads, size)
+        if len(gi) == 1 and len(gj) >= 2 and all(s.inner == math.prod(b[d] for d in gj[1:]) for s in x.segs):
+            return Chan(gj[0], tuple(Seg(s.var, s.size, 1) for s in x.segs))  # unflatten
+        return None
+    return None
+
+
+def _regroup_heads(x: Heads, groups: list[tuple[list[int], list[int]]]) -> Tracked | None:
+    where = {d: (gi, gj) for gi, gj in groups for d in gi if d in (x.block_dim, x.dim)}
+    if len(where) != 2:
+        return None
+    (gi_b, gj_b), (gi_d, gj_d) = where[x.block_dim], where[x.dim]
+    if gi_b == gi_d == [x.block_dim, x.dim] and len(gj_b) == 1:
+        return Chan(gj_b[0], (Seg(x.var, x.count * x.size),))
+    if len(gi_b) == len(gj_b) == len(gi_d) == len(gj_d) == 1:
+        return Heads(gj_b[0], gj_d[0], x.var, x.count, x.size)
+    return None
+
+
+def _note_literal_width(lx: Lifter, node: fx.Node, result: Tracked, literal: list[Any]) -> None:
+    """A reshape that spells a channel extent as a number breaks when the width changes."""
+    if not literal:
+        return
+    for d in channel_dims(result):
+        if d < len(literal) and isinstance(literal[d], int) and literal[d] != -1:
+            lx.fix_width(vars_of(result), f"reshape at node {node.name} spells the width as {literal[d]}")
+            return

@@ -1,0 +1,144 @@
+"""Rules for the graph's edges: inputs, outputs, attributes, indexing, size reads, unknown ops."""
+
+from __future__ import annotations
+
+import torch
+from torch import fx
+
+from hetsurgery.tracing.lifter import Lifter
+from hetsurgery.tracing.rules.args import arg, describe, norm_dim, rank, shape, value
+from hetsurgery.tracing.values import (
+    MODEL_INPUT,
+    Chan,
+    Free,
+    Heads,
+    Items,
+    Param,
+    ShapeOf,
+    Value,
+    channel_dims,
+    remap,
+    vars_of,
+)
+
+
+def placeholder(lx: Lifter, node: fx.Node) -> Value:
+    return Free(MODEL_INPUT)
+
+
+def output(lx: Lifter, node: fx.Node) -> Value:
+    def visit(v: object) -> None:
+        if isinstance(v, (list, tuple)):
+            for x in v:
+                visit(x)
+        elif isinstance(v, dict):
+            for x in v.values():
+                visit(x)
+        elif isinstance(v, Param):
+            lx.distrust(v.name, "returned as a model output")
+        elif isinstance(v, (Chan, Heads, Items, ShapeOf)):
+            lx.freeze(vars_of(v), "model output", by_design=True)
+
+    visit(value(lx, node.args[0]))
+    return Free("model output")
+
+
+def get_attr(lx: Lifter, node: fx.Node) -> Value:
+    name = str(node.target)
+    if name in lx.tensors:
+        return Param(lx.canonical[name], tuple(lx.tensors[name].shape))
+    return Free("constant")
+
+
+def getitem(lx: Lifter, node: fx.Node) -> Value:
+    src, idx = node.args[0], node.args[1]
+    v = value(lx, src)
+    if isinstance(v, Items):
+        return v.items[idx] if isinstance(idx, int) and -len(v.items) <= idx < len(v.items) else Free()
+    if isinstance(v, ShapeOf):
+        dims = _dims_read(idx, len(shape(src.args[0]) or ()) if isinstance(src, fx.Node) else 0)
+        _note_width_read(lx, v.of, dims, node)
+        return Free("size")
+    if isinstance(v, Param):
+        out = shape(node)
+        if out is not None and len(out) == len(v.shape) and _all_slices(idx):
+            return Param(v.name, out)
+        lx.distrust(v.name, f"indexed at node {node.name}")
+        return Free("indexed parameter")
+    if isinstance(v, (Chan, Heads)):
+        return _index_tensor(lx, node, v, idx, rank(src))
+    return Free(v.why if isinstance(v, Free) else "constant")
+
+
+def shape_read(lx: Lifter, node: fx.Node) -> Value:
+    """``x.size()``, ``x.size(d)``, ``x.shape``, ``x.dim()``, ``x.dtype``: note when a width is read."""
+    src = node.args[0]
+    v = value(lx, src)
+    if not isinstance(v, (Chan, Heads)):
+        return Free(v.why if isinstance(v, Free) else "size")
+    attr = node.args[1] if node.op == "call_function" else node.target
+    if node.op == "call_method" and attr == "size":
+        d = arg(node, 1, "dim")
+        if d is None:
+            return ShapeOf(v)
+        _note_width_read(lx, v, [norm_dim(d, rank(src))], node)
+        return Free("size")
+    if attr in ("shape",):
+        return ShapeOf(v)
+    if attr in ("numel",):
+        _note_width_read(lx, v, list(range(rank(src))), node)
+    return Free("size")
+
+
+def unknown(lx: Lifter, node: fx.Node) -> Value:
+    """An op no rule knows: freeze every group it touches, distrust the parameters it reads."""
+    reason = f"touched by {describe(node, lx)}, which the channel rules do not know"
+    values = [value(lx, a) for a in node.all_input_nodes]
+    if node.op == "call_module":
+        for p in lx.module_params(str(node.target)):
+            lx.distrust(p, reason)
+    return lx.give_up(values, reason)
+
+
+def _note_width_read(lx: Lifter, v: Chan | Heads, dims: list[int], node: fx.Node) -> None:
+    if any(d in channel_dims(v) for d in dims):
+        lx.fix_width(vars_of(v), f"the width is read as a number at node {node.name}")
+
+
+def _dims_read(idx: object, r: int) -> list[int]:
+    if isinstance(idx, int):
+        return [norm_dim(idx, r)]
+    if isinstance(idx, slice):
+        return list(range(r))[idx]
+    return list(range(r))
+
+
+def _all_slices(idx: object) -> bool:
+    items = idx if isinstance(idx, tuple) else (idx,)
+    return all(isinstance(i, slice) or i is Ellipsis for i in items)
+
+
+def _index_tensor(lx: Lifter, node: fx.Node, v: Chan | Heads, idx: object, r: int) -> Value:
+    """Basic indexing: the channel dims must be taken whole (``:``)."""
+    items = list(idx) if isinstance(idx, tuple) else [idx]
+    if any(isinstance(i, (fx.Node, torch.Tensor, list)) for i in items):
+        return lx.give_up([v], f"advanced indexing at node {node.name}")
+    consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
+    if Ellipsis in items:
+        at = items.index(Ellipsis)
+        items[at:at + 1] = [slice(None)] * (r - consumed)
+    items += [slice(None)] * (r - sum(1 for i in items if i is not None))
+    mapping, src, dst = {}, 0, 0
+    for i in items:
+        if i is None:
+            dst += 1
+            continue
+        if isinstance(i, slice):
+            if i == slice(None):
+                mapping[src] = dst
+            dst += 1
+        src += 1
+    moved = remap(v, mapping)
+    if moved is None:
+        return lx.give_up([v], f"indexing into the channel dim at node {node.name}")
+    return moved

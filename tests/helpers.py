@@ -1,0 +1,49 @@
+"""Shared test helpers: randomised BatchNorm statistics, relative errors, permute-and-compare."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import hetsurgery as hs
+from hetsurgery.passes import ApplyPermutation, random_permutations
+
+
+def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BatchNorm/LayerNorm statistics and affine parameters, so permutation bugs cannot hide."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.running_mean is not None:
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=gen) * 2 - 1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) * 1.5 + 0.5)
+            if isinstance(m, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)) and m.weight is not None:
+                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=gen) - 0.5)
+    return model.eval()
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative max-abs error of ``b`` against the reference ``a``."""
+    return ((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item()
+
+
+def permuted(g: hs.ModelGraph, seed: int = 1) -> hs.ModelGraph:
+    return ApplyPermutation(random_permutations(g, seed))(g)
+
+
+def assert_permutation_invariant(model: nn.Module, x: torch.Tensor, seed: int = 1, tol: float = 1e-5,
+                                 **trace_kw) -> hs.ModelGraph:
+    """Trace, permute every permutable group, and check outputs agree and weights really moved."""
+    model = randomise(model, seed)
+    g = hs.trace(model, x, **trace_kw)
+    perms = random_permutations(g, seed)
+    g2 = ApplyPermutation(perms)(g)
+    with torch.no_grad():
+        y0, y1 = model(x), hs.to_module(g2)(x)
+    assert rel_err(y0, y1) <= tol, f"{g.name}: permuted output differs by {rel_err(y0, y1):.2e}"
+    for grp in g.permutable():
+        if not torch.equal(perms[grp.id], torch.arange(grp.size)):
+            moved = any(not torch.equal(g.params[s.param], g2.params[s.param]) for s in grp.slots)
+            assert moved, f"{g.name}: group {grp.id} ({grp.label}) was permuted but no weight changed"
+    return g
