@@ -16,6 +16,7 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check hetsurgery tests tutorials bench
+	$(PY) -m mypy hetsurgery
 	$(PY) -m pytest -n 2 tests
 
 demo: $(STAMP)

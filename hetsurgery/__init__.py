@@ -6,7 +6,7 @@
 True
 """
 
-from hetsurgery import zoo
+from hetsurgery import evaluate, zoo
 from hetsurgery.errors import (
     ExportError,
     HetsurgeryError,
@@ -17,6 +17,7 @@ from hetsurgery.errors import (
 )
 from hetsurgery.ir import Blocks, ModelGraph, OpKind, PermGroup, Role, Site, Slot
 from hetsurgery.ir.lowering import to_module
+from hetsurgery.merge import MergeResult, align, merge
 from hetsurgery.tracing import trace
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "HetsurgeryError",
     "IRError",
     "MergeError",
+    "MergeResult",
     "ModelGraph",
     "OpKind",
     "PassError",
@@ -33,6 +35,9 @@ __all__ = [
     "Site",
     "Slot",
     "TracingError",
+    "align",
+    "evaluate",
+    "merge",
     "to_module",
     "trace",
     "zoo",

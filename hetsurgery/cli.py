@@ -52,6 +52,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from hetsurgery.demo import run_demo
+
+    echo = (lambda _: None) if args.quiet else print
+    result = run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.quiet, echo=echo)
+    print(result.table())
+    print(f"loss barrier of two MLPs: unaligned {result.barrier['unaligned']:.3f}, "
+          f"permute-aligned {result.barrier['permute-aligned']:.3f}")
+    for what, path in result.paths.items():
+        print(f"{what}: {path}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hetsurgery", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -60,6 +73,12 @@ def parser() -> argparse.ArgumentParser:
     ins.add_argument("--kw", action="append", default=[], metavar="KEY=VALUE", help="factory keyword argument")
     ins.add_argument("--input-shape", default="1,8,8", help="one example's shape, without the batch (1,8,8)")
     ins.set_defaults(run=cmd_inspect)
+    demo = sub.add_parser("demo", help="train two models on disjoint digit tasks, merge them every way, compare")
+    demo.add_argument("-o", "--out", default="hetsurgery-out", help="output folder (default: hetsurgery-out)")
+    demo.add_argument("--quick", action="store_true", help="a smaller network and fewer epochs")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(run=cmd_demo)
     return p
 
 

@@ -47,3 +47,25 @@ def assert_permutation_invariant(model: nn.Module, x: torch.Tensor, seed: int = 
             moved = any(not torch.equal(g.params[s.param], g2.params[s.param]) for s in grp.slots)
             assert moved, f"{g.name}: group {grp.id} ({grp.label}) was permuted but no weight changed"
     return g
+
+
+def randomise_calibrated(model: nn.Module, x: torch.Tensor, seed: int = 0) -> nn.Module:
+    """Random affine BatchNorm parameters, running statistics measured on ``x`` and then perturbed per channel.
+
+    Unlike ``randomise`` (arbitrary statistics, which leave many ReLU units dead), units stay alive as in a
+    trained network, so activation-based matching has features to match.
+    """
+    from hetsurgery.passes import ResetBatchNorm
+
+    randomise(model, seed)
+    g = hs.trace(model, x)
+    g = ResetBatchNorm([x])(g)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                mean, var = g.params[f"{name}.running_mean"], g.params[f"{name}.running_var"]
+                noise = torch.randn(mean.shape, generator=gen)
+                m.running_mean.copy_(mean + 0.1 * var.sqrt() * noise)
+                m.running_var.copy_(var * torch.exp(0.2 * torch.randn(var.shape, generator=gen)))
+    return model.eval()

@@ -14,8 +14,8 @@ from torch import fx, nn
 from hetsurgery.ir.graph import ModelGraph
 
 
-def to_module(g: ModelGraph) -> fx.GraphModule:
-    """A new, independent ``GraphModule`` running ``g`` (parameters copied, never shared with ``g``).
+def to_module(g: ModelGraph, *, share: bool = False) -> fx.GraphModule:
+    """A new ``GraphModule`` running ``g``. Parameters are copies unless ``share`` (for internal, read-only use).
 
     >>> import torch, hetsurgery
     >>> g = hetsurgery.trace(hetsurgery.zoo.mlp([4, 8, 3]), torch.randn(2, 4))
@@ -25,7 +25,7 @@ def to_module(g: ModelGraph) -> fx.GraphModule:
     old = {**dict(g.module.named_parameters()), **dict(g.module.named_buffers())}
     memo: dict[int, object] = {}
     for name, tensor in old.items():
-        new = g.params[name].detach().clone()
+        new = g.params[name].detach() if share else g.params[name].detach().clone()
         memo[id(tensor)] = nn.Parameter(new, requires_grad=tensor.requires_grad) \
             if isinstance(tensor, nn.Parameter) else new
     gm = copy.deepcopy(g.module, memo)

@@ -10,7 +10,7 @@ import torch
 
 from hetsurgery.errors import PassError
 from hetsurgery.ir import ModelGraph, PermGroup
-from hetsurgery.passes.slot_algebra import permute_slot
+from hetsurgery.ir.slot_algebra import permute_slot
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import fx
 
 from hetsurgery.ir import OpKind, PermGroup
@@ -29,7 +31,7 @@ def lift(gm: fx.GraphModule, name: str) -> tuple[tuple[PermGroup, ...], frozense
     return lx.groups(), frozenset(lx.fixed_axes)
 
 
-def _carries_groups(values: list[object]) -> bool:
+def _carries_groups(values: Sequence[object]) -> bool:
     for v in values:
         if isinstance(v, (Chan, Heads, Param, ShapeOf)):
             return True

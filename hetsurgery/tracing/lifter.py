@@ -8,13 +8,22 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import fx
 
 from hetsurgery.ir import Blocks, PermGroup, Role, Site, Slot
 from hetsurgery.tracing.values import MODEL_INPUT, Chan, Free, Items, Param, Tracked, Value, vars_of
+
+
+class _Named:
+    """Stands in for an fx node in messages about joins that no single node causes."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 @dataclass
@@ -60,7 +69,7 @@ class Lifter:
             v = self._parent[v]
         return v
 
-    def union(self, a: int, b: int, node: fx.Node) -> None:
+    def union(self, a: int, b: int, node: fx.Node | _Named) -> None:
         ra, rb = self.find(a), self.find(b)
         if ra == rb:
             return
@@ -122,7 +131,7 @@ class Lifter:
         """Any group with a slot on ``param`` will be frozen: the parameter is used in a way we do not follow."""
         self.untrusted_params.setdefault(self.canonical.get(param, param), reason)
 
-    def give_up(self, values: list[object], reason: str) -> Free:
+    def give_up(self, values: Sequence[object], reason: str) -> Free:
         """Freeze everything ``values`` carry; the result depends on no free group."""
         for v in values:
             self.freeze(vars_of(v), reason)
@@ -145,18 +154,18 @@ class Lifter:
         slots = _collect(self.slots, self.find)
         sites = _collect(self.sites, self.find)
         producer_sites = _collect(self.producer_sites, self.find)
-        out = []
+        out: list[PermGroup] = []
         for root in sorted(members):
             vs = [self._vars[v] for v in members[root]]
             size = self._vars[root].size
             block = math.gcd(*(x.block for x in vs))
             frozen = [f for x in vs for f in x.frozen]
-            reason, by_design = _freeze_reason(frozen)
+            frozen_reason, by_design = _freeze_reason(frozen)
             labels = [x.label for x in vs]
             label = labels[0] + (f" (+{len(labels) - 1})" if len(labels) > 1 else "")
             out.append(PermGroup(
                 id=len(out), size=size, slots=tuple(dict.fromkeys(slots.get(root, []))),
-                structure=Blocks(size // block, block), frozen=reason, by_design=by_design,
+                structure=Blocks(size // block, block), frozen=frozen_reason, by_design=by_design,
                 pad_blockers=tuple(dict.fromkeys(r for x in vs for r in x.no_pad)),
                 zip_blockers=tuple(dict.fromkeys(r for x in vs for r in x.no_zip)),
                 sites=tuple(dict.fromkeys(sites.get(root) or producer_sites.get(root, []))),
@@ -192,15 +201,8 @@ class Lifter:
         self.slots = kept
 
 
-class _Named:
-    """Stands in for an fx node in messages about joins that no single node causes."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
-def _collect(pairs: list, find) -> dict[int, list]:
-    out: dict[int, list] = defaultdict(list)
+def _collect(pairs: Sequence[tuple[int, Any]], find: Callable[[int], int]) -> dict[int, list[Any]]:
+    out: dict[int, list[Any]] = defaultdict(list)
     for v, item in pairs:
         out[find(v)].append(item)
     return out
@@ -223,7 +225,7 @@ def _params_in(v: object) -> list[str]:
     return []
 
 
-def free_why(values: list[object]) -> str:
+def free_why(values: Sequence[object]) -> str:
     """The reason carried by a result computed only from values that depend on no group."""
     whys = [v.why for v in values if isinstance(v, Free)]
     return MODEL_INPUT if MODEL_INPUT in whys else (whys[0] if whys else "constant")

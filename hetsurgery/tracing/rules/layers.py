@@ -15,9 +15,16 @@ def _param(lx: Lifter, node: fx.Node, attr: str) -> str | None:
     return name if name in lx.tensors else None
 
 
+def _input(node: fx.Node) -> fx.Node:
+    src = node.args[0]
+    assert isinstance(src, fx.Node)
+    return src
+
+
 def _read_input(lx: Lifter, node: fx.Node, x: object, weight: str, dim: int, what: str) -> None:
     """``weight``'s axis ``dim`` reads ``x``: consumer slots, or a fixed axis for the model input."""
     src = node.args[0]
+    assert isinstance(src, fx.Node)
     if isinstance(x, Chan) and x.width == lx.tensors[weight].shape[dim]:
         lx.consume(x, src, weight, dim)
     elif isinstance(x, Free):
@@ -70,7 +77,7 @@ def conv(lx: Lifter, node: fx.Node) -> Value:
         seg = x.segs[0]
         lx.constrain_blocks(seg.var, cin // g // seg.inner)
         lx.slot(seg.var, Slot(w, 1, inner=seg.inner, role=Role.CONSUME, chunks=g))
-        lx.observe(x, node.args[0])
+        lx.observe(x, _input(node))
     elif not isinstance(x, Free):
         lx.give_up([x], f"grouped convolution over concatenated channels at node {node.name}")
     out = _produce(lx, node, cout, [w, b], 1)

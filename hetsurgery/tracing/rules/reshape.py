@@ -72,10 +72,10 @@ def _permutation(node: fx.Node, r: int) -> list[int] | None:
         order[d0], order[d1] = d1, d0
         return order
     if target == "permute":
-        dims = node.args[1:] if node.op == "call_method" else (arg(node, 1, "dims"),)
-        if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
-            dims = dims[0]
-        return [norm_dim(d, r) for d in dims] if all(isinstance(d, int) for d in dims) else None
+        raw: list[Any] = list(node.args[1:]) if node.op == "call_method" else [arg(node, 1, "dims")]
+        if len(raw) == 1 and isinstance(raw[0], (list, tuple)):
+            raw = list(raw[0])
+        return [norm_dim(d, r) for d in raw] if all(isinstance(d, int) for d in raw) else None
     if target == "t":
         return list(range(r))[::-1]
     return None

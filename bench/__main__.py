@@ -1,0 +1,27 @@
+"""``python -m bench [accuracy|speed|scaling|all]``: run benchmarks, then rewrite BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import sys
+
+from bench import accuracy
+from bench.report import assemble
+
+RUNS = {"accuracy": accuracy.main}
+
+
+def main(argv: list[str]) -> int:
+    names = argv or ["all"]
+    chosen = list(RUNS) if names == ["all"] else names
+    unknown = [n for n in chosen if n not in RUNS]
+    if unknown:
+        print(f"unknown benchmark(s) {unknown}: choose from {', '.join(RUNS)} or all", file=sys.stderr)
+        return 2
+    for name in chosen:
+        RUNS[name]()
+    print(f"wrote {assemble()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,94 @@
+"""Linear interpolation between two models and the loss barrier (Frankle et al. 2020; Ainsworth et al. 2023).
+
+``θ_λ = (1-λ) θ_a + λ θ_b`` for λ ∈ {0, 0.05, …, 1}; the barrier is ``max_λ L(θ_λ) - ½(L(θ_0) + L(θ_1))``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hetsurgery.evaluate.metrics import predictions
+
+LAMBDAS = tuple(i / 20 for i in range(21))
+
+
+@dataclass(frozen=True)
+class Curve:
+    lambdas: tuple[float, ...]
+    loss: tuple[float, ...]
+    accuracy: tuple[float, ...]
+
+    @property
+    def barrier(self) -> float:
+        return max(self.loss) - 0.5 * (self.loss[0] + self.loss[-1])
+
+
+def lerp(a: nn.Module, b: nn.Module, lam: float) -> nn.Module:
+    """A copy of ``a`` whose floating parameters and buffers are ``(1-lam) a + lam b``."""
+    out = copy.deepcopy(a)
+    sb = b.state_dict()
+    with torch.no_grad():
+        for name, t in out.state_dict().items():
+            if t.is_floating_point():
+                t.copy_(torch.lerp(t, sb[name].to(t.dtype), lam))
+    return out
+
+
+def interpolate(a: nn.Module, b: nn.Module, data: Iterable, *, lambdas: Sequence[float] = LAMBDAS,
+                reset_bn: Iterable | None = None) -> Curve:
+    """Loss and accuracy along the line from ``a`` to ``b`` (same architecture, same channel order).
+
+    With ``reset_bn`` data, BatchNorm statistics are recomputed at every point (merged variances lie).
+    """
+    losses, accs = [], []
+    for lam in lambdas:
+        m = lerp(a, b, lam)
+        if reset_bn is not None:
+            _reset_bn(m, reset_bn)
+        logits, labels = predictions(m, data)
+        losses.append(F.cross_entropy(logits, labels).item())
+        accs.append((logits.argmax(1) == labels).float().mean().item())
+    return Curve(tuple(lambdas), tuple(losses), tuple(accs))
+
+
+def _reset_bn(model: nn.Module, data: Iterable) -> None:
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    with torch.no_grad():
+        for batch in data:
+            model(batch[0] if isinstance(batch, (tuple, list)) else batch)
+    model.eval()
+
+
+def plot_curves(curves: Mapping[str, Curve], path: str | Path, title: str = "interpolation") -> Path:
+    """Loss and accuracy against λ for each named curve, one PNG (or SVG by suffix)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for name, c in curves.items():
+        ax_loss.plot(c.lambdas, c.loss, marker=".", label=f"{name} (barrier {c.barrier:.3f})")
+        ax_acc.plot(c.lambdas, c.accuracy, marker=".", label=name)
+    ax_loss.set(xlabel="λ", ylabel="test loss", title=title)
+    ax_acc.set(xlabel="λ", ylabel="test accuracy")
+    ax_loss.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

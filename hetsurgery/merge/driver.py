@@ -1,0 +1,217 @@
+"""``merge``: trace → statistics → matching → combine → BatchNorm reset, timed stage by stage."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from hetsurgery.errors import MergeError
+from hetsurgery.ir import ModelGraph
+from hetsurgery.ir.lowering import to_module
+from hetsurgery.merge.combine import combine
+from hetsurgery.merge.methods import METHODS
+from hetsurgery.merge.topology import check_same_topology
+from hetsurgery.passes import ResetBatchNorm
+from hetsurgery.passes.resize import resized_groups
+from hetsurgery.plan.apply import SlotMaps, slots_by_param, transform_params
+from hetsurgery.plan.solvers.weight import weight_matching
+from hetsurgery.plan.stats import collect_stats
+from hetsurgery.plan.width_plan import GroupMatch, WidthPlan
+from hetsurgery.tracing import trace
+
+STAGES = ("trace", "statistics", "matching", "combine", "bn_reset")
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    method: str
+    seconds: Mapping[str, float]
+    groups: tuple[tuple[int, str, tuple[int, ...], int, str], ...]  # id, label, widths in, width out, how
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+    def __str__(self) -> str:
+        times = "  ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items())
+        lines = [f"merge method={self.method}: {times}  (total {self.total_seconds:.2f}s)",
+                 f"{'group':>5} {'widths':>12} {'->':>2} {'out':>5}  how  label"]
+        for gid, label, widths, out, how in self.groups:
+            lines.append(f"{gid:>5} {'/'.join(map(str, widths)):>12} -> {out:>5}  {how}  {label}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    model: nn.Module
+    plan: WidthPlan
+    report: MergeReport
+    graph: ModelGraph = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """The traced models and the width plan that aligns them, before anything is combined."""
+
+    graphs: tuple[ModelGraph, ...]
+    plan: WidthPlan
+    seconds: dict[str, float]
+
+
+def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "zip",
+               weights: Sequence[float] | None = None, anchor: int = 0, example_inputs: torch.Tensor | None = None,
+               memory_budget: int | None = None, progress: bool = True, **method_options: object) -> Planned:
+    """Trace the models, stream their statistics and solve the width plan (the first three stages of ``merge``)."""
+    spec = METHODS.get(method)
+    if spec is None:
+        raise MergeError(f"unknown merge method {method!r}: use one of {', '.join(METHODS)}")
+    if len(models) < 2:
+        raise MergeError(f"merge needs at least two models, got {len(models)}")
+    if not 0 <= anchor < len(models):
+        raise MergeError(f"anchor {anchor} is not one of the {len(models)} models")
+    if spec.needs_data and data is None:
+        raise MergeError(f"method {method!r} needs calibration data")
+    w = _weights(weights, len(models))
+    for k, m in enumerate(models):
+        _check_finite(m, f"model {k} ({type(m).__name__})")
+    seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+
+    clock = time.perf_counter()
+    x = example_inputs if example_inputs is not None else _first_batch(data)
+    graphs = tuple(trace(m, x, name=f"model {k} ({type(m).__name__})") for k, m in enumerate(models))
+    check_same_topology(graphs, equal_widths=spec.equal_widths)
+    seconds["trace"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    stats = (collect_stats(graphs, data, memory_budget=memory_budget, progress=progress)
+             if spec.needs_data and data is not None else None)
+    seconds["statistics"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    try:
+        matches = spec.plan(graphs, stats, w, anchor, **method_options)
+    except TypeError as exc:
+        raise MergeError(f"method {method!r} got an option it does not take: {exc}") from exc
+    matches.update(_fill_unobserved(graphs, matches, w, anchor))
+    for grp in graphs[0].groups:
+        if not grp.perm_ok:
+            matches[grp.id] = GroupMatch.identity(grp.id, [g.group(grp.id).size for g in graphs], w)
+    plan = WidthPlan(method, tuple(w), anchor, dict(sorted(matches.items())))
+    seconds["matching"] = time.perf_counter() - clock
+    return Planned(graphs, plan, seconds)
+
+
+def merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "zip",
+          weights: Sequence[float] | None = None, reset_bn: bool = True, anchor: int = 0,
+          example_inputs: torch.Tensor | None = None, memory_budget: int | None = None, progress: bool = True,
+          **method_options: object) -> MergeResult:
+    """Merge ``models`` (the same topology) into one ``nn.Module`` without training.
+
+    ``data`` yields calibration batches (tensors or ``(inputs, labels)``): it feeds the statistics of
+    data-driven methods and the BatchNorm reset. ``method`` is ``average``, ``permute``, ``weight``,
+    ``ot`` or ``zip``; its options (``alpha=``, ``beta=``, ``solver=``, ...) are keyword arguments.
+    ``weights`` (default uniform) weigh the models; ``anchor`` is the model the others are aligned to.
+
+    >>> import torch, hetsurgery as hs
+    >>> a, b = hs.zoo.mlp([16]), hs.zoo.mlp([16])
+    >>> r = hs.merge([a, b], [torch.randn(64, 64)], method="permute", progress=False)
+    >>> r.model(torch.randn(3, 64)).shape
+    torch.Size([3, 10])
+    """
+    planned = plan_merge(models, data, method=method, weights=weights, anchor=anchor,
+                         example_inputs=example_inputs, memory_budget=memory_budget, progress=progress,
+                         **method_options)
+    graphs, plan, seconds = planned.graphs, planned.plan, planned.seconds
+
+    clock = time.perf_counter()
+    merged = _merged_graph(graphs[anchor], plan, combine(graphs, plan))
+    seconds["combine"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    if reset_bn and data is not None:
+        merged = ResetBatchNorm(data)(merged)
+    seconds["bn_reset"] = time.perf_counter() - clock
+
+    report = MergeReport(method, seconds, tuple(
+        (grp.id, grp.label, tuple(g.group(grp.id).size for g in graphs), plan.groups[grp.id].size,
+         str(plan.groups[grp.id].info.get("kind", method))) for grp in graphs[0].groups))
+    return MergeResult(to_module(merged).eval(), plan, report, merged)
+
+
+def align(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "permute",
+          **options: Any) -> list[nn.Module]:
+    """Each model carried into the merged channel space (``M̃_k W U_k``), nothing combined.
+
+    With a permutation method this is each model permuted to line up with the anchor, the input of an
+    interpolation curve.
+    """
+    planned = plan_merge(models, data, method=method, **options)
+    by_param = slots_by_param(planned.graphs[0].groups)
+    out: list[nn.Module] = []
+    for k, g in enumerate(planned.graphs):
+        maps = SlotMaps({gid: _row_normalised(m.merge[k]) for gid, m in planned.plan.groups.items()},
+                        {gid: m.unmerge[k].T for gid, m in planned.plan.groups.items()})
+        params = transform_params(g.params, by_param, maps, names=g.params)
+        out.append(to_module(_merged_graph(g, planned.plan, params)).eval())
+    return out
+
+
+def _merged_graph(base: ModelGraph, plan: WidthPlan, params: Mapping[str, torch.Tensor]) -> ModelGraph:
+    return base.with_updates(params, resized_groups(base, plan.widths()))
+
+
+def _fill_unobserved(graphs: Sequence[ModelGraph], matches: Mapping[int, GroupMatch], w: Sequence[float],
+                     anchor: int) -> dict[int, GroupMatch]:
+    """Groups no fx node shows (inside nn.MultiheadAttention): weight matching, everything else aligned."""
+    missing = [g for g in graphs[0].permutable() if g.id not in matches]
+    if not missing:
+        return {}
+    by_param = slots_by_param(graphs[0].groups)
+    names = sorted({s.param for g in missing for s in g.slots})
+
+    def aligned(k: int) -> dict[str, torch.Tensor]:
+        produce = {gid: _row_normalised(m.merge[k]) for gid, m in matches.items()}
+        consume = {gid: m.unmerge[k].T for gid, m in matches.items()}
+        return transform_params(graphs[k].params, by_param, SlotMaps(produce, consume), names)
+
+    ref = aligned(anchor)
+    perms: list[dict[int, torch.Tensor]] = []
+    for k in range(len(graphs)):
+        perms.append({g.id: torch.arange(g.size) for g in missing} if k == anchor
+                     else weight_matching(ref, aligned(k), missing)[0])
+    return {g.id: GroupMatch.from_perms(g.id, [p[g.id] for p in perms], w, {"note": "no observable features: "
+                                        "matched by weights"}) for g in missing}
+
+
+def _row_normalised(m: torch.Tensor) -> torch.Tensor:
+    sums = m.sum(1, keepdim=True)
+    return torch.where(sums != 0, m / sums.where(sums != 0, torch.ones_like(sums)), m)
+
+
+def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
+    if weights is None:
+        return [1.0 / n] * n
+    if len(weights) != n or any(x < 0 for x in weights) or sum(weights) <= 0:
+        raise MergeError(f"weights must be {n} non-negative numbers with a positive sum, got {list(weights)}")
+    total = float(sum(weights))
+    return [float(x) / total for x in weights]
+
+
+def _check_finite(model: nn.Module, name: str) -> None:
+    for pname, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise MergeError(f"{name}: {pname} holds NaN or Inf; fix or retrain the model before merging")
+
+
+def _first_batch(data: Iterable | None) -> torch.Tensor:
+    if data is None:
+        raise MergeError("give example_inputs= or calibration data to trace the models")
+    for batch in data:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return x[:2]
+    raise MergeError("the calibration data is empty")

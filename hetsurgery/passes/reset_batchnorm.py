@@ -1,0 +1,56 @@
+"""``ResetBatchNorm``: recompute every BatchNorm's running statistics on calibration data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from hetsurgery.errors import PassError
+from hetsurgery.ir import ModelGraph
+from hetsurgery.ir.lowering import to_module
+
+
+@dataclass(frozen=True, eq=False)
+class ResetBatchNorm:
+    """Replace ``running_mean`` / ``running_var`` by the exact averages over ``data`` (momentum None).
+
+    Only BatchNorm layers run in training mode, under ``torch.no_grad``; dropout stays off. Merged
+    variances are never trusted (REPAIR, ZipIt!): after a merge they are recomputed by construction.
+
+    Before: ``bn.running_var = [0.1, 9.0]`` (stale).  After: the variance of the features over ``data``.
+    """
+
+    data: Iterable = field(repr=False)
+    max_batches: int | None = None
+    name: ClassVar[str] = "reset-batchnorm"
+
+    def __call__(self, g: ModelGraph) -> ModelGraph:
+        model = to_module(g).eval()
+        bns = {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+               and m.track_running_stats}
+        if not bns:
+            return g
+        for m in bns.values():
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        seen = 0
+        with torch.no_grad():
+            for i, batch in enumerate(self.data):
+                if self.max_batches is not None and i >= self.max_batches:
+                    break
+                model(batch[0] if isinstance(batch, (tuple, list)) else batch)
+                seen += 1
+        if seen == 0:
+            raise PassError(f"{g.name}: ResetBatchNorm got no calibration batches")
+        updates = {}
+        for name, m in bns.items():
+            for buf in ("running_mean", "running_var"):
+                t = getattr(m, buf)
+                if t is not None:
+                    updates[f"{name}.{buf}"] = t.detach()
+        return g.with_updates({k: v for k, v in updates.items() if k in g.params})

@@ -1,0 +1,1 @@
+"""Matching solvers: pure functions from statistics or weights to per-group merge/unmerge matrices."""

@@ -1,0 +1,135 @@
+"""ZipIt! (Stoica et al. 2024) greedy feature zipping, and its elastic form for unequal widths (Xu et al. 2025).
+
+All models' features form one pool of ``D = Σ d_k``. Repeatedly the two most similar *clusters* merge
+until ``r`` remain (default ``r = max d_k``). A cluster's similarity to another is the minimum over
+their members (complete linkage).
+
+A merge of two clusters that already hold features of the same model ``k`` is a *within-model* merge
+for ``k``: it spends one unit of ``k``'s budget ``floor(beta · (D - r) · d_k / D)`` (so the budget is
+proportional to the model's width), and when the budget is spent such merges are no longer allowed.
+Such merges are also discounted: their positive similarity is multiplied by ``alpha`` once per merge
+already made inside the two clusters. For two models this is ZipIt's rule (a zipped pair merges again
+only at a discount); for more models a cluster ``{a_i, b_i}`` still takes ``c_i`` at full similarity.
+
+Each merged channel is the weighted mean of its members: ``M = (P·w / column sums)ᵀ`` and ``U = P`` for
+the ``D x r`` assignment ``P``, sliced per model. Each row keeps its best column, so a step costs O(D).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from hetsurgery.plan.width_plan import GroupMatch
+
+NEG = -np.inf
+
+
+def zip_match(gid: int, corr: torch.Tensor, widths: Sequence[int], weights: Sequence[float], *,
+              width: int | None = None, alpha: float = 0.5, beta: float = 1.0) -> GroupMatch:
+    """Zip ``Σ widths`` features down to ``width`` (default: the widest model's width).
+
+    >>> import torch
+    >>> c = torch.eye(4, dtype=torch.float64); c[0, 3] = c[3, 0] = c[1, 2] = c[2, 1] = 0.9
+    >>> zip_match(0, c, (2, 2), (0.5, 0.5)).info["clusters"]
+    [[0, 3], [1, 2]]
+    """
+    total, k_models = sum(widths), len(widths)
+    r = max(widths) if width is None else width
+    if not 0 < r <= total:
+        raise ValueError(f"group {gid}: cannot zip {total} features into {r}")
+    if k_models > 62:
+        raise ValueError(f"group {gid}: zip supports at most 62 models")
+    origin = np.repeat(np.arange(k_models), widths)
+    z = _Zipper(corr.double().cpu().numpy(), origin, [int(beta * (total - r) * d / total) for d in widths], alpha)
+    for _ in range(total - r):
+        z.step(gid, beta, r)
+    clusters = sorted((sorted(z.members[i]) for i in np.flatnonzero(z.alive)), key=lambda c: c[0])
+    return _from_clusters(gid, clusters, widths, weights, origin, alpha, beta)
+
+
+class _Zipper:
+    """The greedy's state: raw similarities (complete linkage), effective ones, and each row's best."""
+
+    def __init__(self, sim: np.ndarray, origin: np.ndarray, budget: list[int], alpha: float) -> None:
+        self.raw = sim.copy()
+        np.fill_diagonal(self.raw, NEG)
+        self.mask = (1 << origin).astype(np.int64)  # the models present in each cluster
+        self.merges = np.zeros(len(origin), dtype=np.int64)  # merges already made inside each cluster
+        self.budget, self.alpha = budget, alpha
+        self.members = [[i] for i in range(len(origin))]
+        self.alive = np.ones(len(origin), dtype=bool)
+        self.eff = self.raw.copy()
+        for k, b in enumerate(budget):
+            if b <= 0:
+                self._forbid(k)
+        self.best, self.arg = self.eff.max(1), self.eff.argmax(1)
+
+    def _row(self, i: int) -> np.ndarray:
+        """Effective similarity of cluster ``i`` to every cluster."""
+        row = self.raw[i].copy()
+        shared = self.mask & self.mask[i]
+        discount = (shared != 0) & (row > 0)
+        row[discount] *= self.alpha ** (self.merges[i] + self.merges[discount])
+        spent = [k for k, b in enumerate(self.budget) if b <= 0]
+        if spent:
+            row[(shared & sum(1 << k for k in spent)) != 0] = NEG
+        row[~self.alive] = NEG
+        row[i] = NEG
+        return row
+
+    def _forbid(self, k: int) -> np.ndarray:
+        has = (self.mask & (1 << k)) != 0
+        self.eff[np.ix_(has, has)] = NEG
+        return has
+
+    def step(self, gid: int, beta: float, r: int) -> None:
+        i = int(self.best.argmax())
+        j = int(self.arg[i])
+        if self.best[i] == NEG:
+            raise ValueError(f"group {gid}: budgets (beta={beta}) leave no allowed merge before width {r}")
+        i, j = min(i, j), max(i, j)
+        shared = int(self.mask[i] & self.mask[j])
+        merged = np.minimum(self.raw[i], self.raw[j])
+        self.raw[i, :], self.raw[:, i] = merged, merged
+        self.raw[j, :], self.raw[:, j] = NEG, NEG
+        self.raw[i, i] = NEG
+        self.members[i] += self.members[j]
+        self.alive[j] = False
+        self.mask[i] |= self.mask[j]
+        self.merges[i] += self.merges[j] + 1
+        stale = (self.arg == i) | (self.arg == j)
+        for k in range(len(self.budget)):
+            if shared >> k & 1:
+                self.budget[k] -= 1
+                if self.budget[k] == 0:
+                    stale |= self._forbid(k)
+        row = self._row(i)
+        self.eff[i, :], self.eff[:, i] = row, row
+        self.eff[j, :], self.eff[:, j] = NEG, NEG
+        stale[i] = True
+        better = ~stale & (self.eff[:, i] > self.best)
+        self.best[better], self.arg[better] = self.eff[better, i], i
+        rows = np.flatnonzero(stale & self.alive)
+        self.best[rows], self.arg[rows] = self.eff[rows].max(1), self.eff[rows].argmax(1)
+        self.best[j] = NEG
+
+
+def _from_clusters(gid: int, clusters: list[list[int]], widths: Sequence[int], weights: Sequence[float],
+                   origin: np.ndarray, alpha: float, beta: float) -> GroupMatch:
+    total, r = sum(widths), len(clusters)
+    p = torch.zeros(total, r, dtype=torch.float64)
+    for c, feats in enumerate(clusters):
+        p[feats, c] = 1.0
+    w = torch.tensor([weights[o] for o in origin], dtype=torch.float64)
+    m = (p * w[:, None]) / (p * w[:, None]).sum(0, keepdim=True)
+    offsets = np.concatenate([[0], np.cumsum(widths)])
+    spans = list(itertools.pairwise(offsets.tolist()))
+    merges = tuple(m[a:b].T.contiguous() for a, b in spans)
+    unmerges = tuple(p[a:b].contiguous() for a, b in spans)
+    within = sum(1 for c in clusters if len(c) > len({int(origin[f]) for f in c}))
+    return GroupMatch(gid, r, merges, unmerges, {"kind": "zip", "alpha": alpha, "beta": beta,
+                                                 "clusters": clusters, "within_model_clusters": within})

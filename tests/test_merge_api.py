@@ -1,0 +1,92 @@
+"""merge(): errors name the problem; the plan serialises; the report times every stage; BN is reset."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import hetsurgery as hs
+from hetsurgery.passes import ResetBatchNorm
+from hetsurgery.plan.solvers.weight import weight_matching
+from hetsurgery.plan.width_plan import WidthPlan
+
+DATA = [torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+
+
+def pair(factory=lambda: hs.zoo.resnet((1, 1, 1))) -> list[nn.Module]:
+    torch.manual_seed(0)
+    return [factory().eval(), factory().eval()]
+
+
+def test_report_times_every_stage_and_plan_round_trips() -> None:
+    r = hs.merge(pair(), DATA, method="zip", progress=False)
+    assert set(r.report.seconds) == {"trace", "statistics", "matching", "combine", "bn_reset"}
+    assert all(v >= 0 for v in r.report.seconds.values()) and r.report.seconds["statistics"] > 0
+    assert "merge method=zip" in str(r.report)
+    back = WidthPlan.from_json(r.plan.to_json())
+    assert back.widths() == r.plan.widths() and back.method == "zip"
+    for gid, m in r.plan.groups.items():
+        for a, b in zip(m.merge + m.unmerge, back.groups[gid].merge + back.groups[gid].unmerge, strict=True):
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("method", ["average", "weight"])
+def test_data_free_methods_run_without_data(method: str) -> None:
+    r = hs.merge(pair(), None, method=method, example_inputs=DATA[0][:2], progress=False)
+    assert r.report.seconds["statistics"] < 0.01 and r.model(DATA[0]).shape == (32, 10)
+
+
+def test_errors_name_the_problem() -> None:
+    with pytest.raises(hs.MergeError, match="unknown merge method 'zipp'"):
+        hs.merge(pair(), DATA, method="zipp")
+    with pytest.raises(hs.MergeError, match="does not take"):
+        hs.merge(pair(), DATA, method="zip", gamma=1, progress=False)
+    with pytest.raises(hs.MergeError, match="at least two"):
+        hs.merge(pair()[:1], DATA)
+    a, b = pair()
+    with torch.no_grad():
+        b.layer1[0].conv1.weight[0, 0, 0, 0] = math.nan
+    with pytest.raises(hs.MergeError, match=r"model 1 \(ResNet\): layer1.0.conv1.weight holds NaN"):
+        hs.merge([a, b], DATA, progress=False)
+    with pytest.raises(hs.MergeError, match="differ in topology"):
+        hs.merge([hs.zoo.resnet((1, 1, 1)), hs.zoo.resnet((2, 1, 1))], DATA, progress=False)
+    with pytest.raises(hs.MergeError, match="needs equal widths"):
+        hs.merge([hs.zoo.resnet((1, 1, 1), 1), hs.zoo.resnet((1, 1, 1), 2)], DATA, method="permute", progress=False)
+    with pytest.raises(hs.MergeError, match="outputs shape"):
+        hs.merge([hs.zoo.mlp([8], num_classes=3), hs.zoo.mlp([8], num_classes=4)], [torch.randn(8, 64)],
+                 progress=False)
+
+
+def test_reset_batchnorm_recomputes_exact_statistics_and_keeps_dropout_off() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn, self.drop = nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.9)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.bn(self.drop(self.conv(x)))
+
+    net = Net().eval()
+    g = ResetBatchNorm(DATA)(hs.trace(net, DATA[0][:2]))
+    with torch.no_grad():
+        feats = [net.conv(x).transpose(0, 1).reshape(4, -1) for x in DATA]
+    # momentum=None: the plain average over batches of each batch's mean and unbiased variance
+    torch.testing.assert_close(g.params["bn.running_mean"], torch.stack([f.mean(1) for f in feats]).mean(0))
+    torch.testing.assert_close(g.params["bn.running_var"], torch.stack([f.var(1) for f in feats]).mean(0))
+    assert torch.equal(net.bn.running_mean, torch.zeros(4))  # the input model is untouched
+
+
+def test_weight_matching_recovers_a_planted_permutation() -> None:
+    from hetsurgery.passes import ApplyPermutation, random_permutations
+
+    model = hs.zoo.resnet((2, 1, 1)).eval()
+    g = hs.trace(model, DATA[0][:2])
+    planted = random_permutations(g, 3)
+    b = ApplyPermutation(planted)(g)
+    perms, report = weight_matching(b.params, g.params, list(g.permutable()))
+    assert report["converged"] and all(x >= 0 for x in report["gain_per_sweep"])
+    for gid, p in planted.items():
+        assert torch.equal(perms[gid], p)  # b's channel i is g's channel planted[i]

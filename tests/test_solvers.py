@@ -1,0 +1,85 @@
+"""Solvers against planted answers: permute and zip recover a planted permutation, OT maps are stochastic."""
+
+from __future__ import annotations
+
+import torch
+
+from hetsurgery.ir import Blocks
+from hetsurgery.plan.solvers.ot import feature_distance, ot_match, transport_map
+from hetsurgery.plan.solvers.permute import permute
+from hetsurgery.plan.solvers.zip import zip_match
+from hetsurgery.plan.stats import GroupStats
+
+
+def planted(d: int, seed: int, noise: float = 0.05) -> tuple[GroupStats, torch.Tensor]:
+    """Features of model 1 are model 0's in the order ``perm`` (new channel i = old perm[i]), plus noise."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(400, d, generator=gen) @ torch.randn(d, d, generator=gen) * 0.3 + torch.randn(400, d, generator=gen)
+    perm = torch.randperm(d, generator=gen)
+    y = x[:, perm] + noise * torch.randn(400, d, generator=gen)
+    both = torch.cat([x, y], 1).double()
+    return GroupStats((d, d), 400, both.mean(0), torch.cov(both.T)), perm
+
+
+def test_permute_recovers_planted_permutation() -> None:
+    for seed in range(5):
+        stats, perm = planted(12, seed)
+        m = permute(0, stats, Blocks(1, 12), (0.5, 0.5))
+        # merged channel i is model 0's channel i and model 1's channel perm⁻¹(i)
+        assert m.info["perms"][1] == torch.argsort(perm).tolist()
+        assert torch.equal(m.unmerge[1] @ m.merge[1] * 2, torch.eye(12, dtype=torch.float64))
+
+
+def test_zip_recovers_planted_permutation() -> None:
+    for seed in range(5):
+        stats, perm = planted(10, seed)
+        m = zip_match(0, stats.corr(), (10, 10), (0.5, 0.5), alpha=0.5, beta=0.5)
+        inverse = torch.argsort(perm)
+        assert m.info["clusters"] == [[i, 10 + int(inverse[i])] for i in range(10)]
+        assert m.info["within_model_clusters"] == 0
+
+
+def test_zip_matrices_average_cluster_members() -> None:
+    stats, _ = planted(6, 0, noise=1.0)
+    m = zip_match(0, stats.corr(), (6, 6), (0.25, 0.75), alpha=0.1, beta=1.0)
+    merge = torch.cat(m.merge, 1)
+    unmerge = torch.cat(m.unmerge, 0)
+    assert merge.shape == (6, 12) and unmerge.shape == (12, 6)
+    torch.testing.assert_close(merge.sum(1), torch.ones(6, dtype=torch.float64))  # a weighted mean per cluster
+    assert torch.equal(unmerge.sum(1), torch.ones(12, dtype=torch.float64))  # every feature in one cluster
+
+
+def test_zip_beta_zero_forbids_within_model_merges() -> None:
+    corr = torch.eye(4, dtype=torch.float64)
+    corr[0, 1] = corr[1, 0] = 0.99  # model 0's two features are near duplicates
+    corr[2, 3] = corr[3, 2] = 0.98
+    corr[0, 2] = corr[2, 0] = corr[1, 3] = corr[3, 1] = 0.1
+    free = zip_match(0, corr, (2, 2), (0.5, 0.5), beta=1.0)
+    assert free.info["clusters"] == [[0, 1], [2, 3]]
+    strict = zip_match(0, corr, (2, 2), (0.5, 0.5), beta=0.0)
+    assert strict.info["clusters"] == [[0, 2], [1, 3]]
+
+
+def test_ot_columns_sum_to_one_and_recover_permutation() -> None:
+    stats, perm = planted(8, 3)
+    m = ot_match(0, stats, Blocks(1, 8), (0.5, 0.5))
+    t = m.unmerge[1]
+    torch.testing.assert_close(t.sum(0), torch.ones(8, dtype=torch.float64))
+    # model 1's channel j is model 0's channel perm[j]: all of its mass goes there
+    assert torch.equal(t.argmax(1), perm) and torch.equal(t, torch.eye(8, dtype=torch.float64)[perm])
+
+
+def test_ot_unequal_widths_and_sinkhorn_columns_sum_to_one() -> None:
+    cost = torch.rand(7, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 50
+    for solver in ("emd", "sinkhorn"):
+        t = transport_map(cost, solver, reg=0.05)
+        assert t.shape == (7, 4)
+        torch.testing.assert_close(t.sum(0), torch.ones(4, dtype=torch.float64), rtol=1e-3, atol=1e-3)
+
+
+def test_feature_distance_is_euclidean_over_samples() -> None:
+    stats, _ = planted(3, 1)
+    d = feature_distance(stats, 1, 0)
+    m2 = stats.second_moment()
+    expected = (m2[3 + 1, 3 + 1] + m2[2, 2] - 2 * m2[3 + 1, 2]).sqrt()
+    assert abs(d[1, 2] - expected) < 1e-12

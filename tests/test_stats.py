@@ -1,0 +1,85 @@
+"""Streaming statistics equal torch.cov of the stored features; dead features correlate 0, not NaN."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import hetsurgery as hs
+from hetsurgery.plan.stats import collect_stats, features, tap_module
+
+
+def _two_graphs() -> tuple[hs.ModelGraph, hs.ModelGraph]:
+    torch.manual_seed(0)
+    a, b = hs.zoo.resnet((1, 1, 1)), hs.zoo.resnet((1, 1, 1))
+    x = torch.randn(2, 1, 8, 8)
+    return hs.trace(a.eval(), x), hs.trace(b.eval(), x)
+
+
+def test_streaming_covariance_equals_torch_cov() -> None:
+    ga, gb = _two_graphs()
+    batches = [torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(n)) for n in (5, 17, 9)]
+    stats = collect_stats([ga, gb], batches, progress=False)
+    for gid, st in stats.items():
+        grp = ga.group(gid)
+        nodes = sorted({s.node for s in grp.sites})
+        rows = []
+        for x in batches:
+            cols = []
+            for g in (ga, gb):
+                outs = dict(zip(nodes, tap_module(g, nodes)(x), strict=True))
+                cols.append(torch.cat([features(outs[s.node], s, grp.size) for s in g.group(gid).sites]))
+            rows.append(torch.cat(cols, 1))
+        stored = torch.cat(rows).double()
+        assert st.count == stored.shape[0]
+        torch.testing.assert_close(st.mean, stored.mean(0), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(st.cov, torch.cov(stored.T), rtol=1e-5, atol=1e-6)
+
+
+def test_conv_positions_and_every_site_count_as_samples() -> None:
+    ga, gb = _two_graphs()
+    stats = collect_stats([ga, gb], [torch.randn(4, 1, 8, 8)], progress=False)
+    inner = next(g for g in ga.groups if g.label == "layer1_0_conv1")
+    assert stats[inner.id].count == 4 * 8 * 8  # one site (conv2's input), 64 positions per image
+    stream = ga.group(0)
+    assert len(stream.sites) >= 2 and stats[0].count > 4 * 64
+
+
+def test_memory_budget_gives_the_same_statistics_in_several_passes() -> None:
+    ga, gb = _two_graphs()
+    data = [torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(1))]
+    whole = collect_stats([ga, gb], data, progress=False)
+    calls = []
+
+    class Counting(list):
+        def __iter__(self):
+            calls.append(1)
+            return super().__iter__()
+
+    biggest = max(16 * (2 * g.size) ** 2 for g in ga.permutable())
+    split = collect_stats([ga, gb], Counting(data), memory_budget=biggest, progress=False)
+    assert len(calls) > 1
+    assert whole.keys() == split.keys()
+    for gid in whole:
+        torch.testing.assert_close(whole[gid].cov, split[gid].cov)
+
+
+def test_dead_features_correlate_zero() -> None:
+    class Dead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+            with torch.no_grad():
+                self.a.weight[0] = 0.0
+                self.a.bias[0] = -1.0  # unit 0 is always 0 after the ReLU
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(torch.relu(self.a(x)))
+
+    m = Dead()
+    g = hs.trace(m, torch.randn(2, 3))
+    st = collect_stats([g, g], [torch.randn(50, 3)], progress=False)[0]
+    corr = st.corr()
+    assert not torch.isnan(corr).any()
+    assert corr[0].abs().sum() == 0 and corr[:, 4].abs().sum() == 0
+    assert st.similarity()[0, 4] == 1.0  # two constant features of equal value are interchangeable
