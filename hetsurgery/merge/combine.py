@@ -17,8 +17,7 @@ def combine(graphs: Sequence[ModelGraph], plan: WidthPlan) -> dict[str, torch.Te
 
     Integer buffers (``num_batches_tracked``) come from the first model.
     """
-    by_param = slots_by_param(graphs[0].groups)
-    for name, slots in by_param.items():
+    for name, slots in slots_by_param(graphs[0].groups).items():
         dims = {s.dim for _, s in slots if s.role is Role.PRODUCE}
         if len(dims) > 1:
             raise MergeError(f"{graphs[0].name}: {name} has produce-side channels on dims {sorted(dims)}; "
@@ -27,6 +26,7 @@ def combine(graphs: Sequence[ModelGraph], plan: WidthPlan) -> dict[str, torch.Te
     for k, g in enumerate(graphs):
         maps = SlotMaps({gid: m.merge[k] for gid, m in plan.groups.items()},
                         {gid: m.unmerge[k].T for gid, m in plan.groups.items()})
+        by_param = slots_by_param(g.groups)  # this model's own offsets: concat layouts follow its widths
         aligned = transform_params(g.params, by_param, maps, names=g.params)
         for name, t in aligned.items():
             if not t.is_floating_point():

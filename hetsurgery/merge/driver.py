@@ -16,6 +16,7 @@ from hetsurgery.ir.lowering import to_module
 from hetsurgery.merge.combine import combine
 from hetsurgery.merge.methods import METHODS
 from hetsurgery.merge.topology import check_same_topology
+from hetsurgery.merge.widths import Width, check_width_changes, resolve_widths
 from hetsurgery.passes import ResetBatchNorm
 from hetsurgery.passes.resize import resized_groups
 from hetsurgery.plan.apply import SlotMaps, slots_by_param, transform_params
@@ -64,8 +65,9 @@ class Planned:
 
 
 def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "zip",
-               weights: Sequence[float] | None = None, anchor: int = 0, example_inputs: torch.Tensor | None = None,
-               memory_budget: int | None = None, progress: bool = True, **method_options: object) -> Planned:
+               weights: Sequence[float] | None = None, anchor: int = 0, width: Width = None,
+               example_inputs: torch.Tensor | None = None, memory_budget: int | None = None, progress: bool = True,
+               **method_options: object) -> Planned:
     """Trace the models, stream their statistics and solve the width plan (the first three stages of ``merge``)."""
     spec = METHODS.get(method)
     if spec is None:
@@ -84,7 +86,12 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: st
     clock = time.perf_counter()
     x = example_inputs if example_inputs is not None else _first_batch(data)
     graphs = tuple(trace(m, x, name=f"model {k} ({type(m).__name__})") for k, m in enumerate(models))
-    check_same_topology(graphs, equal_widths=spec.equal_widths)
+    check_same_topology(graphs, equal_widths=spec.widths is None)
+    if spec.widths is None and width is not None:
+        raise MergeError(f"method {method!r} keeps the models' common widths; width= works with zip, ot and mal")
+    targets = resolve_widths(graphs, width, spec.default_width, anchor)
+    if spec.widths is not None:
+        check_width_changes(graphs, targets, method, spec.widths)
     seconds["trace"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -94,7 +101,7 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: st
 
     clock = time.perf_counter()
     try:
-        matches = spec.plan(graphs, stats, w, anchor, **method_options)
+        matches = spec.plan(graphs, stats, w, anchor, targets, **method_options)
     except TypeError as exc:
         raise MergeError(f"method {method!r} got an option it does not take: {exc}") from exc
     matches.update(_fill_unobserved(graphs, matches, w, anchor))
@@ -107,15 +114,17 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: st
 
 
 def merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "zip",
-          weights: Sequence[float] | None = None, reset_bn: bool = True, anchor: int = 0,
+          weights: Sequence[float] | None = None, reset_bn: bool = True, anchor: int = 0, width: Width = None,
           example_inputs: torch.Tensor | None = None, memory_budget: int | None = None, progress: bool = True,
           **method_options: object) -> MergeResult:
     """Merge ``models`` (the same topology) into one ``nn.Module`` without training.
 
     ``data`` yields calibration batches (tensors or ``(inputs, labels)``): it feeds the statistics of
     data-driven methods and the BatchNorm reset. ``method`` is ``average``, ``permute``, ``weight``,
-    ``ot`` or ``zip``; its options (``alpha=``, ``beta=``, ``solver=``, ...) are keyword arguments.
-    ``weights`` (default uniform) weigh the models; ``anchor`` is the model the others are aligned to.
+    ``ot``, ``zip``, ``mal`` or ``mal-pad``; its options (``alpha=``, ``beta=``, ``solver=``, ...) are
+    keyword arguments. ``weights`` (default uniform) weigh the models; ``anchor`` is the model the others
+    are aligned to. Models may differ in width (zip, ot, mal): ``width`` picks the merged widths,
+    ``"max"``, ``"min"``, a model index or ``{group: width}`` (default: zip the widest, ot and mal the anchor).
 
     >>> import torch, hetsurgery as hs
     >>> a, b = hs.zoo.mlp([16]), hs.zoo.mlp([16])
@@ -123,7 +132,7 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "
     >>> r.model(torch.randn(3, 64)).shape
     torch.Size([3, 10])
     """
-    planned = plan_merge(models, data, method=method, weights=weights, anchor=anchor,
+    planned = plan_merge(models, data, method=method, weights=weights, anchor=anchor, width=width,
                          example_inputs=example_inputs, memory_budget=memory_budget, progress=progress,
                          **method_options)
     graphs, plan, seconds = planned.graphs, planned.plan, planned.seconds
@@ -151,12 +160,11 @@ def align(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "
     interpolation curve.
     """
     planned = plan_merge(models, data, method=method, **options)
-    by_param = slots_by_param(planned.graphs[0].groups)
     out: list[nn.Module] = []
     for k, g in enumerate(planned.graphs):
         maps = SlotMaps({gid: _row_normalised(m.merge[k]) for gid, m in planned.plan.groups.items()},
                         {gid: m.unmerge[k].T for gid, m in planned.plan.groups.items()})
-        params = transform_params(g.params, by_param, maps, names=g.params)
+        params = transform_params(g.params, slots_by_param(g.groups), maps, names=g.params)
         out.append(to_module(_merged_graph(g, planned.plan, params)).eval())
     return out
 
@@ -171,13 +179,12 @@ def _fill_unobserved(graphs: Sequence[ModelGraph], matches: Mapping[int, GroupMa
     missing = [g for g in graphs[0].permutable() if g.id not in matches]
     if not missing:
         return {}
-    by_param = slots_by_param(graphs[0].groups)
     names = sorted({s.param for g in missing for s in g.slots})
 
     def aligned(k: int) -> dict[str, torch.Tensor]:
         produce = {gid: _row_normalised(m.merge[k]) for gid, m in matches.items()}
         consume = {gid: m.unmerge[k].T for gid, m in matches.items()}
-        return transform_params(graphs[k].params, by_param, SlotMaps(produce, consume), names)
+        return transform_params(graphs[k].params, slots_by_param(graphs[k].groups), SlotMaps(produce, consume), names)
 
     ref = aligned(anchor)
     perms: list[dict[int, torch.Tensor]] = []

@@ -1,18 +1,22 @@
 """The width-alignment methods ``merge`` knows: a literal table, one function each.
 
-Each takes the traced graphs, the statistics (``None`` for data-free methods), the weights, the anchor
-and its own typed options, and returns a ``GroupMatch`` for each group it aligned. Groups a method
-cannot handle (no observable features, attention heads for zip) are left out; the driver fills them.
+Each takes the traced graphs, the statistics (``None`` for data-free methods), the weights, the anchor,
+the merged width of every group and its own typed options, and returns a ``GroupMatch`` for each group
+it aligned. Groups a method cannot handle (no observable features) are left out; the driver fills them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
+from hetsurgery.errors import MergeError, PassError
 from hetsurgery.ir import ModelGraph
+from hetsurgery.passes import PadWidth, Pipeline
+from hetsurgery.plan.solvers.mal import mal_match
 from hetsurgery.plan.solvers.ot import ot_match
 from hetsurgery.plan.solvers.permute import permute
 from hetsurgery.plan.solvers.weight import weight_matching
@@ -21,22 +25,23 @@ from hetsurgery.plan.stats import GroupStats
 from hetsurgery.plan.width_plan import GroupMatch
 
 Stats = Mapping[int, GroupStats]
+Targets = Mapping[int, int]
 
 
-def plan_average(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int
-                 ) -> dict[int, GroupMatch]:
+def plan_average(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int,
+                 targets: Targets) -> dict[int, GroupMatch]:
     return {g.id: GroupMatch.identity(g.id, [x.group(g.id).size for x in graphs], weights)
             for g in graphs[0].permutable()}
 
 
-def plan_permute(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int
-                 ) -> dict[int, GroupMatch]:
+def plan_permute(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int,
+                 targets: Targets) -> dict[int, GroupMatch]:
     assert stats is not None
     return {gid: permute(gid, s, graphs[0].group(gid).structure, weights, anchor) for gid, s in stats.items()}
 
 
-def plan_weight(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int, *,
-                max_sweeps: int = 100, seed: int = 0) -> dict[int, GroupMatch]:
+def plan_weight(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int,
+                targets: Targets, *, max_sweeps: int = 100, seed: int = 0) -> dict[int, GroupMatch]:
     groups = list(graphs[0].permutable())
     perms_per_model: list[dict[int, torch.Tensor]] = []
     reports = []
@@ -51,15 +56,23 @@ def plan_weight(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequ
                                           {"sweeps": [r["sweeps"] for r in reports]}) for grp in groups}
 
 
-def plan_ot(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int, *,
-            solver: str = "emd", reg: float = 0.01) -> dict[int, GroupMatch]:
+def plan_ot(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int,
+            targets: Targets, *, solver: str = "emd", reg: float = 0.01) -> dict[int, GroupMatch]:
+    """Transport every model onto one model's neurons: per group, the anchor or the model of the target width."""
     assert stats is not None
-    return {gid: ot_match(gid, s, graphs[0].group(gid).structure, weights, anchor, solver=solver, reg=reg)
-            for gid, s in stats.items()}
+    out = {}
+    for gid, s in stats.items():
+        onto = [anchor, *range(len(graphs))]
+        target = next((k for k in onto if s.widths[k] == targets[gid]), None)
+        if target is None:
+            raise MergeError(f"group {gid} ({graphs[0].group(gid).label}): ot transports onto one model's neurons; "
+                             f"width {targets[gid]} is none of {s.widths}")
+        out[gid] = ot_match(gid, s, graphs[0].group(gid).structure, weights, target, solver=solver, reg=reg)
+    return out
 
 
-def plan_zip(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int, *,
-             alpha: float = 0.5, beta: float = 1.0, width: int | None = None) -> dict[int, GroupMatch]:
+def plan_zip(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int,
+             targets: Targets, *, alpha: float = 0.5, beta: float = 1.0) -> dict[int, GroupMatch]:
     assert stats is not None
     out = {}
     for gid, s in stats.items():
@@ -68,21 +81,69 @@ def plan_zip(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequenc
             m = permute(gid, s, blocks, weights, anchor)
             out[gid] = GroupMatch(gid, m.size, m.merge, m.unmerge, {**m.info, "note": "blocks: matched by permute"})
             continue
-        out[gid] = zip_match(gid, s.similarity(), s.widths, weights, width=width, alpha=alpha, beta=beta)
+        out[gid] = zip_match(gid, s.similarity(), s.widths, weights, width=targets[gid], alpha=alpha, beta=beta)
     return out
+
+
+def plan_mal(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int,
+             targets: Targets, *, alternate: bool = True, max_sweeps: int = 100, seed: int = 0
+             ) -> dict[int, GroupMatch]:
+    """Zero-pad every group to the widest model, then weight-match each model to the anchor in that space."""
+    padded_width = {g.id: max(x.group(g.id).size for x in graphs) for g in graphs[0].permutable()}
+    padded = []
+    for g in graphs:
+        pads = tuple(PadWidth(gid, w) for gid, w in padded_width.items() if g.group(gid).size < w)
+        try:
+            padded.append(Pipeline(pads)(g))
+        except PassError as exc:
+            raise MergeError(f"mal: {exc}") from exc
+    groups = list(padded[anchor].permutable())
+    perms: list[dict[int, torch.Tensor]] = []
+    reports: list[dict] = []
+    for k, g in enumerate(padded):
+        if k == anchor:
+            perms.append({gid: torch.arange(w) for gid, w in padded_width.items()})
+            continue
+        p, rep = weight_matching(padded[anchor].params, g.params, groups, max_sweeps=max_sweeps, seed=seed,
+                                 alternate=alternate)
+        perms.append(p)
+        reports.append(rep)
+    out = {}
+    for gid, w in padded_width.items():
+        widths = [g.group(gid).size for g in graphs]
+        keep = None if targets[gid] == w else next((k for k in [anchor, *range(len(graphs))]
+                                                    if widths[k] == targets[gid]), -1)
+        if keep == -1:
+            raise MergeError(f"group {gid}: mal keeps the padded width {w} or one model's width {widths}, "
+                             f"not {targets[gid]}")
+        info = {"padded_width": w, "alternating": alternate,
+                "models": [_group_report(r, gid) for r in reports]}
+        out[gid] = mal_match(gid, [p[gid] for p in perms], widths, weights, keep=keep, info=info)
+    return out
+
+
+def _group_report(report: dict, gid: int) -> dict:
+    """What MAL reports per group: iterations, the objective after each, convergence."""
+    if not report["alternating"]:
+        return {"iterations": 1, "objective": report["objective"][1:], "converged": False}
+    g = report["groups"][gid]
+    return {"iterations": g["iterations"], "objective": g["objective"], "converged": g["converged"]}
 
 
 @dataclass(frozen=True)
 class Method:
     needs_data: bool
     plan: Callable[..., dict[int, GroupMatch]]
-    equal_widths: bool
+    widths: str | None  # how it changes widths: "zip" (any width), "pad" (MAL), None (equal widths only)
+    default_width: str = "anchor"
 
 
 METHODS: dict[str, Method] = {
-    "average": Method(needs_data=False, plan=plan_average, equal_widths=True),
-    "permute": Method(needs_data=True, plan=plan_permute, equal_widths=True),
-    "weight": Method(needs_data=False, plan=plan_weight, equal_widths=True),
-    "ot": Method(needs_data=True, plan=plan_ot, equal_widths=False),
-    "zip": Method(needs_data=True, plan=plan_zip, equal_widths=False),
+    "average": Method(needs_data=False, plan=plan_average, widths=None),
+    "permute": Method(needs_data=True, plan=plan_permute, widths=None),
+    "weight": Method(needs_data=False, plan=plan_weight, widths=None),
+    "ot": Method(needs_data=True, plan=plan_ot, widths="zip"),
+    "zip": Method(needs_data=True, plan=plan_zip, widths="zip", default_width="max"),
+    "mal": Method(needs_data=False, plan=plan_mal, widths="pad"),
+    "mal-pad": Method(needs_data=False, plan=partial(plan_mal, alternate=False), widths="pad"),
 }

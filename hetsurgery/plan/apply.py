@@ -71,7 +71,8 @@ def transform_params(params: Mapping[str, torch.Tensor], by_param: Mapping[str, 
     for name in (by_param if names is None else names):
         t = params[name]
         if t.is_floating_point():
-            for gid, slot in by_param.get(name, ()):
+            # from the last offset down: a width change then never moves a slot still to be transformed
+            for gid, slot in sorted(by_param.get(name, ()), key=lambda item: -item[1].offset):
                 t = maps.apply(t, gid, slot)
         out[name] = t
     return out

@@ -1,0 +1,52 @@
+"""Model Assembly Learning's generalised permutation (Zhang et al. 2025) for groups of different widths.
+
+Size-compatible groups are aligned by a LAP; for size-incompatible ones the narrower model is
+zero-padded to the wider width first (``PadWidth``: new rows and columns are zero), then the
+permutations maximise ``Σ ⟨W_base, P_out W_target P_inᵀ⟩`` in the padded space. Every layer couples
+its output-side and input-side permutations, so the problem is solved by alternating LAPs, each side
+re-solved with the others fixed, until the objective stops improving (``alternate=True``, "mal"); the
+simpler baseline solves one LAP per group with everything else at identity ("mal-pad").
+
+Only the MAL abstract and summaries were available when this was written: the objective and the
+alternation above are our reading of "zero-padding, bidirectional alignment, alternating optimisation".
+
+A model of width ``d_k`` sits in the padded space through ``Q_k`` (``W x d_k``): ``Q_k[i, j] = 1`` when its
+channel ``j`` lands on padded channel ``i``. The merged group keeps all ``W`` channels (``M_k = α_k Q_k``,
+``U_k = Q_kᵀ``; a model contributes zeros where it has no channel, as in MAL), or only the channels one
+model really has (its width).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from hetsurgery.plan.width_plan import GroupMatch
+
+
+def placement(perm: torch.Tensor, width: int) -> torch.Tensor:
+    """``Q`` (``W x d``): padded channel ``i`` holds the model's channel ``perm[i]`` when ``perm[i] < d``.
+
+    >>> placement(torch.tensor([2, 0, 1]), 2).tolist()
+    [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]
+    """
+    q = torch.zeros(perm.numel(), width, dtype=torch.float64)
+    real = perm < width
+    q[torch.arange(perm.numel())[real], perm[real]] = 1.0
+    return q
+
+
+def mal_match(gid: int, perms: Sequence[torch.Tensor], widths: Sequence[int], weights: Sequence[float], *,
+              keep: int | None, info: Mapping[str, object]) -> GroupMatch:
+    """The group's merge from padded-space permutations (one per model, the anchor's the identity).
+
+    ``keep`` is ``None`` to keep every padded channel, or the index of the model whose real channels
+    the merged group keeps.
+    """
+    qs = [placement(p, d) for p, d in zip(perms, widths, strict=True)]
+    if keep is not None:
+        rows = torch.nonzero(qs[keep].sum(1)).flatten()
+        qs = [q[rows] for q in qs]
+    return GroupMatch(gid, qs[0].shape[0], tuple(w * q for w, q in zip(weights, qs, strict=True)),
+                      tuple(q.T.contiguous() for q in qs), {"kind": "mal", **info})

@@ -1,0 +1,81 @@
+"""PadWidth and a pad-then-ZipNeurons round trip preserve the function on every zoo model's pad-safe groups."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import randomise, rel_err
+from test_trace_zoo import DIGITS, ZOO
+
+import hetsurgery as hs
+from hetsurgery.passes import ApplyPermutation, PadWidth, Pipeline, ZipNeurons, random_permutations
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_pad_then_unpad_every_pad_safe_group(name: str) -> None:
+    model = randomise(ZOO[name](), seed=2)
+    g = hs.trace(model, DIGITS)
+    with torch.no_grad():
+        y = model(DIGITS)
+    for grp in g.groups:
+        if not grp.pad_ok:
+            continue
+        padded = PadWidth(grp.id, grp.size + 3)(g)
+        assert padded.group(grp.id).size == grp.size + 3
+        with torch.no_grad():
+            assert rel_err(y, hs.to_module(padded)(DIGITS)) <= 1e-5, f"{name} group {grp.id}"
+        keep = torch.eye(grp.size + 3)[:grp.size]
+        back = ZipNeurons(grp.id, keep, keep.T.clone())(padded)
+        assert all(torch.equal(back.params[k], g.params[k]) for k in g.params)
+        # a permutation of the padded width is a ZipNeurons with U M = I: also exact
+        perm = torch.eye(grp.size + 3)[torch.randperm(grp.size + 3)]
+        with torch.no_grad():
+            assert rel_err(y, hs.to_module(ZipNeurons(grp.id, perm, perm.T.clone())(padded))(DIGITS)) <= 1e-5
+
+
+def test_padding_every_group_at_once_regenerates_modules() -> None:
+    model = randomise(hs.zoo.densenet((2, 2)), seed=3)
+    g = hs.trace(model, DIGITS)
+    wide = Pipeline(tuple(PadWidth(grp.id, grp.size + 2 + grp.id) for grp in g.groups if grp.pad_ok))(g)
+    wide = ApplyPermutation(random_permutations(wide, 1))(wide)
+    m = hs.to_module(wide)
+    assert list(m.state_dict()) == list(model.state_dict())  # the user's names survive
+    layer0, layer1 = m.get_submodule("features.0"), m.get_submodule("features.1")
+    assert m.stem.out_channels == 24 + 2 and layer0.bn.num_features == 26
+    assert layer0.conv.out_channels == 12 + 3 and layer1.conv.in_channels == 26 + 15
+    with torch.no_grad():
+        assert rel_err(model(DIGITS), m(DIGITS)) <= 1e-5
+
+
+def test_golden_pad_of_a_small_mlp() -> None:
+    g = hs.trace(hs.zoo.mlp([2], in_features=3, num_classes=2, batch_norm=True), torch.randn(2, 3))
+    after = PadWidth(0, 4)(g)
+    assert after.dump().splitlines()[0] == "group 0 size=4 blocks=free label=layers_0"
+    assert after.params["layers.0.weight"].shape == (4, 3) and after.params["layers.3.weight"].shape == (2, 4)
+    assert after.params["layers.0.weight"][2:].abs().sum() == 0 and after.params["layers.3.weight"][:, 2:].abs().sum() == 0
+    assert after.params["layers.1.running_var"][2:].tolist() == [1.0, 1.0]  # new BatchNorm channels are inert
+
+
+def test_refuses_a_layernorm_group_and_shrinking() -> None:
+    g = hs.trace(hs.zoo.transformer("manual", depth=1), DIGITS)
+    stream = next(grp for grp in g.groups if any(s.param == "pos" for s in grp.slots))
+    with pytest.raises(hs.PassError, match=r"cannot pad group 0 .*LayerNorm at node .* normalises over the channels"):
+        PadWidth(stream.id, stream.size + 4)(g)
+    heads = next(grp for grp in g.groups if grp.structure.count > 1)
+    with pytest.raises(hs.PassError, match="blocks"):
+        PadWidth(heads.id, heads.size + 4)(g)
+    hidden = next(grp for grp in g.groups if grp.pad_ok)
+    with pytest.raises(hs.PassError, match="only grows"):
+        PadWidth(hidden.id, hidden.size - 1)(g)
+
+
+def test_zip_neurons_shrinks_and_checks_shapes() -> None:
+    g = hs.trace(hs.zoo.mlp([4], in_features=3, num_classes=2), torch.randn(2, 3))
+    m = torch.tensor([[0.5, 0.5, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+    out = ZipNeurons(0, m, (m > 0).float().T)(g)
+    assert out.group(0).size == 3 and hs.to_module(out)(torch.randn(5, 3)).shape == (5, 2)
+    torch.testing.assert_close(out.params["layers.0.weight"][0], g.params["layers.0.weight"][:2].mean(0))
+    with pytest.raises(hs.PassError, match="merge must be r x 4"):
+        ZipNeurons(0, torch.eye(3), torch.eye(3))(g)
+    with pytest.raises(hs.PassError, match="frozen"):
+        ZipNeurons(1, torch.eye(2), torch.eye(2))(g)
