@@ -1,13 +1,13 @@
-"""``python -m bench [accuracy|speed|scaling|all]``: run benchmarks, then rewrite BENCHMARKS.md."""
+"""``python -m bench [accuracy|accuracy_widths|speed|scaling|all]``: run benchmarks, then rewrite BENCHMARKS.md."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import accuracy
+from bench import accuracy, accuracy_widths
 from bench.report import assemble
 
-RUNS = {"accuracy": accuracy.main}
+RUNS = {"accuracy": accuracy.main, "accuracy_widths": accuracy_widths.main}
 
 
 def main(argv: list[str]) -> int:
