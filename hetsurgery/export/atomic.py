@@ -1,0 +1,85 @@
+"""Write files and folders so that a failure leaves nothing half written.
+
+A file is written under a temporary name in its own folder and renamed with ``os.replace``; a folder is
+built as a hidden sibling and renamed into place at the end.
+
+>>> import pathlib, tempfile
+>>> root = pathlib.Path(tempfile.mkdtemp())
+>>> with atomic_file(root / "a.txt") as tmp:
+...     _ = tmp.write_text("done")
+>>> sorted(p.name for p in root.iterdir())
+['a.txt']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from hetsurgery.errors import ExportError
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on failure it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike[str], *, may_replace: Callable[[Path], bool] = lambda p: False
+                  ) -> Iterator[Path]:
+    """Yield an empty hidden sibling folder; on success it becomes ``path``, on failure it is deleted.
+
+    An existing ``path`` is replaced only when it is empty or ``may_replace(path)`` says so (a folder of
+    unrelated files is never deleted); otherwise ``ExportError`` is raised before anything is written.
+    """
+    path = Path(path)
+    if path.exists() and not _replaceable(path, may_replace):
+        raise ExportError(f"{path} exists and is not empty; choose another output folder or remove it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+        _swap_in(tmp, path, may_replace)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replaceable(path: Path, may_replace: Callable[[Path], bool]) -> bool:
+    return path.is_dir() and (not any(path.iterdir()) or may_replace(path))
+
+
+def _swap_in(tmp: Path, path: Path, may_replace: Callable[[Path], bool]) -> None:
+    if not path.exists():
+        os.rename(tmp, path)
+        return
+    if not _replaceable(path, may_replace):  # it changed while we were writing
+        raise ExportError(f"{path} appeared while writing and is not empty; nothing was replaced")
+    old = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
+    os.rename(path, old)
+    os.rename(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,75 @@
+"""ONNX export: every zoo model and every merge the demo makes pass the onnxruntime parity check at two
+batch sizes; a mismatch raises and writes nothing."""
+
+from __future__ import annotations
+
+import pathlib
+
+import onnx
+import pytest
+import torch
+from helpers import randomise, randomise_calibrated
+
+import hetsurgery as hs
+import hetsurgery.export.onnx as onnx_export
+from hetsurgery.demo import METHODS as DEMO_METHODS
+from hetsurgery.export import to_onnx
+
+X = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+def _check(report: hs.export.ParityReport, path: pathlib.Path, sizes: tuple[int, ...] = (2, 5)) -> None:
+    assert report.passed and report.checked, str(report)
+    assert report.batch_sizes == sizes and [b for b, *_ in report.per_batch] == list(sizes)
+    assert report.max_rel_err <= 1e-3 and "CPUExecutionProvider" in report.providers
+    model = onnx.load(str(path))
+    assert max(op.version for op in model.opset_import if op.domain in ("", "ai.onnx")) >= 18
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # one file, no temporaries left
+
+
+@pytest.mark.parametrize("name", sorted(hs.zoo.ZOO))
+def test_every_zoo_model_exports_with_parity(name: str, tmp_path: pathlib.Path) -> None:
+    model = randomise(hs.zoo.ZOO[name](), seed=1)
+    path = tmp_path / f"{name}.onnx"
+    _check(to_onnx(model, X, path), path)
+
+
+@pytest.mark.parametrize("method", DEMO_METHODS)
+def test_every_merge_the_demo_makes_exports_with_parity(method: str, tmp_path: pathlib.Path) -> None:
+    calib = torch.randn(96, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    a = randomise_calibrated(hs.zoo.resnet((1, 1, 1)), calib, seed=2)  # the demo's quick ResNet-8
+    b = randomise_calibrated(hs.zoo.resnet((1, 1, 1)), calib, seed=3)
+    merged = hs.merge([a, b], [calib], method=method, progress=False)
+    path = tmp_path / f"{method}.onnx"
+    _check(to_onnx(merged.model, X, path), path)
+
+
+def test_batch_of_one_and_static_batch(tmp_path: pathlib.Path) -> None:
+    model = hs.zoo.mlp([16])
+    _check(to_onnx(model, torch.randn(1, 64), tmp_path / "one.onnx"), tmp_path / "one.onnx", sizes=(1, 3))
+    (tmp_path / "one.onnx").unlink()
+    _check(to_onnx(model, torch.randn(4, 64), tmp_path / "static.onnx", dynamic_batch=False),
+           tmp_path / "static.onnx", sizes=(4,))
+
+
+def test_a_mismatch_raises_and_writes_nothing(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_session = onnx_export._session
+
+    class Off:  # onnxruntime, but every output is 1e-2 too large
+        def __init__(self, path: pathlib.Path) -> None:
+            self.session, _ = real_session(path)
+
+        def get_inputs(self) -> list:
+            return self.session.get_inputs()
+
+        def run(self, names: object, feed: dict) -> list:
+            return [y + 1e-2 for y in self.session.run(names, feed)]
+
+    monkeypatch.setattr(onnx_export, "_session", lambda path: (Off(path), ("CPUExecutionProvider",)))
+    model = hs.zoo.mlp([16])
+    with pytest.raises(hs.ExportError, match="onnxruntime disagrees"):
+        to_onnx(model, torch.randn(2, 64), tmp_path / "off.onnx")
+    assert list(tmp_path.iterdir()) == []
+    report = to_onnx(model, torch.randn(2, 64), tmp_path / "off.onnx", check=False)
+    assert not report.passed and report.max_abs_err == pytest.approx(1e-2, rel=1e-3)
+    assert (tmp_path / "off.onnx").is_file()

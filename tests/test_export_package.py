@@ -1,0 +1,155 @@
+"""Model packages: save -> load reproduces outputs (in a fresh process without the zoo), ties survive,
+checkpoints are never unpickled, and a failed save leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import safetensors.torch
+import torch
+from helpers import randomise
+from torch import nn
+
+import hetsurgery as hs
+from hetsurgery.export import InputError, load, read_package, read_weights, save
+from hetsurgery.plan.width_plan import GroupMatch, WidthPlan
+
+X = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+MODELS = {
+    "resnet": lambda: hs.zoo.resnet((1, 1, 1)),
+    "transformer-mha": lambda: hs.zoo.transformer("mha", depth=1),
+    "transformer-manual": lambda: hs.zoo.transformer("manual", depth=1),
+    "densenet": lambda: hs.zoo.densenet((2, 2), growth=4),
+    "mobilenet": lambda: hs.zoo.mobilenet(((8, 1, 1), (16, 1, 2))),
+    "vgg": lambda: hs.zoo.vgg(),
+    "mlp": lambda: hs.zoo.mlp([16, 8]),
+}
+
+
+class TiedLM(nn.Module):
+    """Tied input/output embeddings, a loose parameter and a tensor constant."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(20, 8)
+        self.head = nn.Linear(8, 20, bias=False)
+        self.head.weight = self.emb.weight
+        self.offset = nn.Parameter(torch.randn(8))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.emb(tokens) + self.offset) * torch.ones(8))
+
+
+def test_save_then_load_in_a_fresh_process_reproduces_outputs_exactly(tmp_path: pathlib.Path) -> None:
+    expected = {}
+    for name, make in MODELS.items():
+        model = randomise(make(), seed=1)
+        save(hs.trace(model, X[:2], name=name), tmp_path / name)
+        with torch.no_grad():
+            expected[name] = model(X)
+    safetensors.torch.save_file({"x": X}, str(tmp_path / "x.safetensors"))
+    script = textwrap.dedent(f"""
+        import importlib.util, pathlib, sys
+        import safetensors.torch, torch
+        root = pathlib.Path({str(tmp_path)!r})
+        x = safetensors.torch.load_file(str(root / "x.safetensors"))["x"]
+        out = {{}}
+        for name in {sorted(MODELS)!r}:
+            spec = importlib.util.spec_from_file_location("model_" + name.replace("-", "_"), root / name / "model.py")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            with torch.no_grad():
+                out[name] = module.load(root / name)(x).contiguous()
+        assert not any(m == "hetsurgery" or m.startswith("hetsurgery.") for m in sys.modules), "hetsurgery imported"
+        safetensors.torch.save_file(out, str(root / "out.safetensors"))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = safetensors.torch.load_file(str(tmp_path / "out.safetensors"))
+    for name in MODELS:
+        assert torch.equal(got[name], expected[name]), name
+
+
+def test_package_files_plan_and_report(tmp_path: pathlib.Path) -> None:
+    g = hs.trace(hs.zoo.mlp([8], in_features=4, num_classes=2), torch.randn(2, 4))
+    match = GroupMatch.from_perms(0, [torch.arange(8), torch.randperm(8)], [0.5, 0.5])
+    plan = WidthPlan("permute", (0.5, 0.5), 0, {0: match})
+    folder = save(g, tmp_path / "pkg", plan=plan, report="joint accuracy **0.91**")
+    assert sorted(p.name for p in folder.iterdir()) == ["model.py", "model.safetensors", "plan.json", "report.md"]
+    pkg = read_package(folder)
+    assert pkg.plan is not None and pkg.plan.method == "permute"
+    assert pkg.plan.groups[0].assignment(1) == match.assignment(1)
+    assert json.loads((folder / "plan.json").read_text())["format"] == "hetsurgery-plan/1"
+    assert "joint accuracy **0.91**" in pkg.report and "| 0 | 8 / 8 | 8 | permutation |" in pkg.report
+    assert [tuple(x.shape) for x in pkg.example_inputs] == [(2, 4)]
+    source = (folder / "model.py").read_text()
+    assert "'layers.0': ('Linear', {'in_features': 4, 'out_features': 8})," in source
+    assert "def forward(self, x" in source and "hetsurgery" not in source.split('"""')[2]
+
+
+def test_tied_weights_are_stored_once_and_tied_again(tmp_path: pathlib.Path) -> None:
+    model = TiedLM().eval()
+    tokens = torch.randint(0, 20, (4, 5), generator=torch.Generator().manual_seed(0))
+    folder = save(model, tmp_path / "lm", example_inputs=tokens)
+    stored = safetensors.torch.load_file(str(folder / "model.safetensors"))
+    assert "emb.weight" in stored and "head.weight" not in stored
+    twin = load(folder)
+    assert twin.head.weight is twin.emb.weight
+    with torch.no_grad():
+        assert torch.equal(twin(tokens), model(tokens))
+
+
+def test_saving_over_a_package_replaces_it_but_a_foreign_folder_is_refused(tmp_path: pathlib.Path) -> None:
+    g = hs.trace(hs.zoo.mlp([8], in_features=4, num_classes=2), torch.randn(2, 4))
+    save(g, tmp_path / "pkg")
+    save(g, tmp_path / "pkg", report="second")
+    assert "second" in (tmp_path / "pkg" / "report.md").read_text()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes.txt").write_text("mine")
+    with pytest.raises(hs.ExportError, match="not empty"):
+        save(g, tmp_path / "docs")
+    assert (tmp_path / "docs" / "notes.txt").read_text() == "mine"
+
+
+def test_a_failed_save_leaves_nothing_half_written(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save(hs.trace(hs.zoo.mlp([8]), torch.randn(2, 64)), tmp_path / "pkg")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_layers_model_py_cannot_rebuild_are_refused_by_name(tmp_path: pathlib.Path) -> None:
+    class Opaque(nn.Linear):
+        pass
+
+    g = hs.trace(nn.Sequential(Opaque(4, 4), nn.ReLU()), torch.randn(2, 4), leaf_modules=(Opaque,))
+    with pytest.raises(hs.ExportError, match=r"layer '0' is a .*Opaque"):
+        save(g, tmp_path / "pkg")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoints_are_read_without_unpickling(tmp_path: pathlib.Path) -> None:
+    model = hs.zoo.mlp([8])
+    torch.save(model.state_dict(), tmp_path / "state.pt")
+    torch.save({"state_dict": model.state_dict(), "epoch": 3}, tmp_path / "trainer.ckpt")
+    safetensors.torch.save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
+    for name in ("state.pt", "trainer.ckpt", "w.safetensors"):
+        assert torch.equal(read_weights(tmp_path / name)["layers.0.weight"], model.layers[0].weight)
+    torch.save(model, tmp_path / "whole.pt")
+    with pytest.raises(InputError, match=r"pickled Python objects .* never unpickles code"):
+        read_weights(tmp_path / "whole.pt")
+    with pytest.raises(InputError, match="does not exist"):
+        read_weights(tmp_path / "missing.pt")
+
+
+def test_load_names_what_is_missing(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(InputError, match="not a hetsurgery model package"):
+        load(tmp_path)
