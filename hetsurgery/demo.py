@@ -4,12 +4,15 @@ Model A learns digits 0-4 and model B digits 5-9 (both heads see all ten classes
 combines them without training; the table gives joint accuracy (argmax over all ten classes), per-task
 accuracy (argmax inside the task's classes) and their average, next to A, B and their output ensemble.
 A second experiment interpolates two MLPs trained on all digits, before and after permutation alignment,
-and plots the loss barrier.
+and plots the loss barrier. Every merged model is saved as a package (``out/<method>/``: model.py,
+model.safetensors, plan.json, report.md) and exported to ONNX with an onnxruntime parity check
+(``out/<method>/model.onnx``); the merged graph and one group's width plans are drawn in ``out/pictures/``.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +23,7 @@ from torch.utils.data import Subset
 
 from hetsurgery import zoo
 from hetsurgery.evaluate import Ensemble, TaskScores, interpolate, plot_curves, task_scores
+from hetsurgery.export import ParityReport, Picture, render, save, to_onnx
 from hetsurgery.merge import MergeResult, align, merge
 from hetsurgery.zoo.data import TASKS, digits, loader
 from hetsurgery.zoo.train import train
@@ -35,14 +39,19 @@ class DemoResult:
     barrier: dict[str, float]
     paths: dict[str, Path]
     models: tuple[nn.Module, nn.Module] = field(repr=False)
+    parity: dict[str, ParityReport] = field(default_factory=dict)
 
     def table(self) -> str:
-        head = f"{'model':<10} {'joint':>6} {'task A':>7} {'task B':>7} {'avg':>6} {'merge s':>8}"
-        lines = [head, "-" * len(head)]
-        for name, s in self.scores.items():
-            secs = f"{self.seconds[name]:8.2f}" if name in self.seconds else " " * 8
-            lines.append(f"{name:<10} {s.joint:6.3f} {s.per_task[0]:7.3f} {s.per_task[1]:7.3f} {s.task_avg:6.3f} {secs}")
-        return "\n".join(lines)
+        return _table(self.scores, self.seconds)
+
+
+def _table(scores: dict[str, TaskScores], seconds: dict[str, float]) -> str:
+    head = f"{'model':<10} {'joint':>6} {'task A':>7} {'task B':>7} {'avg':>6} {'merge s':>8}"
+    lines = [head, "-" * len(head)]
+    for name, s in scores.items():
+        secs = f"{seconds[name]:8.2f}" if name in seconds else " " * 8
+        lines.append(f"{name:<10} {s.joint:6.3f} {s.per_task[0]:7.3f} {s.per_task[1]:7.3f} {s.task_avg:6.3f} {secs}")
+    return "\n".join(lines)
 
 
 def calibration_set(step: int = 2) -> Subset:
@@ -80,8 +89,45 @@ def run_demo(out: str | Path = "hetsurgery-out", *, quick: bool = False, seed: i
         merges[method] = merge([a, b], calib, method=method, progress=progress)
         seconds[method] = time.perf_counter() - clock
         scores[method] = task_scores(merges[method].model, test, TASKS)
+    echo("saving every merged model as a package and exporting it to ONNX (onnxruntime parity check)")
+    parity, paths = _save_and_export(out, merges, _table(scores, seconds), echo)
+    paths.update(_pictures(out / "pictures", merges, echo))
     barrier, plot = _barrier_experiment(out, epochs, seed)
-    return DemoResult(scores, seconds, merges, barrier, {"interpolation plot": plot}, (a, b))
+    paths["interpolation plot"] = plot
+    return DemoResult(scores, seconds, merges, barrier, paths, (a, b), parity)
+
+
+def _save_and_export(out: Path, merges: dict[str, MergeResult], table: str, echo: Callable[[str], None]
+                     ) -> tuple[dict[str, ParityReport], dict[str, Path]]:
+    """``out/<method>/``: the package and ``model.onnx``, checked against onnxruntime at two batch sizes."""
+    example = digits("test").tensors[0][:4]
+    parity, paths = {}, {}
+    for method, result in merges.items():
+        report = (f"Model A (digits 0-4) and model B (digits 5-9) merged by `{method}` without training "
+                  f"(`hetsurgery demo`). Accuracy on the 450 test digits:\n\n```text\n{table}\n```\n\n"
+                  f"```text\n{result.report}\n```")
+        folder = save(result.graph, out / method, plan=result.plan, report=report, name=f"{method} merge of A and B")
+        parity[method] = to_onnx(result.model, example, folder / "model.onnx")
+        echo(f"  {method:<8} {parity[method]}")
+        paths[f"package ({method})"] = folder
+        paths[f"onnx ({method})"] = parity[method].path
+    return parity, paths
+
+
+def _pictures(folder: Path, merges: dict[str, MergeResult], echo: Callable[[str], None]) -> dict[str, Path]:
+    """The zip-merged graph, and the zip and permute plans of its first small permutable group."""
+    graph = merges["zip"].graph
+    gid = next(g.id for g in graph.permutable() if g.size <= 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a missing `dot` is said once, below
+        pictures: dict[str, Picture] = {"graph picture": render(graph, folder / "merged-graph.svg")}
+        for method in ("zip", "permute"):
+            pictures[f"plan picture ({method})"] = render(merges[method].plan, folder / f"{method}-plan-group-{gid}.svg",
+                                                          group=gid, names=("model A", "model B"))
+    notes = {pic.note for pic in pictures.values() if pic.note}
+    if notes:
+        echo(notes.pop().split(" then run")[0] + "; the pictures are written as Graphviz sources (.gv).")
+    return {what: pic.path for what, pic in pictures.items()}
 
 
 def _barrier_experiment(out: Path, epochs: int, seed: int) -> tuple[dict[str, float], Path]:

@@ -52,11 +52,14 @@ def read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
 def load_weights(model: nn.Module, path: str | os.PathLike[str], *, name: str = "model") -> nn.Module:
     """Load ``path`` into ``model`` strictly (every key present, every shape equal); returns ``model``."""
-    state = read_weights(path)
+    try:
+        state = read_weights(path)
+    except InputError as exc:
+        raise InputError(f"{name}: {exc}") from exc
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        detail = str(exc).split("\n", 1)[-1].strip()
+        detail = " ".join(str(exc).split("\n", 1)[-1].split()).rstrip(".")
         raise InputError(f"{name}: the weights in {path} do not fit the model built by its factory: {detail}. "
                          "Check the factory's kwargs (widths, depth) against the checkpoint.") from exc
     return model
