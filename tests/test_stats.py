@@ -6,7 +6,9 @@ import torch
 from torch import nn
 
 import hetsurgery as hs
-from hetsurgery.plan.stats import collect_stats, features, tap_module
+from hetsurgery.plan.joint import features, tap_module
+from hetsurgery.plan.signature import joint_signature
+from hetsurgery.plan.stats import collect_stats
 
 
 def _two_graphs() -> tuple[hs.ModelGraph, hs.ModelGraph]:
@@ -82,4 +84,20 @@ def test_dead_features_correlate_zero() -> None:
     corr = st.corr()
     assert not torch.isnan(corr).any()
     assert corr[0].abs().sum() == 0 and corr[:, 4].abs().sum() == 0
-    assert st.similarity()[0, 4] == 1.0  # two constant features of equal value are interchangeable
+    # two constant features of equal value look alike; their own parameters break the tie
+    assert 0.999 < st.similarity()[0, 4] < 1.0
+    assert st.similarity(joint_signature([g, g], 0))[0, 4] == 1.0
+
+
+def test_cross_only_statistics_match_the_full_ones_where_they_are_kept() -> None:
+    ga, gb = _two_graphs()
+    data = [torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(5))]
+    full = collect_stats([ga, gb], data, progress=False)
+    cross = collect_stats([ga, gb], data, full=False, progress=False)
+    for gid, f in full.items():
+        c = cross[gid]
+        assert not c.complete and f.complete
+        torch.testing.assert_close(c.block(c.cov, 0, 1), f.block(f.cov, 0, 1))
+        torch.testing.assert_close(c.cov.diagonal(), f.cov.diagonal())
+        d = f.widths[0]
+        assert torch.count_nonzero(c.cov[:d, :d] - torch.diag(c.cov.diagonal()[:d])) == 0

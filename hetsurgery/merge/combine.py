@@ -15,6 +15,7 @@ from hetsurgery.plan.width_plan import WidthPlan
 def combine(graphs: Sequence[ModelGraph], plan: WidthPlan) -> dict[str, torch.Tensor]:
     """The merged parameters. Parameters with no produce-side slot are averaged with the plan's weights.
 
+    Works one parameter at a time, so besides the result only one aligned tensor is alive at once.
     Integer buffers (``num_batches_tracked``) come from the first model.
     """
     for name, slots in slots_by_param(graphs[0].groups).items():
@@ -22,17 +23,22 @@ def combine(graphs: Sequence[ModelGraph], plan: WidthPlan) -> dict[str, torch.Te
         if len(dims) > 1:
             raise MergeError(f"{graphs[0].name}: {name} has produce-side channels on dims {sorted(dims)}; "
                              "the merge weights would be applied twice")
+    maps = [SlotMaps.of(plan.groups, k) for k in range(len(graphs))]
+    by_param = [slots_by_param(g.groups) for g in graphs]  # each model's own offsets (concat layouts)
     out: dict[str, torch.Tensor] = {}
-    for k, g in enumerate(graphs):
-        maps = SlotMaps({gid: m.merge[k] for gid, m in plan.groups.items()},
-                        {gid: m.unmerge[k].T for gid, m in plan.groups.items()})
-        by_param = slots_by_param(g.groups)  # this model's own offsets: concat layouts follow its widths
-        aligned = transform_params(g.params, by_param, maps, names=g.params)
-        for name, t in aligned.items():
-            if not t.is_floating_point():
-                out.setdefault(name, t)
-                continue
-            if not any(s.role is Role.PRODUCE for _, s in by_param.get(name, ())):
+    for name, first in graphs[0].params.items():
+        if not first.is_floating_point():
+            out[name] = first
+            continue
+        total = None
+        for k, g in enumerate(graphs):
+            t = transform_params(g.params, by_param[k], maps[k], names=[name])[name]
+            if not any(s.role is Role.PRODUCE for _, s in by_param[k].get(name, ())):
                 t = t * plan.weights[k]
-            out[name] = t if k == 0 else out[name] + t
+            if total is None:
+                total = t.clone() if t is g.params[name] else t  # never write into a model's own tensor
+            else:
+                total += t
+        assert total is not None
+        out[name] = total
     return out

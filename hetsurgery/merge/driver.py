@@ -49,6 +49,9 @@ class MergeReport:
 
 @dataclass(frozen=True)
 class MergeResult:
+    """The merged ``model``, the ``plan`` that aligned the inputs, the timed ``report``, and the merged
+    ``graph`` (its tensors are the model's own: change one and the other sees it)."""
+
     model: nn.Module
     plan: WidthPlan
     report: MergeReport
@@ -95,7 +98,7 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: st
     seconds["trace"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    stats = (collect_stats(graphs, data, memory_budget=memory_budget, progress=progress)
+    stats = (collect_stats(graphs, data, full=spec.full_stats, memory_budget=memory_budget, progress=progress)
              if spec.needs_data and data is not None else None)
     seconds["statistics"] = time.perf_counter() - clock
 
@@ -149,7 +152,8 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "
     report = MergeReport(method, seconds, tuple(
         (grp.id, grp.label, tuple(g.group(grp.id).size for g in graphs), plan.groups[grp.id].size,
          str(plan.groups[grp.id].info.get("kind", method))) for grp in graphs[0].groups))
-    return MergeResult(to_module(merged).eval(), plan, report, merged)
+    # the merged tensors are new: the module takes them without a copy (so .model and .graph share them)
+    return MergeResult(to_module(merged, share=True).eval(), plan, report, merged)
 
 
 def align(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "permute",
@@ -162,8 +166,7 @@ def align(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "
     planned = plan_merge(models, data, method=method, **options)
     out: list[nn.Module] = []
     for k, g in enumerate(planned.graphs):
-        maps = SlotMaps({gid: _row_normalised(m.merge[k]) for gid, m in planned.plan.groups.items()},
-                        {gid: m.unmerge[k].T for gid, m in planned.plan.groups.items()})
+        maps = SlotMaps.of(planned.plan.groups, k, normalised=True)
         params = transform_params(g.params, slots_by_param(g.groups), maps, names=g.params)
         out.append(to_module(_merged_graph(g, planned.plan, params)).eval())
     return out
@@ -182,9 +185,8 @@ def _fill_unobserved(graphs: Sequence[ModelGraph], matches: Mapping[int, GroupMa
     names = sorted({s.param for g in missing for s in g.slots})
 
     def aligned(k: int) -> dict[str, torch.Tensor]:
-        produce = {gid: _row_normalised(m.merge[k]) for gid, m in matches.items()}
-        consume = {gid: m.unmerge[k].T for gid, m in matches.items()}
-        return transform_params(graphs[k].params, slots_by_param(graphs[k].groups), SlotMaps(produce, consume), names)
+        maps = SlotMaps.of(matches, k, normalised=True)
+        return transform_params(graphs[k].params, slots_by_param(graphs[k].groups), maps, names)
 
     ref = aligned(anchor)
     perms: list[dict[int, torch.Tensor]] = []
@@ -193,11 +195,6 @@ def _fill_unobserved(graphs: Sequence[ModelGraph], matches: Mapping[int, GroupMa
                      else weight_matching(ref, aligned(k), missing)[0])
     return {g.id: GroupMatch.from_perms(g.id, [p[g.id] for p in perms], w, {"note": "no observable features: "
                                         "matched by weights"}) for g in missing}
-
-
-def _row_normalised(m: torch.Tensor) -> torch.Tensor:
-    sums = m.sum(1, keepdim=True)
-    return torch.where(sums != 0, m / sums.where(sums != 0, torch.ones_like(sums)), m)
 
 
 def _weights(weights: Sequence[float] | None, n: int) -> list[float]:

@@ -8,7 +8,7 @@ it aligned. Groups a method cannot handle (no observable features) are left out;
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -16,6 +16,7 @@ import torch
 from hetsurgery.errors import MergeError, PassError
 from hetsurgery.ir import ModelGraph
 from hetsurgery.passes import PadWidth, Pipeline
+from hetsurgery.plan.signature import joint_signature
 from hetsurgery.plan.solvers.mal import mal_match
 from hetsurgery.plan.solvers.ot import ot_match
 from hetsurgery.plan.solvers.permute import permute
@@ -37,7 +38,8 @@ def plan_average(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Seq
 def plan_permute(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int,
                  targets: Targets) -> dict[int, GroupMatch]:
     assert stats is not None
-    return {gid: permute(gid, s, graphs[0].group(gid).structure, weights, anchor) for gid, s in stats.items()}
+    return {gid: permute(gid, s, graphs[0].group(gid).structure, weights, anchor, joint_signature(graphs, gid))
+            for gid, s in stats.items()}
 
 
 def plan_weight(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int,
@@ -67,7 +69,8 @@ def plan_ot(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence
         if target is None:
             raise MergeError(f"group {gid} ({graphs[0].group(gid).label}): ot transports onto one model's neurons; "
                              f"width {targets[gid]} is none of {s.widths}")
-        out[gid] = ot_match(gid, s, graphs[0].group(gid).structure, weights, target, solver=solver, reg=reg)
+        out[gid] = ot_match(gid, s, graphs[0].group(gid).structure, weights, target, solver=solver, reg=reg,
+                            signature=joint_signature(graphs, gid))
     return out
 
 
@@ -77,11 +80,12 @@ def plan_zip(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequenc
     out = {}
     for gid, s in stats.items():
         blocks = graphs[0].group(gid).structure
+        sig = joint_signature(graphs, gid)
         if blocks.count > 1:  # heads and grouped convs keep their blocks: match inside them instead
-            m = permute(gid, s, blocks, weights, anchor)
-            out[gid] = GroupMatch(gid, m.size, m.merge, m.unmerge, {**m.info, "note": "blocks: matched by permute"})
+            m = permute(gid, s, blocks, weights, anchor, sig)
+            out[gid] = replace(m, info={**m.info, "note": "blocks: matched by permute"})
             continue
-        out[gid] = zip_match(gid, s.similarity(), s.widths, weights, width=targets[gid], alpha=alpha, beta=beta)
+        out[gid] = zip_match(gid, s.similarity(sig), s.widths, weights, width=targets[gid], alpha=alpha, beta=beta)
     return out
 
 
@@ -136,6 +140,7 @@ class Method:
     plan: Callable[..., dict[int, GroupMatch]]
     widths: str | None  # how it changes widths: "zip" (any width), "pad" (MAL), None (equal widths only)
     default_width: str = "anchor"
+    full_stats: bool = False  # statistics inside each model too (zip), not only across models
 
 
 METHODS: dict[str, Method] = {
@@ -143,7 +148,7 @@ METHODS: dict[str, Method] = {
     "permute": Method(needs_data=True, plan=plan_permute, widths=None),
     "weight": Method(needs_data=False, plan=plan_weight, widths=None),
     "ot": Method(needs_data=True, plan=plan_ot, widths="zip"),
-    "zip": Method(needs_data=True, plan=plan_zip, widths="zip", default_width="max"),
+    "zip": Method(needs_data=True, plan=plan_zip, widths="zip", default_width="max", full_stats=True),
     "mal": Method(needs_data=False, plan=plan_mal, widths="pad"),
     "mal-pad": Method(needs_data=False, plan=partial(plan_mal, alternate=False), widths="pad"),
 }

@@ -29,12 +29,15 @@ class ResetBatchNorm:
     name: ClassVar[str] = "reset-batchnorm"
 
     def __call__(self, g: ModelGraph) -> ModelGraph:
-        model = to_module(g).eval()
+        model = to_module(g, share=True).eval()  # weights are only read; statistics get fresh tensors below
         bns = {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
                and m.track_running_stats}
         if not bns:
             return g
         for m in bns.values():
+            for buf in ("running_mean", "running_var", "num_batches_tracked"):
+                if getattr(m, buf) is not None:
+                    setattr(m, buf, getattr(m, buf).clone())
             m.reset_running_stats()
             m.momentum = None
             m.train()

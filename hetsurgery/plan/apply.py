@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 
@@ -37,22 +38,36 @@ def as_permutation(m: torch.Tensor) -> tuple[torch.Tensor, float] | None:
     return perm, float(vals[0])
 
 
-class SlotMaps:
-    """Per group, the matrices to apply on produce and consume slots, with permutations detected once."""
+Map = torch.Tensor | tuple[torch.Tensor, float]  # a dense r x d matrix, or (perm, scale) = scale * I[perm]
 
-    def __init__(self, produce: Mapping[int, torch.Tensor], consume: Mapping[int, torch.Tensor]) -> None:
-        self.mats = {Role.PRODUCE: dict(produce), Role.CONSUME: dict(consume)}
-        self.fast = {role: {g: as_permutation(m) for g, m in mats.items()} for role, mats in self.mats.items()}
+
+class SlotMaps:
+    """Per group, what to apply on produce and consume slots; dense permutations are detected once."""
+
+    def __init__(self, produce: Mapping[int, Map], consume: Mapping[int, Map]) -> None:
+        self.maps: dict[Role, dict[int, Map]] = {
+            role: {g: _fast(m) for g, m in maps.items()}
+            for role, maps in ((Role.PRODUCE, produce), (Role.CONSUME, consume))}
+
+    @staticmethod
+    def of(plan_groups: Mapping[int, Any], k: int, normalised: bool = False) -> SlotMaps:
+        """Model ``k``'s maps in a plan (``normalised``: each merged channel is model k's mean, no weights)."""
+        return SlotMaps({g: m.produce_map(k, normalised) for g, m in plan_groups.items()},
+                        {g: m.consume_map(k) for g, m in plan_groups.items()})
 
     def apply(self, t: torch.Tensor, gid: int, slot: Slot) -> torch.Tensor:
-        if gid not in self.mats[slot.role]:
+        m = self.maps[slot.role].get(gid)
+        if m is None:
             return t
-        fast = self.fast[slot.role][gid]
-        if fast is not None:
-            perm, scale = fast
+        if isinstance(m, tuple):
+            perm, scale = m
             out = permute_slot(t, slot, perm)
             return out if scale == 1.0 else _scale_slot(out, slot, perm.numel(), scale)
-        return apply_matrix(t, slot, self.mats[slot.role][gid])
+        return apply_matrix(t, slot, m)
+
+
+def _fast(m: Map) -> Map:
+    return m if isinstance(m, tuple) else as_permutation(m) or m
 
 
 def _scale_slot(t: torch.Tensor, slot: Slot, size: int, scale: float) -> torch.Tensor:

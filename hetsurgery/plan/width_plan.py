@@ -21,32 +21,67 @@ from typing import Any
 
 import torch
 
+Map = torch.Tensor | tuple[torch.Tensor, float]  # a dense matrix, or (perm, scale) meaning scale * I[perm]
+
 
 @dataclass(frozen=True)
 class GroupMatch:
+    """One group's alignment. Permutations are kept as index vectors (``perms``, ``scales``), anything
+    else as dense ``merges`` / ``unmerges``; ``merge`` / ``unmerge`` give the dense matrices either way."""
+
     group: int
     size: int
-    merge: tuple[torch.Tensor, ...]
-    unmerge: tuple[torch.Tensor, ...]
+    merges: tuple[torch.Tensor, ...] | None
+    unmerges: tuple[torch.Tensor, ...] | None
     info: Mapping[str, Any] = field(default_factory=dict)
+    perms: tuple[torch.Tensor, ...] | None = None
+    scales: tuple[float, ...] = ()
 
     @staticmethod
     def identity(group: int, widths: Sequence[int], weights: Sequence[float]) -> GroupMatch:
-        d = widths[0]
-        eye = torch.eye(d, dtype=torch.float64)
-        return GroupMatch(group, d, tuple(w * eye for w in weights), tuple(eye for _ in widths),
-                          {"kind": "identity"})
+        return GroupMatch.from_perms(group, [torch.arange(widths[0]) for _ in widths], weights, {"kind": "identity"})
 
     @staticmethod
     def from_perms(group: int, perms: Sequence[torch.Tensor], weights: Sequence[float],
                    info: Mapping[str, Any] | None = None) -> GroupMatch:
         """Merged channel ``i`` is channel ``perms[k][i]`` of model ``k``, averaged with ``weights``."""
-        mats = [torch.eye(p.numel(), dtype=torch.float64)[p] for p in perms]
-        return GroupMatch(group, perms[0].numel(), tuple(w * m for w, m in zip(weights, mats, strict=True)),
-                          tuple(m.T.contiguous() for m in mats), {"kind": "permutation", **(info or {})})
+        return GroupMatch(group, perms[0].numel(), None, None, {"kind": "permutation", **(info or {})},
+                          tuple(torch.as_tensor(p, dtype=torch.long) for p in perms), tuple(float(w) for w in weights))
+
+    @property
+    def merge(self) -> tuple[torch.Tensor, ...]:
+        if self.merges is not None:
+            return self.merges
+        assert self.perms is not None
+        return tuple(s * _rows_of_identity(p) for s, p in zip(self.scales, self.perms, strict=True))
+
+    @property
+    def unmerge(self) -> tuple[torch.Tensor, ...]:
+        if self.unmerges is not None:
+            return self.unmerges
+        assert self.perms is not None
+        return tuple(_rows_of_identity(p).T.contiguous() for p in self.perms)
+
+    def produce_map(self, k: int, normalised: bool = False) -> Map:
+        """``M_k`` (or, ``normalised``, ``M_k`` with rows summing to 1: model k alone in merged space)."""
+        if self.perms is not None:
+            return self.perms[k], 1.0 if normalised else self.scales[k]
+        m = self.merge[k]
+        if not normalised:
+            return m
+        sums = m.sum(1, keepdim=True)
+        return torch.where(sums != 0, m / sums.where(sums != 0, torch.ones_like(sums)), m)
+
+    def consume_map(self, k: int) -> Map:
+        """``U_kᵀ``, the matrix applied along consumer-side axes."""
+        if self.perms is not None:
+            return self.perms[k], 1.0
+        return self.unmerge[k].T
 
     def assignment(self, k: int) -> list[list[int]]:
         """For each merged channel, the channels of model ``k`` that feed it (nonzero in ``M_k``)."""
+        if self.perms is not None:
+            return [[int(j)] for j in self.perms[k]]
         m = self.merge[k]
         return [torch.nonzero(m[i]).flatten().tolist() for i in range(m.shape[0])]
 
@@ -64,18 +99,34 @@ class WidthPlan:
     def to_json(self) -> str:
         return json.dumps({
             "method": self.method, "weights": list(self.weights), "anchor": self.anchor,
-            "groups": [{"group": m.group, "size": m.size, "merge": [_sparse(t) for t in m.merge],
-                        "unmerge": [_sparse(t) for t in m.unmerge], "info": _jsonable(m.info)}
-                       for m in self.groups.values()],
+            "groups": [_group_json(m) for m in self.groups.values()],
         })
 
     @staticmethod
     def from_json(text: str) -> WidthPlan:
         raw = json.loads(text)
-        groups = {g["group"]: GroupMatch(g["group"], g["size"], tuple(_dense(t) for t in g["merge"]),
-                                         tuple(_dense(t) for t in g["unmerge"]), g["info"])
-                  for g in raw["groups"]}
+        groups = {}
+        for g in raw["groups"]:
+            if "perms" in g:
+                groups[g["group"]] = GroupMatch(g["group"], g["size"], None, None, g["info"],
+                                                tuple(torch.tensor(p) for p in g["perms"]), tuple(g["scales"]))
+            else:
+                groups[g["group"]] = GroupMatch(g["group"], g["size"], tuple(_dense(t) for t in g["merge"]),
+                                                tuple(_dense(t) for t in g["unmerge"]), g["info"])
         return WidthPlan(raw["method"], tuple(raw["weights"]), raw["anchor"], groups)
+
+
+def _group_json(m: GroupMatch) -> dict[str, Any]:
+    out: dict[str, Any] = {"group": m.group, "size": m.size, "info": _jsonable(m.info)}
+    if m.perms is not None:
+        out.update(perms=[p.tolist() for p in m.perms], scales=list(m.scales))
+    else:
+        out.update(merge=[_sparse(t) for t in m.merge], unmerge=[_sparse(t) for t in m.unmerge])
+    return out
+
+
+def _rows_of_identity(perm: torch.Tensor) -> torch.Tensor:
+    return torch.eye(perm.numel(), dtype=torch.float64)[perm]
 
 
 def _sparse(t: torch.Tensor) -> dict[str, Any]:

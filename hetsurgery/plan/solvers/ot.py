@@ -17,17 +17,27 @@ import ot as pot
 import torch
 
 from hetsurgery.ir import Blocks
-from hetsurgery.plan.stats import GroupStats
+from hetsurgery.plan.stats import GroupStats, signature_agreement
 from hetsurgery.plan.width_plan import GroupMatch
 
 
-def feature_distance(stats: GroupStats, k: int, anchor: int) -> torch.Tensor:
-    """``sqrt(E[(x_i - y_j)²])`` between model ``k``'s features (rows) and the anchor's (columns)."""
+def feature_distance(stats: GroupStats, k: int, anchor: int, signature: torch.Tensor | None = None) -> torch.Tensor:
+    """``sqrt(E[(x_i - y_j)²])`` between model ``k``'s features (rows) and the anchor's (columns).
+
+    Constant features of equal value are at distance 0 on the data; a ``signature`` (``channel_signature``)
+    separates them by a tiny amount unless their own parameters agree too (see ``GroupStats.similarity``).
+    """
     m2 = stats.second_moment()
     xx = stats.block(m2, k, k).diagonal()
     yy = stats.block(m2, anchor, anchor).diagonal()
     xy = stats.block(m2, k, anchor)
-    return (xx[:, None] + yy[None, :] - 2 * xy).clamp_min(0).sqrt()
+    dist = (xx[:, None] + yy[None, :] - 2 * xy).clamp_min(0).sqrt()
+    if signature is None:
+        return dist
+    ties = stats.block(stats.constant_pairs(), k, anchor)
+    apart = 1.0 - stats.block(signature_agreement(signature), k, anchor)
+    scale = 1e-6 * float(dist.max().clamp_min(1e-12))
+    return torch.where(ties, scale * (1.0 + apart), dist)
 
 
 def transport_map(cost: torch.Tensor, solver: str = "emd", reg: float = 0.01) -> torch.Tensor:
@@ -50,7 +60,7 @@ def transport_map(cost: torch.Tensor, solver: str = "emd", reg: float = 0.01) ->
 
 
 def ot_match(gid: int, stats: GroupStats, blocks: Blocks, weights: Sequence[float], anchor: int = 0, *,
-             solver: str = "emd", reg: float = 0.01) -> GroupMatch:
+             solver: str = "emd", reg: float = 0.01, signature: torch.Tensor | None = None) -> GroupMatch:
     """Transport every model onto the anchor's neurons, block by block (heads stay heads)."""
     d0 = stats.widths[anchor]
     merges, unmerges = [], []
@@ -59,7 +69,7 @@ def ot_match(gid: int, stats: GroupStats, blocks: Blocks, weights: Sequence[floa
             merges.append(weights[k] * torch.eye(d0, dtype=torch.float64))
             unmerges.append(torch.eye(d0, dtype=torch.float64))
             continue
-        cost = feature_distance(stats, k, anchor)
+        cost = feature_distance(stats, k, anchor, signature)
         t = torch.zeros(dk, d0, dtype=torch.float64)
         bk, b0 = dk // blocks.count, d0 // blocks.count
         for j in range(blocks.count):

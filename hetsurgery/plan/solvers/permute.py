@@ -12,7 +12,8 @@ from hetsurgery.plan.stats import GroupStats
 from hetsurgery.plan.width_plan import GroupMatch
 
 
-def permute(gid: int, stats: GroupStats, blocks: Blocks, weights: Sequence[float], anchor: int = 0) -> GroupMatch:
+def permute(gid: int, stats: GroupStats, blocks: Blocks, weights: Sequence[float], anchor: int = 0,
+            signature: torch.Tensor | None = None) -> GroupMatch:
     """Each model's channel order that maximises its total correlation with the anchor's channels.
 
     >>> import torch
@@ -25,7 +26,7 @@ def permute(gid: int, stats: GroupStats, blocks: Blocks, weights: Sequence[float
     """
     if len(set(stats.widths)) != 1:
         raise ValueError(f"group {gid}: permute needs equal widths, got {stats.widths}; use zip, ot or mal")
-    corr = stats.similarity()
+    corr = stats.similarity(signature)
     perms, scores = [], []
     for k in range(len(stats.widths)):
         if k == anchor:

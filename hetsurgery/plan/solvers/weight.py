@@ -67,7 +67,7 @@ def _objective(a: Params, b: Params, by_param: Mapping[str, list[tuple[int, Slot
         wb = b[name]
         for gid, slot in slots:
             wb = permute_slot(wb, slot, perms[gid])
-        total += float((a[name].double() * wb.double()).sum())
+        total += float(torch.sum(a[name] * wb, dtype=torch.float64))  # float32 products, float64 sum
     return total
 
 
