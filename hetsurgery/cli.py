@@ -56,7 +56,7 @@ def _graph(args: argparse.Namespace) -> ModelGraph:
         pkg = read_package(args.model)
         if not pkg.example_inputs:
             raise BadInput(f"{args.model} records no example input shape")
-        return _trace(pkg.model, pkg.example_inputs[0], Path(args.model).name)
+        return _trace(pkg.model, pkg.example_inputs, Path(args.model).name)
     try:
         model = zoo.resolve(args.model)(**_kwargs(args.kw))
     except (ValueError, TypeError) as exc:
@@ -64,7 +64,7 @@ def _graph(args: argparse.Namespace) -> ModelGraph:
     return _trace(model, torch.randn(2, *_shape(args.input_shape)), args.model)
 
 
-def _trace(model: torch.nn.Module, example: torch.Tensor, name: str) -> ModelGraph:
+def _trace(model: torch.nn.Module, example: torch.Tensor | Sequence[torch.Tensor], name: str) -> ModelGraph:
     try:
         return trace(model, example, name=name)
     except TracingError as exc:
@@ -165,6 +165,8 @@ def _check_methods(cfg: MergeConfig) -> None:
     if method is None:
         raise BadInput(f"width.method {cfg.width.method!r} is not a merge method: use one of {', '.join(METHODS)}")
     params = inspect.signature(method.plan).parameters
+    if any(v.kind is inspect.Parameter.VAR_KEYWORD for v in params.values()):
+        return  # the method checks its own options
     known = [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY]
     for option in cfg.width.options:
         if option not in known:

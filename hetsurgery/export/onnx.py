@@ -71,7 +71,8 @@ def to_onnx(model: nn.Module | ModelGraph, example_inputs: torch.Tensor | Sequen
     if opset < 18:
         raise ExportError(f"opset {opset} is too old: the dynamo exporter needs opset 18 or newer")
     module = to_module(model) if isinstance(model, ModelGraph) else model
-    inputs = _as_tuple(example_inputs)
+    device = next((t.device for t in module.state_dict().values()), torch.device("cpu"))
+    inputs = tuple(x.to(device) for x in _as_tuple(example_inputs))
     if not inputs:
         raise ExportError("to_onnx needs at least one example input")
     path = Path(path)
