@@ -27,9 +27,29 @@ def _check(report: hs.export.ParityReport, path: pathlib.Path, sizes: tuple[int,
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # one file, no temporaries left
 
 
-@pytest.mark.parametrize("name", sorted(hs.zoo.ZOO))
+# every architecture of the zoo; resnet26/32/50 are resnet20 with more blocks of the same kind
+ZOO = {
+    "mlp": hs.zoo.mlp,
+    "vgg": hs.zoo.vgg,
+    "resnet20": hs.zoo.resnet20,
+    "transformer-mha": lambda: hs.zoo.transformer("mha"),
+    "transformer-manual": lambda: hs.zoo.transformer("manual"),
+    "transformer-sdpa": lambda: hs.zoo.transformer("sdpa"),
+    "densenet": hs.zoo.densenet,
+    "mobilenet": hs.zoo.mobilenet,
+}
+
+
+def test_the_list_covers_every_zoo_factory() -> None:
+    factories = {getattr(f, "func", f) for f in hs.zoo.ZOO.values()}
+    deeper_resnets = {hs.zoo.resnet26, hs.zoo.resnet32, hs.zoo.resnet50}
+    assert factories - deeper_resnets <= {hs.zoo.mlp, hs.zoo.vgg, hs.zoo.resnet20, hs.zoo.transformer,
+                                          hs.zoo.densenet, hs.zoo.mobilenet}
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
 def test_every_zoo_model_exports_with_parity(name: str, tmp_path: pathlib.Path) -> None:
-    model = randomise(hs.zoo.ZOO[name](), seed=1)
+    model = randomise(ZOO[name](), seed=1)
     path = tmp_path / f"{name}.onnx"
     _check(to_onnx(model, X, path), path)
 
