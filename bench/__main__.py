@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sys
 
-from bench import accuracy, accuracy_widths
+from bench import accuracy, accuracy_widths, speed
 from bench.report import assemble
 
-RUNS = {"accuracy": accuracy.main, "accuracy_widths": accuracy_widths.main}
+RUNS = {"accuracy": accuracy.main, "accuracy_widths": accuracy_widths.main, "speed": speed.main,
+        "scaling": speed.scaling_main}
 
 
 def main(argv: list[str]) -> int:

@@ -180,10 +180,46 @@ def activation(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def scaling(spec: dict[str, Any]) -> dict[str, Any]:
+    """One point of a scaling curve: the merge and its floor, at one width and one calibration size."""
+    spec = {**spec, "methods": [spec["method"]]}
+    return activation(spec)
+
+
+HETERO = {
+    "mlp 64-64 / 128-96": (lambda: hs.zoo.mlp([64, 64]), lambda: hs.zoo.mlp([128, 96]), (1, 8, 8)),
+    "resnet20 x1 / x2": (lambda: hs.zoo.resnet20(1), lambda: hs.zoo.resnet20(2), (1, 8, 8)),
+}
+
+
+def hetero(spec: dict[str, Any]) -> dict[str, Any]:
+    """Width-heterogeneous merges at the tutorials' sizes (digits-shaped inputs, 674 calibration images)."""
+    baseline = warm_baseline()
+    fa, fb, shape = HETERO[spec["pair"]]
+    torch.manual_seed(0)
+    a, b = fa().eval(), fb().eval()
+    gen = torch.Generator().manual_seed(0)
+    data = [torch.randn(min(128, 674 - i), *shape, generator=gen) for i in range(0, 674, 128)]
+    contenders = {m: (lambda m=m: {"stages": dict(hs.merge([a, b], data, method=m, width="max",
+                                                           progress=False).report.seconds)})
+                  for m in spec["methods"]}
+    runs: dict[str, list[Run]] = {name: [] for name in contenders}
+    for i in range(spec["repeats"] + 1):
+        for name, fn in contenders.items():
+            run = measure(fn)
+            if i:
+                runs[name].append(run)
+    out: dict[str, Any] = {"pair": spec["pair"], "params_mib": param_mib(a, b), "baseline_mib": baseline}
+    for name, rs in runs.items():
+        m = median(rs)
+        out[name] = {"seconds": m.seconds, "peak_mib": m.peak_mib, "stages": m.detail["stages"]}
+    return out
+
+
 def main() -> None:
     spec = json.loads(sys.argv[1])
     torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
-    result = {"weight": weight, "activation": activation}[spec["kind"]](spec)
+    result = {"weight": weight, "activation": activation, "scaling": scaling, "hetero": hetero}[spec["kind"]](spec)
     print(json.dumps(result))
 
 

@@ -98,6 +98,6 @@ def test_cross_only_statistics_match_the_full_ones_where_they_are_kept() -> None
         c = cross[gid]
         assert not c.complete and f.complete
         torch.testing.assert_close(c.block(c.cov, 0, 1), f.block(f.cov, 0, 1))
-        torch.testing.assert_close(c.cov.diagonal(), f.cov.diagonal())
+        torch.testing.assert_close(c.cov.diagonal(), f.cov.diagonal(), rtol=1e-5, atol=1e-7)
         d = f.widths[0]
         assert torch.count_nonzero(c.cov[:d, :d] - torch.diag(c.cov.diagonal()[:d])) == 0

@@ -26,6 +26,7 @@ from hetsurgery.plan.width_plan import GroupMatch, WidthPlan
 from hetsurgery.tracing import trace
 
 STAGES = ("trace", "statistics", "matching", "combine", "bn_reset")
+BN_RESET_SAMPLES = 512  # BatchNorm statistics settle well within a few hundred images (see BENCHMARKS.md)
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: st
 
 
 def merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "zip",
-          weights: Sequence[float] | None = None, reset_bn: bool = True, anchor: int = 0, width: Width = None,
+          weights: Sequence[float] | None = None, reset_bn: bool | int = True, anchor: int = 0, width: Width = None,
           example_inputs: torch.Tensor | None = None, memory_budget: int | None = None, progress: bool = True,
           **method_options: object) -> MergeResult:
     """Merge ``models`` (the same topology) into one ``nn.Module`` without training.
@@ -128,6 +129,8 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "
     keyword arguments. ``weights`` (default uniform) weigh the models; ``anchor`` is the model the others
     are aligned to. Models may differ in width (zip, ot, mal): ``width`` picks the merged widths,
     ``"max"``, ``"min"``, a model index or ``{group: width}`` (default: zip the widest, ot and mal the anchor).
+    ``reset_bn`` recomputes BatchNorm statistics on the first 512 calibration samples (``True``), on the
+    first ``N`` (an int), or not at all (``False``).
 
     >>> import torch, hetsurgery as hs
     >>> a, b = hs.zoo.mlp([16]), hs.zoo.mlp([16])
@@ -146,7 +149,8 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "
 
     clock = time.perf_counter()
     if reset_bn and data is not None:
-        merged = ResetBatchNorm(data)(merged)
+        budget = BN_RESET_SAMPLES if reset_bn is True else int(reset_bn)
+        merged = ResetBatchNorm(data, max_samples=budget)(merged)
     seconds["bn_reset"] = time.perf_counter() - clock
 
     report = MergeReport(method, seconds, tuple(

@@ -16,7 +16,8 @@ from hetsurgery.ir.lowering import to_module
 
 @dataclass(frozen=True, eq=False)
 class ResetBatchNorm:
-    """Replace ``running_mean`` / ``running_var`` by the exact averages over ``data`` (momentum None).
+    """Replace ``running_mean`` / ``running_var`` by the exact averages over ``data`` (momentum None),
+    or over its first ``max_samples`` examples.
 
     Only BatchNorm layers run in training mode, under ``torch.no_grad``; dropout stays off. Merged
     variances are never trusted (REPAIR, ZipIt!): after a merge they are recomputed by construction.
@@ -25,7 +26,7 @@ class ResetBatchNorm:
     """
 
     data: Iterable = field(repr=False)
-    max_batches: int | None = None
+    max_samples: int | None = None
     name: ClassVar[str] = "reset-batchnorm"
 
     def __call__(self, g: ModelGraph) -> ModelGraph:
@@ -43,11 +44,14 @@ class ResetBatchNorm:
             m.train()
         seen = 0
         with torch.no_grad():
-            for i, batch in enumerate(self.data):
-                if self.max_batches is not None and i >= self.max_batches:
-                    break
-                model(batch[0] if isinstance(batch, (tuple, list)) else batch)
-                seen += 1
+            for batch in self.data:
+                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                if self.max_samples is not None:
+                    if seen >= self.max_samples:
+                        break
+                    x = x[:self.max_samples - seen]
+                model(x)
+                seen += x.shape[0]
         if seen == 0:
             raise PassError(f"{g.name}: ResetBatchNorm got no calibration batches")
         updates = {}

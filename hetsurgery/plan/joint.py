@@ -18,12 +18,19 @@ from hetsurgery.ir import ModelGraph, Site
 from hetsurgery.ir.lowering import to_module
 
 
+def site_view(out: torch.Tensor, site: Site, size: int) -> torch.Tensor:
+    """One site's features as ``(A, size, M)``: leading positions, channels, trailing positions (a view
+    when the activation is contiguous). Channel ``c``'s ``inner`` positions join the trailing ones."""
+    seg = out.narrow(site.dim, site.offset, size * site.inner)
+    lead = 1
+    for n in seg.shape[:site.dim]:
+        lead *= n
+    return seg.reshape(lead, size, -1)
+
+
 def features(out: torch.Tensor, site: Site, size: int) -> torch.Tensor:
-    """The ``(samples, size)`` feature matrix of one site: a copy, never a view of the activation."""
-    seg = out.narrow(site.dim, site.offset, size * site.inner).movedim(site.dim, -1)
-    seg = seg.reshape(*seg.shape[:-1], size, site.inner).movedim(-1, 0)
-    flat = seg.reshape(-1, size)
-    return flat.clone() if flat.data_ptr() == out.data_ptr() or flat._is_view() else flat
+    """The ``(samples, size)`` feature matrix of one site (a copy; for tests and small inspections)."""
+    return site_view(out, site, size).transpose(1, 2).reshape(-1, size).clone()
 
 
 class Observer(nn.Module):

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from hetsurgery.errors import HetsurgeryError
 from hetsurgery.ir import ModelGraph
 from hetsurgery.plan.accumulate import BlockAccumulator
-from hetsurgery.plan.joint import Observer, features, joint_module, sites_by_node
+from hetsurgery.plan.joint import Observer, joint_module, site_view, sites_by_node
 
 
 def signature_agreement(sig: torch.Tensor) -> torch.Tensor:
@@ -44,6 +44,7 @@ class GroupStats:
     mean: torch.Tensor
     cov: torch.Tensor
     complete: bool = True  # False: the blocks inside each model hold only the variances
+    constant: torch.Tensor | None = None  # per feature: took one value on every sample
 
     def offsets(self) -> list[int]:
         out = [0]
@@ -63,7 +64,7 @@ class GroupStats:
     def constant_pairs(self) -> torch.Tensor:
         """``D x D`` mask: both features are constant on the data, with the same value."""
         var = self.cov.diagonal()
-        const = var <= 1e-12 * float(var.max().clamp_min(1e-300))
+        const = self.constant if self.constant is not None else var <= 1e-12 * float(var.max().clamp_min(1e-300))
         same = (self.mean[:, None] - self.mean[None, :]).abs() <= 1e-6 * (1 + self.mean.abs().max())
         return const[:, None] & const[None, :] & same
 
@@ -136,7 +137,7 @@ def _one_pass(graphs: Sequence[ModelGraph], data: Iterable, gids: list[int], ful
 
     def sink(node: str, outs: Sequence[torch.Tensor]) -> None:
         for gid, sites in where[node]:
-            acc[gid].add([features(o, s, d) for o, s, d in zip(outs, sites, sizes[gid], strict=True)])
+            acc[gid].add([site_view(o, s, d) for o, s, d in zip(outs, sites, sizes[gid], strict=True)])
 
     joint = joint_module(graphs, set(where), Observer(sink))
     with torch.no_grad():
@@ -147,6 +148,6 @@ def _one_pass(graphs: Sequence[ModelGraph], data: Iterable, gids: list[int], ful
         if a.n < 2:
             raise HetsurgeryError(f"group {gid}: fewer than two calibration samples; give more data")
         mean = torch.cat(a.mean)
-        result[gid] = GroupStats(tuple(sizes[gid]), a.n, mean, a.covariance(), complete=full)
+        result[gid] = GroupStats(tuple(sizes[gid]), a.n, mean, a.covariance(), complete=full, constant=a.constant())
     return result
 
