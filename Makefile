@@ -27,6 +27,7 @@ lint: $(STAMP)
 	$(PY) -m mypy hetsurgery
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,bench]"
 	$(PY) -m bench
 
 clean:

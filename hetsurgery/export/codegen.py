@@ -216,8 +216,8 @@ def load(folder: "str | pathlib.Path | None" = None, device: "str | torch.device
     state.update({{alias: state[source] for alias, source in TIED.items() if source in state}})
     model = Model()
     model.load_state_dict(state, strict=True)
-    for name, tensor in loose.items():
-        _place(model, name, tensor, TENSORS[name][0])
+    for name, tensor in loose.items():  # clone: fresh, aligned memory (kernels may round by alignment)
+        _place(model, name, tensor.clone(), TENSORS[name][0])
     return model.to(device).eval()
 
 

@@ -71,7 +71,7 @@ class Planned:
 def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "zip",
                weights: Sequence[float] | None = None, anchor: int = 0, width: Width = None,
                example_inputs: torch.Tensor | None = None, memory_budget: int | None = None, progress: bool = True,
-               **method_options: object) -> Planned:
+               device: torch.device | str | None = None, **method_options: object) -> Planned:
     """Trace the models, stream their statistics and solve the width plan (the first three stages of ``merge``)."""
     spec = METHODS.get(method)
     if spec is None:
@@ -99,7 +99,8 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: st
     seconds["trace"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    stats = (collect_stats(graphs, data, full=spec.full_stats, memory_budget=memory_budget, progress=progress)
+    stats = (collect_stats(graphs, data, full=spec.full_stats, memory_budget=memory_budget, progress=progress,
+                           device=default_device(device))
              if spec.needs_data and data is not None else None)
     seconds["statistics"] = time.perf_counter() - clock
 
@@ -120,7 +121,7 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: st
 def merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "zip",
           weights: Sequence[float] | None = None, reset_bn: bool | int = True, anchor: int = 0, width: Width = None,
           example_inputs: torch.Tensor | None = None, memory_budget: int | None = None, progress: bool = True,
-          **method_options: object) -> MergeResult:
+          device: torch.device | str | None = None, **method_options: object) -> MergeResult:
     """Merge ``models`` (the same topology) into one ``nn.Module`` without training.
 
     ``data`` yields calibration batches (tensors or ``(inputs, labels)``): it feeds the statistics of
@@ -130,7 +131,8 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "
     are aligned to. Models may differ in width (zip, ot, mal): ``width`` picks the merged widths,
     ``"max"``, ``"min"``, a model index or ``{group: width}`` (default: zip the widest, ot and mal the anchor).
     ``reset_bn`` recomputes BatchNorm statistics on the first 512 calibration samples (``True``), on the
-    first ``N`` (an int), or not at all (``False``).
+    first ``N`` (an int), or not at all (``False``). The forward passes (statistics, BatchNorm reset) run
+    on ``device``: by default a CUDA GPU when one is present, else where the models are.
 
     >>> import torch, hetsurgery as hs
     >>> a, b = hs.zoo.mlp([16]), hs.zoo.mlp([16])
@@ -140,7 +142,7 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "
     """
     planned = plan_merge(models, data, method=method, weights=weights, anchor=anchor, width=width,
                          example_inputs=example_inputs, memory_budget=memory_budget, progress=progress,
-                         **method_options)
+                         device=device, **method_options)
     graphs, plan, seconds = planned.graphs, planned.plan, planned.seconds
 
     clock = time.perf_counter()
@@ -150,7 +152,7 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "
     clock = time.perf_counter()
     if reset_bn and data is not None:
         budget = BN_RESET_SAMPLES if reset_bn is True else int(reset_bn)
-        merged = ResetBatchNorm(data, max_samples=budget)(merged)
+        merged = ResetBatchNorm(data, max_samples=budget, device=default_device(device))(merged)
     seconds["bn_reset"] = time.perf_counter() - clock
 
     report = MergeReport(method, seconds, tuple(
@@ -199,6 +201,13 @@ def _fill_unobserved(graphs: Sequence[ModelGraph], matches: Mapping[int, GroupMa
                      else weight_matching(ref, aligned(k), missing)[0])
     return {g.id: GroupMatch.from_perms(g.id, [p[g.id] for p in perms], w, {"note": "no observable features: "
                                         "matched by weights"}) for g in missing}
+
+
+def default_device(device: torch.device | str | None) -> torch.device | str | None:
+    """The device for forward passes: the one asked for, else CUDA when present, else the models' own."""
+    if device is not None:
+        return device
+    return "cuda" if torch.cuda.is_available() else None
 
 
 def _weights(weights: Sequence[float] | None, n: int) -> list[float]:

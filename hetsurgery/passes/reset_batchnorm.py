@@ -27,6 +27,7 @@ class ResetBatchNorm:
 
     data: Iterable = field(repr=False)
     max_samples: int | None = None
+    device: torch.device | str | None = None  # where to run; the statistics come back to the graph's device
     name: ClassVar[str] = "reset-batchnorm"
 
     def __call__(self, g: ModelGraph) -> ModelGraph:
@@ -42,6 +43,10 @@ class ResetBatchNorm:
             m.reset_running_stats()
             m.momentum = None
             m.train()
+        home = next(iter(g.params.values())).device
+        if self.device is not None:
+            model.to(self.device)
+        run_on = self.device if self.device is not None else home
         seen = 0
         with torch.no_grad():
             for batch in self.data:
@@ -50,7 +55,7 @@ class ResetBatchNorm:
                     if seen >= self.max_samples:
                         break
                     x = x[:self.max_samples - seen]
-                model(x)
+                model(x.to(run_on))
                 seen += x.shape[0]
         if seen == 0:
             raise PassError(f"{g.name}: ResetBatchNorm got no calibration batches")
@@ -59,5 +64,5 @@ class ResetBatchNorm:
             for buf in ("running_mean", "running_var"):
                 t = getattr(m, buf)
                 if t is not None:
-                    updates[f"{name}.{buf}"] = t.detach()
+                    updates[f"{name}.{buf}"] = t.detach().to(home)
         return g.with_updates({k: v for k, v in updates.items() if k in g.params})

@@ -32,6 +32,7 @@ class BlockAccumulator:
         self.mean = [torch.zeros(d, dtype=torch.float64) for d in widths]
         self.var = [torch.zeros(d, dtype=torch.float64) for d in widths]
         self.pairs = [(i, j) for i in range(k) for j in range(i, k) if full or i != j]
+        # accumulators live on the CPU in float64; the per-batch products stay on the features' device
         self.m2 = {p: torch.zeros(widths[p[0]], widths[p[1]], dtype=torch.float64) for p in self.pairs}
         self.low = [torch.full((d,), float("inf")) for d in widths]
         self.high = [torch.full((d,), float("-inf")) for d in widths]
@@ -43,23 +44,23 @@ class BlockAccumulator:
         if nb == 0:
             return
         # float32 reductions (float64 ones over strided views are several times slower), float64 sums
-        means = [f.sum((0, 2)).double() / nb for f in feats]
+        means = [f.sum((0, 2)).double().cpu() / nb for f in feats]
         total = self.n + nb
         weight = self.n * nb / total
         delta = [m - old for m, old in zip(means, self.mean, strict=True)]
         diag: dict[int, torch.Tensor] = {}
         for i, j in self.pairs:
-            prod = products(feats[i], feats[j]).double()
+            prod = products(feats[i], feats[j]).double().cpu()
             if i == j:
                 diag[i] = prod.diagonal()
             self.m2[(i, j)] += prod - nb * torch.outer(means[i], means[j]) + weight * torch.outer(delta[i], delta[j])
         for k, f in enumerate(feats):
-            squares = diag[k] if k in diag else torch.linalg.vector_norm(f, dim=(0, 2)).double().square()
+            squares = diag[k] if k in diag else torch.linalg.vector_norm(f, dim=(0, 2)).double().cpu().square()
             self.var[k] += squares - nb * means[k].square() + weight * delta[k].square()
             self.mean[k] += delta[k] * (nb / total)
             if self.tracking[k]:  # until every feature has been seen to vary
-                self.low[k] = torch.minimum(self.low[k], f.amin((0, 2)))
-                self.high[k] = torch.maximum(self.high[k], f.amax((0, 2)))
+                self.low[k] = torch.minimum(self.low[k], f.amin((0, 2)).float().cpu())
+                self.high[k] = torch.maximum(self.high[k], f.amax((0, 2)).float().cpu())
                 self.tracking[k] = bool((self.low[k] == self.high[k]).any())
         self.n = total
 

@@ -94,20 +94,21 @@ class GroupStats:
 
 
 def collect_stats(graphs: Sequence[ModelGraph], data: Iterable, *, groups: Sequence[int] | None = None,
-                  full: bool = True, memory_budget: int | None = None, progress: bool = True
-                  ) -> dict[int, GroupStats]:
+                  full: bool = True, memory_budget: int | None = None, progress: bool = True,
+                  device: torch.device | str | None = None) -> dict[int, GroupStats]:
     """Run all models over ``data`` once (or once per chunk of groups under ``memory_budget`` bytes).
 
     ``graphs`` must share their groups (same topology, widths may differ). Batches are tensors or
     ``(inputs, labels)`` pairs. Groups without sites (inside ``nn.MultiheadAttention``) are skipped.
-    ``full=False`` computes only what LAP and OT read: cross-model blocks and variances.
+    ``full=False`` computes only what LAP and OT read: cross-model blocks and variances. The models run
+    on ``device`` (default: where their parameters are), batches are moved there; results are on the CPU.
     """
     ref = graphs[0]
     wanted = [gid for gid in (groups if groups is not None else [g.id for g in ref.permutable()])
               if ref.group(gid).sites]
     out: dict[int, GroupStats] = {}
     for chunk in _chunks(graphs, wanted, memory_budget):
-        out.update(_one_pass(graphs, data, chunk, full, progress))
+        out.update(_one_pass(graphs, data, chunk, full, progress, device))
     return out
 
 
@@ -129,8 +130,8 @@ def _chunks(graphs: Sequence[ModelGraph], gids: list[int], budget: int | None) -
     return chunks
 
 
-def _one_pass(graphs: Sequence[ModelGraph], data: Iterable, gids: list[int], full: bool,
-              progress: bool) -> dict[int, GroupStats]:
+def _one_pass(graphs: Sequence[ModelGraph], data: Iterable, gids: list[int], full: bool, progress: bool,
+              device: torch.device | str | None) -> dict[int, GroupStats]:
     where = sites_by_node(graphs, gids)
     sizes = {gid: [g.group(gid).size for g in graphs] for gid in gids}
     acc = {gid: BlockAccumulator(sizes[gid], full) for gid in gids}
@@ -140,9 +141,12 @@ def _one_pass(graphs: Sequence[ModelGraph], data: Iterable, gids: list[int], ful
             acc[gid].add([site_view(o, s, d) for o, s, d in zip(outs, sites, sizes[gid], strict=True)])
 
     joint = joint_module(graphs, set(where), Observer(sink))
+    if device is not None:
+        joint.to(device)
+    target = device if device is not None else next(iter(graphs[0].params.values())).device
     with torch.no_grad():
         for batch in tqdm(data, desc="statistics", unit="batch", disable=not progress, leave=False):
-            joint(batch[0] if isinstance(batch, (tuple, list)) else batch)
+            joint((batch[0] if isinstance(batch, (tuple, list)) else batch).to(target))
     result = {}
     for gid, a in acc.items():
         if a.n < 2:
