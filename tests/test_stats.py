@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -101,3 +103,43 @@ def test_cross_only_statistics_match_the_full_ones_where_they_are_kept() -> None
         torch.testing.assert_close(c.cov.diagonal(), f.cov.diagonal(), rtol=1e-5, atol=1e-7)
         d = f.widths[0]
         assert torch.count_nonzero(c.cov[:d, :d] - torch.diag(c.cov.diagonal()[:d])) == 0
+
+
+def test_features_with_a_large_mean_keep_their_correlation() -> None:
+    """Products of centred values: a bias of 1000 before the ReLU must not wash the covariance out."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    with torch.no_grad():
+        m[0].bias.fill_(1000.0)  # every unit is active: the features are 1000 + a small linear signal
+    g = hs.trace(m, torch.randn(2, 4))
+    batches = [torch.randn(64, 4, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    st = collect_stats([g, g], batches, progress=False)[0]
+    with torch.no_grad():
+        stored = torch.cat([torch.relu(m[0](x)) for x in batches]).double()
+    ref = torch.corrcoef(torch.cat([stored, stored], 1).T)
+    torch.testing.assert_close(st.corr(), ref, rtol=0, atol=1e-4)
+
+
+def test_statistics_need_no_batch_sized_product_buffers() -> None:
+    """One GEMM per block: the transient memory is a copy of the activation, not batch x d x d."""
+    from hetsurgery.plan.accumulate import BlockAccumulator
+
+    x = torch.randn(256, 64, 4)  # 256 images, 64 channels, 4 positions: 256 KiB
+    acc = BlockAccumulator([64, 64], full=True)
+    acc.add([x, x])  # the first batch also fixes the shift
+    peak = _peak_bytes(lambda: acc.add([x, x]))
+    assert peak < 8 * x.numel() * 4, peak  # batch x d x d would be 256 * 64 * 64 * 4 bytes = 4 MiB
+
+
+def _peak_bytes(fn: Callable[[], None]) -> int:
+    """Peak bytes the CPU allocator holds above its start while ``fn`` runs (torch's profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.events() if e.cpu_memory_usage), key=lambda e: e.time_range.start)
+    held = peak = 0
+    for e in events:
+        held += e.cpu_memory_usage
+        peak = max(peak, held)
+    return peak

@@ -1,11 +1,21 @@
-"""Streaming means and (cross-)covariances of several models' features, block by block, without copies.
+"""Streaming means and (cross-)covariances of several models' features, block by block.
 
 A site's features arrive as a view ``(A, d, M)`` of the activation (``A`` leading positions such as the
-batch, ``d`` channels, ``M`` trailing positions such as H*W): every ``(a, m)`` is a sample. Products are
-float32 GEMMs straight on those views (one batched matmul, or one plain GEMM when ``A`` or ``M`` is 1);
-each batch's mean is removed from its products in float64 and batches merge with Chan's parallel update.
-``full`` keeps every block (ZipIt! compares features inside a model too); otherwise only the blocks
-between models and each feature's variance (enough for LAP and OT).
+batch, ``d`` channels, ``M`` trailing positions such as H*W): every ``(a, m)`` is a sample. Each batch
+is copied once per model into a ``(d, samples)`` matrix, shifted by a fixed per-feature reference (the
+first batch's mean), so that every block is one float32 GEMM whose transient memory is the activation's,
+and float32 rounding acts on centred values: a feature whose mean dwarfs its spread (a large bias before
+a ReLU) keeps its covariance. Batches merge in float64 with Chan's parallel update. ``full`` keeps every
+block (ZipIt! compares features inside a model too); otherwise only the blocks between models and each
+feature's variance (enough for LAP and OT).
+
+>>> import torch
+>>> x = torch.randn(3, 2, 5) + 1000.0         # 15 samples of 2 features with a large mean
+>>> acc = BlockAccumulator([2], full=True)
+>>> acc.add([x])
+>>> ref = torch.cov(x.transpose(1, 2).reshape(-1, 2).T.double())
+>>> bool(torch.allclose(acc.covariance(), ref, rtol=1e-5))
+True
 """
 
 from __future__ import annotations
@@ -15,13 +25,13 @@ from collections.abc import Sequence
 import torch
 
 
-def products(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``Σ_samples x yᵀ`` (``d x e``) for views ``x`` (``A x d x M``) and ``y`` (``A x e x M``)."""
-    if x.shape[2] == 1:
-        return x[:, :, 0].T @ y[:, :, 0]
-    if x.shape[0] == 1:
-        return x[0] @ y[0].T
-    return torch.matmul(x, y.transpose(1, 2)).sum(0)
+def centred(f: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``f - shift`` for a ``(A, d, M)`` view, laid out as a contiguous ``(d, A*M)`` matrix (one copy)."""
+    a, d, m = f.shape
+    dtype = torch.float64 if f.dtype == torch.float64 else torch.float32
+    out = torch.empty((d, a, m), dtype=dtype, device=f.device)
+    torch.sub(f.permute(1, 0, 2), shift.view(d, 1, 1), out=out)
+    return out.view(d, a * m)
 
 
 class BlockAccumulator:
@@ -29,7 +39,8 @@ class BlockAccumulator:
         self.widths, self.full = tuple(widths), full
         k = len(widths)
         self.n = 0
-        self.mean = [torch.zeros(d, dtype=torch.float64) for d in widths]
+        self.shift: list[torch.Tensor] | None = None  # per model: the reference subtracted before products
+        self.mean = [torch.zeros(d, dtype=torch.float64) for d in widths]  # of the shifted features
         self.var = [torch.zeros(d, dtype=torch.float64) for d in widths]
         self.pairs = [(i, j) for i in range(k) for j in range(i, k) if full or i != j]
         # accumulators live on the CPU in float64; the per-batch products stay on the features' device
@@ -43,26 +54,35 @@ class BlockAccumulator:
         nb = feats[0].shape[0] * feats[0].shape[2]
         if nb == 0:
             return
-        # float32 reductions (float64 ones over strided views are several times slower), float64 sums
-        means = [f.sum((0, 2)).double().cpu() / nb for f in feats]
+        if self.shift is None:
+            self.shift = [f.mean((0, 2), dtype=torch.float32 if f.dtype != torch.float64 else f.dtype)
+                          for f in feats]
+        xs = [centred(f, s) for f, s in zip(feats, self.shift, strict=True)]
+        means = [x.sum(1).double().cpu() / nb for x in xs]
         total = self.n + nb
         weight = self.n * nb / total
         delta = [m - old for m, old in zip(means, self.mean, strict=True)]
         diag: dict[int, torch.Tensor] = {}
         for i, j in self.pairs:
-            prod = products(feats[i], feats[j]).double().cpu()
+            prod = (xs[i] @ xs[j].T).double().cpu()
             if i == j:
                 diag[i] = prod.diagonal()
             self.m2[(i, j)] += prod - nb * torch.outer(means[i], means[j]) + weight * torch.outer(delta[i], delta[j])
-        for k, f in enumerate(feats):
-            squares = diag[k] if k in diag else torch.linalg.vector_norm(f, dim=(0, 2)).double().cpu().square()
+        for k, (f, x) in enumerate(zip(feats, xs, strict=True)):
+            squares = diag[k] if k in diag else torch.linalg.vector_norm(x, dim=1).double().cpu().square()
             self.var[k] += squares - nb * means[k].square() + weight * delta[k].square()
             self.mean[k] += delta[k] * (nb / total)
-            if self.tracking[k]:  # until every feature has been seen to vary
+            if self.tracking[k]:  # until every feature has been seen to vary; on the raw values, exactly
                 self.low[k] = torch.minimum(self.low[k], f.amin((0, 2)).float().cpu())
                 self.high[k] = torch.maximum(self.high[k], f.amax((0, 2)).float().cpu())
                 self.tracking[k] = bool((self.low[k] == self.high[k]).any())
         self.n = total
+
+    def means(self) -> torch.Tensor:
+        """The ``D`` feature means (the shift added back)."""
+        if self.shift is None:
+            return torch.cat(self.mean)
+        return torch.cat([m + s.double().cpu() for m, s in zip(self.mean, self.shift, strict=True)])
 
     def constant(self) -> torch.Tensor:
         """Features that took a single value on every sample (exactly, from running min and max)."""

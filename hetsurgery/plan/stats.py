@@ -151,7 +151,7 @@ def _one_pass(graphs: Sequence[ModelGraph], data: Iterable, gids: list[int], ful
     for gid, a in acc.items():
         if a.n < 2:
             raise HetsurgeryError(f"group {gid}: fewer than two calibration samples; give more data")
-        mean = torch.cat(a.mean)
+        mean = a.means()
         result[gid] = GroupStats(tuple(sizes[gid]), a.n, mean, a.covariance(), complete=full, constant=a.constant())
     return result
 
