@@ -1,18 +1,23 @@
 """ZipIt! (Stoica et al. 2024) greedy feature zipping, and its elastic form for unequal widths (Xu et al. 2025).
 
 All models' features form one pool of ``D = Σ d_k``. Repeatedly the two most similar *clusters* merge
-until ``r`` remain (default ``r = max d_k``). A cluster's similarity to another is the minimum over
-their members (complete linkage).
+until ``r`` remain (default ``r = max d_k``). The merged cluster's similarity to another cluster is the
+smaller of its two parts' similarities (complete linkage), times ``alpha`` when joining them would put
+two features of one model together: ZipIt's decay, so a zipped feature merges again only at a
+discount, compounding with every merge. For two models every merge after the first kind is of that
+sort, and this is exactly ZipIt's rule; for three or more models a clean cluster ``{a_i, b_i}`` still
+takes ``c_i`` at full similarity, so copies of one model zip back exactly.
 
 A merge of two clusters that already hold features of the same model ``k`` is a *within-model* merge
-for ``k``: it spends one unit of ``k``'s budget ``floor(beta · (D - r) · d_k / D)`` (so the budget is
-proportional to the model's width), and when the budget is spent such merges are no longer allowed.
-Such merges are also discounted: their positive similarity is multiplied by ``alpha`` once per merge
-already made inside the two clusters. For two models this is ZipIt's rule (a zipped pair merges again
-only at a discount); for more models a cluster ``{a_i, b_i}`` still takes ``c_i`` at full similarity.
+for ``k``: it spends one unit of ``k``'s budget ``floor(beta · (D - r) · d_k / D)`` (Xu et al.'s elastic
+budget, proportional to the model's width; for equal widths ZipIt's ``beta · (D - r) / K``), and once
+it is spent clusters holding ``k`` no longer merge with each other. A zero budget allows no such merge
+(ZipIt's reference code lets one through); "shares a model" looks at every member, not only at the
+first member's model, which matters for three or more models.
 
 Each merged channel is the weighted mean of its members: ``M = (P·w / column sums)ᵀ`` and ``U = P`` for
-the ``D x r`` assignment ``P``, sliced per model. Each row keeps its best column, so a step costs O(D).
+the ``D x r`` assignment ``P``, sliced per model. Each row keeps its best column; a step costs O(D)
+plus O(D) per row whose best column changed.
 """
 
 from __future__ import annotations
@@ -52,34 +57,20 @@ def zip_match(gid: int, corr: torch.Tensor, widths: Sequence[int], weights: Sequ
 
 
 class _Zipper:
-    """The greedy's state: raw similarities (complete linkage), effective ones, and each row's best."""
+    """The greedy's state: the current similarities between clusters, and each row's best column."""
 
     def __init__(self, sim: np.ndarray, origin: np.ndarray, budget: list[int], alpha: float) -> None:
-        self.raw = sim.copy()
-        np.fill_diagonal(self.raw, NEG)
+        self.eff = sim.copy()
+        np.fill_diagonal(self.eff, NEG)
         self.mask = (1 << origin).astype(np.int64)  # the models present in each cluster
-        self.merges = np.zeros(len(origin), dtype=np.int64)  # merges already made inside each cluster
+        self.clean = np.ones(len(origin), dtype=bool)  # no model twice in the cluster
         self.budget, self.alpha = budget, alpha
         self.members = [[i] for i in range(len(origin))]
         self.alive = np.ones(len(origin), dtype=bool)
-        self.eff = self.raw.copy()
         for k, b in enumerate(budget):
             if b <= 0:
                 self._forbid(k)
         self.best, self.arg = self.eff.max(1), self.eff.argmax(1)
-
-    def _row(self, i: int) -> np.ndarray:
-        """Effective similarity of cluster ``i`` to every cluster."""
-        row = self.raw[i].copy()
-        shared = self.mask & self.mask[i]
-        discount = (shared != 0) & (row > 0)
-        row[discount] *= self.alpha ** (self.merges[i] + self.merges[discount])
-        spent = [k for k, b in enumerate(self.budget) if b <= 0]
-        if spent:
-            row[(shared & sum(1 << k for k in spent)) != 0] = NEG
-        row[~self.alive] = NEG
-        row[i] = NEG
-        return row
 
     def _forbid(self, k: int) -> np.ndarray:
         has = (self.mask & (1 << k)) != 0
@@ -93,23 +84,26 @@ class _Zipper:
             raise ValueError(f"group {gid}: budgets (beta={beta}) leave no allowed merge before width {r}")
         i, j = min(i, j), max(i, j)
         shared = int(self.mask[i] & self.mask[j])
-        merged = np.minimum(self.raw[i], self.raw[j])
-        self.raw[i, :], self.raw[:, i] = merged, merged
-        self.raw[j, :], self.raw[:, j] = NEG, NEG
-        self.raw[i, i] = NEG
+        row = np.minimum(self.eff[i], self.eff[j])
+        mask = self.mask[i] | self.mask[j]
+        clean = bool(self.clean[i] and self.clean[j] and not shared)
+        decay = (row != NEG) & ~(clean & self.clean & ((self.mask & mask) == 0))
+        row[decay] *= self.alpha  # -inf stays -inf (0 * -inf would be nan)
+        row[i] = row[j] = NEG
+        self.eff[i, :], self.eff[:, i] = row, row
+        self.eff[j, :], self.eff[:, j] = NEG, NEG
         self.members[i] += self.members[j]
         self.alive[j] = False
-        self.mask[i] |= self.mask[j]
-        self.merges[i] += self.merges[j] + 1
+        self.mask[i], self.clean[i] = mask, clean
         stale = (self.arg == i) | (self.arg == j)
         for k in range(len(self.budget)):
             if shared >> k & 1:
                 self.budget[k] -= 1
                 if self.budget[k] == 0:
                     stale |= self._forbid(k)
-        row = self._row(i)
-        self.eff[i, :], self.eff[:, i] = row, row
-        self.eff[j, :], self.eff[:, j] = NEG, NEG
+        for k, b in enumerate(self.budget):  # the new cluster may bring a spent model to new partners
+            if b <= 0 and self.mask[i] >> k & 1:
+                stale |= self._forbid(k)
         stale[i] = True
         better = ~stale & (self.eff[:, i] > self.best)
         self.best[better], self.arg[better] = self.eff[better, i], i
