@@ -22,13 +22,16 @@ def pair(factory=lambda: hs.zoo.resnet((1, 1, 1))) -> list[nn.Module]:
     return [factory().eval(), factory().eval()]
 
 
-def test_report_times_every_stage_and_plan_round_trips() -> None:
-    r = hs.merge(pair(), DATA, method="zip", progress=False)
+@pytest.mark.parametrize("method", ["zip", "permute", "weight", "ot", "average", "mal"])
+def test_report_times_every_stage_and_plan_round_trips(method: str) -> None:
+    r = hs.merge(pair(), DATA, method=method, progress=False)
     assert set(r.report.seconds) == {"trace", "statistics", "matching", "combine", "bn_reset"}
-    assert all(v >= 0 for v in r.report.seconds.values()) and r.report.seconds["statistics"] > 0
-    assert "merge method=zip" in str(r.report)
-    back = WidthPlan.from_json(r.plan.to_json())
-    assert back.widths() == r.plan.widths() and back.method == "zip"
+    assert all(v >= 0 for v in r.report.seconds.values())
+    assert r.report.seconds["statistics"] > 0 or method in ("weight", "average", "mal")
+    assert f"merge method={method}" in str(r.report)
+    text = r.plan.to_json()
+    back = WidthPlan.from_json(text)
+    assert back.widths() == r.plan.widths() and back.method == method and back.to_json() == text
     for gid, m in r.plan.groups.items():
         for a, b in zip(m.merge + m.unmerge, back.groups[gid].merge + back.groups[gid].unmerge, strict=True):
             torch.testing.assert_close(a, b)
@@ -43,8 +46,18 @@ def test_data_free_methods_run_without_data(method: str) -> None:
 def test_errors_name_the_problem() -> None:
     with pytest.raises(hs.MergeError, match="unknown merge method 'zipp'"):
         hs.merge(pair(), DATA, method="zipp")
-    with pytest.raises(hs.MergeError, match="does not take"):
+    with pytest.raises(hs.MergeError, match=r"takes no option 'gamma' \(its options: alpha, beta\)"):
         hs.merge(pair(), DATA, method="zip", gamma=1, progress=False)
+    with pytest.raises(hs.MergeError, match="option alpha takes a float"):
+        hs.merge(pair(), DATA, method="zip", alpha=None, progress=False)
+    with pytest.raises(hs.MergeError, match=r"alpha .* must be in \[0, 1\], not 2"):
+        hs.merge(pair(), DATA, method="zip", alpha=2, progress=False)
+    with pytest.raises(hs.MergeError, match="solver must be one of emd, sinkhorn, not 'nope'"):
+        hs.merge(pair(), DATA, method="ot", solver="nope", progress=False)
+    with pytest.raises(hs.MergeError, match="max_sweeps takes a int"):
+        hs.merge(pair(), None, method="weight", max_sweeps=True, example_inputs=DATA[0][:2], progress=False)
+    with pytest.raises(hs.MergeError, match="one-shot iterator"):
+        hs.merge(pair(), (x for x in DATA), method="zip", progress=False)
     with pytest.raises(hs.MergeError, match="at least two"):
         hs.merge(pair()[:1], DATA)
     a, b = pair()

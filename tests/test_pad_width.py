@@ -53,7 +53,9 @@ def test_golden_pad_of_a_small_mlp() -> None:
     assert after.dump().splitlines()[0] == "group 0 size=4 blocks=free label=layers_0"
     assert after.params["layers.0.weight"].shape == (4, 3) and after.params["layers.3.weight"].shape == (2, 4)
     assert after.params["layers.0.weight"][2:].abs().sum() == 0 and after.params["layers.3.weight"][:, 2:].abs().sum() == 0
-    assert after.params["layers.1.running_var"][2:].tolist() == [1.0, 1.0]  # new BatchNorm channels are inert
+    # new BatchNorm channels are inert: zero scale, shift and mean, unit variance
+    for buf, fill in (("weight", 0.0), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)):
+        assert after.params[f"layers.1.{buf}"][2:].tolist() == [fill, fill], buf
 
 
 def test_refuses_a_layernorm_group_and_shrinking() -> None:
@@ -67,6 +69,8 @@ def test_refuses_a_layernorm_group_and_shrinking() -> None:
     hidden = next(grp for grp in g.groups if grp.pad_ok)
     with pytest.raises(hs.PassError, match="only grows"):
         PadWidth(hidden.id, hidden.size - 1)(g)
+    with pytest.raises(hs.PassError, match="whole number"):
+        PadWidth(hidden.id, hidden.size + 0.5)(g)  # type: ignore[arg-type]
 
 
 def test_zip_neurons_shrinks_and_checks_shapes() -> None:

@@ -14,7 +14,7 @@ from hetsurgery.errors import MergeError
 from hetsurgery.ir import ModelGraph
 from hetsurgery.ir.lowering import to_module
 from hetsurgery.merge.combine import combine
-from hetsurgery.merge.methods import METHODS
+from hetsurgery.merge.methods import METHODS, check_options, learned
 from hetsurgery.merge.topology import check_same_topology
 from hetsurgery.merge.widths import Width, check_width_changes, resolve_widths
 from hetsurgery.passes import ResetBatchNorm
@@ -82,6 +82,10 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: st
         raise MergeError(f"anchor {anchor} is not one of the {len(models)} models")
     if spec.needs_data and data is None:
         raise MergeError(f"method {method!r} needs calibration data")
+    if data is not None and iter(data) is data:
+        raise MergeError("the calibration data is a one-shot iterator (a generator?); merge reads it several "
+                         "times (tracing, statistics, BatchNorm reset): pass a list of batches or a DataLoader")
+    check_options(method, spec.plan, method_options)
     w = _weights(weights, len(models))
     for k, m in enumerate(models):
         _check_finite(m, f"model {k} ({type(m).__name__})")
@@ -105,10 +109,7 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: st
     seconds["statistics"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    try:
-        matches = spec.plan(graphs, stats, w, anchor, targets, **method_options)
-    except TypeError as exc:
-        raise MergeError(f"method {method!r} got an option it does not take: {exc}") from exc
+    matches = spec.plan(graphs, stats, w, anchor, targets, **method_options)
     matches.update(_fill_unobserved(graphs, matches, w, anchor))
     for grp in graphs[0].groups:
         if not grp.perm_ok:
@@ -194,7 +195,7 @@ def _fill_unobserved(graphs: Sequence[ModelGraph], matches: Mapping[int, GroupMa
         maps = SlotMaps.of(matches, k, normalised=True)
         return transform_params(graphs[k].params, slots_by_param(graphs[k].groups), maps, names)
 
-    ref = aligned(anchor)
+    ref = {name: t for name, t in aligned(anchor).items() if name in learned(graphs[anchor])}
     perms: list[dict[int, torch.Tensor]] = []
     for k in range(len(graphs)):
         perms.append({g.id: torch.arange(g.size) for g in missing} if k == anchor

@@ -7,6 +7,7 @@ it aligned. Groups a method cannot handle (no observable features) are left out;
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -44,6 +45,7 @@ def plan_permute(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Seq
 
 def plan_weight(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int,
                 targets: Targets, *, max_sweeps: int = 100, seed: int = 0) -> dict[int, GroupMatch]:
+    _require(max_sweeps >= 1, f"weight: max_sweeps must be at least 1, not {max_sweeps}")
     groups = list(graphs[0].permutable())
     perms_per_model: list[dict[int, torch.Tensor]] = []
     reports = []
@@ -51,7 +53,7 @@ def plan_weight(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequ
         if k == anchor:
             perms_per_model.append({grp.id: torch.arange(grp.size) for grp in groups})
             continue
-        perms, report = weight_matching(graphs[anchor].params, g.params, groups, max_sweeps=max_sweeps, seed=seed)
+        perms, report = weight_matching(learned(graphs[anchor]), g.params, groups, max_sweeps=max_sweeps, seed=seed)
         perms_per_model.append(perms)
         reports.append(report)
     return {grp.id: GroupMatch.from_perms(grp.id, [p[grp.id] for p in perms_per_model], weights,
@@ -62,6 +64,8 @@ def plan_ot(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence
             targets: Targets, *, solver: str = "emd", reg: float = 0.01) -> dict[int, GroupMatch]:
     """Transport every model onto one model's neurons: per group, the anchor or the model of the target width."""
     assert stats is not None
+    _require(solver in OT_SOLVERS, f"ot: solver must be one of {', '.join(OT_SOLVERS)}, not {solver!r}")
+    _require(reg > 0, f"ot: reg (Sinkhorn's entropic regularisation) must be positive, not {reg}")
     out = {}
     for gid, s in stats.items():
         onto = [anchor, *range(len(graphs))]
@@ -77,6 +81,8 @@ def plan_ot(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence
 def plan_zip(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int,
              targets: Targets, *, alpha: float = 0.5, beta: float = 1.0) -> dict[int, GroupMatch]:
     assert stats is not None
+    _require(0 <= alpha <= 1, f"zip: alpha (the decay of zipped features' similarity) must be in [0, 1], not {alpha}")
+    _require(beta >= 0, f"zip: beta (the within-model merge budget) must be non-negative, not {beta}")
     out = {}
     for gid, s in stats.items():
         blocks = graphs[0].group(gid).structure
@@ -93,6 +99,7 @@ def plan_mal(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequenc
              targets: Targets, *, alternate: bool = True, max_sweeps: int = 100, seed: int = 0
              ) -> dict[int, GroupMatch]:
     """Zero-pad every group to the widest model, then weight-match each model to the anchor in that space."""
+    _require(max_sweeps >= 1, f"mal: max_sweeps must be at least 1, not {max_sweeps}")
     padded_width = {g.id: max(x.group(g.id).size for x in graphs) for g in graphs[0].permutable()}
     padded = []
     for g in graphs:
@@ -108,7 +115,7 @@ def plan_mal(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequenc
         if k == anchor:
             perms.append({gid: torch.arange(w) for gid, w in padded_width.items()})
             continue
-        p, rep = weight_matching(padded[anchor].params, g.params, groups, max_sweeps=max_sweeps, seed=seed,
+        p, rep = weight_matching(learned(padded[anchor]), g.params, groups, max_sweeps=max_sweeps, seed=seed,
                                  alternate=alternate)
         perms.append(p)
         reports.append(rep)
@@ -124,6 +131,39 @@ def plan_mal(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequenc
                 "models": [_group_report(r, gid) for r in reports]}
         out[gid] = mal_match(gid, [p[gid] for p in perms], widths, weights, keep=keep, info=info)
     return out
+
+
+OT_SOLVERS = ("emd", "sinkhorn")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise MergeError(message)
+
+
+def check_options(method: str, plan: Callable[..., object], options: Mapping[str, object]) -> None:
+    """Every option is a keyword-only parameter of the method's plan function, of its default's type."""
+    params = {p.name: p for p in inspect.signature(plan).parameters.values() if p.kind is p.KEYWORD_ONLY}
+    for key, value in options.items():
+        p = params.get(key)
+        if p is None:
+            known = ", ".join(params) or "none"
+            raise MergeError(f"method {method!r} takes no option {key!r} (its options: {known})")
+        kind = type(p.default)
+        if kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        if not ok:
+            raise MergeError(f"method {method!r}: option {key} takes a {kind.__name__} (default {p.default!r}), "
+                             f"not {value!r}")
+
+
+def learned(g: ModelGraph) -> dict[str, torch.Tensor]:
+    """The graph's parameters without its buffers: weight matching compares what was learned, not
+    BatchNorm running statistics (recomputed after merging anyway)."""
+    names = {name for name, _ in g.module.named_parameters()}
+    return {name: t for name, t in g.params.items() if name in names}
 
 
 def _group_report(report: dict, gid: int) -> dict:

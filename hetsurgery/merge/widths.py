@@ -24,7 +24,10 @@ def resolve_widths(graphs: Sequence[ModelGraph], width: Width, default: str, anc
     for grp in graphs[0].permutable():
         sizes = [g.group(grp.id).size for g in graphs]
         if grp.id in explicit:
-            out[grp.id] = int(explicit[grp.id])
+            asked = explicit[grp.id]
+            if not isinstance(asked, int) or isinstance(asked, bool):
+                raise MergeError(f"group {grp.id} ({grp.label}): width takes a whole number of channels, not {asked!r}")
+            out[grp.id] = asked
         elif choice == "max":
             out[grp.id] = max(sizes)
         elif choice == "min":
@@ -36,8 +39,9 @@ def resolve_widths(graphs: Sequence[ModelGraph], width: Width, default: str, anc
         else:
             raise MergeError(f"width must be 'max', 'min', a model index below {len(graphs)} or a mapping "
                              f"group -> width, not {width!r}")
-        if out[grp.id] < 1:
-            raise MergeError(f"group {grp.id} ({grp.label}): width {out[grp.id]} is not positive")
+        if not 1 <= out[grp.id] <= sum(sizes):
+            raise MergeError(f"group {grp.id} ({grp.label}): width {out[grp.id]} is outside 1..{sum(sizes)} "
+                             f"(the models have {'/'.join(map(str, sizes))} channels together)")
     unknown = set(explicit) - set(out)
     if unknown:
         raise MergeError(f"width names groups {sorted(unknown)}, which are frozen or do not exist")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import ClassVar
 
 import torch
@@ -13,11 +14,10 @@ from hetsurgery.ir import ModelGraph, owner_of
 from hetsurgery.ir.slot_algebra import pad_slot
 from hetsurgery.passes.resize import resized_groups
 
-# new channels of a BatchNorm pass zeros through unchanged: mean 0, variance 1, scale 1, shift 0
-_FILL: dict[tuple[type[nn.Module], str], float] = {
-    (nn.modules.batchnorm._NormBase, "running_var"): 1.0,
-    (nn.modules.batchnorm._NormBase, "weight"): 1.0,
-}
+# New BatchNorm channels see zeros and give zeros: scale, shift and mean 0 like every padded entry (zero
+# padding in the literal sense, so weight matching sees nothing there), variance 1 so the division is tame.
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+_NONZERO_FILL = MappingProxyType({"running_var": 1.0})
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class PadWidth:
     """Grow group ``group`` to ``size`` channels; the model computes exactly the same function.
 
     New producer rows and biases are zero, new consumer columns are zero, new BatchNorm channels are
-    inert. Refused where ``pad_ok`` is false: a consumer normalises or reduces over the channels
+    inert (scale, shift and mean zero, variance one). Refused where ``pad_ok`` is false: a consumer normalises or reduces over the channels
     (LayerNorm, softmax, a mean over channels), the channels come in blocks, or the width is spelled
     as a number in the code.
 
@@ -43,6 +43,8 @@ class PadWidth:
         if not grp.pad_ok:
             raise PassError(f"{g.name}: cannot pad group {grp.id} ({grp.label}): {grp.why_not('pad')}. "
                             "Pick a group whose `pad` column in ModelGraph.summary() says y.")
+        if not isinstance(self.size, int) or isinstance(self.size, bool):
+            raise PassError(f"{g.name}: PadWidth takes a whole number of channels, not {self.size!r}")
         if self.size < grp.size:
             raise PassError(f"{g.name}: PadWidth only grows group {grp.id} ({grp.size} channels), not to {self.size}; "
                             "use ZipNeurons to shrink it")
@@ -55,7 +57,4 @@ class PadWidth:
 
 
 def _fill_for(module: nn.Module | None, attr: str) -> float:
-    for (kind, name), value in _FILL.items():
-        if isinstance(module, kind) and attr == name:
-            return value
-    return 0.0
+    return _NONZERO_FILL.get(attr, 0.0) if isinstance(module, _BATCH_NORMS) else 0.0

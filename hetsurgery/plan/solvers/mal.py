@@ -1,14 +1,18 @@
 """Model Assembly Learning's generalised permutation (Zhang et al. 2025) for groups of different widths.
 
 Size-compatible groups are aligned by a LAP; for size-incompatible ones the narrower model is
-zero-padded to the wider width first (``PadWidth``: new rows and columns are zero), then the
-permutations maximise ``Σ ⟨W_base, P_out W_target P_inᵀ⟩`` in the padded space. Every layer couples
-its output-side and input-side permutations, so the problem is solved by alternating LAPs, each side
-re-solved with the others fixed, until the objective stops improving (``alternate=True``, "mal"); the
-simpler baseline solves one LAP per group with everything else at identity ("mal-pad").
+zero-padded to the wider width first (``PadWidth``: new rows, columns, biases and BatchNorm scales are
+zero), then the permutations maximise ``Σ ⟨W_base, P_out W_target P_inᵀ⟩`` over the learned parameters
+(not BatchNorm running statistics) in the padded space. Every layer couples the permutation of its
+output side with that of its input side, so one LAP per group is not the optimum: "mal" alternates,
+re-solving each group's LAP with the others fixed (``weight_matching``) and keeping a new permutation
+only when it raises the objective, until a full round changes nothing; "mal-pad" is the simpler
+baseline, one LAP per group with everything else at identity. Both report the objective per group.
 
-Only the MAL abstract and summaries were available when this was written: the objective and the
-alternation above are our reading of "zero-padding, bidirectional alignment, alternating optimisation".
+Our reading of the paper's "bidirectional alignment" and "alternating optimisation": only the MAL
+abstract and summaries were at hand when this was written. In the padded (square) space the two
+directions base→target and target→base are the same LAP transposed (``⟨A, P B⟩ = ⟨Pᵀ A, B⟩``), so the
+alternation that changes anything is between the two sides of each layer, which is what runs here.
 
 A model of width ``d_k`` sits in the padded space through ``Q_k`` (``W x d_k``): ``Q_k[i, j] = 1`` when its
 channel ``j`` lands on padded channel ``i``. The merged group keeps all ``W`` channels (``M_k = α_k Q_k``,

@@ -53,7 +53,9 @@ def transport_map(cost: torch.Tensor, solver: str = "emd", reg: float = 0.01) ->
     if solver == "emd":
         t = pot.emd(a, b, c)
     elif solver == "sinkhorn":
-        t = pot.sinkhorn(a, b, c / max(c.max(), 1e-12), reg)
+        t = np.asarray(pot.sinkhorn(a, b, c / max(c.max(), 1e-12), reg))
+        # Sinkhorn meets its marginals only to a tolerance: make every target neuron's mass exactly 1/m
+        return torch.from_numpy(t / np.maximum(t.sum(0, keepdims=True), 1e-300))
     else:
         raise ValueError(f"unknown OT solver {solver!r}: use 'emd' or 'sinkhorn'")
     return torch.from_numpy(np.asarray(t) * m)
