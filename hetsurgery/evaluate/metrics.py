@@ -14,13 +14,18 @@ from torch import nn
 
 
 def predictions(model: nn.Module, data: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels over ``data`` (``(inputs, labels)`` batches), in eval mode without grad."""
+    """Logits and labels over ``data`` (``(inputs, labels)`` batches), in eval mode without grad (the
+    model's own mode is restored afterwards)."""
+    was_training = model.training
     model.eval()
     logits, labels = [], []
-    with torch.no_grad():
-        for x, y in data:
-            logits.append(model(x))
-            labels.append(y)
+    try:
+        with torch.no_grad():
+            for x, y in data:
+                logits.append(model(x))
+                labels.append(y)
+    finally:
+        model.train(was_training)
     return torch.cat(logits), torch.cat(labels)
 
 
