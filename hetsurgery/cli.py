@@ -7,7 +7,6 @@ config file, checkpoint, package). Bad input never leaves a partial output folde
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -19,8 +18,19 @@ from tqdm.auto import tqdm
 
 from hetsurgery import zoo
 from hetsurgery.errors import HetsurgeryError, TracingError
-from hetsurgery.export import InputError, Picture, is_package, read_package, read_plan, render, save, to_onnx
-from hetsurgery.export.config import MergeConfig, build_data, build_models, load_config
+from hetsurgery.export import (
+    InputError,
+    Package,
+    Picture,
+    is_package,
+    read_package,
+    read_plan,
+    render,
+    save,
+    to_onnx,
+)
+from hetsurgery.export.config import MergeConfig, build_data, build_models, device_of, load_config
+from hetsurgery.export.pictures import picture_format
 from hetsurgery.ir import ModelGraph
 from hetsurgery.tracing import trace
 
@@ -87,6 +97,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> Picture:
+    if args.output is not None:
+        picture_format(args.output)  # refuse a bad suffix before tracing
     if args.group is not None:
         if not is_package(args.model):
             raise BadInput(f"--group draws a width plan: give a package folder with a plan.json, not {args.model!r}")
@@ -104,16 +116,35 @@ def _render(args: argparse.Namespace) -> Picture:
 
 def cmd_export(args: argparse.Namespace) -> int:
     pkg = read_package(args.package)
-    inputs = pkg.example_inputs
-    if args.input_shape:
-        inputs = (torch.randn(2, *_shape(args.input_shape)),)
+    inputs = _shaped_like(pkg, _shape(args.input_shape)) if args.input_shape else pkg.example_inputs
     if not inputs:
         raise BadInput(f"{args.package} records no example input shape; give --input-shape")
+    _check_runs(pkg, inputs, given=bool(args.input_shape))
     out = Path(args.output or pkg.folder / "model.onnx")
     report = to_onnx(pkg.model, inputs, out, dynamic_batch=not args.static_batch, check=not args.no_check)
     print(f"parity: {report}")
     print(f"onnx: {report.path}")
-    return 0 if report.passed else 1
+    return 0 if report.passed or args.no_check else 1  # --no-check reports a mismatch, never fails on it
+
+
+def _shaped_like(pkg: Package, shape: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+    """A batch of two examples of ``shape``, of the dtype the package was saved with (zeros if not floating)."""
+    dtype = pkg.example_inputs[0].dtype if pkg.example_inputs else torch.float32
+    return (torch.randn(2, *shape, dtype=dtype) if dtype.is_floating_point else torch.zeros(2, *shape, dtype=dtype),)
+
+
+def _check_runs(pkg: Package, inputs: Sequence[torch.Tensor], given: bool) -> None:
+    """Run the model once, so a wrong shape is named here and not deep inside the ONNX exporter."""
+    try:
+        with torch.no_grad():
+            pkg.model(*inputs)
+    except Exception as exc:  # shape errors surface as RuntimeError, ValueError, IndexError, ...
+        shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
+        saved = ", ".join(str(tuple(x.shape[1:])) for x in pkg.example_inputs) or "no shape"
+        hint = (f"--input-shape is one example's shape without the batch dimension; the package was saved "
+                f"with {saved}" if given else "the package's example inputs do not fit its model (damaged?)")
+        raise BadInput(f"{pkg.folder} does not run on inputs of shape {shapes}: {type(exc).__name__}: "
+                       f"{' '.join(str(exc).split())[:300]}. {hint}") from exc
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -136,10 +167,13 @@ def cmd_merge(args: argparse.Namespace) -> int:
         torch.manual_seed(cfg.seed)
         try:
             result = merge(models, calibration, method=cfg.width.method, weights=cfg.merge_weights,
-                           reset_bn=cfg.reset_bn, anchor=cfg.anchor, width=cfg.width.target, progress=not args.quiet,
-                           **cfg.width.options)
+                           reset_bn=cfg.reset_bn, anchor=cfg.anchor, width=cfg.width.target, device=device_of(cfg),
+                           progress=not args.quiet, **cfg.width.options)
         except TracingError as exc:
             raise BadInput(str(exc)) from exc
+        except ValueError as exc:  # a solver refusing a value of the width section (target, options)
+            raise BadInput(f"width (method {cfg.width.method}, options {cfg.width.options or 'default'}, target "
+                           f"{cfg.width.target if cfg.width.target is not None else 'default'}): {exc}") from exc
         steps.update()
         steps.set_postfix_str("evaluate")
         scores = _scores(cfg, [*models, result.model], evaluation) if evaluation is not None else None
@@ -156,22 +190,16 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def _check_methods(cfg: MergeConfig) -> None:
-    from hetsurgery.merge.methods import METHODS
+    """Bad input before any work: a depth section (not available yet), unknown width options or values."""
+    from hetsurgery.merge.options import check_options
 
     if cfg.depth is not None:
-        raise BadInput(f"depth.method {cfg.depth.method!r}: depth alignment is not available in this version; the "
-                       "models must have the same depth. Remove the depth section.")
-    method = METHODS.get(cfg.width.method)
-    if method is None:
-        raise BadInput(f"width.method {cfg.width.method!r} is not a merge method: use one of {', '.join(METHODS)}")
-    params = inspect.signature(method.plan).parameters
-    if any(v.kind is inspect.Parameter.VAR_KEYWORD for v in params.values()):
-        return  # the method checks its own options
-    known = [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY]
-    for option in cfg.width.options:
-        if option not in known:
-            raise BadInput(f"width.options.{option}: {cfg.width.method} takes no option {option!r}; "
-                           f"it takes {', '.join(known) or 'none'}")
+        raise BadInput(f"depth.method {cfg.depth.method!r}: depth alignment is not available in this version; "
+                       "the models must have the same depth. Remove the depth section.")
+    try:
+        check_options(cfg.width.method, cfg.width.options)
+    except HetsurgeryError as exc:
+        raise BadInput(f"width: {exc}") from exc
 
 
 def _scores(cfg: MergeConfig, models: list[torch.nn.Module], data: list) -> str:
@@ -270,6 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hetsurgery {args.command}: {exc}", file=sys.stderr)
         return 2
     except HetsurgeryError as exc:
+        print(f"hetsurgery {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a full disk, a file vanishing: the operation failed, not the input
         print(f"hetsurgery {args.command}: {exc}", file=sys.stderr)
         return 1
 

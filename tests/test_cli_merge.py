@@ -3,6 +3,7 @@ bad input exits 2 with a message naming the problem and leaves no output folder;
 
 from __future__ import annotations
 
+import importlib
 import pathlib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -14,8 +15,9 @@ import yaml
 
 import hetsurgery as hs
 import hetsurgery.demo
+import hetsurgery.export.onnx as onnx_export
 from hetsurgery.cli import main
-from hetsurgery.export import load
+from hetsurgery.export import load, save
 
 CONFIG = {
     "models": [
@@ -93,12 +95,27 @@ def _option(c: dict) -> None:
     c["width"]["options"] = {"alpah": 0.3}
 
 
+def _option_value(c: dict) -> None:
+    c["width"] = {"method": "ot", "options": {"solver": "nope"}}
+
+
+def _target(c: dict) -> None:
+    c["width"]["target"] = 5
+
+
+def _reset_bn(c: dict) -> None:
+    c["reset_bn"] = -3
+
+
 BAD = {
     "unknown key": (_typo, "models.0.weigths: unknown key (a typo?); the keys here are factory, kwargs, weights, name"),
     "missing file": (_missing, "nothere.pt does not exist"),
     "wrong input shape": (_shape, "does not run on inputs of shape (2, 3, 32, 32)"),
     "pickled module": (_pickled, "holds pickled Python objects"),
-    "unknown option": (_option, "width.options.alpah: zip takes no option 'alpah'; it takes alpha, beta"),
+    "unknown option": (_option, "width: method 'zip' takes no option 'alpah' (its options: alpha, beta)"),
+    "bad option value": (_option_value, "width: method 'ot': option solver must be 'emd' or 'sinkhorn', not 'nope'"),
+    "target beyond the models": (_target, "width.target 5 is not one of the 2 models (0 to 1)"),
+    "negative reset_bn": (_reset_bn, "reset_bn: give true, false or a positive number of samples, not -3"),
 }
 
 
@@ -122,6 +139,112 @@ def test_a_failed_merge_exits_1_and_writes_nothing(workdir: pathlib.Path, capsys
     assert main(["merge", str(_write(workdir, config)), "-o", str(workdir / "out"), "--quiet"]) == 1
     assert "hetsurgery merge:" in capsys.readouterr().err
     assert _leftovers(workdir) == []
+
+
+class Stop(hs.MergeError):
+    """Raised by the stand-in for merge once it has seen its arguments."""
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch, error: Exception) -> dict:
+    seen: dict = {}
+
+    def fake_merge(models: object, data: object, **kwargs: object) -> None:
+        seen.update(kwargs)
+        raise error
+
+    # the package hetsurgery.merge, not the function of that name that hetsurgery exports
+    monkeypatch.setattr(importlib.import_module("hetsurgery.merge"), "merge", fake_merge)
+    return seen
+
+
+def test_merge_gets_the_configs_device_and_reset_bn(workdir: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    seen = _spy(monkeypatch, Stop("stopped after the arguments"))
+    config = {**yaml.safe_load(yaml.safe_dump(CONFIG)), "device": "cpu", "reset_bn": 64}
+    config.pop("evaluate")
+    assert main(["merge", str(_write(workdir, config)), "-o", str(workdir / "out"), "--quiet"]) == 1
+    assert "stopped after the arguments" in capsys.readouterr().err
+    assert str(seen["device"]) == "cpu" and seen["reset_bn"] == 64
+
+
+def test_a_value_a_solver_refuses_is_bad_input(workdir: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    _spy(monkeypatch, ValueError("group 0: cannot zip 80 features into 500"))
+    config = yaml.safe_load(yaml.safe_dump(CONFIG))
+    config.pop("evaluate")
+    assert main(["merge", str(_write(workdir, config)), "-o", str(workdir / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hetsurgery merge: width (method zip, options {'alpha': 0.5}, target max): group 0: "
+                          "cannot zip 80 features into 500")
+    assert _leftovers(workdir) == []
+
+
+@pytest.fixture
+def package(tmp_path: pathlib.Path) -> pathlib.Path:
+    return save(hs.trace(hs.zoo.mlp([16]), torch.randn(2, 1, 8, 8)), tmp_path / "pkg")
+
+
+def test_export_exits_1_on_a_parity_failure_and_0_with_no_check(package: pathlib.Path, tmp_path: pathlib.Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    real_session = onnx_export._session
+
+    class Off:  # onnxruntime, but every output is 1e-2 too large
+        def __init__(self, path: pathlib.Path) -> None:
+            self.session, _ = real_session(path)
+
+        def get_inputs(self) -> list:
+            return self.session.get_inputs()
+
+        def run(self, names: object, feed: dict) -> list:
+            return [y + 1e-2 for y in self.session.run(names, feed)]
+
+    monkeypatch.setattr(onnx_export, "_session", lambda path: (Off(path), ("CPUExecutionProvider",)))
+    assert main(["export", str(package), "-o", str(tmp_path / "a.onnx"), "--quiet"]) == 1
+    assert "onnxruntime disagrees" in capsys.readouterr().err and not (tmp_path / "a.onnx").exists()
+    assert main(["export", str(package), "-o", str(tmp_path / "b.onnx"), "--no-check", "--quiet"]) == 0
+    assert "FAILED" in capsys.readouterr().out and (tmp_path / "b.onnx").is_file()
+
+
+def _syntax_error(folder: pathlib.Path) -> None:
+    code = folder / "model.py"
+    code.write_text(code.read_text() + "\ndef broken(:\n")
+
+
+def _missing_weight(folder: pathlib.Path) -> None:
+    state = safetensors.torch.load_file(str(folder / "model.safetensors"))
+    del state["layers.0.bias"]
+    safetensors.torch.save_file(state, str(folder / "model.safetensors"))
+
+
+@pytest.mark.parametrize("damage", [_syntax_error, _missing_weight])
+@pytest.mark.parametrize("command", ["export", "inspect"])
+def test_a_damaged_package_exits_2(damage: object, command: str, package: pathlib.Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    damage(package)  # type: ignore[operator]
+    assert main([command, str(package), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"hetsurgery {command}: ") and "Write the package again" in err
+
+
+def test_export_with_a_wrong_input_shape_exits_2_before_exporting(package: pathlib.Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", str(package), "--input-shape", "3,32,32", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"hetsurgery export: {package} does not run on inputs of shape (2, 3, 32, 32)")
+    assert "the package was saved with (1, 8, 8)" in err and len(err.strip().splitlines()) == 1
+    assert not (package / "model.onnx").exists()
+
+
+def test_render_and_export_refuse_outputs_they_cannot_write(package: pathlib.Path, tmp_path: pathlib.Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "afile").write_text("not a folder")
+    assert main(["render", str(package), "-o", str(tmp_path / "graph.pdf")]) == 2
+    assert "use a .svg, .png or .gv file name" in capsys.readouterr().err
+    for argv in (["render", str(package), "-o", str(tmp_path / "afile" / "graph.svg")],
+                 ["export", str(package), "-o", str(tmp_path / "afile" / "m.onnx"), "--quiet"]):
+        assert main(argv) == 2
+        assert "afile failed (File exists); choose an output path" in capsys.readouterr().err
 
 
 def test_an_occupied_output_folder_is_refused(workdir: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:

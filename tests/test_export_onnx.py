@@ -9,11 +9,12 @@ import onnx
 import pytest
 import torch
 from helpers import randomise, randomise_calibrated
+from torch import nn
 
 import hetsurgery as hs
 import hetsurgery.export.onnx as onnx_export
 from hetsurgery.demo import METHODS as DEMO_METHODS
-from hetsurgery.export import to_onnx
+from hetsurgery.export import InputError, to_onnx
 
 X = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 
@@ -21,7 +22,7 @@ X = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 def _check(report: hs.export.ParityReport, path: pathlib.Path, sizes: tuple[int, ...] = (2, 5)) -> None:
     assert report.passed and report.checked, str(report)
     assert report.batch_sizes == sizes and [b for b, *_ in report.per_batch] == list(sizes)
-    assert report.max_rel_err <= 1e-3 and "CPUExecutionProvider" in report.providers
+    assert report.tolerance_used <= 1 and "CPUExecutionProvider" in report.providers
     model = onnx.load(str(path))
     assert max(op.version for op in model.opset_import if op.domain in ("", "ai.onnx")) >= 18
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # one file, no temporaries left
@@ -72,10 +73,11 @@ def test_batch_of_one_and_static_batch(tmp_path: pathlib.Path) -> None:
            tmp_path / "static.onnx", sizes=(4,))
 
 
-def test_a_mismatch_raises_and_writes_nothing(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _offset_session(monkeypatch: pytest.MonkeyPatch, offset: float) -> None:
+    """onnxruntime, but every output is ``offset`` too large."""
     real_session = onnx_export._session
 
-    class Off:  # onnxruntime, but every output is 1e-2 too large
+    class Off:
         def __init__(self, path: pathlib.Path) -> None:
             self.session, _ = real_session(path)
 
@@ -83,13 +85,44 @@ def test_a_mismatch_raises_and_writes_nothing(tmp_path: pathlib.Path, monkeypatc
             return self.session.get_inputs()
 
         def run(self, names: object, feed: dict) -> list:
-            return [y + 1e-2 for y in self.session.run(names, feed)]
+            return [y + offset for y in self.session.run(names, feed)]
 
     monkeypatch.setattr(onnx_export, "_session", lambda path: (Off(path), ("CPUExecutionProvider",)))
+
+
+def test_a_mismatch_raises_and_writes_nothing(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _offset_session(monkeypatch, 1e-2)
     model = hs.zoo.mlp([16])
     with pytest.raises(hs.ExportError, match="onnxruntime disagrees"):
-        to_onnx(model, torch.randn(2, 64), tmp_path / "off.onnx")
-    assert list(tmp_path.iterdir()) == []
+        to_onnx(model, torch.randn(2, 64), tmp_path / "new" / "folders" / "off.onnx")
+    assert list(tmp_path.iterdir()) == []  # not even the folders it created
     report = to_onnx(model, torch.randn(2, 64), tmp_path / "off.onnx", check=False)
     assert not report.passed and report.max_abs_err == pytest.approx(1e-2, rel=1e-3)
     assert (tmp_path / "off.onnx").is_file()
+
+
+def _constant(values: list[float]) -> nn.Module:
+    """A model whose outputs are ``values`` whatever the input."""
+    layer = nn.Linear(4, len(values))
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.bias.copy_(torch.tensor(values))
+    return layer
+
+
+@pytest.mark.parametrize(("offset", "used", "passed"), [(1e-4, 10.0, False), (5e-6, 0.5, True)])
+def test_the_report_gives_the_tolerance_the_check_uses(offset: float, used: float, passed: bool,
+                                                       tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _offset_session(monkeypatch, offset)
+    report = to_onnx(_constant([0.0, 100.0]), torch.randn(2, 4), tmp_path / "c.onnx", check=False)
+    # the error at the output 0 is measured against atol 1e-5 alone: offset / 1e-5
+    assert report.tolerance_used == pytest.approx(used, rel=1e-3) and report.passed is passed
+    assert report.max_rel_err < 2e-6  # small beside the largest output, though the check may fail
+    assert f"worst |err| / (atol + rtol*|torch|) = {used:.2g}" in str(report)
+    assert ("passed" if passed else "FAILED") in str(report)
+
+
+def test_an_output_folder_that_cannot_be_created_is_refused_before_exporting(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(InputError, match=r"cannot write .*afile/m\.onnx"):
+        to_onnx(hs.zoo.mlp([16]), torch.randn(2, 64), tmp_path / "afile" / "m.onnx")

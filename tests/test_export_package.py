@@ -16,6 +16,7 @@ from helpers import randomise
 from torch import nn
 
 import hetsurgery as hs
+import hetsurgery.export.package as package
 from hetsurgery.export import InputError, load, read_package, read_weights, save
 from hetsurgery.plan.width_plan import GroupMatch, WidthPlan
 
@@ -154,3 +155,106 @@ def test_checkpoints_are_read_without_unpickling(tmp_path: pathlib.Path) -> None
 def test_load_names_what_is_missing(tmp_path: pathlib.Path) -> None:
     with pytest.raises(InputError, match="not a hetsurgery model package"):
         load(tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_models_that_are_not_float32_round_trip_with_their_dtype(dtype: torch.dtype, tmp_path: pathlib.Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.LayerNorm(8), nn.Linear(8, 2)).to(dtype).eval()
+    x = torch.randn(3, 4, dtype=dtype)
+    twin = load(save(model, tmp_path / "pkg", example_inputs=x))
+    assert {t.dtype for t in twin.state_dict().values()} == {dtype}
+    with torch.no_grad():
+        assert torch.equal(twin(x), model(x))
+    assert read_package(tmp_path / "pkg").example_inputs[0].dtype == dtype
+
+
+def test_a_float64_graph_round_trips(tmp_path: pathlib.Path) -> None:
+    model = hs.zoo.mlp([8], in_features=4, num_classes=2).double().eval()
+    x = torch.randn(2, 4, dtype=torch.float64)
+    twin = load(save(hs.trace(model, x), tmp_path / "pkg"))
+    with torch.no_grad():
+        assert torch.equal(twin(x), model(x))
+
+
+def test_a_model_that_does_not_run_on_its_example_inputs_is_bad_input(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(InputError, match=r"does not run on the example inputs \(\(2, 5\) float32\)"):
+        save(nn.Sequential(nn.Linear(4, 4)), tmp_path / "pkg", example_inputs=torch.randn(2, 5))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_generated_forward_that_fails_is_an_export_error(tmp_path: pathlib.Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    real = package.model_source
+    monkeypatch.setattr(package, "model_source",
+                        lambda *a, **k: real(*a, **k) + "\nModel.forward = lambda self, x: x.view(-1, 7)\n")
+    with pytest.raises(hs.ExportError, match=r"the generated model\.py fails on the example inputs") as caught:
+        save(nn.Sequential(nn.Linear(4, 4)), tmp_path / "pkg", example_inputs=torch.randn(2, 4))
+    assert not isinstance(caught.value, InputError)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_model_py_reads_plainly(tmp_path: pathlib.Path) -> None:
+    g = hs.trace(hs.zoo.transformer("manual", depth=1), X[:2])  # its forward calls torch functions
+    source = (save(g, tmp_path / "pkg") / "model.py").read_text()
+    assert "def forward(self, x : torch.Tensor) -> torch.Tensor:" in source
+    assert "_torch_Tensor_" not in source and source.count("\nimport torch\n") == 1
+
+
+def _damaged(tmp_path: pathlib.Path) -> pathlib.Path:
+    return save(hs.trace(hs.zoo.mlp([8], in_features=4, num_classes=2), torch.randn(2, 4)), tmp_path / "pkg")
+
+
+def test_a_damaged_model_py_is_bad_input(tmp_path: pathlib.Path) -> None:
+    folder = _damaged(tmp_path)
+    code = folder / "model.py"
+    code.write_text(code.read_text().replace("return layers_2", "return layers_2 +"))
+    with pytest.raises(InputError, match=r"model.py does not run \(SyntaxError at line \d+"):
+        load(folder)
+
+
+def test_weights_missing_from_model_safetensors_are_bad_input(tmp_path: pathlib.Path) -> None:
+    folder = _damaged(tmp_path)
+    state = safetensors.torch.load_file(str(folder / "model.safetensors"))
+    del state["layers.2.bias"]
+    safetensors.torch.save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(InputError, match=r"cannot load model.safetensors .*Missing key.*layers.2.bias"):
+        read_package(folder)
+
+
+def test_read_package_runs_model_py_once_and_tolerates_no_example_inputs(tmp_path: pathlib.Path) -> None:
+    folder = _damaged(tmp_path)
+    code = folder / "model.py"
+    counter = 'pathlib.Path(__file__).with_name("runs.txt").open("a").write("x")\n'
+    code.write_text(code.read_text().replace("def example_inputs(", "def example_inputs_renamed(") + counter)
+    pkg = read_package(folder)
+    assert pkg.example_inputs == () and pkg.model(torch.randn(1, 4)).shape == (1, 2)
+    assert (folder / "runs.txt").read_text() == "x"
+
+
+def test_a_failed_save_removes_the_folders_it_created(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save(hs.trace(hs.zoo.mlp([8]), torch.randn(2, 64)), tmp_path / "new" / "deeper" / "pkg")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_folder_that_cannot_be_created_is_bad_input(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(InputError, match=r"cannot write .*afile/pkg: creating .*afile failed"):
+        save(hs.trace(hs.zoo.mlp([8]), torch.randn(2, 64)), tmp_path / "afile" / "pkg")
+
+
+def test_files_that_are_no_pickle_are_not_called_pickled_modules(tmp_path: pathlib.Path) -> None:
+    safetensors.torch.save_file(hs.zoo.mlp([8]).state_dict(), str(tmp_path / "renamed.pt"))
+    (tmp_path / "garbage.pt").write_bytes(bytes(range(256)) * 4)
+    for name in ("renamed.pt", "garbage.pt"):
+        with pytest.raises(InputError, match="is not a readable torch checkpoint") as caught:
+            read_weights(tmp_path / name)
+        assert "pickled" not in str(caught.value)
+    torch.save(hs.zoo.mlp([8]), tmp_path / "whole.pt")
+    with pytest.raises(InputError, match=r"pickled Python objects \(it needs hetsurgery.zoo.mlp.MLP"):
+        read_weights(tmp_path / "whole.pt")

@@ -11,7 +11,7 @@ import torch
 
 import hetsurgery as hs
 import hetsurgery.export.pictures as pictures
-from hetsurgery.export import render, to_dot
+from hetsurgery.export import InputError, render, to_dot
 from hetsurgery.plan.width_plan import GroupMatch, WidthPlan
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -92,7 +92,17 @@ def test_without_dot_on_the_path(tmp_path: pathlib.Path, monkeypatch: pytest.Mon
 def test_unknown_objects_and_formats_are_refused(tmp_path: pathlib.Path) -> None:
     with pytest.raises(hs.ExportError, match="cannot draw a str"):
         render("graph", tmp_path / "x.svg")  # type: ignore[arg-type]
-    with pytest.raises(hs.ExportError, match=r"use a \.svg, \.png or \.gv"):
+    with pytest.raises(InputError, match=r"use a \.svg, \.png or \.gv"):
         render(_zip_like_plan(), tmp_path / "x.pdf")
-    with pytest.raises(hs.ExportError, match="no group 7"):
+    with pytest.raises(InputError, match="no group 7"):
         render(_zip_like_plan(), tmp_path / "x.svg", group=7)
+    with pytest.raises(InputError, match="3 names for a plan of 2 models"):
+        render(_zip_like_plan(), tmp_path / "x.svg", names=("A", "B", "C"))
+
+
+def test_output_folders_are_created_and_an_impossible_one_is_bad_input(tmp_path: pathlib.Path) -> None:
+    assert render(_zip_like_plan(), tmp_path / "new" / "plan.gv").path.is_file()
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(InputError, match=r"cannot write .*afile/plan\.gv: creating .*afile failed"):
+        render(_zip_like_plan(), tmp_path / "afile" / "plan.gv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "new"]

@@ -1,7 +1,8 @@
 """Write files and folders so that a failure leaves nothing half written.
 
 A file is written under a temporary name in its own folder and renamed with ``os.replace``; a folder is
-built as a hidden sibling and renamed into place at the end.
+built as a hidden sibling and renamed into place at the end. Missing parent folders are created, and
+removed again when the write fails.
 
 >>> import pathlib, tempfile
 >>> root = pathlib.Path(tempfile.mkdtemp())
@@ -21,19 +22,25 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from hetsurgery.errors import ExportError
+from hetsurgery.export.errors import InputError
 
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on failure it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with parent_folders(path):
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        except OSError as exc:
+            if exc.filename in (str(tmp), tmp):  # the folder refuses new files: a bad choice of output path
+                raise InputError(f"cannot write {path}: {exc.strerror or exc} in {path.parent}; choose an output "
+                                 "path in a folder you can write to") from exc
+            raise
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -59,14 +66,43 @@ def atomic_folder(path: str | os.PathLike[str], *, may_replace: Callable[[Path],
     path = Path(path)
     if path.exists() and not _replaceable(path, may_replace):
         raise ExportError(f"{path} exists and is not empty; choose another output folder or remove it")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.mkdir()
+    with parent_folders(path):
+        make_folder(tmp, path)
+        try:
+            yield tmp
+            _swap_in(tmp, path, may_replace)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def parent_folders(path: Path) -> Iterator[None]:
+    """Create the missing folders above ``path``; remove the ones created here if the body fails.
+
+    A folder that cannot be created (a read-only or missing mount, a file in the way) is the user's choice
+    of output path: ``InputError`` names it.
+    """
+    created: list[Path] = []
     try:
-        yield tmp
-        _swap_in(tmp, path, may_replace)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for folder in reversed([p for p in path.parents if not p.is_dir()]):  # top-down
+            make_folder(folder, path)
+            created.append(folder)
+        yield
+    except BaseException:
+        for folder in reversed(created):  # deepest first; a folder someone filled meanwhile stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def make_folder(folder: Path, target: Path) -> None:
+    """``folder.mkdir()``; ``InputError`` naming ``target`` (the output it is for) when that fails."""
+    try:
+        folder.mkdir()
+    except OSError as exc:
+        raise InputError(f"cannot write {target}: creating {folder} failed ({exc.strerror or exc}); "
+                         "choose an output path in a folder you can write to") from exc
 
 
 def _replaceable(path: Path, may_replace: Callable[[Path], bool]) -> bool:

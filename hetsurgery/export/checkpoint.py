@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -39,14 +40,8 @@ def read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
                          f"({', '.join(TORCH_SUFFIXES)}), not {path.suffix or 'a file without suffix'}")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise InputError(
-            f"{path} holds pickled Python objects (a whole nn.Module saved with torch.save(model)?), not only "
-            "tensors. hetsurgery never unpickles code. Re-save the weights with "
-            "torch.save(model.state_dict(), path) or safetensors.torch.save_file(model.state_dict(), path)."
-        ) from exc
-    except Exception as exc:  # a truncated or foreign file
-        raise InputError(f"{path} is not a readable torch checkpoint: {exc}") from exc
+    except Exception as exc:  # a pickled object, or a truncated or foreign file
+        raise _unreadable(path, exc) from exc
     return _state_dict(raw, path)
 
 
@@ -63,6 +58,37 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], *, name: str = 
         raise InputError(f"{name}: the weights in {path} do not fit the model built by its factory: {detail}. "
                          "Check the factory's kwargs (widths, depth) against the checkpoint.") from exc
     return model
+
+
+def _unreadable(path: Path, exc: Exception) -> InputError:
+    """Why ``torch.load(weights_only=True)`` refused ``path``: a pickled object it will not build, or not a checkpoint."""
+    refused = _refused_global(exc)
+    if refused is not None:
+        return InputError(
+            f"{path} holds pickled Python objects (it needs {refused}: a whole nn.Module saved with "
+            "torch.save(model)?), not only tensors. hetsurgery never unpickles code. Re-save the weights with "
+            "torch.save(model.state_dict(), path) or safetensors.torch.save_file(model.state_dict(), path).")
+    inner = exc.__context__ if isinstance(exc.__context__, Exception) else exc  # torch wraps the unpickler's error
+    detail = (str(inner).strip().splitlines() or [""])[0]
+    return InputError(f"{path} is not a readable torch checkpoint ({type(inner).__name__}: {detail}); it is "
+                      "truncated, damaged or in another format. Weights must be a .safetensors file (named "
+                      ".safetensors) or a state_dict saved with torch.save(model.state_dict(), path).")
+
+
+def _refused_global(exc: Exception) -> str | None:
+    """The class or function the weights-only unpickler refused to build (``None``: it refused no global)."""
+    for err in (exc, exc.__context__, exc.__cause__):
+        if not isinstance(err, pickle.UnpicklingError):
+            continue
+        found = _GLOBAL.search(str(err))
+        if found:
+            return found.group(1) or found.group(2) or "an object it may not build"
+    return None
+
+
+# the weights-only unpickler's words for an object it will not build (torch/_weights_only_unpickler.py)
+_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)|unsupported GLOBAL (\S+)|Can only create new object"
+                     r"|call reduce for unrecognized function")
 
 
 def _state_dict(raw: object, path: Path) -> dict[str, torch.Tensor]:

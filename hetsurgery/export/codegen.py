@@ -17,6 +17,7 @@ import ast
 import builtins
 import importlib.metadata
 import inspect
+import re
 import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ TensorSpec = tuple[str, tuple[int, ...], str]  # kind, shape, dtype name
 
 # kinds of tensors that no rebuilt layer owns
 PARAMETER, BUFFER, TRANSIENT, CONSTANT = "parameter", "buffer", "transient buffer", "constant"
+# an annotation model.py can evaluate as it stands (torch is imported)
+_TORCH_NAME = re.compile(r"torch(\.[A-Za-z_][A-Za-z0-9_]*)+")
 # packages the generated forward may import from (anything else would make model.py depend on it)
 _IMPORTABLE = ("torch", "math", "operator", "builtins", "typing", "collections", "functools", "itertools")
 
@@ -117,16 +120,38 @@ def dtype_name(dtype: torch.dtype) -> str:
 def model_source(gm: fx.GraphModule, layout: Layout, inputs: Sequence[InputSpec], title: str) -> str:
     """The text of ``model.py`` for ``gm`` (see the module docstring)."""
     code = gm.graph.python_code(root_module="self")
-    forward = textwrap.dedent(code.src).strip("\n")
+    forward = _inline_annotations(textwrap.dedent(code.src).strip("\n"), code.globals)
     used = {n.id for n in ast.walk(ast.parse(forward)) if isinstance(n, ast.Name)}
     imports = [line for name in sorted(used & set(code.globals)) if (line := _global(name, code.globals[name]))]
     return _TEMPLATE.format(
         title=title, versions=versions(),
-        imports="\n".join(imports) or "# (the forward needs no other names)",
+        imports="".join(f"{line}\n" for line in imports) + ("\n" if imports else ""),
         modules=_table(layout.modules), tensors=_table(layout.tensors), tied=_table(layout.tied),
         inputs=repr(list(inputs)),
         forward=textwrap.indent(forward, "    "),
     )
+
+
+def _inline_annotations(forward: str, names: Mapping[str, object]) -> str:
+    """Write string annotations in place: ``x : _torch_Tensor_`` (a global holding "torch.Tensor") becomes
+    ``x : torch.Tensor``; a string that is not a ``torch.`` name stays a quoted, never-evaluated annotation."""
+    tree = ast.parse(forward)
+    spots = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs, node.args.vararg, node.args.kwarg]
+            spots += [a.annotation for a in args if a is not None and a.annotation is not None]
+            spots += [node.returns] if node.returns is not None else []
+    lines = forward.split("\n")
+    # right to left, bottom to top: earlier offsets stay valid while later text changes length
+    for spot in sorted(spots, key=lambda n: (n.lineno, n.col_offset), reverse=True):
+        text = names.get(spot.id) if isinstance(spot, ast.Name) else None
+        if not isinstance(text, str) or spot.lineno != spot.end_lineno or spot.end_col_offset is None:
+            continue
+        plain = text if _TORCH_NAME.fullmatch(text) else repr(text)
+        row = lines[spot.lineno - 1]
+        lines[spot.lineno - 1] = row[:spot.col_offset] + plain + row[spot.end_col_offset:]
+    return "\n".join(lines)
 
 
 def _table(rows: Mapping[str, object]) -> str:
@@ -136,7 +161,7 @@ def _table(rows: Mapping[str, object]) -> str:
 
 def _global(name: str, obj: object) -> str | None:
     """The import or assignment that gives the generated forward the global ``name``."""
-    if getattr(builtins, name, None) is obj:
+    if getattr(builtins, name, None) is obj or (name == "torch" and obj is torch):  # the template imports torch
         return None
     if isinstance(obj, (str, int, bool)):
         return f"{name} = {obj!r}"
@@ -177,9 +202,7 @@ import pathlib
 import safetensors.torch
 import torch
 
-{imports}
-
-__all__ = ["Model", "example_inputs", "load"]
+{imports}__all__ = ["Model", "example_inputs", "load"]
 
 # layer name -> (torch.nn class, constructor arguments that differ from the defaults)
 MODULES = {modules}
@@ -201,9 +224,7 @@ class Model(torch.nn.Module):
             _place(self, name, getattr(torch.nn, cls)(**kwargs))
         for name, (kind, shape, dtype) in TENSORS.items():
             _place(self, name, torch.empty(shape, dtype=getattr(torch, dtype)), kind)
-        for alias, source in TIED.items():
-            kind = "parameter" if source in dict(self.named_parameters()) else "buffer"
-            _place(self, alias, self.get_parameter(source) if kind == "parameter" else self.get_buffer(source), kind)
+        _tie(self)
 
 {forward}
 
@@ -211,13 +232,15 @@ class Model(torch.nn.Module):
 def load(folder: "str | pathlib.Path | None" = None, device: "str | torch.device" = "cpu") -> Model:
     """The model with the weights of ``model.safetensors`` (beside this file unless ``folder``), in eval mode."""
     folder = pathlib.Path(__file__).resolve().parent if folder is None else pathlib.Path(folder)
-    state = safetensors.torch.load_file(str(folder / "model.safetensors"))
+    # clone: fresh, aligned memory (kernels may round by alignment)
+    state = {{name: t.clone() for name, t in safetensors.torch.load_file(str(folder / "model.safetensors")).items()}}
     loose = {{name: state.pop(name) for name, (kind, _, _) in TENSORS.items() if kind in ("transient buffer", "constant")}}
     state.update({{alias: state[source] for alias, source in TIED.items() if source in state}})
     model = Model()
-    model.load_state_dict(state, strict=True)
-    for name, tensor in loose.items():  # clone: fresh, aligned memory (kernels may round by alignment)
-        _place(model, name, tensor.clone(), TENSORS[name][0])
+    model.load_state_dict(state, strict=True, assign=True)  # assign: every tensor keeps its stored dtype
+    _tie(model)  # assign gave each alias a Parameter of its own
+    for name, tensor in loose.items():
+        _place(model, name, tensor, TENSORS[name][0])
     return model.to(device).eval()
 
 
@@ -229,6 +252,13 @@ def example_inputs(batch: "int | None" = None) -> "tuple[torch.Tensor, ...]":
         kind = getattr(torch, dtype)
         out.append(torch.randn(shape, dtype=kind) if kind.is_floating_point else torch.zeros(shape, dtype=kind))
     return tuple(out)
+
+
+def _tie(root: torch.nn.Module) -> None:
+    """Make every name of TIED the very tensor of the name it shares."""
+    for alias, source in TIED.items():
+        kind = "parameter" if source in dict(root.named_parameters()) else "buffer"
+        _place(root, alias, root.get_parameter(source) if kind == "parameter" else root.get_buffer(source), kind)
 
 
 def _place(root: torch.nn.Module, name: str, value: "torch.nn.Module | torch.Tensor", kind: str = "module") -> None:

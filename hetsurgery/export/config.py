@@ -30,6 +30,7 @@ from pydantic import (
     NonNegativeInt,
     PositiveInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from torch import nn
@@ -106,11 +107,19 @@ class MergeConfig(_Strict):
     depth: DepthSpec | None = None
     merge_weights: list[NonNegativeFloat] | None = None
     anchor: NonNegativeInt = 0
-    reset_bn: bool = True
+    reset_bn: bool | PositiveInt = Field(
+        default=True, description="recompute BatchNorm statistics: true (512 samples), a number of samples, or false")
     evaluate: EvaluationSpec | None = None
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"  # "auto": a CUDA GPU when one is present, else the CPU
     name: str = "merged"
+
+    @field_validator("reset_bn", mode="before")
+    @classmethod
+    def _samples(cls, value: object) -> object:
+        if isinstance(value, bool) or (isinstance(value, int) and value > 0):
+            return value
+        raise ValueError(f"give true, false or a positive number of samples, not {value!r}")
 
     @model_validator(mode="after")
     def _consistent(self) -> MergeConfig:
@@ -119,8 +128,12 @@ class MergeConfig(_Strict):
             raise ValueError(f"merge_weights needs {n} non-negative numbers with a positive sum")
         if self.anchor >= n:
             raise ValueError(f"anchor {self.anchor} is not one of the {n} models")
+        target = self.width.target
+        if isinstance(target, int) and not isinstance(target, bool) and target >= n:
+            raise ValueError(f"width.target {target} is not one of the {n} models (0 to {n - 1}); "
+                             "give a model index, max, min or {group: width}")
         try:
-            torch.device(self.device)
+            torch.device("cpu" if self.device == "auto" else self.device)
         except RuntimeError as exc:
             raise ValueError(f"device {self.device!r} is not a torch device: {exc}") from exc
         return self
@@ -145,12 +158,15 @@ def load_config(path: str | os.PathLike[str]) -> MergeConfig:
 
 
 def _describe(err: Any) -> str:
-    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if not err["loc"]:  # a check across sections; its message names the keys
+        return message
+    where = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
         section = _section(err["loc"][:-1])
         known = f"; the keys here are {', '.join(section.model_fields)}" if section is not None else ""
         return f"{where}: unknown key (a typo?){known}"
-    return f"{where}: {err['msg']}"
+    return f"{where}: {message}"
 
 
 def _section(loc: Sequence[object]) -> type[BaseModel] | None:
@@ -173,7 +189,7 @@ def _model_in(annotation: object) -> type[BaseModel] | None:
 
 def build_models(cfg: MergeConfig, base: Path) -> list[nn.Module]:
     """The input models, built by their factories, with their weights, on ``cfg.device``, checked on ``input_shape``."""
-    device = _device(cfg)
+    device = device_of(cfg)
     models = []
     for k, spec in enumerate(cfg.models):
         where = f"models.{k} ({spec.name or spec.factory})"
@@ -219,7 +235,7 @@ def build_data(spec: DataSpec, cfg: MergeConfig, base: Path, split: str = "train
         if split == "train":
             dataset = Subset(dataset, range(0, len(dataset), spec.every))  # type: ignore[assignment]
         batches = loader(dataset, spec.batch_size)
-    out = [_to(b, _device(cfg)) for b in itertools.islice(batches, spec.max_batches)]
+    out = [_to(b, device_of(cfg)) for b in itertools.islice(batches, spec.max_batches)]
     if not out:
         raise InputError(f"the {'calibration' if split == 'train' else 'evaluation'} data gave no batches")
     first = out[0][0] if isinstance(out[0], (tuple, list)) else out[0]
@@ -230,7 +246,9 @@ def build_data(spec: DataSpec, cfg: MergeConfig, base: Path, split: str = "train
     return out
 
 
-def _device(cfg: MergeConfig) -> torch.device:
+def device_of(cfg: MergeConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {cfg.device!r}: CUDA is not available here; use device: cpu")

@@ -32,7 +32,7 @@ from hetsurgery.errors import ExportError
 from hetsurgery.export.atomic import atomic_folder
 from hetsurgery.export.codegen import InputSpec, dtype_name, layout_of, model_source, versions
 from hetsurgery.export.errors import InputError
-from hetsurgery.export.onnx import flat_outputs
+from hetsurgery.export.onnx import eval_mode, flat_outputs
 from hetsurgery.export.report import report_markdown
 from hetsurgery.ir import ModelGraph
 from hetsurgery.ir.lowering import to_module
@@ -81,23 +81,18 @@ def load(folder: str | os.PathLike[str], *, device: str | torch.device = "cpu") 
     """The model of a package, in eval mode: ``model.py`` rebuilds it and reads ``model.safetensors``.
 
     Loading runs the package's ``model.py``, which is Python code: load packages you trust, as you would
-    import any module. Nothing is unpickled.
+    import any module. Nothing is unpickled. A damaged package raises ``InputError``.
     """
     folder = _package_folder(folder)
-    try:
-        model = _import_model_py(folder).load(folder, device)
-    except Exception as exc:  # a damaged file: report it as the package's fault, not ours
-        raise ExportError(f"{folder}: the package does not load: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(model, nn.Module):
-        raise ExportError(f"{folder}: model.py's load() returned a {type(model).__name__}, not an nn.Module")
-    return model
+    return _model_of(_import_model_py(folder), folder, device)
 
 
 def read_package(folder: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> Package:
     """The model, plan, example inputs and report of a package."""
     folder = _package_folder(folder)
-    model = load(folder, device=device)
-    inputs = tuple(_import_model_py(folder).example_inputs())
+    code = _import_model_py(folder)  # run once: it gives both the model and the example inputs
+    model = _model_of(code, folder, device)
+    inputs = _example_inputs_of(code, folder)
     report = (folder / "report.md").read_text(encoding="utf-8") if (folder / "report.md").exists() else ""
     return Package(folder, model, read_plan(folder), inputs, report)
 
@@ -138,12 +133,56 @@ def _package_folder(folder: str | os.PathLike[str]) -> Path:
 
 def _import_model_py(folder: Path) -> ModuleType:
     """Run ``folder/model.py`` as a fresh module (never registered in ``sys.modules``)."""
-    spec = importlib.util.spec_from_file_location(f"hetsurgery_package_{uuid.uuid4().hex}", folder / "model.py")
+    path = folder / "model.py"
+    spec = importlib.util.spec_from_file_location(f"hetsurgery_package_{uuid.uuid4().hex}", path)
     if spec is None or spec.loader is None:
-        raise InputError(f"{folder / 'model.py'} cannot be imported")
+        raise InputError(f"{path} cannot be imported")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # an edited or damaged model.py: the package's fault, not ours
+        raise InputError(f"{path} does not run ({_short(exc)}); the package was changed or damaged after it was "
+                         f"written. {_WRITE_AGAIN}") from exc
     return module
+
+
+def _model_of(code: ModuleType, folder: Path, device: str | torch.device) -> nn.Module:
+    """``model.py``'s ``load(folder, device)``; ``InputError`` when it is missing, fails or returns no module."""
+    build = getattr(code, "load", None)
+    if not callable(build):
+        raise InputError(f"{folder / 'model.py'} defines no load(folder, device) function. {_WRITE_AGAIN}")
+    try:
+        model = build(folder, device)
+    except Exception as exc:  # weights that do not fit model.py, a missing tensor, a bad device
+        raise InputError(f"{folder}: model.py cannot load model.safetensors ({_short(exc)}); one of them was "
+                         f"changed or replaced after the package was written. {_WRITE_AGAIN}") from exc
+    if not isinstance(model, nn.Module):
+        raise InputError(f"{folder}: model.py's load() returned a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _example_inputs_of(code: ModuleType, folder: Path) -> tuple[torch.Tensor, ...]:
+    """``model.py``'s ``example_inputs()``; empty when model.py has none (commands then ask for a shape)."""
+    make = getattr(code, "example_inputs", None)
+    if make is None:
+        return ()
+    try:
+        inputs = tuple(make())
+    except Exception as exc:  # an edited model.py
+        raise InputError(f"{folder / 'model.py'}: example_inputs() fails ({_short(exc)}). {_WRITE_AGAIN}") from exc
+    if not all(isinstance(x, torch.Tensor) for x in inputs):
+        raise InputError(f"{folder / 'model.py'}: example_inputs() must return tensors. {_WRITE_AGAIN}")
+    return inputs
+
+
+def _short(exc: BaseException) -> str:
+    """``SyntaxError at line 56: invalid syntax`` or the exception's type and message on one line."""
+    if isinstance(exc, SyntaxError):
+        return f"SyntaxError at line {exc.lineno}: {exc.msg}"
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+_WRITE_AGAIN = "Write the package again with hetsurgery.export.save or `hetsurgery merge CONFIG.yaml -o FOLDER`."
 
 
 def _lowered(obj: nn.Module | ModelGraph, example_inputs: Sequence[torch.Tensor] | torch.Tensor | None,
@@ -191,19 +230,27 @@ def _check_round_trip(folder: Path, gm: fx.GraphModule, inputs: Sequence[torch.T
     try:
         twin = _import_model_py(folder).load(folder)
     except Exception as exc:
-        raise ExportError(f"{name}: the generated package does not load back: {type(exc).__name__}: {exc}") from exc
+        raise ExportError(f"{name}: the generated package does not load back: {_short(exc)}") from exc
     if not inputs:
         return
     device = next((t.device for t in gm.state_dict().values()), torch.device("cpu"))
-    flags = {m: m.training for m in gm.modules()}
-    try:
-        gm.eval()
-        with torch.no_grad():
+    shapes = ", ".join(f"{tuple(x.shape)} {dtype_name(x.dtype)}" for x in inputs)
+    with eval_mode(gm), torch.no_grad():
+        try:
             want = flat_outputs(gm(*[x.to(device) for x in inputs]))
+        except Exception as exc:  # the user's model on the user's (or traced) inputs
+            raise InputError(f"{name}: the model does not run on the example inputs ({shapes}): {_short(exc)}. "
+                             "Pass example_inputs= of the shape and dtype the model takes.") from exc
+        try:
             got = flat_outputs(twin(*[x.cpu() for x in inputs]))
-    finally:
-        for m, flag in flags.items():
-            m.train(flag)
-    if len(want) != len(got) or not all(torch.allclose(a.cpu(), b, rtol=1e-5, atol=1e-6) for a, b in zip(want, got, strict=True)):
+        except Exception as exc:  # the model runs, its generated code does not: our bug
+            raise ExportError(f"{name}: the generated model.py fails on the example inputs ({shapes}) where the "
+                              f"model runs: {_short(exc)}; nothing was written") from exc
+    if not _same_outputs(want, got):
         raise ExportError(f"{name}: the saved package computes something else than the model; nothing was written")
 
+
+def _same_outputs(want: Sequence[torch.Tensor], got: Sequence[torch.Tensor]) -> bool:
+    return len(want) == len(got) and all(
+        a.dtype == b.dtype and a.shape == b.shape and torch.allclose(a.cpu(), b, rtol=1e-5, atol=1e-6)
+        for a, b in zip(want, got, strict=True))

@@ -25,6 +25,7 @@ import graphviz
 
 from hetsurgery.errors import ExportError
 from hetsurgery.export.atomic import write_bytes, write_text
+from hetsurgery.export.errors import InputError
 from hetsurgery.ir import ModelGraph, OpKind, PermGroup
 from hetsurgery.ir.graph import owner_of
 from hetsurgery.plan.width_plan import GroupMatch, WidthPlan
@@ -58,9 +59,7 @@ def render(obj: ModelGraph | WidthPlan, path: str | os.PathLike[str], **options:
     ``options`` go to the builder: ``render(plan, "plan.svg", group=3, names=("A", "B"))``.
     """
     path = Path(path)
-    fmt = path.suffix.lstrip(".").lower()
-    if fmt not in (*FORMATS, "gv", "dot"):
-        raise ExportError(f"cannot render to {path.name}: use a .svg, .png or .gv file name")
+    fmt = picture_format(path)
     dot = to_dot(obj, **options)
     if fmt in ("gv", "dot"):
         return Picture(write_text(path, dot.source), rendered=False)
@@ -73,6 +72,15 @@ def render(obj: ModelGraph | WidthPlan, path: str | os.PathLike[str], **options:
     except graphviz.CalledProcessError as exc:
         raise ExportError(f"dot failed to render {path.name}: {exc.stderr!r}") from exc
     return Picture(write_bytes(path, data), rendered=True)
+
+
+def picture_format(path: str | os.PathLike[str]) -> str:
+    """``svg``, ``png``, ``gv`` or ``dot`` from the suffix of ``path``; ``InputError`` for any other."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower()
+    if fmt not in (*FORMATS, "gv", "dot"):
+        raise InputError(f"cannot render to {path.name}: use a .svg, .png or .gv file name")
+    return fmt
 
 
 def to_dot(obj: ModelGraph | WidthPlan, **options: Any) -> graphviz.Digraph:
@@ -183,12 +191,12 @@ def width_plan_dot(plan: WidthPlan, group: int | None = None, names: Sequence[st
     """
     gid = next(iter(plan.groups)) if group is None else group
     if gid not in plan.groups:
-        raise ExportError(f"the plan has no group {gid}; it has {', '.join(map(str, plan.groups))}")
+        raise InputError(f"the plan has no group {gid}; it has {', '.join(map(str, plan.groups))}")
     match = plan.groups[gid]
     merges = match.merge
     labels = list(names) if names is not None else [f"model {k}" for k in range(len(merges))]
     if len(labels) != len(merges):
-        raise ExportError(f"{len(labels)} names for a plan of {len(merges)} models")
+        raise InputError(f"{len(labels)} names for a plan of {len(merges)} models; give one name per model")
     dot = graphviz.Digraph(f"plan_group_{gid}", graph_attr={
         "rankdir": "LR", "ranksep": "1.6", "nodesep": "0.05", "fontname": "Helvetica", "labelloc": "t",
         "label": _plan_title(plan, match, labels)}, node_attr={"fontname": "Helvetica", "fontsize": "9",
