@@ -46,7 +46,7 @@ def test_ensemble_is_the_mean_of_logits() -> None:
 
 
 def test_interpolation_has_21_points_ends_at_the_models_and_its_barrier_follows_the_definition() -> None:
-    assert LAMBDAS == tuple(i / 20 for i in range(21))
+    assert tuple(i / 20 for i in range(21)) == LAMBDAS
     torch.manual_seed(0)
     a, b = hs.zoo.mlp([8], in_features=4, num_classes=3), hs.zoo.mlp([8], in_features=4, num_classes=3)
     x, y = torch.randn(40, 4), torch.randint(0, 3, (40,))

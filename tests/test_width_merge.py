@@ -113,6 +113,6 @@ def test_width_errors_name_the_group_and_the_reason() -> None:
     with pytest.raises(hs.MergeError, match=r"group 0 .*width 1000 is outside 1..20"):
         hs.merge([hs.zoo.mlp([8]), hs.zoo.mlp([12])], [torch.randn(8, 64)], method="zip", width={0: 1000},
                  progress=False)
-    with pytest.raises(hs.MergeError, match="whole number of channels, not 12.7"):
+    with pytest.raises(hs.MergeError, match=r"whole number of channels, not 12\.7"):
         hs.merge([hs.zoo.mlp([8]), hs.zoo.mlp([12])], [torch.randn(8, 64)], method="zip", width={0: 12.7},
                  progress=False)

@@ -14,7 +14,8 @@ from hetsurgery.errors import MergeError
 from hetsurgery.ir import ModelGraph
 from hetsurgery.ir.lowering import to_module
 from hetsurgery.merge.combine import combine
-from hetsurgery.merge.methods import METHODS, check_options, learned
+from hetsurgery.merge.methods import METHODS, learned
+from hetsurgery.merge.options import check_options
 from hetsurgery.merge.topology import check_same_topology
 from hetsurgery.merge.widths import Width, check_width_changes, resolve_widths
 from hetsurgery.passes import ResetBatchNorm
@@ -80,12 +81,12 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: st
         raise MergeError(f"merge needs at least two models, got {len(models)}")
     if not 0 <= anchor < len(models):
         raise MergeError(f"anchor {anchor} is not one of the {len(models)} models")
-    if spec.needs_data and data is None:
+    if spec.wants_data(method_options) and data is None:
         raise MergeError(f"method {method!r} needs calibration data")
     if data is not None and iter(data) is data:
         raise MergeError("the calibration data is a one-shot iterator (a generator?); merge reads it several "
                          "times (tracing, statistics, BatchNorm reset): pass a list of batches or a DataLoader")
-    check_options(method, spec.plan, method_options)
+    check_options(method, method_options)
     w = _weights(weights, len(models))
     for k, m in enumerate(models):
         _check_finite(m, f"model {k} ({type(m).__name__})")
@@ -105,7 +106,7 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: st
     clock = time.perf_counter()
     stats = (collect_stats(graphs, data, full=spec.full_stats, memory_budget=memory_budget, progress=progress,
                            device=default_device(device))
-             if spec.needs_data and data is not None else None)
+             if spec.wants_data(method_options) and data is not None else None)
     seconds["statistics"] = time.perf_counter() - clock
 
     clock = time.perf_counter()

@@ -7,7 +7,6 @@ it aligned. Groups a method cannot handle (no observable features) are left out;
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -20,6 +19,7 @@ from hetsurgery.passes import PadWidth, Pipeline
 from hetsurgery.plan.signature import joint_signature
 from hetsurgery.plan.solvers.mal import mal_match
 from hetsurgery.plan.solvers.ot import ot_match
+from hetsurgery.plan.solvers.ot_weights import ot_weight_matches
 from hetsurgery.plan.solvers.permute import permute
 from hetsurgery.plan.solvers.weight import weight_matching
 from hetsurgery.plan.solvers.zip import zip_match
@@ -45,7 +45,6 @@ def plan_permute(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Seq
 
 def plan_weight(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int,
                 targets: Targets, *, max_sweeps: int = 100, seed: int = 0) -> dict[int, GroupMatch]:
-    _require(max_sweeps >= 1, f"weight: max_sweeps must be at least 1, not {max_sweeps}")
     groups = list(graphs[0].permutable())
     perms_per_model: list[dict[int, torch.Tensor]] = []
     reports = []
@@ -61,28 +60,30 @@ def plan_weight(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequ
 
 
 def plan_ot(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int,
-            targets: Targets, *, solver: str = "emd", reg: float = 0.01) -> dict[int, GroupMatch]:
-    """Transport every model onto one model's neurons: per group, the anchor or the model of the target width."""
+            targets: Targets, *, solver: str = "emd", reg: float = 0.01, cost: str = "activations"
+            ) -> dict[int, GroupMatch]:
+    """Transport every model onto one model's neurons: per group, the anchor or the model of the target width.
+
+    ``cost="activations"`` (default) compares features on the calibration data; ``"weights"`` compares
+    incoming weights, producers first, and needs no data.
+    """
+    onto = {}
+    for grp in graphs[0].permutable():
+        widths = [g.group(grp.id).size for g in graphs]
+        onto[grp.id] = next((k for k in [anchor, *range(len(graphs))] if widths[k] == targets[grp.id]), -1)
+        if onto[grp.id] < 0:
+            raise MergeError(f"group {grp.id} ({grp.label}): ot transports onto one model's neurons; "
+                             f"width {targets[grp.id]} is none of {widths}")
+    if cost == "weights":
+        return ot_weight_matches(graphs, weights, onto, learned(graphs[anchor]).keys(), solver=solver, reg=reg)
     assert stats is not None
-    _require(solver in OT_SOLVERS, f"ot: solver must be one of {', '.join(OT_SOLVERS)}, not {solver!r}")
-    _require(reg > 0, f"ot: reg (Sinkhorn's entropic regularisation) must be positive, not {reg}")
-    out = {}
-    for gid, s in stats.items():
-        onto = [anchor, *range(len(graphs))]
-        target = next((k for k in onto if s.widths[k] == targets[gid]), None)
-        if target is None:
-            raise MergeError(f"group {gid} ({graphs[0].group(gid).label}): ot transports onto one model's neurons; "
-                             f"width {targets[gid]} is none of {s.widths}")
-        out[gid] = ot_match(gid, s, graphs[0].group(gid).structure, weights, target, solver=solver, reg=reg,
-                            signature=joint_signature(graphs, gid))
-    return out
+    return {gid: ot_match(gid, s, graphs[0].group(gid).structure, weights, onto[gid], solver=solver, reg=reg,
+                          signature=joint_signature(graphs, gid)) for gid, s in stats.items()}
 
 
 def plan_zip(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int,
              targets: Targets, *, alpha: float = 0.5, beta: float = 1.0) -> dict[int, GroupMatch]:
     assert stats is not None
-    _require(0 <= alpha <= 1, f"zip: alpha (the decay of zipped features' similarity) must be in [0, 1], not {alpha}")
-    _require(beta >= 0, f"zip: beta (the within-model merge budget) must be non-negative, not {beta}")
     out = {}
     for gid, s in stats.items():
         blocks = graphs[0].group(gid).structure
@@ -99,7 +100,6 @@ def plan_mal(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequenc
              targets: Targets, *, alternate: bool = True, max_sweeps: int = 100, seed: int = 0
              ) -> dict[int, GroupMatch]:
     """Zero-pad every group to the widest model, then weight-match each model to the anchor in that space."""
-    _require(max_sweeps >= 1, f"mal: max_sweeps must be at least 1, not {max_sweeps}")
     padded_width = {g.id: max(x.group(g.id).size for x in graphs) for g in graphs[0].permutable()}
     padded = []
     for g in graphs:
@@ -133,32 +133,6 @@ def plan_mal(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequenc
     return out
 
 
-OT_SOLVERS = ("emd", "sinkhorn")
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise MergeError(message)
-
-
-def check_options(method: str, plan: Callable[..., object], options: Mapping[str, object]) -> None:
-    """Every option is a keyword-only parameter of the method's plan function, of its default's type."""
-    params = {p.name: p for p in inspect.signature(plan).parameters.values() if p.kind is p.KEYWORD_ONLY}
-    for key, value in options.items():
-        p = params.get(key)
-        if p is None:
-            known = ", ".join(params) or "none"
-            raise MergeError(f"method {method!r} takes no option {key!r} (its options: {known})")
-        kind = type(p.default)
-        if kind is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-        if not ok:
-            raise MergeError(f"method {method!r}: option {key} takes a {kind.__name__} (default {p.default!r}), "
-                             f"not {value!r}")
-
-
 def learned(g: ModelGraph) -> dict[str, torch.Tensor]:
     """The graph's parameters without its buffers: weight matching compares what was learned, not
     BatchNorm running statistics (recomputed after merging anyway)."""
@@ -181,13 +155,17 @@ class Method:
     widths: str | None  # how it changes widths: "zip" (any width), "pad" (MAL), None (equal widths only)
     default_width: str = "anchor"
     full_stats: bool = False  # statistics inside each model too (zip), not only across models
+    data_free_with: tuple[tuple[str, object], ...] = ()  # option values that make the method need no data
+
+    def wants_data(self, options: Mapping[str, object]) -> bool:
+        return self.needs_data and not any(options.get(key) == value for key, value in self.data_free_with)
 
 
 METHODS: dict[str, Method] = {
     "average": Method(needs_data=False, plan=plan_average, widths=None),
     "permute": Method(needs_data=True, plan=plan_permute, widths=None),
     "weight": Method(needs_data=False, plan=plan_weight, widths=None),
-    "ot": Method(needs_data=True, plan=plan_ot, widths="zip"),
+    "ot": Method(needs_data=True, plan=plan_ot, widths="zip", data_free_with=(("cost", "weights"),)),
     "zip": Method(needs_data=True, plan=plan_zip, widths="zip", default_width="max", full_stats=True),
     "mal": Method(needs_data=False, plan=plan_mal, widths="pad"),
     "mal-pad": Method(needs_data=False, plan=partial(plan_mal, alternate=False), widths="pad"),
