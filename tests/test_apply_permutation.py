@@ -87,3 +87,43 @@ def test_pipeline_verifies_between_passes() -> None:
 
     with pytest.raises(hs.PassError, match=r"(?s)truncate.*exceeds"):
         Pipeline((Truncate(),))(graph())
+
+
+@pytest.mark.parametrize("perm", [torch.tensor([0.0, 1.0, 2.7]), torch.tensor([2.0, 0.0, 1.0]),
+                                  torch.tensor([True, False, True]), [0.0, 2.0, 1.0]])
+def test_refuses_non_integer_permutations(perm: object) -> None:
+    with pytest.raises(hs.PassError, match=r"group 0 .*integer"):
+        ApplyPermutation({0: perm})(graph())  # type: ignore[dict-item]
+
+
+def test_accepts_integer_lists_and_int32() -> None:
+    g = graph()
+    ref = ApplyPermutation({0: torch.tensor([2, 0, 1])})(g)
+    for perm in ([2, 0, 1], torch.tensor([2, 0, 1], dtype=torch.int32)):
+        out = ApplyPermutation({0: perm})(g)  # type: ignore[dict-item]
+        assert all(torch.equal(out.params[k], ref.params[k]) for k in ref.params)
+
+
+def test_pipeline_wraps_unknown_group_with_the_pass_names() -> None:
+    pipe = Pipeline((ApplyPermutation({0: torch.tensor([1, 2, 0])}), ApplyPermutation({99: torch.tensor([0, 1])})))
+    with pytest.raises(hs.PassError, match=r"apply-permutation failed \(passes before it: apply-permutation\).*no group 99") \
+            as info:
+        pipe(graph())
+    assert isinstance(info.value.__cause__, hs.IRError)
+
+
+def test_pipeline_wraps_unexpected_exceptions() -> None:
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    @dataclass(frozen=True)
+    class Broken:
+        name: ClassVar[str] = "broken"
+
+        def __call__(self, g: hs.ModelGraph) -> hs.ModelGraph:
+            return {}["missing"]  # a pass's own bug, not a HetsurgeryError
+
+    pipe = Pipeline((ApplyPermutation({0: torch.tensor([1, 2, 0])}), Broken()))
+    with pytest.raises(hs.PassError, match=r"pass broken failed \(passes before it: apply-permutation\): KeyError") as info:
+        pipe(graph())
+    assert isinstance(info.value.__cause__, KeyError)

@@ -192,3 +192,143 @@ def test_conv1d_grouped_and_depthwise_with_multiplier() -> None:
     assert hs.Slot("dw.weight", 0, inner=2) in a.slots
     assert hs.Slot("g.weight", 1, inner=2, role=hs.Role.CONSUME, chunks=4) in a.slots
     assert a.structure == hs.Blocks(4, 2)
+
+
+class SharedOnInputAndHidden(nn.Module):
+    """One Linear(4, 4) reads the model input, then its own (hidden) output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l, self.fc = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.l(F.relu(self.l(x))))
+
+
+class VocabAsHidden(nn.Module):
+    """An Embedding tied to a Linear whose vocabulary-sized output is a hidden layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.out, self.head = nn.Embedding(7, 6), nn.Linear(6, 7, bias=False), nn.Linear(7, 2)
+        self.out.weight = self.emb.weight
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.head(F.relu(self.out(F.relu(self.emb(t))))).mean(1)
+
+
+@pytest.mark.parametrize(("model", "x", "slot", "why"), [
+    (SharedOnInputAndHidden(), torch.randn(3, 4), hs.Slot("l.weight", 1, role=hs.Role.CONSUME),
+     "l.weight dim 1 is also the model-input feature axis"),
+    (VocabAsHidden(), torch.randint(0, 7, (3, 5)), hs.Slot("emb.weight", 0), "emb.weight dim 0 is also the vocabulary"),
+])
+def test_axis_fixed_by_design_freezes_the_group_it_is_a_slot_of(model: nn.Module, x: torch.Tensor,
+                                                                 slot: hs.Slot, why: str) -> None:
+    g = assert_permutation_invariant(model, x)
+    grp = next(grp for grp in g.groups if slot in grp.slots)
+    assert grp.frozen is not None and why in grp.frozen
+    assert (slot.param, slot.dim) in g.fixed_axes
+
+
+class UnbatchedConv2d(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c, self.d, self.fc = nn.Conv2d(4, 6, 3), nn.Conv2d(6, 5, 1), nn.Linear(5, 2)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (C, H, W)
+        return self.fc(self.d(self.pool(F.relu(self.c(x)))).mean(dim=(1, 2)))
+
+
+class UnbatchedConv1d(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c, self.dw, self.d, self.fc = nn.Conv1d(4, 6, 3), nn.Conv1d(6, 6, 3, groups=6), nn.Conv1d(6, 5, 1), \
+            nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (C, L)
+        h = F.avg_pool1d(F.relu(self.c(x)), 2)
+        return self.fc(self.d(h + self.dw(F.pad(h, (1, 1)))).amax(-1))
+
+
+@pytest.mark.parametrize(("model", "x"), [(UnbatchedConv2d(), torch.randn(4, 10, 10)),
+                                          (UnbatchedConv1d(), torch.randn(4, 13))])
+def test_unbatched_conv_reads_channels_along_dim_0(model: nn.Module, x: torch.Tensor) -> None:
+    g = assert_permutation_invariant(model, x)
+    c = next(grp for grp in g.groups if hs.Slot("c.weight", 0) in grp.slots)
+    assert c.perm_ok and hs.Slot("d.weight", 1, role=hs.Role.CONSUME) in c.slots
+    assert all(grp.perm_ok or grp.frozen == "model output" for grp in g.groups)  # pooling passes dim 0 through
+
+
+class AcrossHeads(nn.Module):
+    """A Linear(4, 8) viewed as 2 heads of 4, then an op along the head dim (1) or inside a head (2)."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        self.op = op
+        self.a, self.fc, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 2), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x).view(x.shape[0], 2, 4)
+        if self.op == "softmax-heads":
+            return self.fc(torch.softmax(h, dim=1).reshape(x.shape[0], 8))
+        if self.op == "log-softmax-heads":
+            return self.fc(h.log_softmax(-2).reshape(x.shape[0], 8))
+        if self.op == "sum-heads":
+            return self.fc2(h.sum(1))
+        if self.op == "amax-heads":
+            return self.fc2(torch.amax(h, dim=1))
+        return self.fc(F.softmax(h, dim=2).reshape(x.shape[0], 8))  # inside each head: fine
+
+
+@pytest.mark.parametrize("op", ["softmax-heads", "log-softmax-heads", "sum-heads", "amax-heads"])
+def test_softmax_or_reduction_across_heads_freezes_them(op: str) -> None:
+    g = assert_permutation_invariant(AcrossHeads(op), torch.randn(3, 4))
+    a = next(grp for grp in g.groups if hs.Slot("a.weight", 0) in grp.slots)
+    assert a.frozen is not None and "node" in a.frozen
+
+
+def test_softmax_inside_each_head_keeps_the_heads() -> None:
+    g = assert_permutation_invariant(AcrossHeads("softmax-inside"), torch.randn(3, 4))
+    a = next(grp for grp in g.groups if hs.Slot("a.weight", 0) in grp.slots)
+    assert a.perm_ok and a.structure == hs.Blocks(2, 4) and not a.pad_ok
+
+
+def test_rms_norm_passes_channels_through_but_blocks_padding() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.norm, self.fc = nn.Linear(4, 8), nn.RMSNorm(8), nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(F.gelu(self.norm(self.a(x))))
+
+    net = Net()
+    with torch.no_grad():
+        net.norm.weight.copy_(torch.rand(8, generator=torch.Generator().manual_seed(1)) + 0.5)
+    g = assert_permutation_invariant(net, torch.randn(3, 5, 4))
+    a = next(grp for grp in g.groups if hs.Slot("a.weight", 0) in grp.slots)
+    assert a.perm_ok and hs.Slot("norm.weight", 0) in a.slots and not a.pad_ok
+    assert g.coverage() == 1.0
+
+
+def test_every_pooling_says_which_dims_it_pools() -> None:
+    from hetsurgery.tracing.classify import FUNCTIONS, MODULES
+    from hetsurgery.tracing.rules.pointwise import POOLED_DIMS
+
+    spatial = {k for k, kind in {**MODULES, **FUNCTIONS}.items() if kind is OpKind.SPATIAL}
+    assert spatial - set(POOLED_DIMS) == {F.pad, F.interpolate, nn.Upsample}  # their dims come from the call
+
+
+def test_pooling_over_a_channel_last_dim_freezes() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.fc = nn.Linear(4, 8), nn.Linear(2, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, 8): MaxPool1d pools the channels
+            return self.fc(F.max_pool1d(self.a(x), 4))
+
+    g = assert_permutation_invariant(Net(), torch.randn(3, 5, 4))
+    a = next(grp for grp in g.groups if hs.Slot("a.weight", 0) in grp.slots)
+    assert a.frozen is not None and "over the channel dim" in a.frozen

@@ -4,7 +4,7 @@ The graph is a value. Passes never edit one; they build a new one with ``datacla
 new tensors for the parameters they touch (untouched tensors are shared, never copied).
 
 >>> import torch, hetsurgery
->>> g = hetsurgery.trace(hetsurgery.zoo.mlp([4, 8, 3]), torch.randn(2, 4))
+>>> g = hetsurgery.trace(hetsurgery.zoo.mlp([8], in_features=4, num_classes=3), torch.randn(2, 4))
 >>> [grp.size for grp in g.groups if grp.perm_ok]
 [8]
 """
@@ -51,7 +51,7 @@ class ModelGraph:
         for grp in self.groups:
             if grp.id == gid:
                 return grp
-        raise KeyError(f"{self.name}: no group {gid}; groups are 0..{len(self.groups) - 1}")
+        raise IRError(f"{self.name}: no group {gid}; groups are 0..{len(self.groups) - 1}")
 
     def permutable(self) -> Iterator[PermGroup]:
         """The groups that may be permuted (not frozen)."""
@@ -174,6 +174,9 @@ def _problems(g: ModelGraph) -> Iterator[str]:
                        f"shape {tuple(t.shape)}")
             if s.chunks > 1 and (t.shape[0] % s.chunks or grp.size % s.chunks):
                 yield f"group {grp.id}: {s.param} cannot be cut into {s.chunks} chunks"
+            if grp.perm_ok and (s.param, s.dim) in g.fixed_axes:  # permuting it would break the other use
+                yield (f"group {grp.id} ({grp.label}) is permutable but its slot {s.param}[{s.dim}] is an axis "
+                       "fixed by design (vocabulary, model input, kernel taps)")
             spans.setdefault((s.param, s.dim), []).append((lo, hi, grp.id))
         for site in grp.sites:
             if site.node not in node_names:

@@ -18,7 +18,7 @@ def to_module(g: ModelGraph, *, share: bool = False) -> fx.GraphModule:
     """A new ``GraphModule`` running ``g``. Parameters are copies unless ``share`` (for internal, read-only use).
 
     >>> import torch, hetsurgery
-    >>> g = hetsurgery.trace(hetsurgery.zoo.mlp([4, 8, 3]), torch.randn(2, 4))
+    >>> g = hetsurgery.trace(hetsurgery.zoo.mlp([8], in_features=4, num_classes=3), torch.randn(2, 4))
     >>> hetsurgery.to_module(g)(torch.randn(5, 4)).shape
     torch.Size([5, 3])
     """
@@ -56,7 +56,7 @@ def _batch_norm(m: nn.modules.batchnorm._NormBase) -> None:
         m.num_features = ref.shape[0]
 
 
-def _layer_norm(m: nn.LayerNorm) -> None:
+def _layer_norm(m: nn.LayerNorm | nn.RMSNorm) -> None:
     if m.weight is not None:
         m.normalized_shape = tuple(m.weight.shape)
 
@@ -75,6 +75,7 @@ _RESYNC: dict[type, Callable] = {
     nn.modules.conv._ConvNd: _conv,
     nn.modules.batchnorm._NormBase: _batch_norm,
     nn.LayerNorm: _layer_norm,
+    nn.RMSNorm: _layer_norm,
     nn.GroupNorm: _group_norm,
     nn.Embedding: _embedding,
 }

@@ -17,7 +17,7 @@ class OpKind(enum.Enum):
     LINEAR = "linear"  # nn.Linear
     CONV = "conv"  # nn.Conv1d/2d/3d, any ``groups``
     BATCH_NORM = "batch_norm"  # nn.BatchNorm1d/2d/3d
-    LAYER_NORM = "layer_norm"  # nn.LayerNorm
+    LAYER_NORM = "layer_norm"  # nn.LayerNorm, nn.RMSNorm
     GROUP_NORM = "group_norm"  # nn.GroupNorm
     EMBEDDING = "embedding"  # nn.Embedding
     MULTIHEAD_ATTENTION = "multihead_attention"  # nn.MultiheadAttention

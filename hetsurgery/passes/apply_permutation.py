@@ -20,11 +20,11 @@ class ApplyPermutation:
     Every slot moves (weights, biases, BatchNorm running statistics, concat offsets, flattened
     features); the function of the model is unchanged.
 
-    Before (``mlp([2, 3, 1])``, group 1 = the hidden layer)::
+    Before (``mlp([3], in_features=2, num_classes=1)``, group 0 = the hidden layer)::
 
         layers.0.weight = [[a], [b], [c]]     layers.2.weight = [[x, y, z]]
 
-    After ``ApplyPermutation({1: tensor([2, 0, 1])})``::
+    After ``ApplyPermutation({0: tensor([2, 0, 1])})``::
 
         layers.0.weight = [[c], [a], [b]]     layers.2.weight = [[z, x, y]]
     """
@@ -36,11 +36,20 @@ class ApplyPermutation:
         new: dict[str, torch.Tensor] = {}
         for gid, perm in self.perms.items():
             grp = g.group(gid)
-            perm = torch.as_tensor(perm, dtype=torch.long)
+            perm = _as_indices(g, grp, perm)
             check_permutation(g, grp, perm)
             for slot in grp.slots:
                 new[slot.param] = permute_slot(new.get(slot.param, g.params[slot.param]), slot, perm)
         return g.with_updates(new)
+
+
+def _as_indices(g: ModelGraph, grp: PermGroup, perm: object) -> torch.Tensor:
+    """``perm`` as a LongTensor; floats and bools are refused, never truncated (2.7 is not channel 2)."""
+    t = torch.as_tensor(perm)
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise PassError(f"{g.name}: the permutation for group {grp.id} ({grp.label}) has dtype {t.dtype}; "
+                        "give integer channel indices (a LongTensor)")
+    return t.long()
 
 
 def check_permutation(g: ModelGraph, grp: PermGroup, perm: torch.Tensor) -> None:
@@ -58,8 +67,8 @@ def random_permutations(g: ModelGraph, seed: int = 0) -> dict[int, torch.Tensor]
     """A random permutation for every permutable group, respecting its ``Blocks``.
 
     >>> import torch, hetsurgery
-    >>> g = hetsurgery.trace(hetsurgery.zoo.mlp([4, 8, 3]), torch.randn(2, 4))
-    >>> sorted(random_permutations(g, seed=0)[1].tolist())
+    >>> g = hetsurgery.trace(hetsurgery.zoo.mlp([8], in_features=4, num_classes=3), torch.randn(2, 4))
+    >>> sorted(random_permutations(g, seed=0)[0].tolist())
     [0, 1, 2, 3, 4, 5, 6, 7]
     """
     gen = torch.Generator().manual_seed(seed)

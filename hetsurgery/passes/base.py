@@ -6,8 +6,8 @@ graph after each one; a failure names the pass and the ones that ran before it.
 
 >>> import torch, hetsurgery
 >>> from hetsurgery.passes import ApplyPermutation, Pipeline
->>> g = hetsurgery.trace(hetsurgery.zoo.mlp([4, 3, 2]), torch.randn(1, 4))
->>> Pipeline((ApplyPermutation({1: torch.tensor([2, 0, 1])}),))(g).params["layers.0.weight"].shape
+>>> g = hetsurgery.trace(hetsurgery.zoo.mlp([3], in_features=4, num_classes=2), torch.randn(1, 4))
+>>> Pipeline((ApplyPermutation({0: torch.tensor([2, 0, 1])}),))(g).params["layers.0.weight"].shape
 torch.Size([3, 4])
 """
 
@@ -38,8 +38,9 @@ class Pipeline:
             try:
                 g = p(g)
                 g.verify()
-            except HetsurgeryError as exc:
+            except Exception as exc:  # a pass's own bug (KeyError, IndexError, ...) must still name the pass
                 before = ", ".join(done) or "none"
-                raise PassError(f"{g.name}: pass {p.name} failed (passes before it: {before}): {exc}") from exc
+                detail = str(exc) if isinstance(exc, HetsurgeryError) else f"{type(exc).__name__}: {exc}"
+                raise PassError(f"{g.name}: pass {p.name} failed (passes before it: {before}): {detail}") from exc
             done.append(p.name)
         return g

@@ -22,7 +22,8 @@ MODULES: dict[type[nn.Module], OpKind] = {
     nn.Linear: K.LINEAR, NonDynamicallyQuantizableLinear: K.LINEAR,
     nn.Conv1d: K.CONV, nn.Conv2d: K.CONV, nn.Conv3d: K.CONV,
     nn.BatchNorm1d: K.BATCH_NORM, nn.BatchNorm2d: K.BATCH_NORM, nn.BatchNorm3d: K.BATCH_NORM,
-    nn.LayerNorm: K.LAYER_NORM, nn.GroupNorm: K.GROUP_NORM, nn.Embedding: K.EMBEDDING,
+    nn.LayerNorm: K.LAYER_NORM, nn.RMSNorm: K.LAYER_NORM,  # the same channel rule: normalise trailing dims
+    nn.GroupNorm: K.GROUP_NORM, nn.Embedding: K.EMBEDDING,
     nn.MultiheadAttention: K.MULTIHEAD_ATTENTION,
     **dict.fromkeys([nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.Hardswish,
                      nn.Hardsigmoid, nn.ELU, nn.Mish, nn.Hardtanh, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
@@ -48,7 +49,7 @@ FUNCTIONS: dict[object, OpKind] = {
     torch.flatten: K.FLATTEN, torch.reshape: K.RESHAPE,
     **dict.fromkeys([torch.transpose, torch.permute, torch.swapaxes, torch.t], K.TRANSPOSE),
     torch.unsqueeze: K.UNSQUEEZE, torch.squeeze: K.UNSQUEEZE,
-    **dict.fromkeys([torch.mean, torch.sum, torch.amax, torch.amin], K.REDUCE),
+    **dict.fromkeys([torch.mean, torch.sum, torch.amax, torch.amin], K.REDUCE),  # max/min: UNKNOWN (3 overloads)
     **dict.fromkeys([F.softmax, torch.softmax, F.log_softmax, torch.log_softmax], K.SOFTMAX),
     torch.matmul: K.MATMUL, operator.matmul: K.MATMUL, torch.bmm: K.MATMUL,
     F.scaled_dot_product_attention: K.ATTENTION,

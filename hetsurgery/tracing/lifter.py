@@ -16,7 +16,7 @@ import torch
 from torch import fx
 
 from hetsurgery.ir import Blocks, PermGroup, Role, Site, Slot
-from hetsurgery.tracing.values import MODEL_INPUT, Chan, Free, Items, Param, Tracked, Value, vars_of
+from hetsurgery.tracing.values import MODEL_INPUT, Chan, Free, Items, Param, Value, vars_of
 
 
 class _Named:
@@ -54,7 +54,7 @@ class Lifter:
         self.slots: list[tuple[int, Slot]] = []
         self.sites: list[tuple[int, Site]] = []
         self.producer_sites: list[tuple[int, Site]] = []
-        self.fixed_axes: set[tuple[str, int]] = set()
+        self.fixed_axes: dict[tuple[str, int], str] = {}  # axis -> what fixes it ("the vocabulary axis of ...")
         self.untrusted_params: dict[str, str] = {}
 
     # -- variables ------------------------------------------------------------------------------
@@ -123,9 +123,11 @@ class Lifter:
         for seg, at in value.offsets():
             target.append((seg.var, Site(node.name, value.dim, at, seg.inner)))
 
-    def fix_axes(self, param: str | None, dims: range | list[int]) -> None:
+    def fix_axes(self, param: str | None, dims: range | list[int], why: str) -> None:
+        """Axes ``dims`` of ``param`` are not channels by design; ``why`` completes "<param> dim <d> is ..."."""
         if param is not None:
-            self.fixed_axes.update((self.canonical.get(param, param), d) for d in dims)
+            for d in dims:
+                self.fixed_axes.setdefault((self.canonical.get(param, param), d), why)
 
     def distrust(self, param: str, reason: str) -> None:
         """Any group with a slot on ``param`` will be frozen: the parameter is used in a way we do not follow."""
@@ -148,6 +150,7 @@ class Lifter:
         self._join_shared_slots()
         for param, reason in self.untrusted_params.items():
             self.freeze([v for v, s in self.slots if s.param == param], reason)
+        self._freeze_fixed_axis_slots()
         members: dict[int, list[int]] = defaultdict(list)
         for v in range(len(self._vars)):
             members[self.find(v)].append(v)
@@ -171,6 +174,13 @@ class Lifter:
                 sites=tuple(dict.fromkeys(sites.get(root) or producer_sites.get(root, []))),
                 label=label, producers=tuple(labels)))
         return tuple(out)
+
+    def _freeze_fixed_axis_slots(self) -> None:
+        """A slot on an axis fixed by design (vocabulary, model-input features): permuting it breaks that use."""
+        for v, s in self.slots:
+            why = self.fixed_axes.get((s.param, s.dim))
+            if why is not None:
+                self.freeze([v], f"{s.param} dim {s.dim} is also {why}", by_design=True)
 
     def _join_shared_slots(self) -> None:
         """Slots of different variables on the same axis: identical ones join (tied weights), others freeze."""
@@ -229,7 +239,3 @@ def free_why(values: Sequence[object]) -> str:
     """The reason carried by a result computed only from values that depend on no group."""
     whys = [v.why for v in values if isinstance(v, Free)]
     return MODEL_INPUT if MODEL_INPUT in whys else (whys[0] if whys else "constant")
-
-
-def is_tracked(v: object) -> bool:
-    return isinstance(v, Tracked)

@@ -47,9 +47,9 @@ def trace(
     fixes inputs that decide control flow.
 
     >>> import torch, hetsurgery
-    >>> g = hetsurgery.trace(hetsurgery.zoo.mlp([64, 32, 10]), torch.randn(2, 64))
+    >>> g = hetsurgery.trace(hetsurgery.zoo.mlp([32], in_features=64, num_classes=10), torch.randn(2, 64))
     >>> print(g.summary().splitlines()[0])
-    ModelGraph MLP: 4 groups, 1 permutable, coverage 1.000
+    ModelGraph MLP: 2 groups, 1 permutable, coverage 1.000
     """
     name = name or type(model).__name__
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)

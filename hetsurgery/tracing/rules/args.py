@@ -7,7 +7,6 @@ from typing import Any
 from torch import fx
 
 from hetsurgery.tracing.lifter import Lifter
-from hetsurgery.tracing.values import Free, Param, Value
 
 
 def arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
@@ -39,10 +38,6 @@ def rank(node: Any) -> int:
     return len(s) if s is not None else 0
 
 
-def is_tensor_value(v: Any) -> bool:
-    return isinstance(v, (Free, Param)) or hasattr(v, "segs") or hasattr(v, "block_dim")
-
-
 def describe(node: fx.Node, lx: Lifter) -> str:
     """``module torch.nn.LSTM 'rnn' at node rnn`` / ``function torch.fft.fft2 at node fft2``."""
     if node.op == "call_module":
@@ -57,7 +52,3 @@ def describe(node: fx.Node, lx: Lifter) -> str:
 
 def norm_dim(d: int, r: int) -> int:
     return d + r if d < 0 else d
-
-
-def as_value(v: Any) -> Value | None:
-    return v if is_tensor_value(v) else None

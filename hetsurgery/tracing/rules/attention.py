@@ -50,7 +50,7 @@ def multihead_attention(lx: Lifter, node: fx.Node) -> Value:
                 lx.slot(var, Slot(f"{t}.in_proj_bias", 0, offset=at))
         if f"{t}.{extra}" in lx.tensors:
             lx.slot(var, Slot(f"{t}.{extra}", 2))
-            lx.fix_axes(f"{t}.{extra}", [0, 1])
+            lx.fix_axes(f"{t}.{extra}", [0, 1], f"a leading axis of {t}.{extra}")
     lx.slot(vv, Slot(f"{t}.out_proj.weight", 1, role=Role.CONSUME))
     return Items((Chan(r - 1, (Seg(stream, e),)), Free("attention weights")))
 
@@ -73,11 +73,11 @@ def matmul(lx: Lifter, node: fx.Node) -> Value:
     elif ka and isinstance(b, Param) and isinstance(a, Chan):
         lx.consume(a, sa, b.name, rb - 2)
         out.append(_produce_from_param(lx, node, b.name, rb - 1, ro - 1))
-        lx.fix_axes(b.name, range(rb - 2))
+        lx.fix_axes(b.name, range(rb - 2), f"a batch axis of the matmul at node {node.name}")
     elif kb and isinstance(a, Param) and isinstance(b, Chan):
         lx.consume(b, sb, a.name, ra - 1)
         out.append(_produce_from_param(lx, node, a.name, ra - 2, ro - 2))
-        lx.fix_axes(a.name, range(ra - 2))
+        lx.fix_axes(a.name, range(ra - 2), f"a batch axis of the matmul at node {node.name}")
     elif ka or kb:
         return lx.give_up([a, b], f"contracted with an untracked tensor at node {node.name}")
     else:

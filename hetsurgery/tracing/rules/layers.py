@@ -1,4 +1,4 @@
-"""Rules for the parametric layers: Linear, Conv, BatchNorm, LayerNorm, GroupNorm, Embedding."""
+"""Rules for the parametric layers: Linear, Conv, BatchNorm, LayerNorm/RMSNorm, GroupNorm, Embedding."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _read_input(lx: Lifter, node: fx.Node, x: object, weight: str, dim: int, wha
         lx.consume(x, src, weight, dim)
     elif isinstance(x, Free):
         if x.why == MODEL_INPUT:
-            lx.fix_axes(weight, [dim])
+            lx.fix_axes(weight, [dim], f"the model-input feature axis read at node {node.name}")
     else:
         lx.give_up([x], f"{what} reads its input along a dim that does not carry channels (node {node.name})")
 
@@ -59,17 +59,19 @@ def conv(lx: Lifter, node: fx.Node) -> Value:
     mod = lx.modules[str(node.target)]
     x = value(lx, node.args[0])
     w, b = f"{node.target}.weight", _param(lx, node, "bias")
-    lx.fix_axes(w, range(2, lx.tensors[w].dim()))
+    taps = lx.tensors[w].dim() - 2
+    lx.fix_axes(w, range(2, 2 + taps), f"a kernel axis of node {node.name}")
+    cdim = rank(node.args[0]) - taps - 1  # (N, C, *taps) batched, (C, *taps) unbatched
     g, cin, cout = mod.groups, mod.in_channels, mod.out_channels
-    if isinstance(x, Chan) and x.dim != 1:
+    if isinstance(x, Chan) and x.dim != cdim:
         x = lx.give_up([x], f"convolution over a non-channel dim at node {node.name}")
     if g == 1:
         _read_input(lx, node, x, w, 1, type(mod).__name__)
-        return _produce(lx, node, cout, [w, b], 1)
+        return _produce(lx, node, cout, [w, b], cdim)
     if g == cin and cout % cin == 0 and isinstance(x, Chan):
         # depthwise: output channel c*m + j reads input channel c only
         m = cout // cin
-        out = Chan(1, tuple(Seg(s.var, s.size, s.inner * m) for s in x.segs))
+        out = Chan(cdim, tuple(Seg(s.var, s.size, s.inner * m) for s in x.segs))
         lx.add_slots(out, w, 0, Role.PRODUCE)
         lx.add_slots(out, b, 0, Role.PRODUCE)
         return out
@@ -80,12 +82,13 @@ def conv(lx: Lifter, node: fx.Node) -> Value:
         lx.observe(x, _input(node))
     elif not isinstance(x, Free):
         lx.give_up([x], f"grouped convolution over concatenated channels at node {node.name}")
-    out = _produce(lx, node, cout, [w, b], 1)
+    out = _produce(lx, node, cout, [w, b], cdim)
     lx.constrain_blocks(out.segs[0].var, cout // g)  # output rows stay inside their group
     return out
 
 
 def batch_norm(lx: Lifter, node: fx.Node) -> Value:
+    """BatchNorm always reads (N, C, *): torch has no unbatched form (a 2-D input is (N, C))."""
     x = value(lx, node.args[0])
     names = [_param(lx, node, a) for a in ("weight", "bias", "running_mean", "running_var")]
     if isinstance(x, Chan) and x.dim == 1:
@@ -98,25 +101,28 @@ def batch_norm(lx: Lifter, node: fx.Node) -> Value:
 
 
 def layer_norm(lx: Lifter, node: fx.Node) -> Value:
-    mod: nn.LayerNorm = lx.modules[str(node.target)]
+    """nn.LayerNorm and nn.RMSNorm: normalise over the last ``len(normalized_shape)`` dims."""
+    mod: nn.LayerNorm | nn.RMSNorm = lx.modules[str(node.target)]
     x = value(lx, node.args[0])
     w, b = _param(lx, node, "weight"), _param(lx, node, "bias")
     r, k = rank(node.args[0]), len(mod.normalized_shape)
     if not isinstance(x, Chan):
         return x if isinstance(x, Free) else lx.give_up([x], f"LayerNorm at node {node.name}")
     normalised = range(r - k, r)
+    why = f"a normalised axis without channels at node {node.name}"
     if x.dim not in normalised:
         for p in (w, b):
-            lx.fix_axes(p, range(k))
+            lx.fix_axes(p, range(k), why)
         return x
     pdim = x.dim - (r - k)
     for p in (w, b):
         lx.add_slots(x, p, pdim, Role.PRODUCE)
-        lx.fix_axes(p, [d for d in range(k) if d != pdim])
+        lx.fix_axes(p, [d for d in range(k) if d != pdim], why)
     vs = [s.var for s in x.segs]
-    lx.block_pad(vs, f"LayerNorm at node {node.name} normalises over the channels")
+    kind = type(mod).__name__
+    lx.block_pad(vs, f"{kind} at node {node.name} normalises over the channels")
     if w is None or k != 1:
-        lx.block_zip(vs, f"LayerNorm at node {node.name} has a normalized_shape no parameter spells")
+        lx.block_zip(vs, f"{kind} at node {node.name} has a normalized_shape no parameter spells")
     return x
 
 
@@ -141,7 +147,7 @@ def embedding(lx: Lifter, node: fx.Node) -> Value:
     w = f"{node.target}.weight"
     if not isinstance(x, Free):
         lx.give_up([x], f"nn.Embedding indexed by a tracked tensor at node {node.name}")
-    lx.fix_axes(w, [0])
+    lx.fix_axes(w, [0], f"the vocabulary axis of nn.Embedding at node {node.name}")
     v = lx.new_var(mod.embedding_dim, node)
     lx.slot(v, Slot(w, 1, role=Role.PRODUCE))
     out = Chan(rank(node) - 1, (Seg(v, mod.embedding_dim),))

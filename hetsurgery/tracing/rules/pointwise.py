@@ -6,11 +6,12 @@ import operator
 from typing import Any
 
 import torch
-from torch import fx
+import torch.nn.functional as F
+from torch import fx, nn
 
 from hetsurgery.ir import Role
 from hetsurgery.tracing.lifter import Lifter, free_why
-from hetsurgery.tracing.rules.args import arg, norm_dim, rank, shape, value
+from hetsurgery.tracing.rules.args import arg, describe, norm_dim, rank, shape, value
 from hetsurgery.tracing.values import (
     Chan,
     Free,
@@ -32,22 +33,46 @@ def elementwise(lx: Lifter, node: fx.Node) -> Value:
     return _only_first_tracked(lx, node) or value(lx, node.args[0])
 
 
+# how many trailing dims a pooling acts on; it leaves every leading index (batch, channel) apart
+POOLED_DIMS: dict[object, int] = {
+    **dict.fromkeys([nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, F.max_pool1d,
+                     F.avg_pool1d, F.adaptive_avg_pool1d, F.adaptive_max_pool1d], 1),
+    **dict.fromkeys([nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, F.max_pool2d,
+                     F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d], 2),
+}
+
+
 def spatial(lx: Lifter, node: fx.Node) -> Value:
-    """Pooling, resizing, padding: act on the dims after dim 1, which therefore must not carry channels."""
+    """Pooling, resizing, padding: act on trailing dims, which therefore must not carry channels.
+
+    Batched ``(N, C, H, W)`` and unbatched ``(C, H, W)`` inputs alike: only the dims acted on matter.
+    """
     refused = _only_first_tracked(lx, node)
     if refused is not None:
         return refused
     x = value(lx, node.args[0])
-    if node.op == "call_module" and getattr(lx.modules[str(node.target)], "return_indices", False):
+    if isinstance(x, Param):  # a pooled parameter no longer has the parameter's shape
+        return lx.give_up([x], f"pooling or resizing a parameter at node {node.name}")
+    if not isinstance(x, (Chan, Heads)):
+        return x
+    if shape(node) is None:  # return_indices=True: a tuple whose indices tensor no rule follows
         return lx.give_up([x], f"pooling that returns indices at node {node.name}")
-    if isinstance(x, (Chan, Heads)) and channel_dims(x) != (1,):
-        return lx.give_up([x], f"pooling or resizing over the channel dim at node {node.name}")
-    if node.target is torch.nn.functional.pad and isinstance(x, Chan):
-        pads = arg(node, 1, "pad")
-        touched = rank(node.args[0]) - len(pads) // 2
-        if x.dim >= touched:
-            return lx.give_up([x], f"F.pad of the channel dim at node {node.name}")
+    r = rank(node.args[0])
+    acted = _acted_dims(lx, node, r)
+    if acted is None:
+        return lx.give_up([x], f"{describe(node, lx)}, whose pooled dims the channel rules do not know")
+    if any(d >= r - acted for d in channel_dims(x)):
+        return lx.give_up([x], f"pooling, resizing or padding over the channel dim at node {node.name}")
     return x
+
+
+def _acted_dims(lx: Lifter, node: fx.Node, r: int) -> int | None:
+    key = type(lx.modules[str(node.target)]) if node.op == "call_module" else node.target
+    if key is F.pad:
+        return len(arg(node, 1, "pad")) // 2
+    if key is F.interpolate or key is nn.Upsample:
+        return r - 2  # batched only: every dim after (N, C)
+    return POOLED_DIMS.get(key)
 
 
 def _only_first_tracked(lx: Lifter, node: fx.Node) -> Value | None:
@@ -58,8 +83,8 @@ def _only_first_tracked(lx: Lifter, node: fx.Node) -> Value | None:
     return None
 
 
-DIVISIONS = {operator.truediv, operator.itruediv, operator.floordiv, torch.div, torch.true_divide,
-             "div", "div_", "true_divide"}
+# the function targets and Tensor methods that classify.py sends to the binary rule as divisions
+DIVISIONS = frozenset({operator.truediv, operator.itruediv, torch.div, torch.true_divide, "div", "div_"})
 
 
 def binary(lx: Lifter, node: fx.Node) -> Value:
@@ -111,13 +136,15 @@ def _join_one(lx: Lifter, node: fx.Node, ref: Tracked, src: Any, v: Any, out_ran
     if src_shape is None or _broadcasts(src_shape, out_rank, channel_dims(ref)):
         if isinstance(v, Param):
             lead = out_rank - len(v.shape)
-            lx.fix_axes(v.name, [d for d in range(len(v.shape)) if d + lead not in channel_dims(ref)])
+            lx.fix_axes(v.name, [d for d in range(len(v.shape)) if d + lead not in channel_dims(ref)],
+                        f"an axis without channels at node {node.name}")
         return
     pdim = channel_dims(ref)[0] - (out_rank - len(src_shape))
     if (isinstance(v, Param) and isinstance(ref, Chan) and v.shape == lx.tensors[v.name].shape
             and v.shape[pdim] == ref.width):
         lx.add_slots(ref, v.name, pdim, Role.PRODUCE)
-        lx.fix_axes(v.name, [d for d in range(len(v.shape)) if d != pdim])
+        lx.fix_axes(v.name, [d for d in range(len(v.shape)) if d != pdim],
+                    f"an axis without channels at node {node.name}")
         return
     why = v.why if isinstance(v, Free) else f"a parameter used at node {node.name}"
     lx.give_up([ref, v], f"combined with an untracked tensor ({why}) at node {node.name}")
@@ -183,8 +210,6 @@ def reduce(lx: Lifter, node: fx.Node) -> Value:
         return lx.give_up([x], f"reduction of a parameter at node {node.name}")
     if not isinstance(x, (Chan, Heads)):
         return Free(free_why([x]))
-    if node.target in ("max", "min", torch.max, torch.min) and isinstance(dims, int):
-        return _max_with_indices(lx, node, x, reduced, keep, r)
     if any(d in channel_dims(x) for d in reduced):
         if not all(d in reduced for d in channel_dims(x)):
             return lx.give_up([x], f"reduction over part of the heads at node {node.name}")
@@ -192,13 +217,6 @@ def reduce(lx: Lifter, node: fx.Node) -> Value:
         return Free("reduced over channels")
     mapping = _after_reduce(r, reduced, keep)
     return remap(x, mapping) or lx.give_up([x], f"reduction at node {node.name}")
-
-
-def _max_with_indices(lx: Lifter, node: fx.Node, x: Tracked, reduced: list[int], keep: bool, r: int) -> Value:
-    if any(d in channel_dims(x) for d in reduced):
-        return lx.give_up([x], f"argmax over the channels at node {node.name}")
-    moved = remap(x, _after_reduce(r, reduced, keep))
-    return Items((moved, moved)) if moved is not None else lx.give_up([x], f"max at node {node.name}")
 
 
 def _after_reduce(r: int, reduced: list[int], keep: bool) -> dict[int, int]:
@@ -214,15 +232,22 @@ def _after_reduce(r: int, reduced: list[int], keep: bool) -> dict[int, int]:
 
 
 def softmax(lx: Lifter, node: fx.Node) -> Value:
+    """Softmax along one dim: over plain channels or inside each head it commutes with the permutation.
+
+    Across the heads it does not: each head is permuted on its own, so the channels it pairs get mixed up.
+    """
     src = node.args[0]
     x = value(lx, src)
-    if isinstance(x, (Chan, Heads)):
-        dim = arg(node, 1, "dim")
-        if dim is None and node.op == "call_module":
-            dim = lx.modules[str(node.target)].dim
-        if dim is None or norm_dim(dim, rank(src)) in channel_dims(x):
-            lx.block_pad(vars_of(x), f"softmax over the channels at node {node.name}")
-        return x
     if isinstance(x, Param):
         return lx.give_up([x], f"softmax of a parameter at node {node.name}")
+    if not isinstance(x, (Chan, Heads)):
+        return x
+    dim = arg(node, 1, "dim")
+    if dim is None and node.op == "call_module":
+        dim = lx.modules[str(node.target)].dim
+    d = None if dim is None else norm_dim(dim, rank(src))
+    if isinstance(x, Heads) and d in (None, x.block_dim):  # None: torch picks a dim implicitly
+        return lx.give_up([x], f"softmax across the heads at node {node.name}")
+    if d is None or d in channel_dims(x):
+        lx.block_pad(vars_of(x), f"softmax over the channels at node {node.name}")
     return x
