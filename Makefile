@@ -17,7 +17,7 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check hetsurgery tests tutorials bench
 	$(PY) -m mypy hetsurgery
-	$(PY) -m pytest -n 2 tests
+	$(PY) -m pytest -n 2 --doctest-modules hetsurgery tests
 
 demo: $(STAMP)
 	$(PY) -m hetsurgery demo

@@ -43,14 +43,16 @@ def weight_matching(a: Params, b: Params, groups: Sequence[PermGroup], *, max_sw
     """
     by_param = {name: slots for name, slots in slots_by_param(groups).items() if name in a}
     groups = [g for g in groups if any(s.param in by_param for s in g.slots)]
-    perms = {g.id: torch.arange(g.size) for g in groups}
+    perms: dict[int, torch.Tensor] = {}  # only groups moved from the identity: the others need no copies
     values = {name: _value(a, b, by_param, perms, name) for name in by_param}  # J per parameter, current perms
     objective = [sum(values.values())]
     if not alternate:
         perms = {g.id: best_permutation(_score(g, a, b, by_param, perms), g.structure.size) for g in groups}
         objective.append(sum(_value(a, b, by_param, perms, name) for name in by_param))
-        return perms, {"objective": objective, "sweeps": 1, "converged": False, "alternating": False}
+        return _full(perms, groups), {"objective": objective, "sweeps": 1, "converged": False, "alternating": False}
     gen = torch.Generator().manual_seed(seed)
+    neighbours = {g.id: {h for name in _touched(g, by_param) for h, _ in by_param[name]} - {g.id} for g in groups}
+    dirty = {g.id for g in groups}  # groups whose neighbours moved since their last solve
     history: dict[int, list[float]] = {g.id: [] for g in groups}
     last_change: dict[int, int] = {g.id: -1 for g in groups}
     converged = False
@@ -58,14 +60,17 @@ def weight_matching(a: Params, b: Params, groups: Sequence[PermGroup], *, max_sw
         changed = False
         for i in torch.randperm(len(groups), generator=gen).tolist():
             grp = groups[i]
-            new = best_permutation(_score(grp, a, b, by_param, perms), grp.structure.size)
-            if not torch.equal(new, perms[grp.id]):
-                trial = {**perms, grp.id: new}
-                fresh = {name: _value(a, b, by_param, trial, name) for name in _touched(grp, by_param)}
-                # exact, so rounding in the scores never flips a permutation back and forth
-                if sum(fresh.values()) > sum(values[name] for name in fresh):
-                    perms, changed, last_change[grp.id] = trial, True, sweep
-                    values.update(fresh)
+            if grp.id in dirty:  # a clean group's score, hence its LAP, is what it was: skip it
+                dirty.discard(grp.id)
+                new = best_permutation(_score(grp, a, b, by_param, perms), grp.structure.size)
+                if not torch.equal(new, perms.get(grp.id, torch.arange(grp.size))):
+                    trial = {**perms, grp.id: new}
+                    fresh = {name: _value(a, b, by_param, trial, name) for name in _touched(grp, by_param)}
+                    # exact, so rounding in the scores never flips a permutation back and forth
+                    if sum(fresh.values()) > sum(values[name] for name in fresh):
+                        perms, changed, last_change[grp.id] = trial, True, sweep
+                        values.update(fresh)
+                        dirty |= neighbours[grp.id]
             history[grp.id].append(sum(values.values()))
         objective.append(sum(values.values()))
         if not changed:
@@ -73,8 +78,12 @@ def weight_matching(a: Params, b: Params, groups: Sequence[PermGroup], *, max_sw
             break
     groups_report = {gid: {"iterations": len(h), "objective": h, "converged": converged or last_change[gid] < sweep}
                      for gid, h in history.items()}
-    return perms, {"objective": objective, "sweeps": len(objective) - 1, "converged": converged,
-                   "alternating": True, "groups": groups_report}
+    return _full(perms, groups), {"objective": objective, "sweeps": len(objective) - 1, "converged": converged,
+                                  "alternating": True, "groups": groups_report}
+
+
+def _full(perms: Mapping[int, torch.Tensor], groups: Sequence[PermGroup]) -> dict[int, torch.Tensor]:
+    return {g.id: perms[g.id] if g.id in perms else torch.arange(g.size) for g in groups}
 
 
 def _touched(grp: PermGroup, by_param: BySlot) -> list[str]:
@@ -85,7 +94,8 @@ def _value(a: Params, b: Params, by_param: BySlot, perms: Mapping[int, torch.Ten
     """``⟨a[name], b[name] with every slot permuted⟩`` (float32 products, float64 sum)."""
     wb = b[name]
     for gid, slot in by_param[name]:
-        wb = permute_slot(wb, slot, perms[gid])
+        if gid in perms:
+            wb = permute_slot(wb, slot, perms[gid])
     return float(torch.sum(a[name] * wb, dtype=torch.float64))
 
 
@@ -98,7 +108,7 @@ def _score(grp: PermGroup, a: Params, b: Params, by_param: BySlot, perms: Mappin
             continue
         wb = b[slot.param]
         for gid, other in by_param[slot.param]:
-            if other.dim != slot.dim:
+            if other.dim != slot.dim and gid in perms:
                 wb = permute_slot(wb, other, perms[gid])
         wa = a[slot.param]
         if slot.chunks == 1:
