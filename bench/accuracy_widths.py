@@ -9,6 +9,7 @@ from bench.accuracy import run_pairs, table
 from bench.report import machine, write_section
 
 METHODS = [("zip", "zip", {"width": "max"}), ("ot", "ot", {"width": "max"}),
+           ("ot (weights)", "ot", {"width": "max", "cost": "weights"}),
            ("mal-pad", "mal-pad", {"width": "max"}), ("mal", "mal", {"width": "max"})]
 PAIRS = [
     ("ResNet-20 x1 (task A) and ResNet-20 x2 (task B)", (lambda: hs.zoo.resnet20(1), lambda: hs.zoo.resnet20(2))),
@@ -20,10 +21,11 @@ def main(seeds: Sequence[int] = (0, 1, 2), epochs: int = 15) -> str:
     parts = ["## Merging models of different widths: digits 0-4 vs 5-9", "",
              "Model A (task A) and model B (task B) share a topology but not their widths. Every merge keeps the "
              "wider model's widths (`width=\"max\"`): zip is elastic neuron zipping (alpha=0.5, beta=1.0), ot "
-             "transports the narrower model onto the wider one's neurons, mal-pad zero-pads the narrower model and "
-             "solves one LAP per group, mal alternates LAPs until the objective stops improving. Same data, "
+             "transports the narrower model onto the wider one's neurons (by activations, or by incoming weights), mal-pad zero-pads the narrower model and "
+             "solves one LAP per group, mal alternates LAPs until the objective stops improving (both on learned "
+             "parameters, not BatchNorm statistics). Same data, "
              f"training ({epochs} epochs) and metrics as above; seeds {', '.join(map(str, seeds))}; BatchNorm "
-             "statistics are recomputed on the calibration images after every merge.", ""]
+             "statistics are recomputed on 512 calibration images after every merge.", ""]
     for title, factories in PAIRS:
         print(f"accuracy_widths: {title}", flush=True)
         runs = run_pairs(factories, seeds, METHODS, epochs)

@@ -27,7 +27,8 @@ def machine() -> str:
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "hetsurgery", "bench"], cwd=ROOT,
                            capture_output=True, text=True).stdout.strip()
     commit = commit.strip() + (" plus uncommitted changes" if dirty else "")
-    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, no GPU; Python {platform.python_version()}, "
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {gpu}; Python {platform.python_version()}, "
             f"torch {torch.__version__}; commit {commit or 'unknown'}")
 
 

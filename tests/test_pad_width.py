@@ -83,3 +83,61 @@ def test_zip_neurons_shrinks_and_checks_shapes() -> None:
         ZipNeurons(0, torch.eye(3), torch.eye(3))(g)
     with pytest.raises(hs.PassError, match="frozen"):
         ZipNeurons(1, torch.eye(2), torch.eye(2))(g)
+
+
+def _ir_text(g: hs.ModelGraph) -> str:
+    """The graph's groups and slots, then every tensor's shape: what a width pass changes."""
+    shapes = [f"{name} {tuple(t.shape)}" for name, t in sorted(g.params.items()) if t.dim() > 0]
+    return g.dump() + "\n" + "\n".join(shapes)
+
+
+SMALL_BEFORE = """\
+group 0 size=2 blocks=free label=layers_0
+  produce layers.0.bias[0]
+  produce layers.0.weight[0]
+  produce layers.1.bias[0]
+  produce layers.1.running_mean[0]
+  produce layers.1.running_var[0]
+  produce layers.1.weight[0]
+  consume layers.3.weight[1]
+group 1 size=2 blocks=free frozen='model output' label=layers_3
+  produce layers.3.bias[0]
+  produce layers.3.weight[0]
+layers.0.bias (2,)
+layers.0.weight (2, 3)
+layers.1.bias (2,)
+layers.1.running_mean (2,)
+layers.1.running_var (2,)
+layers.1.weight (2,)
+layers.3.bias (2,)
+layers.3.weight (2, 2)"""
+
+
+def _small() -> hs.ModelGraph:
+    return hs.trace(hs.zoo.mlp([2], in_features=3, num_classes=2, batch_norm=True), torch.randn(2, 3))
+
+
+def test_golden_ir_before_and_after_pad_width() -> None:
+    g = _small()
+    assert _ir_text(g) == SMALL_BEFORE
+    after = SMALL_BEFORE.replace("group 0 size=2", "group 0 size=4").replace("(2,)\nlayers.0.weight (2, 3)",
+                                                                            "(4,)\nlayers.0.weight (4, 3)")
+    for buf in ("bias", "running_mean", "running_var", "weight"):
+        after = after.replace(f"layers.1.{buf} (2,)", f"layers.1.{buf} (4,)")
+    after = after.replace("layers.3.weight (2, 2)", "layers.3.weight (2, 4)")
+    assert _ir_text(PadWidth(0, 4)(g)) == after
+
+
+def test_golden_ir_before_and_after_zip_neurons() -> None:
+    g = _small()
+    merged = ZipNeurons(0, torch.tensor([[0.5, 0.5]]), torch.tensor([[1.0], [1.0]]))(g)
+    after = SMALL_BEFORE.replace("group 0 size=2", "group 0 size=1").replace("layers.3.weight (2, 2)",
+                                                                            "layers.3.weight (2, 1)")
+    after = after.replace("layers.0.weight (2, 3)", "layers.0.weight (1, 3)").replace("layers.0.bias (2,)",
+                                                                                      "layers.0.bias (1,)")
+    for buf in ("bias", "running_mean", "running_var", "weight"):
+        after = after.replace(f"layers.1.{buf} (2,)", f"layers.1.{buf} (1,)")
+    assert _ir_text(merged) == after
+    w = g.params["layers.0.weight"]
+    torch.testing.assert_close(merged.params["layers.0.weight"][0], (w[0] + w[1]) / 2)
+    torch.testing.assert_close(merged.params["layers.3.weight"][:, 0], g.params["layers.3.weight"].sum(1))

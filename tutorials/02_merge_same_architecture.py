@@ -23,9 +23,12 @@ print(result.report)
 for name, model in [("model A", a), ("model B", b), ("ensemble", Ensemble([a, b])), ("zip", result.model)]:
     s = task_scores(model, test, TASKS)
     print(f"{name:<9} joint {s.joint:.3f}   task A {s.per_task[0]:.3f}   task B {s.per_task[1]:.3f}")
-for method in ("average", "permute", "ot"):
-    s = task_scores(hs.merge([a, b], calibration, method=method, progress=False).model, test, TASKS)
-    print(f"{method:<9} joint {s.joint:.3f}   task A {s.per_task[0]:.3f}   task B {s.per_task[1]:.3f}")
+# `weight` (Git Re-Basin weight matching) needs no data for the matching (only for the BatchNorm reset);
+# `ot` with cost="weights" transports neurons by their incoming weights instead of their activations.
+for label, method, options in [("average", "average", {}), ("permute", "permute", {}), ("weight", "weight", {}),
+                               ("ot", "ot", {}), ("ot-weights", "ot", {"cost": "weights"})]:
+    s = task_scores(hs.merge([a, b], calibration, method=method, progress=False, **options).model, test, TASKS)
+    print(f"{label:<10} joint {s.joint:.3f}   task A {s.per_task[0]:.3f}   task B {s.per_task[1]:.3f}")
 
 # 4. The plan says which channels of A and B were zipped into each merged channel.
 stream = result.plan.groups[0]
