@@ -25,14 +25,15 @@ from collections.abc import Collection, Mapping, Sequence
 import networkx as nx
 import torch
 
-from hetsurgery.ir import ModelGraph, PermGroup, Role
-from hetsurgery.plan.apply import SlotMaps, slots_by_param, transform_params
+from hetsurgery.ir import ModelGraph, PermGroup, Role, Slot
+from hetsurgery.plan.apply import SlotMaps, slots_by_param
 from hetsurgery.plan.solvers.ot import transport_map
 from hetsurgery.plan.width_plan import GroupMatch
 
 
-def producer_order(g: ModelGraph) -> list[PermGroup]:
-    """The permutable groups, each after the groups its producers read from (cycles broken by id)."""
+def producer_order(g: ModelGraph) -> tuple[list[PermGroup], set[int]]:
+    """The permutable groups, each after the groups its producers read from, and the groups on a cycle
+    (a residual stream feeds a block whose last layer writes back into the stream), ordered by id."""
     groups = list(g.permutable())
     ids = {grp.id for grp in groups}
     by_param = slots_by_param(g.groups)
@@ -46,14 +47,21 @@ def producer_order(g: ModelGraph) -> list[PermGroup]:
                         deps.add_edge(other, grp.id)
     cond = nx.condensation(deps)
     order = [gid for scc in nx.topological_sort(cond) for gid in sorted(cond.nodes[scc]["members"])]
-    return [g.group(gid) for gid in order]
+    cyclic = {gid for scc in cond.nodes if len(members := cond.nodes[scc]["members"]) > 1 for gid in members}
+    return [g.group(gid) for gid in order], cyclic
 
 
 def ot_weight_matches(graphs: Sequence[ModelGraph], weights: Sequence[float], targets: Mapping[int, int],
                       learned: Collection[str], *, solver: str = "emd", reg: float = 0.01) -> dict[int, GroupMatch]:
-    """Per group, every model transported onto the neurons of model ``targets[group]``."""
+    """Per group, every model transported onto the neurons of model ``targets[group]``.
+
+    Groups on a cycle are solved twice: first with the input axes of groups not solved yet summarised by
+    permutation-invariant sums (per row: the sum and the sum of squares along that axis), then again
+    with every map known.
+    """
+    order, cyclic = producer_order(graphs[0])
     matches: dict[int, GroupMatch] = {}
-    for grp in producer_order(graphs[0]):
+    for grp in [*order, *(grp for grp in order if grp.id in cyclic)]:
         onto = targets[grp.id]
         rows = [_incoming(g, grp.id, matches, k, learned) for k, g in enumerate(graphs)]
         merges, unmerges = [], []
@@ -71,18 +79,34 @@ def _incoming(g: ModelGraph, gid: int, done: Mapping[int, GroupMatch], k: int, l
     """``d x F``: each channel's producing weights, input axes carried into the merged space."""
     grp = g.group(gid)
     by_param = slots_by_param(g.groups)
-    maps = SlotMaps.of(done, k, normalised=True)
+    maps = SlotMaps.of({h: m for h, m in done.items() if h != gid}, k, normalised=True)
     parts = []
     for slot in grp.slots:
         if slot.role is not Role.PRODUCE or slot.param not in learned or slot.chunks > 1:
             continue
-        others = {slot.param: [(h, s) for h, s in by_param[slot.param] if h != gid]}
-        t = transform_params(g.params, others, maps, [slot.param])[slot.param]
+        t = g.params[slot.param]
+        # from the last offset down: a width change never moves a slot still to be handled
+        for h, other in sorted(by_param[slot.param], key=lambda item: -item[1].offset):
+            if h == gid or other.dim == slot.dim:  # other rows of a fused tensor: not this group's
+                continue
+            t = maps.apply(t, h, other) if h in done else _summarised(t, other, g.group(h).size)
         seg = t.narrow(slot.dim, slot.offset, grp.size * slot.inner).movedim(slot.dim, 0)
         parts.append(seg.reshape(grp.size, -1).double())
     if not parts:
         return torch.zeros(grp.size, 1, dtype=torch.float64)
     return torch.cat(parts, 1)
+
+
+def _summarised(t: torch.Tensor, slot: Slot, size: int) -> torch.Tensor:
+    """The slot's ``size`` channels replaced by two, their sum and their sum of squares (at every inner
+    position): what any order of those channels agrees on."""
+    if slot.chunks > 1:
+        return t
+    before, seg, after = t.split([slot.offset, size * slot.inner, t.shape[slot.dim] - slot.offset - size * slot.inner],
+                                 dim=slot.dim)
+    moved = seg.movedim(slot.dim, 0).reshape(size, slot.inner, *seg.movedim(slot.dim, 0).shape[1:])
+    both = torch.cat([moved.sum(0), moved.square().sum(0)]).movedim(0, slot.dim)
+    return torch.cat([before, both, after], dim=slot.dim)
 
 
 def _blockwise(src: torch.Tensor, dst: torch.Tensor, blocks: int, solver: str, reg: float) -> torch.Tensor:
