@@ -24,8 +24,9 @@ def machine() -> str:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "hetsurgery", "bench"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()
+    # the code that ran: the package and the harness, not the results this run is writing
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "hetsurgery", "bench",
+                            ":(exclude)bench/results"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     commit = commit.strip() + (" plus uncommitted changes" if dirty else "")
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {gpu}; Python {platform.python_version()}, "
