@@ -33,12 +33,13 @@ def combine(graphs: Sequence[ModelGraph], plan: WidthPlan) -> dict[str, torch.Te
         total = None
         for k, g in enumerate(graphs):
             t = transform_params(g.params, by_param[k], maps[k], names=[name])[name]
-            if not any(s.role is Role.PRODUCE for _, s in by_param[k].get(name, ())):
-                t = t * plan.weights[k]
+            fresh = t is not g.params[name]  # never write into a model's own tensor
+            weight = 1.0 if any(s.role is Role.PRODUCE for _, s in by_param[k].get(name, ())) else plan.weights[k]
             if total is None:
-                total = t.clone() if t is g.params[name] else t  # never write into a model's own tensor
+                total = (t if fresh else t.clone()) if weight == 1.0 else (t.mul_(weight) if fresh else t * weight)
             else:
-                total += t
+                total.add_(t, alpha=weight)
+            del t  # freed before the next model's copy is made
         assert total is not None
         out[name] = total
     return out

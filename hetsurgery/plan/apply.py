@@ -66,6 +66,50 @@ class SlotMaps:
         return apply_matrix(t, slot, m)
 
 
+    def permute_all(self, t: torch.Tensor, slots: Iterable[tuple[int, Slot]]) -> torch.Tensor | None:
+        """Every slot at once when all of them are scaled permutations: one gather, scales in place.
+
+        The result is a new tensor, or ``t`` itself when nothing applies; ``None`` when a slot needs a
+        dense map or is block-diagonal (then ``apply`` goes slot by slot).
+        """
+        index: dict[int, torch.Tensor] = {}
+        scales: list[tuple[Slot, int, float]] = []
+        for gid, slot in slots:
+            m = self.maps[slot.role].get(gid)
+            if m is None:
+                continue
+            if not isinstance(m, tuple) or slot.chunks > 1:
+                return None
+            perm, scale = m
+            lo, hi = slot.span(perm.numel())
+            idx = index.setdefault(slot.dim, torch.arange(t.shape[slot.dim], device=t.device))
+            idx[lo:hi] = lo + (perm.to(t.device)[:, None] * slot.inner + torch.arange(slot.inner, device=t.device)
+                               ).reshape(-1)
+            if scale != 1.0:
+                scales.append((slot, perm.numel(), scale))
+        if not index and not scales:
+            return t
+        out = _gather(t, index) if index else t.clone()  # always a new tensor: scaled in place below
+        for slot, size, scale in scales:
+            lo, hi = slot.span(size)
+            out.narrow(slot.dim, lo, hi - lo).mul_(scale)
+        return out
+
+
+def _gather(t: torch.Tensor, index: Mapping[int, torch.Tensor]) -> torch.Tensor:
+    """``t`` re-indexed along several dims in one copy (broadcast index vectors, no intermediate tensors)."""
+    last = max(index)
+    key = []
+    for dim in range(last + 1):
+        v = index.get(dim)
+        if v is None:
+            v = torch.arange(t.shape[dim], device=t.device)
+        shape = [1] * (last + 1)
+        shape[dim] = -1
+        key.append(v.view(shape))
+    return t[tuple(key)]
+
+
 def _fast(m: Map) -> Map:
     return m if isinstance(m, tuple) else as_permutation(m) or m
 
@@ -85,9 +129,16 @@ def transform_params(params: Mapping[str, torch.Tensor], by_param: Mapping[str, 
     out = {}
     for name in (by_param if names is None else names):
         t = params[name]
-        if t.is_floating_point():
-            # from the last offset down: a width change then never moves a slot still to be transformed
-            for gid, slot in sorted(by_param.get(name, ()), key=lambda item: -item[1].offset):
-                t = maps.apply(t, gid, slot)
+        slots = by_param.get(name, ())
+        if not t.is_floating_point() or not slots:
+            out[name] = t
+            continue
+        fast = maps.permute_all(t, slots)
+        if fast is not None:
+            out[name] = fast
+            continue
+        # from the last offset down: a width change then never moves a slot still to be transformed
+        for gid, slot in sorted(slots, key=lambda item: -item[1].offset):
+            t = maps.apply(t, gid, slot)
         out[name] = t
     return out

@@ -21,7 +21,7 @@ the paper does; statistics are recomputed after merging anyway).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 
@@ -31,6 +31,7 @@ from hetsurgery.plan.apply import slots_by_param
 from hetsurgery.plan.solvers.lap import best_permutation
 
 Params = Mapping[str, torch.Tensor]
+PIECE = 1 << 20  # elements per piece of a permuted copy (4 MiB in float32)
 BySlot = Mapping[str, list[tuple[int, Slot]]]
 
 
@@ -91,12 +92,15 @@ def _touched(grp: PermGroup, by_param: BySlot) -> list[str]:
 
 
 def _value(a: Params, b: Params, by_param: BySlot, perms: Mapping[int, torch.Tensor], name: str) -> float:
-    """``⟨a[name], b[name] with every slot permuted⟩`` (float32 products, float64 sum)."""
-    wb = b[name]
-    for gid, slot in by_param[name]:
-        if gid in perms:
-            wb = permute_slot(wb, slot, perms[gid])
-    return float(torch.sum(a[name] * wb, dtype=torch.float64))
+    """``⟨a[name], b[name] with every slot permuted⟩`` (float32 products, float64 sums), piece by piece."""
+    wa, wb = a[name], b[name]
+    idx = _indices(wb, by_param[name], perms)
+    if idx is None:  # block-diagonal slots: the whole tensor at once
+        for gid, slot in by_param[name]:
+            if gid in perms:
+                wb = permute_slot(wb, slot, perms[gid])
+        return float(torch.sum(wa * wb, dtype=torch.float64))
+    return sum(float(torch.sum(pa * pb, dtype=torch.float64)) for pa, pb in _pieces(wa, wb, idx, 0))
 
 
 def _score(grp: PermGroup, a: Params, b: Params, by_param: BySlot, perms: Mapping[int, torch.Tensor]) -> torch.Tensor:
@@ -106,11 +110,17 @@ def _score(grp: PermGroup, a: Params, b: Params, by_param: BySlot, perms: Mappin
     for slot in grp.slots:
         if slot.param not in by_param:
             continue
-        wb = b[slot.param]
-        for gid, other in by_param[slot.param]:
-            if other.dim != slot.dim and gid in perms:
+        wa, wb = a[slot.param], b[slot.param]
+        others = [(gid, o) for gid, o in by_param[slot.param] if o.dim != slot.dim]
+        idx = _indices(wb, others, perms) if slot.chunks == 1 else None
+        if idx is not None:
+            along = max((dim for dim in range(wb.dim()) if dim != slot.dim), key=lambda dim: wb.shape[dim], default=None)
+            for pa, pb in _pieces(wa, wb, idx, along):
+                score += (_rows(pa, slot, d) @ _rows(pb, slot, d).T).double()
+            continue
+        for gid, other in others:
+            if gid in perms:
                 wb = permute_slot(wb, other, perms[gid])
-        wa = a[slot.param]
         if slot.chunks == 1:
             score += (_rows(wa, slot, d) @ _rows(wb, slot, d).T).double()
             continue
@@ -119,6 +129,44 @@ def _score(grp: PermGroup, a: Params, b: Params, by_param: BySlot, perms: Mappin
         for j, (ca, cb) in enumerate(zip(wa.chunk(slot.chunks), wb.chunk(slot.chunks), strict=True)):
             score[j * per:(j + 1) * per, j * per:(j + 1) * per] += (_rows(ca, part, per) @ _rows(cb, part, per).T).double()
     return score
+
+
+def _indices(t: torch.Tensor, slots: Sequence[tuple[int, Slot]], perms: Mapping[int, torch.Tensor]
+             ) -> dict[int, torch.Tensor] | None:
+    """Per dim, one index vector doing every slot's permutation there (``None``: a block-diagonal slot)."""
+    idx: dict[int, torch.Tensor] = {}
+    for gid, slot in slots:
+        if gid not in perms:
+            continue
+        if slot.chunks > 1:
+            return None
+        perm = perms[gid]
+        v = idx.setdefault(slot.dim, torch.arange(t.shape[slot.dim]))
+        lo, hi = slot.span(perm.numel())
+        v[lo:hi] = lo + (perm[:, None] * slot.inner + torch.arange(slot.inner)).reshape(-1)
+    return idx
+
+
+def _pieces(wa: torch.Tensor, wb: torch.Tensor, idx: Mapping[int, torch.Tensor], along: int | None
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``a`` and the permuted ``b`` in pieces along dim ``along`` of about ``PIECE`` elements: the copies
+    a permutation needs stay small whatever the layer's size (freed small blocks are reused, big ones
+    would stay with the allocator)."""
+    if along is None or wb.numel() <= PIECE:
+        pb = wb
+        for dim, v in idx.items():
+            pb = pb.index_select(dim, v)
+        yield wa, pb
+        return
+    n = wb.shape[along]
+    step = max(1, PIECE // max(1, wb.numel() // n))
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        pb = wb.index_select(along, idx[along][lo:hi]) if along in idx else wb.narrow(along, lo, hi - lo)
+        for dim, v in idx.items():
+            if dim != along:
+                pb = pb.index_select(dim, v)
+        yield wa.narrow(along, lo, hi - lo), pb
 
 
 def _rows(t: torch.Tensor, slot: Slot, d: int) -> torch.Tensor:
