@@ -7,6 +7,9 @@ from collections.abc import Sequence
 from hetsurgery.errors import MergeError
 from hetsurgery.ir import ModelGraph
 
+DEPTH_HINT = ("merging needs the same layers in every model; models of different depth need depth alignment, "
+              "which this version does not have")
+
 
 def check_same_topology(graphs: Sequence[ModelGraph], *, equal_widths: bool) -> None:
     ref = graphs[0]
@@ -16,13 +19,13 @@ def check_same_topology(graphs: Sequence[ModelGraph], *, equal_widths: bool) -> 
             raise MergeError(f"{ref.name} outputs shape {out_a} but {g.name} outputs {out_b}")
         if len(g.groups) != len(ref.groups):
             raise MergeError(f"{g.name} has {len(g.groups)} permutation groups but {ref.name} has "
-                             f"{len(ref.groups)}: the models differ in topology")
+                             f"{len(ref.groups)}: the models differ in topology ({DEPTH_HINT})")
         for a, b in zip(ref.groups, g.groups, strict=True):
             sig_a = sorted((s.param, s.dim, s.role.value, s.chunks) for s in a.slots)
             sig_b = sorted((s.param, s.dim, s.role.value, s.chunks) for s in b.slots)
             if sig_a != sig_b:
                 raise MergeError(f"group {a.id} ({a.label}) differs between {ref.name} and {g.name}: "
-                                 f"{sorted(set(sig_a) ^ set(sig_b))[:3]}")
+                                 f"{sorted(set(sig_a) ^ set(sig_b))[:3]} ({DEPTH_HINT})")
             if a.size != b.size and (equal_widths or not a.perm_ok):
                 why = "is frozen" if not a.perm_ok else "needs equal widths for this method (use zip, ot or mal)"
                 raise MergeError(f"group {a.id} ({a.label}) has width {a.size} in {ref.name} and {b.size} in "

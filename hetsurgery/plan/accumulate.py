@@ -25,18 +25,40 @@ from collections.abc import Sequence
 import torch
 
 
-def centred(f: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """``f - shift`` for a ``(A, d, M)`` view, laid out as a contiguous ``(d, A*M)`` matrix (one copy)."""
+class Scratch:
+    """One reusable buffer per model for the centred copies.
+
+    A fresh activation-sized tensor per site and batch is a fresh ``mmap`` whose pages fault in one by
+    one (measured: five times the cost of the copy itself); reusing the memory avoids it. A copy is
+    only valid until the next call for the same model, which is all ``BlockAccumulator.add`` needs.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+
+    def get(self, k: int, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        key = (k, dtype, device)
+        buf = self.buffers.get(key)
+        if buf is None or buf.numel() < numel:
+            self.buffers.pop(key, None)  # free the old one before the bigger one exists
+            buf = self.buffers[key] = torch.empty(numel, dtype=dtype, device=device)
+        return buf[:numel]
+
+
+def centred(f: torch.Tensor, shift: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``f - shift`` for a ``(A, d, M)`` view, laid out as a contiguous ``(d, A*M)`` matrix (one copy,
+    into ``out`` when given: a flat buffer of ``A*d*M`` elements of the result's dtype)."""
     a, d, m = f.shape
     dtype = torch.float64 if f.dtype == torch.float64 else torch.float32
-    out = torch.empty((d, a, m), dtype=dtype, device=f.device)
-    torch.sub(f.permute(1, 0, 2), shift.view(d, 1, 1), out=out)
-    return out.view(d, a * m)
+    buf = torch.empty((d, a, m), dtype=dtype, device=f.device) if out is None else out.view(d, a, m)
+    torch.sub(f.permute(1, 0, 2), shift.view(d, 1, 1), out=buf)
+    return buf.view(d, a * m)
 
 
 class BlockAccumulator:
-    def __init__(self, widths: Sequence[int], full: bool) -> None:
+    def __init__(self, widths: Sequence[int], full: bool, scratch: Scratch | None = None) -> None:
         self.widths, self.full = tuple(widths), full
+        self.scratch = scratch if scratch is not None else Scratch()  # share one among accumulators fed in turn
         k = len(widths)
         self.n = 0
         self.shift: list[torch.Tensor] | None = None  # per model: the reference subtracted before products
@@ -57,7 +79,8 @@ class BlockAccumulator:
         if self.shift is None:
             self.shift = [f.mean((0, 2), dtype=torch.float32 if f.dtype != torch.float64 else f.dtype)
                           for f in feats]
-        xs = [centred(f, s) for f, s in zip(feats, self.shift, strict=True)]
+        xs = [centred(f, s, self.scratch.get(k, f.numel(), s.dtype, f.device))
+              for k, (f, s) in enumerate(zip(feats, self.shift, strict=True))]
         means = [x.sum(1).double().cpu() / nb for x in xs]
         total = self.n + nb
         weight = self.n * nb / total

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from hetsurgery.errors import HetsurgeryError
 from hetsurgery.ir import ModelGraph
-from hetsurgery.plan.accumulate import BlockAccumulator
+from hetsurgery.plan.accumulate import BlockAccumulator, Scratch
 from hetsurgery.plan.joint import Observer, joint_module, site_view, sites_by_node
 
 
@@ -134,7 +134,8 @@ def _one_pass(graphs: Sequence[ModelGraph], data: Iterable, gids: list[int], ful
               device: torch.device | str | None) -> dict[int, GroupStats]:
     where = sites_by_node(graphs, gids)
     sizes = {gid: [g.group(gid).size for g in graphs] for gid in gids}
-    acc = {gid: BlockAccumulator(sizes[gid], full) for gid in gids}
+    scratch = Scratch()  # the sites are folded in one after another: one set of buffers for all groups
+    acc = {gid: BlockAccumulator(sizes[gid], full, scratch) for gid in gids}
 
     def sink(node: str, outs: Sequence[torch.Tensor]) -> None:
         for gid, sites in where[node]:
