@@ -12,6 +12,8 @@ tensor([[4., 5., 0., 1., 2., 3.]])
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+
 import torch
 
 from hetsurgery.ir import Slot
@@ -39,13 +41,39 @@ def apply_matrix(t: torch.Tensor, slot: Slot, a: torch.Tensor) -> torch.Tensor:
 
 def permute_slot(t: torch.Tensor, slot: Slot, perm: torch.Tensor) -> torch.Tensor:
     """New channel ``i`` is old channel ``perm[i]``, at every position the slot names."""
-    size = perm.numel()
     if slot.chunks > 1:
         return _permute_chunks(t, slot, perm)
-    lo, hi = slot.span(size)
-    idx = torch.arange(t.shape[slot.dim])
-    idx[lo:hi] = lo + (perm[:, None] * slot.inner + torch.arange(slot.inner)).reshape(-1)
-    return t.index_select(slot.dim, idx)
+    index = permutation_indices(t, [(slot, perm)])
+    assert index is not None
+    return t.index_select(slot.dim, index[slot.dim])
+
+
+def permutation_indices(t: torch.Tensor, slots: Iterable[tuple[Slot, torch.Tensor]]) -> dict[int, torch.Tensor] | None:
+    """Per dim of ``t``, one index vector doing the permutations of all ``(slot, perm)`` pairs there
+    (``None`` when a slot is block-diagonal: it permutes inside chunks, not along a whole dim)."""
+    index: dict[int, torch.Tensor] = {}
+    for slot, perm in slots:
+        if slot.chunks > 1:
+            return None
+        lo, hi = slot.span(perm.numel())
+        v = index.setdefault(slot.dim, torch.arange(t.shape[slot.dim], device=t.device))
+        inner = torch.arange(slot.inner, device=t.device)
+        v[lo:hi] = lo + (perm.to(t.device)[:, None] * slot.inner + inner).reshape(-1)
+    return index
+
+
+def gather(t: torch.Tensor, index: Mapping[int, torch.Tensor]) -> torch.Tensor:
+    """``t`` re-indexed along several dims in one copy (broadcast index vectors, no intermediate tensors)."""
+    if not index:
+        return t
+    last = max(index)
+    key = []
+    for dim in range(last + 1):
+        v = index.get(dim)
+        shape = [1] * (last + 1)
+        shape[dim] = -1
+        key.append((v if v is not None else torch.arange(t.shape[dim], device=t.device)).view(shape))
+    return t[tuple(key)]
 
 
 def _permute_chunks(t: torch.Tensor, slot: Slot, perm: torch.Tensor) -> torch.Tensor:

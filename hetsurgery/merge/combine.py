@@ -36,7 +36,9 @@ def combine(graphs: Sequence[ModelGraph], plan: WidthPlan) -> dict[str, torch.Te
             fresh = t is not g.params[name]  # never write into a model's own tensor
             weight = 1.0 if any(s.role is Role.PRODUCE for _, s in by_param[k].get(name, ())) else plan.weights[k]
             if total is None:
-                total = (t if fresh else t.clone()) if weight == 1.0 else (t.mul_(weight) if fresh else t * weight)
+                total = t if fresh else t.clone()
+                if weight != 1.0:
+                    total.mul_(weight)
             else:
                 total.add_(t, alpha=weight)
             del t  # freed before the next model's copy is made

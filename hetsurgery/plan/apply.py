@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from hetsurgery.ir import PermGroup, Role, Slot
-from hetsurgery.ir.slot_algebra import apply_matrix, permute_slot
+from hetsurgery.ir.slot_algebra import apply_matrix, gather, permutation_indices, permute_slot
 
 
 def slots_by_param(groups: Iterable[PermGroup]) -> dict[str, list[tuple[int, Slot]]]:
@@ -65,49 +65,33 @@ class SlotMaps:
             return out if scale == 1.0 else _scale_slot(out, slot, perm.numel(), scale)
         return apply_matrix(t, slot, m)
 
-
     def permute_all(self, t: torch.Tensor, slots: Iterable[tuple[int, Slot]]) -> torch.Tensor | None:
         """Every slot at once when all of them are scaled permutations: one gather, scales in place.
 
         The result is a new tensor, or ``t`` itself when nothing applies; ``None`` when a slot needs a
         dense map or is block-diagonal (then ``apply`` goes slot by slot).
         """
-        index: dict[int, torch.Tensor] = {}
+        perms: list[tuple[Slot, torch.Tensor]] = []
         scales: list[tuple[Slot, int, float]] = []
         for gid, slot in slots:
             m = self.maps[slot.role].get(gid)
             if m is None:
                 continue
-            if not isinstance(m, tuple) or slot.chunks > 1:
+            if not isinstance(m, tuple):
                 return None
-            perm, scale = m
-            lo, hi = slot.span(perm.numel())
-            idx = index.setdefault(slot.dim, torch.arange(t.shape[slot.dim], device=t.device))
-            idx[lo:hi] = lo + (perm.to(t.device)[:, None] * slot.inner + torch.arange(slot.inner, device=t.device)
-                               ).reshape(-1)
-            if scale != 1.0:
-                scales.append((slot, perm.numel(), scale))
-        if not index and not scales:
+            perms.append((slot, m[0]))
+            if m[1] != 1.0:
+                scales.append((slot, m[0].numel(), m[1]))
+        if not perms:
             return t
-        out = _gather(t, index) if index else t.clone()  # always a new tensor: scaled in place below
+        index = permutation_indices(t, perms)
+        if index is None:
+            return None
+        out = gather(t, index)  # a new tensor: scaled in place below
         for slot, size, scale in scales:
             lo, hi = slot.span(size)
             out.narrow(slot.dim, lo, hi - lo).mul_(scale)
         return out
-
-
-def _gather(t: torch.Tensor, index: Mapping[int, torch.Tensor]) -> torch.Tensor:
-    """``t`` re-indexed along several dims in one copy (broadcast index vectors, no intermediate tensors)."""
-    last = max(index)
-    key = []
-    for dim in range(last + 1):
-        v = index.get(dim)
-        if v is None:
-            v = torch.arange(t.shape[dim], device=t.device)
-        shape = [1] * (last + 1)
-        shape[dim] = -1
-        key.append(v.view(shape))
-    return t[tuple(key)]
 
 
 def _fast(m: Map) -> Map:

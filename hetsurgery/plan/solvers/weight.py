@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 
 from hetsurgery.ir import PermGroup, Slot
-from hetsurgery.ir.slot_algebra import permute_slot
+from hetsurgery.ir.slot_algebra import gather, permutation_indices, permute_slot
 from hetsurgery.plan.apply import slots_by_param
 from hetsurgery.plan.solvers.lap import best_permutation
 
@@ -133,18 +133,8 @@ def _score(grp: PermGroup, a: Params, b: Params, by_param: BySlot, perms: Mappin
 
 def _indices(t: torch.Tensor, slots: Sequence[tuple[int, Slot]], perms: Mapping[int, torch.Tensor]
              ) -> dict[int, torch.Tensor] | None:
-    """Per dim, one index vector doing every slot's permutation there (``None``: a block-diagonal slot)."""
-    idx: dict[int, torch.Tensor] = {}
-    for gid, slot in slots:
-        if gid not in perms:
-            continue
-        if slot.chunks > 1:
-            return None
-        perm = perms[gid]
-        v = idx.setdefault(slot.dim, torch.arange(t.shape[slot.dim]))
-        lo, hi = slot.span(perm.numel())
-        v[lo:hi] = lo + (perm[:, None] * slot.inner + torch.arange(slot.inner)).reshape(-1)
-    return idx
+    """Per dim, one index vector doing every solved slot's permutation there (``None``: a block-diagonal slot)."""
+    return permutation_indices(t, [(slot, perms[gid]) for gid, slot in slots if gid in perms])
 
 
 def _pieces(wa: torch.Tensor, wb: torch.Tensor, idx: Mapping[int, torch.Tensor], along: int | None
@@ -152,21 +142,15 @@ def _pieces(wa: torch.Tensor, wb: torch.Tensor, idx: Mapping[int, torch.Tensor],
     """``a`` and the permuted ``b`` in pieces along dim ``along`` of about ``PIECE`` elements: the copies
     a permutation needs stay small whatever the layer's size (freed small blocks are reused, big ones
     would stay with the allocator)."""
-    if along is None or wb.numel() <= PIECE:
-        pb = wb
-        for dim, v in idx.items():
-            pb = pb.index_select(dim, v)
-        yield wa, pb
+    if along is None or not idx or wb.numel() <= PIECE:
+        yield wa, gather(wb, idx)
         return
     n = wb.shape[along]
     step = max(1, PIECE // max(1, wb.numel() // n))
     for lo in range(0, n, step):
         hi = min(n, lo + step)
-        pb = wb.index_select(along, idx[along][lo:hi]) if along in idx else wb.narrow(along, lo, hi - lo)
-        for dim, v in idx.items():
-            if dim != along:
-                pb = pb.index_select(dim, v)
-        yield wa.narrow(along, lo, hi - lo), pb
+        piece = {**idx, along: idx[along][lo:hi] if along in idx else torch.arange(lo, hi)}
+        yield wa.narrow(along, lo, hi - lo), gather(wb, piece)
 
 
 def _rows(t: torch.Tensor, slot: Slot, d: int) -> torch.Tensor:
