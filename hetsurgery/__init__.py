@@ -10,8 +10,10 @@ from hetsurgery import evaluate, zoo
 from hetsurgery.errors import (
     ExportError,
     HetsurgeryError,
+    InvalidInput,
     IRError,
     MergeError,
+    MergeInputError,
     PassError,
     TracingError,
 )
@@ -25,7 +27,9 @@ __all__ = [
     "ExportError",
     "HetsurgeryError",
     "IRError",
+    "InvalidInput",
     "MergeError",
+    "MergeInputError",
     "MergeResult",
     "ModelGraph",
     "OpKind",

@@ -17,9 +17,8 @@ import yaml
 from tqdm.auto import tqdm
 
 from hetsurgery import zoo
-from hetsurgery.errors import HetsurgeryError, TracingError
+from hetsurgery.errors import HetsurgeryError, InvalidInput, TracingError
 from hetsurgery.export import (
-    InputError,
     Package,
     Picture,
     is_package,
@@ -294,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.run(args)
-    except (BadInput, InputError) as exc:
+    except (BadInput, InvalidInput) as exc:
         print(f"hetsurgery {args.command}: {exc}", file=sys.stderr)
         return 2
     except HetsurgeryError as exc:

@@ -7,7 +7,15 @@ class HetsurgeryError(Exception):
     """Base class of every error hetsurgery raises on purpose."""
 
 
-class TracingError(HetsurgeryError):
+class InvalidInput(HetsurgeryError):
+    """The caller's input cannot be used as given (a model, a file, an option); the command line exits with 2.
+
+    A marker base: ``MergeInputError``, ``TracingError`` and ``export.InputError`` are among its subclasses.
+    Errors that are not ``InvalidInput`` mean that a valid operation failed (exit code 1).
+    """
+
+
+class TracingError(InvalidInput):
     """A model could not be traced into a ModelGraph (untraceable construct, bad example input)."""
 
 
@@ -21,6 +29,10 @@ class PassError(HetsurgeryError):
 
 class MergeError(HetsurgeryError):
     """Models cannot be merged as asked (shapes differ, NaN weights, a frozen group differs in width)."""
+
+
+class MergeInputError(MergeError, InvalidInput):
+    """A merge refused before any work: the models, options, weights or widths asked for do not fit."""
 
 
 class ExportError(HetsurgeryError):

@@ -133,10 +133,10 @@ def test_bad_input_exits_2_and_writes_nothing(case: str, workdir: pathlib.Path,
     assert _leftovers(workdir) == []
 
 
-def test_a_failed_merge_exits_1_and_writes_nothing(workdir: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_refused_merge_exits_2_and_writes_nothing(workdir: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = yaml.safe_load(yaml.safe_dump(CONFIG))
-    config["width"] = {"method": "permute"}  # permute needs equal widths; these differ
-    assert main(["merge", str(_write(workdir, config)), "-o", str(workdir / "out"), "--quiet"]) == 1
+    config["width"] = {"method": "permute"}  # permute needs equal widths; these differ: the input's fault
+    assert main(["merge", str(_write(workdir, config)), "-o", str(workdir / "out"), "--quiet"]) == 2
     assert "hetsurgery merge:" in capsys.readouterr().err
     assert _leftovers(workdir) == []
 

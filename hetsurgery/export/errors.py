@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from hetsurgery.errors import ExportError
+from hetsurgery.errors import ExportError, InvalidInput
 
 
-class InputError(ExportError):
+class InputError(ExportError, InvalidInput):
     """A file, checkpoint, package or config the user gave cannot be used as it is; the message says why."""

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hetsurgery.errors import MergeError
+from hetsurgery.errors import MergeInputError
 from hetsurgery.ir import ModelGraph
 from hetsurgery.ir.lowering import to_module
 from hetsurgery.merge.combine import combine
@@ -76,15 +76,15 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: st
     """Trace the models, stream their statistics and solve the width plan (the first three stages of ``merge``)."""
     spec = METHODS.get(method)
     if spec is None:
-        raise MergeError(f"unknown merge method {method!r}: use one of {', '.join(METHODS)}")
+        raise MergeInputError(f"unknown merge method {method!r}: use one of {', '.join(METHODS)}")
     if len(models) < 2:
-        raise MergeError(f"merge needs at least two models, got {len(models)}")
+        raise MergeInputError(f"merge needs at least two models, got {len(models)}")
     if not 0 <= anchor < len(models):
-        raise MergeError(f"anchor {anchor} is not one of the {len(models)} models")
+        raise MergeInputError(f"anchor {anchor} is not one of the {len(models)} models")
     if spec.wants_data(method_options) and data is None:
-        raise MergeError(f"method {method!r} needs calibration data")
+        raise MergeInputError(f"method {method!r} needs calibration data")
     if data is not None and iter(data) is data:
-        raise MergeError("the calibration data is a one-shot iterator (a generator?); merge reads it several "
+        raise MergeInputError("the calibration data is a one-shot iterator (a generator?); merge reads it several "
                          "times (tracing, statistics, BatchNorm reset): pass a list of batches or a DataLoader")
     check_options(method, method_options)
     w = _weights(weights, len(models))
@@ -97,7 +97,7 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: st
     graphs = tuple(trace(m, x, name=f"model {k} ({type(m).__name__})") for k, m in enumerate(models))
     check_same_topology(graphs, equal_widths=spec.widths is None)
     if spec.widths is None and width is not None:
-        raise MergeError(f"method {method!r} keeps the models' common widths; width= works with zip, ot and mal")
+        raise MergeInputError(f"method {method!r} keeps the models' common widths; width= works with zip, ot and mal")
     targets = resolve_widths(graphs, width, spec.default_width, anchor)
     if spec.widths is not None:
         check_width_changes(graphs, targets, method, spec.widths)
@@ -216,7 +216,7 @@ def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
     if weights is None:
         return [1.0 / n] * n
     if len(weights) != n or any(x < 0 for x in weights) or sum(weights) <= 0:
-        raise MergeError(f"weights must be {n} non-negative numbers with a positive sum, got {list(weights)}")
+        raise MergeInputError(f"weights must be {n} non-negative numbers with a positive sum, got {list(weights)}")
     total = float(sum(weights))
     return [float(x) / total for x in weights]
 
@@ -224,13 +224,13 @@ def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
 def _check_finite(model: nn.Module, name: str) -> None:
     for pname, t in [*model.named_parameters(), *model.named_buffers()]:
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise MergeError(f"{name}: {pname} holds NaN or Inf; fix or retrain the model before merging")
+            raise MergeInputError(f"{name}: {pname} holds NaN or Inf; fix or retrain the model before merging")
 
 
 def _first_batch(data: Iterable | None) -> torch.Tensor:
     if data is None:
-        raise MergeError("give example_inputs= or calibration data to trace the models")
+        raise MergeInputError("give example_inputs= or calibration data to trace the models")
     for batch in data:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return x[:2]
-    raise MergeError("the calibration data is empty")
+    raise MergeInputError("the calibration data is empty")

@@ -13,7 +13,7 @@ from functools import partial
 
 import torch
 
-from hetsurgery.errors import MergeError, PassError
+from hetsurgery.errors import MergeInputError, PassError
 from hetsurgery.ir import ModelGraph
 from hetsurgery.passes import PadWidth, Pipeline
 from hetsurgery.plan.signature import joint_signature
@@ -72,7 +72,7 @@ def plan_ot(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence
         widths = [g.group(grp.id).size for g in graphs]
         onto[grp.id] = next((k for k in [anchor, *range(len(graphs))] if widths[k] == targets[grp.id]), -1)
         if onto[grp.id] < 0:
-            raise MergeError(f"group {grp.id} ({grp.label}): ot transports onto one model's neurons; "
+            raise MergeInputError(f"group {grp.id} ({grp.label}): ot transports onto one model's neurons; "
                              f"width {targets[grp.id]} is none of {widths}")
     if cost == "weights":
         return ot_weight_matches(graphs, weights, onto, learned(graphs[anchor]).keys(), solver=solver, reg=reg)
@@ -107,7 +107,7 @@ def plan_mal(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequenc
         try:
             padded.append(Pipeline(pads)(g))
         except PassError as exc:
-            raise MergeError(f"mal: {exc}") from exc
+            raise MergeInputError(f"mal: {exc}") from exc
     groups = list(padded[anchor].permutable())
     perms: list[dict[int, torch.Tensor]] = []
     reports: list[dict] = []
@@ -125,7 +125,7 @@ def plan_mal(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequenc
         keep = None if targets[gid] == w else next((k for k in [anchor, *range(len(graphs))]
                                                     if widths[k] == targets[gid]), -1)
         if keep == -1:
-            raise MergeError(f"group {gid}: mal keeps the padded width {w} or one model's width {widths}, "
+            raise MergeInputError(f"group {gid}: mal keeps the padded width {w} or one model's width {widths}, "
                              f"not {targets[gid]}")
         info = {"padded_width": w, "alternating": alternate,
                 "models": [_group_report(r, gid) for r in reports]}

@@ -7,7 +7,7 @@ where the type says too little, satisfy ``RULES`` (one meaning per option name, 
 >>> check_options("ot", {"solver": "nope"})
 Traceback (most recent call last):
 ...
-hetsurgery.errors.MergeError: method 'ot': option solver must be 'emd' or 'sinkhorn', not 'nope'
+hetsurgery.errors.MergeInputError: method 'ot': option solver must be 'emd' or 'sinkhorn', not 'nope'
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from hetsurgery.errors import MergeError
+from hetsurgery.errors import MergeInputError
 from hetsurgery.merge.methods import METHODS
 
 RULES: Mapping[str, tuple[Callable[[Any], bool], str]] = MappingProxyType({
@@ -34,7 +34,7 @@ def method_options(method: str) -> dict[str, inspect.Parameter]:
     """The options ``method`` takes: name -> parameter (with its default)."""
     spec = METHODS.get(method)
     if spec is None:
-        raise MergeError(f"unknown merge method {method!r}: use one of {', '.join(METHODS)}")
+        raise MergeInputError(f"unknown merge method {method!r}: use one of {', '.join(METHODS)}")
     params = inspect.signature(spec.plan).parameters.values()
     return {p.name: p for p in params if p.kind is p.KEYWORD_ONLY}
 
@@ -45,14 +45,14 @@ def check_options(method: str, options: Mapping[str, object]) -> None:
     for key, value in options.items():
         p = known.get(key)
         if p is None:
-            raise MergeError(f"method {method!r} takes no option {key!r} (its options: {', '.join(known) or 'none'})")
+            raise MergeInputError(f"method {method!r} takes no option {key!r} (its options: {', '.join(known) or 'none'})")
         kind = type(p.default)
         if not _is(value, kind):
-            raise MergeError(f"method {method!r}: option {key} takes a {kind.__name__} (default {p.default!r}), "
+            raise MergeInputError(f"method {method!r}: option {key} takes a {kind.__name__} (default {p.default!r}), "
                              f"not {value!r}")
         rule = RULES.get(key)
         if rule is not None and not rule[0](value):
-            raise MergeError(f"method {method!r}: option {key} must be {rule[1]}, not {value!r}")
+            raise MergeInputError(f"method {method!r}: option {key} must be {rule[1]}, not {value!r}")
 
 
 def _is(value: object, kind: type) -> bool:

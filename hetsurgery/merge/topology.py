@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hetsurgery.errors import MergeError
+from hetsurgery.errors import MergeInputError
 from hetsurgery.ir import ModelGraph
 
 DEPTH_HINT = ("merging needs the same layers in every model; models of different depth need depth alignment, "
@@ -16,19 +16,19 @@ def check_same_topology(graphs: Sequence[ModelGraph], *, equal_widths: bool) -> 
     for g in graphs[1:]:
         out_a, out_b = _output_shape(ref), _output_shape(g)
         if out_a != out_b:
-            raise MergeError(f"{ref.name} outputs shape {out_a} but {g.name} outputs {out_b}")
+            raise MergeInputError(f"{ref.name} outputs shape {out_a} but {g.name} outputs {out_b}")
         if len(g.groups) != len(ref.groups):
-            raise MergeError(f"{g.name} has {len(g.groups)} permutation groups but {ref.name} has "
+            raise MergeInputError(f"{g.name} has {len(g.groups)} permutation groups but {ref.name} has "
                              f"{len(ref.groups)}: the models differ in topology ({DEPTH_HINT})")
         for a, b in zip(ref.groups, g.groups, strict=True):
             sig_a = sorted((s.param, s.dim, s.role.value, s.chunks) for s in a.slots)
             sig_b = sorted((s.param, s.dim, s.role.value, s.chunks) for s in b.slots)
             if sig_a != sig_b:
-                raise MergeError(f"group {a.id} ({a.label}) differs between {ref.name} and {g.name}: "
+                raise MergeInputError(f"group {a.id} ({a.label}) differs between {ref.name} and {g.name}: "
                                  f"{sorted(set(sig_a) ^ set(sig_b))[:3]} ({DEPTH_HINT})")
             if a.size != b.size and (equal_widths or not a.perm_ok):
                 why = "is frozen" if not a.perm_ok else "needs equal widths for this method (use zip, ot or mal)"
-                raise MergeError(f"group {a.id} ({a.label}) has width {a.size} in {ref.name} and {b.size} in "
+                raise MergeInputError(f"group {a.id} ({a.label}) has width {a.size} in {ref.name} and {b.size} in "
                                  f"{g.name}; it {why}")
 
 

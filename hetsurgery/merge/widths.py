@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from hetsurgery.errors import MergeError
+from hetsurgery.errors import MergeInputError
 from hetsurgery.ir import ModelGraph
 
 Width = str | int | Mapping[int, int] | None
@@ -26,7 +26,7 @@ def resolve_widths(graphs: Sequence[ModelGraph], width: Width, default: str, anc
         if grp.id in explicit:
             asked = explicit[grp.id]
             if not isinstance(asked, int) or isinstance(asked, bool):
-                raise MergeError(f"group {grp.id} ({grp.label}): width takes a whole number of channels, not {asked!r}")
+                raise MergeInputError(f"group {grp.id} ({grp.label}): width takes a whole number of channels, not {asked!r}")
             out[grp.id] = asked
         elif choice == "max":
             out[grp.id] = max(sizes)
@@ -37,14 +37,14 @@ def resolve_widths(graphs: Sequence[ModelGraph], width: Width, default: str, anc
         elif isinstance(choice, int) and not isinstance(choice, bool) and 0 <= choice < len(graphs):
             out[grp.id] = sizes[choice]
         else:
-            raise MergeError(f"width must be 'max', 'min', a model index below {len(graphs)} or a mapping "
+            raise MergeInputError(f"width must be 'max', 'min', a model index below {len(graphs)} or a mapping "
                              f"group -> width, not {width!r}")
         if not 1 <= out[grp.id] <= sum(sizes):
-            raise MergeError(f"group {grp.id} ({grp.label}): width {out[grp.id]} is outside 1..{sum(sizes)} "
+            raise MergeInputError(f"group {grp.id} ({grp.label}): width {out[grp.id]} is outside 1..{sum(sizes)} "
                              f"(the models have {'/'.join(map(str, sizes))} channels together)")
     unknown = set(explicit) - set(out)
     if unknown:
-        raise MergeError(f"width names groups {sorted(unknown)}, which are frozen or do not exist")
+        raise MergeInputError(f"width names groups {sorted(unknown)}, which are frozen or do not exist")
     return out
 
 
@@ -57,6 +57,6 @@ def check_width_changes(graphs: Sequence[ModelGraph], targets: Mapping[int, int]
         for g in graphs:
             why = g.group(grp.id).why_not(need)
             if why:
-                raise MergeError(f"{g.name}: group {grp.id} ({grp.label}) has widths "
+                raise MergeInputError(f"{g.name}: group {grp.id} ({grp.label}) has widths "
                                  f"{'/'.join(str(x.group(grp.id).size) for x in graphs)} -> {targets[grp.id]}, "
                                  f"but method {method!r} cannot change its width: {why}")
