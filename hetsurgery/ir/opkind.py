@@ -34,5 +34,6 @@ class OpKind(enum.Enum):
     MATMUL = "matmul"  # matmul / @ / bmm
     ATTENTION = "attention"  # F.scaled_dot_product_attention
     GETITEM = "getitem"  # indexing of tensors, tuples and shapes
+    CONTAINER = "container"  # a dataclass (a ModelOutput) or namedtuple built from values: a tuple of them
     SHAPE = "shape"  # x.size(), x.shape, x.dim(): reads sizes
     UNKNOWN = "unknown"  # anything else: freezes every group it touches

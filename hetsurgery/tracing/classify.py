@@ -7,6 +7,7 @@ Module classes match exactly (a subclass may override ``forward``), except the f
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import operator
 
 import torch
@@ -88,7 +89,13 @@ def classify(node: fx.Node, modules: dict[str, nn.Module]) -> OpKind:
         return METHODS.get(str(node.target), K.UNKNOWN)
     if node.target is builtins.getattr:
         return ATTRIBUTES.get(str(node.args[1]), K.UNKNOWN)
+    if isinstance(node.target, type) and (dataclasses.is_dataclass(node.target) or _is_namedtuple(node.target)):
+        return K.CONTAINER  # fx records building a dataclass (a ModelOutput) or a namedtuple as a call
     try:
         return FUNCTIONS.get(node.target, K.UNKNOWN)
     except TypeError:  # an unhashable target
         return K.UNKNOWN
+
+
+def _is_namedtuple(cls: type) -> bool:
+    return issubclass(cls, tuple) and isinstance(getattr(cls, "_fields", None), tuple)

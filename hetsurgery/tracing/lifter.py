@@ -137,7 +137,7 @@ class Lifter:
         """Freeze everything ``values`` carry; the result depends on no free group."""
         for v in values:
             self.freeze(vars_of(v), reason)
-            for p in _params_in(v):
+            for p in params_in(v):
                 self.distrust(p, reason)
         return Free(f"output of {reason}")
 
@@ -227,11 +227,12 @@ def _freeze_reason(frozen: list[tuple[str, bool]]) -> tuple[str | None, bool]:
     return frozen[0][0], True
 
 
-def _params_in(v: object) -> list[str]:
+def params_in(v: object) -> list[str]:
+    """The parameters a value is (or holds, through tuples)."""
     if isinstance(v, Param):
         return [v.name]
     if isinstance(v, Items):
-        return [p for item in v.items for p in _params_in(item)]
+        return [p for item in v.items for p in params_in(item)]
     return []
 
 

@@ -41,6 +41,7 @@ RULES: dict[OpKind, Rule] = {
     OpKind.MATMUL: attention.matmul,
     OpKind.ATTENTION: attention.scaled_dot_product_attention,
     OpKind.GETITEM: structural.getitem,
+    OpKind.CONTAINER: structural.container,
     OpKind.SHAPE: structural.shape_read,
     OpKind.UNKNOWN: structural.unknown,
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from hetsurgery.tracing.lifter import Lifter
+from hetsurgery.tracing.lifter import Lifter, params_in
 from hetsurgery.tracing.rules.args import arg, describe, norm_dim, rank, shape, value
 from hetsurgery.tracing.values import (
     MODEL_INPUT,
@@ -27,20 +27,20 @@ def placeholder(lx: Lifter, node: fx.Node) -> Value:
 
 
 def output(lx: Lifter, node: fx.Node) -> Value:
-    def visit(v: object) -> None:
-        if isinstance(v, (list, tuple)):
-            for x in v:
-                visit(x)
-        elif isinstance(v, dict):
-            for x in v.values():
-                visit(x)
-        elif isinstance(v, Param):
-            lx.distrust(v.name, "returned as a model output")
-        elif isinstance(v, (Chan, Heads, Items, ShapeOf)):
-            lx.freeze(vars_of(v), "model output", by_design=True)
-
-    visit(value(lx, node.args[0]))
+    """Everything the model returns is frozen by design, however deeply it sits in dicts, lists, tuples,
+    namedtuples or dataclasses: fx lists every node the output's nested structure refers to."""
+    for src in node.all_input_nodes:
+        v = lx.env[src]
+        for p in params_in(v):
+            lx.distrust(p, "returned as a model output")
+        lx.freeze(vars_of(v), "model output", by_design=True)
     return Free("model output")
+
+
+def container(lx: Lifter, node: fx.Node) -> Value:
+    """A dataclass built from values (``ModelOutput(logits=y)``): a tuple of what it holds; reading a field
+    back (``getattr``) is an op no rule knows, so it freezes what it touches."""
+    return Items(tuple(lx.env[src] for src in node.all_input_nodes))
 
 
 def get_attr(lx: Lifter, node: fx.Node) -> Value:
