@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from hetsurgery.ir.lowering import to_module
 from hetsurgery.merge.combine import combine
 from hetsurgery.merge.methods import METHODS, learned
 from hetsurgery.merge.options import check_options
-from hetsurgery.merge.topology import check_same_topology
+from hetsurgery.merge.topology import check_same_operations, check_same_topology
 from hetsurgery.merge.widths import Width, check_width_changes, resolve_widths
 from hetsurgery.passes import ResetBatchNorm
 from hetsurgery.passes.resize import resized_groups
@@ -101,6 +102,7 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: st
     targets = resolve_widths(graphs, width, spec.default_width, anchor)
     if spec.widths is not None:
         check_width_changes(graphs, targets, method, spec.widths)
+    check_same_operations(graphs)
     seconds["trace"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -215,7 +217,9 @@ def default_device(device: torch.device | str | None) -> torch.device | str | No
 def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
     if weights is None:
         return [1.0 / n] * n
-    if len(weights) != n or any(x < 0 for x in weights) or sum(weights) <= 0:
+    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
+                  for x in weights)
+    if len(weights) != n or not numbers or sum(weights) <= 0:
         raise MergeInputError(f"weights must be {n} non-negative numbers with a positive sum, got {list(weights)}")
     total = float(sum(weights))
     return [float(x) / total for x in weights]

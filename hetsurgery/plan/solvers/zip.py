@@ -16,7 +16,8 @@ it is spent clusters holding ``k`` no longer merge with each other. A zero budge
 first member's model, which matters for three or more models.
 
 Each merged channel is the weighted mean of its members: ``M = (P·w / column sums)ᵀ`` and ``U = P`` for
-the ``D x r`` assignment ``P``, sliced per model. Each row keeps its best column; a step costs O(D)
+the ``D x r`` assignment ``P``, sliced per model; a cluster whose members all have weight 0 is an inert
+channel (its row of ``M`` is zero). Each row keeps its best column; a step costs O(D)
 plus O(D) per row whose best column changed.
 """
 
@@ -49,11 +50,55 @@ def zip_match(gid: int, corr: torch.Tensor, widths: Sequence[int], weights: Sequ
     if k_models > 62:
         raise ValueError(f"group {gid}: zip supports at most 62 models")
     origin = np.repeat(np.arange(k_models), widths)
-    z = _Zipper(corr.double().cpu().numpy(), origin, [int(beta * (total - r) * d / total) for d in widths], alpha)
+    sim = corr.double().cpu().numpy()
+    live = np.repeat(np.array([w > 0 for w in weights]), widths)
+    if live.all():
+        clusters = _zip(gid, sim, origin, r, alpha, beta)
+    else:
+        clusters = _zip_live_first(gid, sim, origin, live, r, alpha, beta)
+    clusters = sorted((sorted(c) for c in clusters), key=lambda c: c[0])
+    return _from_clusters(gid, clusters, widths, weights, origin, alpha, beta)
+
+
+def _zip(gid: int, sim: np.ndarray, origin: np.ndarray, r: int, alpha: float, beta: float) -> list[list[int]]:
+    """The greedy on features ``0 … len(origin)-1`` (``origin``: each feature's model), down to ``r`` clusters."""
+    total = len(origin)
+    widths = np.bincount(origin, minlength=int(origin.max()) + 1)
+    z = _Zipper(sim, origin, [int(beta * (total - r) * d / total) for d in widths], alpha)
     for _ in range(total - r):
         z.step(gid, beta, r)
-    clusters = sorted((sorted(z.members[i]) for i in np.flatnonzero(z.alive)), key=lambda c: c[0])
-    return _from_clusters(gid, clusters, widths, weights, origin, alpha, beta)
+    return [z.members[i] for i in np.flatnonzero(z.alive)]
+
+
+def _zip_live_first(gid: int, sim: np.ndarray, origin: np.ndarray, live: np.ndarray, r: int, alpha: float,
+                    beta: float) -> list[list[int]]:
+    """Models of weight 0 take no part in the merged model, so they must not shape it either.
+
+    The features of the models with positive weight are zipped among themselves (exactly as if the others
+    were absent: weights ``[0, 1]`` give model 1 alone, carried into the merged space); the zero-weight
+    features then join the cluster they resemble most, or, when ``r`` exceeds the live features, fill the
+    remaining channels (inert: their rows of ``M`` are zero).
+    """
+    on, off = np.flatnonzero(live), np.flatnonzero(~live)
+    r_on = min(r, len(on))
+    clusters = [[int(on[i]) for i in c] for c in _zip(gid, sim[np.ix_(on, on)], _dense(origin[on]), r_on, alpha, beta)]
+    rest = list(off)
+    if r > r_on:
+        sub = _dense(origin[off])
+        spread = len(off) / max(1, int(np.bincount(sub).min()))  # a budget that never runs out for the inert part
+        extra = _zip(gid, sim[np.ix_(off, off)], sub, r - r_on, alpha, spread)
+        clusters += [[int(off[i]) for i in c] for c in extra]
+        rest = []
+    for f in rest:
+        best = max(range(len(clusters)), key=lambda c: max(sim[f, m] for m in clusters[c]))
+        clusters[best].append(int(f))
+    return clusters
+
+
+def _dense(origin: np.ndarray) -> np.ndarray:
+    """Model ids renumbered ``0 … k-1`` in order of appearance (budgets are per present model)."""
+    _, inverse = np.unique(origin, return_inverse=True)
+    return inverse
 
 
 class _Zipper:
@@ -119,7 +164,9 @@ def _from_clusters(gid: int, clusters: list[list[int]], widths: Sequence[int], w
     for c, feats in enumerate(clusters):
         p[feats, c] = 1.0
     w = torch.tensor([weights[o] for o in origin], dtype=torch.float64)
-    m = (p * w[:, None]) / (p * w[:, None]).sum(0, keepdim=True)
+    mass = (p * w[:, None]).sum(0, keepdim=True)
+    # a cluster of zero-weight models' features only takes nothing from anyone (never 0/0)
+    m = torch.where(mass > 0, p * w[:, None] / mass.clamp_min(1e-300), torch.zeros_like(p))
     offsets = np.concatenate([[0], np.cumsum(widths)])
     spans = list(itertools.pairwise(offsets.tolist()))
     merges = tuple(m[a:b].T.contiguous() for a, b in spans)
