@@ -69,3 +69,25 @@ def randomise_calibrated(model: nn.Module, x: torch.Tensor, seed: int = 0) -> nn
                 m.running_mean.copy_(mean + 0.1 * var.sqrt() * noise)
                 m.running_var.copy_(var * torch.exp(0.2 * torch.randn(var.shape, generator=gen)))
     return model.eval()
+
+
+def widened(g: hs.ModelGraph, extra: int = 3, seed: int = 0) -> hs.ModelGraph:
+    """A function-preserving widening of ``g`` (Net2Net): in every group that may change width, ``extra`` random
+    channels are duplicated (some more than once) and each duplicated channel's outgoing weights are split by
+    random positive fractions; then every group is permuted. ``U M = I`` for each group, so the function is
+    exactly ``g``'s (up to rounding)."""
+    from hetsurgery.passes import ZipNeurons
+
+    gen = torch.Generator().manual_seed(seed)
+    for grp in list(g.groups):
+        if not grp.zip_ok:
+            continue
+        grp = next(x for x in g.groups if x.id == grp.id)  # widths of earlier groups changed the slots' offsets
+        d = grp.size
+        sources = torch.cat([torch.arange(d), torch.randint(0, d, (extra,), generator=gen)])
+        merge = torch.eye(d, dtype=torch.float64)[sources]  # new channel j copies old channel sources[j]
+        share = torch.rand(len(sources), generator=gen, dtype=torch.float64) + 0.2
+        share = share / torch.zeros(d, dtype=torch.float64).index_add(0, sources, share)[sources]
+        unmerge = merge.T * share  # old channel i's outgoing weights, split over its copies
+        g = ZipNeurons(grp.id, merge, unmerge)(g)
+    return permuted(g, seed + 1)

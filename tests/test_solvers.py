@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from hetsurgery.ir import Blocks
-from hetsurgery.plan.solvers.ot import feature_distance, ot_match, transport_map
+from hetsurgery.plan.solvers.ot import coupling, feature_distance, maps_of, ot_match
 from hetsurgery.plan.solvers.permute import permute
 from hetsurgery.plan.solvers.zip import zip_match
 from hetsurgery.plan.stats import GroupStats
@@ -69,14 +69,35 @@ def test_ot_columns_sum_to_one_and_recover_permutation() -> None:
     assert torch.equal(t.argmax(1), perm) and torch.equal(t, torch.eye(8, dtype=torch.float64)[perm])
 
 
-def test_ot_unequal_widths_and_sinkhorn_columns_sum_to_one() -> None:
+def test_ot_maps_average_targets_and_split_sources() -> None:
     cost = torch.rand(7, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 50
     for solver, reg in (("emd", 0.0), ("sinkhorn", 0.05), ("sinkhorn", 0.01)):  # 0.01: Sinkhorn stops early
-        t = transport_map(cost, solver, reg=reg)
-        assert t.shape == (7, 4) and bool((t >= 0).all())
-        torch.testing.assert_close(t.sum(0), torch.ones(4, dtype=torch.float64), rtol=1e-12, atol=1e-12)
-        # uniform source marginal: each source neuron sends 4/7 of a target neuron's mass
-        torch.testing.assert_close(t.sum(1), torch.full((7,), 4 / 7, dtype=torch.float64), rtol=0, atol=2e-2)
+        t = coupling(cost, solver, reg=reg)
+        assert t.shape == (7, 4) and bool((t >= 0).all()) and abs(float(t.sum()) - 1) < 1e-12
+        if solver == "sinkhorn":  # uniform marginals; emd: each of the 7 goes to one target, every target used
+            torch.testing.assert_close(t.sum(0), torch.full((4,), 1 / 4, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+        else:
+            assert bool(((t > 0).sum(1) == 1).all()) and bool((t.sum(0) >= 1 / 7 - 1e-12).all())
+        merge, unmerge = maps_of(t, 0.5)
+        # each merged neuron is a mean of sources (times the weight); each source's outputs are split, not copied
+        torch.testing.assert_close(merge.sum(1), torch.full((4,), 0.5, dtype=torch.float64))
+        torch.testing.assert_close(unmerge.sum(1), torch.ones(7, dtype=torch.float64))
+
+
+def test_emd_with_unequal_widths_is_the_cheapest_covering_assignment() -> None:
+    """Brute force: every map from the wider side onto the narrower side that uses each narrow neuron."""
+    import itertools
+
+    gen = torch.Generator().manual_seed(1)
+    for n, w in ((2, 3), (3, 5), (2, 5), (4, 6)):
+        for transpose in (False, True):
+            cost = torch.rand(w, n, dtype=torch.float64, generator=gen)
+            best = min(sum(float(cost[i, a[i]]) for i in range(w))
+                       for a in itertools.product(range(n), repeat=w) if set(a) == set(range(n)))
+            t = coupling(cost.T if transpose else cost)
+            t = t.T if transpose else t
+            assert bool(((t > 0).sum(1) == 1).all()) and bool(((t > 0).sum(0) >= 1).all())
+            assert abs(float((t * cost).sum()) * w - best) < 1e-9
 
 
 def test_feature_distance_is_euclidean_over_samples() -> None:

@@ -95,9 +95,10 @@ def test_unequal_width_ot_and_zip_shapes_follow_the_width_option() -> None:
         assert [g.size for g in r.graph.groups][:2] == expect, (label, width)
         assert r.model(torch.randn(3, 64)).shape == (3, 10)
         for m in r.plan.groups.values():
-            if method == "ot" and m.info.get("kind") == "ot":
-                for t in m.unmerge:
-                    torch.testing.assert_close(t.sum(0), torch.ones(t.shape[1], dtype=torch.float64))
+            if method == "ot" and m.info.get("kind") == "ot":  # sources split their outputs; targets average
+                for t, w, mm in zip(m.unmerge, r.plan.weights, m.merge, strict=True):
+                    torch.testing.assert_close(t.sum(1), torch.ones(t.shape[0], dtype=torch.float64))
+                    torch.testing.assert_close(mm.sum(1), torch.full((mm.shape[0],), w, dtype=torch.float64))
 
 
 def test_width_errors_name_the_group_and_the_reason() -> None:
@@ -128,6 +129,6 @@ def test_ot_on_weights_merges_residual_models_of_different_widths() -> None:
     assert r.plan.widths() == {g.id: g.size for g in hs.trace(b, X[:2]).groups}
     assert r.model(X).shape == (len(X), 10)
     for m in r.plan.groups.values():
-        if m.info.get("cost") == "weights":
+        if m.info.get("cost") == "weights":  # every source neuron's outgoing weights are split, never copied
             for t in m.unmerge:
-                torch.testing.assert_close(t.sum(0), torch.ones(t.shape[1], dtype=torch.float64))
+                torch.testing.assert_close(t.sum(1), torch.ones(t.shape[0], dtype=torch.float64))

@@ -2,11 +2,11 @@
 
 Groups are visited producers-first: when group ``g`` comes, every group its producers read from has its
 transport map already, and model ``k``'s incoming weights of ``g`` are first carried into the merged
-space along those input axes (``W_k U_h`` for each input group ``h``, ``U_h`` with columns summing to 1,
-which is OTFusion's ``W T diag(1/β)``). The cost between neuron ``i`` of model ``k`` and neuron ``j`` of
+space along those input axes (``W_k U_h`` for each input group ``h``, ``U_h`` splitting each neuron's
+outgoing weights over the neurons it went to; see ``ot.maps_of`` for why not OTFusion's ``W T diag(1/β)``). The cost between neuron ``i`` of model ``k`` and neuron ``j`` of
 the target model is the euclidean distance of their aligned incoming weights (every parameter that
 produces the group, BatchNorm scales and shifts included, running statistics not); the map is
-``transport_map`` of that cost, as for activations. No data is needed.
+``coupling`` of that cost, as for activations. No data is needed.
 
 >>> import torch, hetsurgery as hs
 >>> from hetsurgery.passes import ApplyPermutation, random_permutations
@@ -27,7 +27,7 @@ import torch
 
 from hetsurgery.ir import ModelGraph, PermGroup, Role, Slot
 from hetsurgery.plan.apply import SlotMaps, slots_by_param
-from hetsurgery.plan.solvers.ot import transport_map
+from hetsurgery.plan.solvers.ot import blockwise_coupling, maps_of
 from hetsurgery.plan.width_plan import GroupMatch
 
 
@@ -66,10 +66,11 @@ def ot_weight_matches(graphs: Sequence[ModelGraph], weights: Sequence[float], ta
         rows = [_incoming(g, grp.id, matches, k, learned) for k, g in enumerate(graphs)]
         merges, unmerges = [], []
         for k, r in enumerate(rows):
-            t = _blockwise(r, rows[onto], grp.structure.count, solver, reg) if k != onto else \
+            t = blockwise_coupling(torch.cdist(r, rows[onto]), grp.structure.count, solver, reg) if k != onto else \
                 torch.eye(r.shape[0], dtype=torch.float64)
-            merges.append(weights[k] * t.T.contiguous())
-            unmerges.append(t)
+            merge, unmerge = maps_of(t, weights[k])
+            merges.append(merge)
+            unmerges.append(unmerge)
         matches[grp.id] = GroupMatch(grp.id, rows[onto].shape[0], tuple(merges), tuple(unmerges),
                                      {"kind": "ot", "solver": solver, "cost": "weights", "onto": onto})
     return matches
@@ -107,14 +108,3 @@ def _summarised(t: torch.Tensor, slot: Slot, size: int) -> torch.Tensor:
     moved = seg.movedim(slot.dim, 0).reshape(size, slot.inner, *seg.movedim(slot.dim, 0).shape[1:])
     both = torch.cat([moved.sum(0), moved.square().sum(0)]).movedim(0, slot.dim)
     return torch.cat([before, both, after], dim=slot.dim)
-
-
-def _blockwise(src: torch.Tensor, dst: torch.Tensor, blocks: int, solver: str, reg: float) -> torch.Tensor:
-    """The rescaled transport map from ``src`` rows to ``dst`` rows, inside each block (heads stay heads)."""
-    n, m = src.shape[0], dst.shape[0]
-    t = torch.zeros(n, m, dtype=torch.float64)
-    bn, bm = n // blocks, m // blocks
-    for j in range(blocks):
-        a, b = src[j * bn:(j + 1) * bn], dst[j * bm:(j + 1) * bm]
-        t[j * bn:(j + 1) * bn, j * bm:(j + 1) * bm] = transport_map(torch.cdist(a, b), solver, reg)
-    return t
