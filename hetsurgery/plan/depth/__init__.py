@@ -4,11 +4,44 @@ dynamic programmes, balancing (``add`` / ``merge``) and the serialisable ``Depth
 Everything here works on plain tensors and numbers; the graphs' units and stages come from elsewhere.
 """
 
+from hetsurgery.plan.depth.balance import Balance, Fusion, Insertion, fusions, insertions, positions
 from hetsurgery.plan.depth.cka import CKAError, StreamingCKA, linear_cka, width_cost
+from hetsurgery.plan.depth.dp import (
+    SOLVERS,
+    DepthError,
+    DepthMethod,
+    DepthSolution,
+    check_map,
+    cla,
+    fixed_ends,
+    lma,
+    objective,
+    segments,
+    sma,
+    solve,
+)
 
 __all__ = [
+    "SOLVERS",
+    "Balance",
     "CKAError",
+    "DepthError",
+    "DepthMethod",
+    "DepthSolution",
+    "Fusion",
+    "Insertion",
     "StreamingCKA",
+    "check_map",
+    "cla",
+    "fixed_ends",
+    "fusions",
+    "insertions",
     "linear_cka",
+    "lma",
+    "objective",
+    "positions",
+    "segments",
+    "sma",
+    "solve",
     "width_cost",
 ]
