@@ -6,6 +6,7 @@ Everything here works on plain tensors and numbers; the graphs' units and stages
 
 from hetsurgery.plan.depth.balance import Balance, Fusion, Insertion, fusions, insertions, positions
 from hetsurgery.plan.depth.cka import CKAError, StreamingCKA, linear_cka, width_cost
+from hetsurgery.plan.depth.depth_plan import DepthPlan, ModelDepth, Score, StageAlignment, align_stage
 from hetsurgery.plan.depth.dp import (
     SOLVERS,
     DepthError,
@@ -27,10 +28,15 @@ __all__ = [
     "CKAError",
     "DepthError",
     "DepthMethod",
+    "DepthPlan",
     "DepthSolution",
     "Fusion",
     "Insertion",
+    "ModelDepth",
+    "Score",
+    "StageAlignment",
     "StreamingCKA",
+    "align_stage",
     "check_map",
     "cla",
     "fixed_ends",
