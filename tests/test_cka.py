@@ -127,9 +127,13 @@ def test_bad_input_is_refused_with_the_unit_named() -> None:
         acc.add({"a": torch.randn(4, 2)}, {})
     with pytest.raises(CKAError, match="unit 'b' gives 5 samples"):
         acc.add({"a": torch.randn(4, 2)}, {"b": torch.randn(5, 2)})
-    acc.add({"a": torch.randn(1, 2)}, {"b": torch.randn(1, 3)})
+    with pytest.raises(CKAError, match="features must be"):
+        acc.add({"a": torch.randn(4)}, {"b": torch.randn(4, 3)})
+    acc.add({"a": torch.randn(1, 2)}, {"b": torch.randn(1, 3)})  # the refused batches left nothing
     with pytest.raises(CKAError, match="at least two"):
         acc.matrix("s")
+    with pytest.raises(CKAError, match="had 3 channels, now 4"):
+        acc.add({"a": torch.randn(2, 2)}, {"b": torch.randn(2, 4)})
     acc.add({"a": torch.tensor([[0.0, float("nan")]])}, {"b": torch.randn(1, 3)})
     with pytest.raises(CKAError, match="not finite"):
         acc.matrix("s")
@@ -145,3 +149,14 @@ def test_width_cost_is_the_squared_width_difference() -> None:
     cost = width_cost([400, 200, 100], [400, 200, 100, 50, 25])
     assert cost.shape == (3, 5)
     assert cost[1].tolist() == [200.0**2, 0.0, 100.0**2, 150.0**2, 175.0**2]
+
+
+def test_a_refused_batch_leaves_the_sums_untouched() -> None:
+    a, b, c, d = _units(30, [2, 3, 4, 2], seed=9, mean=5.0)
+    pairs = {"p": (["a"], ["b"]), "q": (["c"], ["d"])}
+    clean, dirty = StreamingCKA(pairs), StreamingCKA(pairs)
+    with pytest.raises(CKAError, match="unit 'd' gives 9 samples"):  # pair p is fine, pair q is not
+        dirty.add({"a": a[:10], "c": c[:10]}, {"b": b[:10], "d": d[:9]})
+    for acc in (clean, dirty):
+        acc.add({"a": a[10:], "c": c[10:]}, {"b": b[10:], "d": d[10:]})
+    assert all(torch.equal(clean.matrix(k), dirty.matrix(k)) for k in pairs)

@@ -121,17 +121,12 @@ class StreamingCKA:
         modified). Units that are not registered are ignored."""
         views_a = {u: _samples_view(_get(feats_a, u, "A"), u) for u in self._a}
         views_b = {u: _samples_view(_get(feats_b, u, "B"), u) for u in self._b}
+        self._check(views_a, views_b)  # before any sum changes: a refused batch leaves no trace
         done_a: set[str] = set()
         done_b: set[str] = set()
         done_cross: set[tuple[str, str]] = set()  # a unit may sit in several stage pairs: fold it once
-        for key, (units_a, units_b) in self.pairs.items():
-            count = _samples(views_a[units_a[0]])
-            for u, v in [*((u, views_a[u]) for u in units_a), *((u, views_b[u]) for u in units_b)]:
-                if _samples(v) != count:
-                    raise CKAError(f"stage pair {key!r}: unit {u!r} gives {_samples(v)} samples in this batch, "
-                                   f"unit {units_a[0]!r} gives {count}; paired units need the same samples "
-                                   f"(same batch, same resolution)")
-            if count == 0:
+        for units_a, units_b in self.pairs.values():
+            if _samples(views_a[units_a[0]]) == 0:
                 continue
             # model B's centred copies stay alive for the stage pair; model A's go one at a time
             ys = {u: self._shifted(self._b[u], views_b[u], slot) for slot, u in enumerate(units_b, start=1)}
@@ -148,6 +143,21 @@ class StreamingCKA:
                     if (u, w) not in done_cross:
                         self._fold_cross(u, w, x, y)
                         done_cross.add((u, w))
+
+    def _check(self, views_a: Mapping[str, torch.Tensor], views_b: Mapping[str, torch.Tensor]) -> None:
+        for side, views, moments in (("A", views_a, self._a), ("B", views_b, self._b)):
+            for u, v in views.items():
+                shift = moments[u].shift
+                if shift is not None and v.shape[1] != shift.numel():
+                    raise CKAError(f"unit {u!r} of model {side} had {shift.numel()} channels, "
+                                   f"now {v.shape[1]}")
+        for key, (units_a, units_b) in self.pairs.items():
+            count = _samples(views_a[units_a[0]])
+            for u, v in [*((u, views_a[u]) for u in units_a), *((u, views_b[u]) for u in units_b)]:
+                if _samples(v) != count:
+                    raise CKAError(f"stage pair {key!r}: unit {u!r} gives {_samples(v)} samples in this batch, "
+                                   f"unit {units_a[0]!r} gives {count}; paired units need the same samples "
+                                   f"(same batch, same resolution)")
 
     def _shifted(self, mom: _Moments, view: torch.Tensor, slot: int) -> torch.Tensor:
         """``(C, samples)`` copy of the features minus the unit's reference (into a reused buffer)."""

@@ -19,14 +19,16 @@ segments ``S_i = (f[i-1], f[i]]`` with ``f[-1] = -1``, the deep units that shall
   of S_i^A and the features of L_i^B"): *maximise* ``Σ_i Σ_{j ∈ S_i} sim[i, j]``, every unit of a segment
   against its shallow unit, with the same segments.
 
-**Where the released code of Xu et al. differs.** Its LMA recurrence (``align2``, and Algorithm 2 of the
-supplement) is ``T[i, j] = max(T[i, j-1] + C[j, i-1], T[i-1, j-1] + C[j, i])``: a deep unit ``j`` that
-does not end a segment is scored against shallow column ``i - 1``, the unit *before* the one whose
-segment it belongs to, and with 0-based arrays the first row's ``i - 1`` is ``-1``, which Python reads
-as the *last* shallow unit. We score every unit of ``S_i`` against column ``i``, as Eq. 4 states. Both
-released recurrences also backtrack from the free optimum, so neither end is fixed there; Algorithms 1
-and 2 print ``G_1 <- 1`` (a line from CLAFusion's pseudocode that their own recurrence
-``T[1, j] = max(T[1, j-1], C[j, 1])`` does not enforce). We follow the text: the segments partition the
+**Where the released code of Xu et al. differs.** Its LMA recurrence (``align2``; Algorithm 2 of the
+supplement) is ``T[i, j] = max(T[i, j-1] + C[j, i-1], T[i-1, j-1] + C[j, i])``. Its first branch scores
+a deep unit ``j`` that comes after shallow unit ``i``'s match against column ``i - 1``: one column off
+even if segments started at their match (column ``i``), two off the paper's segments (``j`` lies in
+``S_{i+1}``). With 0-based arrays the first row's ``i - 1`` is ``-1``, which Python reads as the *last*
+shallow unit, and the deep units before the first match are never scored. We score every unit of
+``S_i`` against column ``i``, as Eq. 4 states. Both released recurrences (SMA's ``align`` is CLA's with
+``max``) backtrack from the free optimum, so neither end is fixed there, while Algorithms 1 and 2 print
+``G_1 <- 1``, a line from CLAFusion's pseudocode that Algorithm 1's own recurrence
+``T[1, j] = max(T[1, j-1], C[j, 1])`` does not enforce. We follow the text: the segments partition the
 deeper stage (``f[m-1] = n-1``) and the first one may hold several units.
 
 **Ties** go to the lexicographically smallest optimal map (the earliest deep units), decided on the
