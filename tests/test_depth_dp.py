@@ -111,6 +111,15 @@ def test_sma_and_lma_differ_as_the_paper_says() -> None:
     assert lma(sim).map == (1, 4) and lma(sim).objective == pytest.approx(0.9 + 0.9 + 0.9 + 0.9 + 0.4)
 
 
+def test_lma_finds_a_block_structure_that_the_released_recurrence_misses() -> None:
+    # deep units 0-1 resemble shallow unit 0 and 2-3 shallow unit 1: the segments are {0, 1}, {2, 3}.
+    # The released recurrence (skipped units scored against the previous column) returns (0, 3).
+    sim = [[0.9, 0.9, 0.2, 0.2],
+           [0.2, 0.2, 0.9, 0.9]]
+    assert lma(sim).map == (1, 3) and lma(sim).objective == pytest.approx(3.6)
+    assert objective(DepthMethod.LMA, sim, (0, 3)) == pytest.approx(2.9)
+
+
 def test_dispatch_table_covers_every_method() -> None:
     assert set(SOLVERS) == set(DepthMethod)
     s = [[0.5, 0.25, 0.75], [0.0, 1.0, 0.5]]
