@@ -143,6 +143,8 @@ def test_bad_input_is_refused_with_the_unit_named() -> None:
         StreamingCKA({"s": (["a", "a"], ["b"])})
     with pytest.raises(CKAError, match="same samples"):
         linear_cka(torch.randn(4, 2), torch.randn(5, 2))
+    with pytest.raises(CKAError, match="at least two"):
+        linear_cka(torch.randn(0, 2), torch.randn(0, 2))
 
 
 def test_width_cost_is_the_squared_width_difference() -> None:

@@ -60,9 +60,9 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     >>> round(linear_cka(x, 3.0 * x), 12), linear_cka(x, torch.ones(50, 2))
     (1.0, 0.0)
     """
-    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
-        raise CKAError(f"linear_cka needs two (samples, features) matrices with the same samples, "
-                       f"got {tuple(x.shape)} and {tuple(y.shape)}")
+    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0] or x.shape[0] < 2:
+        raise CKAError(f"linear_cka needs two (samples, features) matrices with the same samples, at least "
+                       f"two, got {tuple(x.shape)} and {tuple(y.shape)}")
     xc, yc = _centre(x.double()), _centre(y.double())
     return _ratio((xc.T @ yc).square().sum(), torch.linalg.norm(xc.T @ xc), torch.linalg.norm(yc.T @ yc))
 
