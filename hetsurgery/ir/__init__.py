@@ -1,8 +1,12 @@
-"""The IR: ``ModelGraph``, ``PermGroup``, ``Slot``, ``Site``, ``Blocks``, ``Role``, ``OpKind``."""
+"""The IR: ``ModelGraph``, ``PermGroup``, ``Slot``, ``Site``, ``Blocks``, ``Role``, ``OpKind``, ``NodeFacts``,
+``Unit``, ``Stage``."""
 
+from hetsurgery.ir.facts import Activation, NodeFacts, Range
 from hetsurgery.ir.graph import ModelGraph, owner_of
 from hetsurgery.ir.group import PermGroup
 from hetsurgery.ir.opkind import OpKind
 from hetsurgery.ir.slots import Blocks, Role, Site, Slot
+from hetsurgery.ir.units import Stage, Unit, UnitKind
 
-__all__ = ["Blocks", "ModelGraph", "OpKind", "PermGroup", "Role", "Site", "Slot", "owner_of"]
+__all__ = ["Activation", "Blocks", "ModelGraph", "NodeFacts", "OpKind", "PermGroup", "Range", "Role", "Site",
+           "Slot", "Stage", "Unit", "UnitKind", "owner_of"]

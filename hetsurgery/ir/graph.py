@@ -1,7 +1,9 @@
-"""``ModelGraph``: a traced model, its parameter values, and its permutation groups.
+"""``ModelGraph``: a traced model, its parameter values, its permutation groups, units and stages.
 
-The graph is a value. Passes never edit one; they build a new one with ``dataclasses.replace`` and
-new tensors for the parameters they touch (untouched tensors are shared, never copied).
+The graph is a value and owns its structure: its ``GraphModule`` is its own copy (sharing the traced
+model's tensors, which nothing writes in place). Passes never edit a graph; they build a new one, with new
+tensors for the parameters they touch (untouched tensors are shared, never copied) and a structural copy
+of the module that holds exactly those tensors.
 
 >>> import torch, hetsurgery
 >>> g = hetsurgery.trace(hetsurgery.zoo.mlp([8], in_features=4, num_classes=3), torch.randn(2, 4))
@@ -21,18 +23,22 @@ import torch
 from torch import fx
 
 from hetsurgery.errors import IRError
+from hetsurgery.ir.facts import NodeFacts
 from hetsurgery.ir.group import PermGroup
-from hetsurgery.ir.slots import Role, Slot
+from hetsurgery.ir.lowering import with_tensors
+from hetsurgery.ir.slots import Slot
+from hetsurgery.ir.units import Stage, Unit
 
 
 @dataclass(frozen=True)
 class ModelGraph:
     """A traced model as permutation groups.
 
-    ``module`` is the fx ``GraphModule`` (structure and code); ``params`` holds the current value of every
-    parameter and buffer under its ``state_dict`` name and is the source of truth once a pass ran.
-    ``fixed_axes`` are parameter axes that are not channels by design: kernel taps, an embedding's
-    vocabulary, the features of the model input.
+    ``module`` is the fx ``GraphModule`` (structure and code) holding exactly the tensors of ``params``: the
+    current value of every parameter and buffer under its ``state_dict`` name. ``fixed_axes`` are parameter
+    axes that are not channels by design: kernel taps, an embedding's vocabulary, the features of the model
+    input. ``facts`` holds, per fx node name, what the lifter learned (``NodeFacts``); ``units`` and
+    ``stages`` are the layers and residual blocks the depth passes work on.
     """
 
     module: fx.GraphModule
@@ -41,10 +47,15 @@ class ModelGraph:
     fixed_axes: frozenset[tuple[str, int]] = frozenset()
     name: str = "model"
     example_inputs: tuple[torch.Tensor, ...] = field(default=(), repr=False)
+    facts: Mapping[str, NodeFacts] = field(default_factory=dict, repr=False)
+    units: tuple[Unit, ...] = field(default=(), repr=False)
+    stages: tuple[Stage, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.params, MappingProxyType):
-            object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+        for attr in ("params", "facts"):
+            value = getattr(self, attr)
+            if not isinstance(value, MappingProxyType):
+                object.__setattr__(self, attr, MappingProxyType(dict(value)))
 
     # -- access -------------------------------------------------------------------------------
     def group(self, gid: int) -> PermGroup:
@@ -57,32 +68,74 @@ class ModelGraph:
         """The groups that may be permuted (not frozen)."""
         return (g for g in self.groups if g.perm_ok)
 
+    def unit(self, key: str) -> Unit:
+        for u in self.units:
+            if u.key == key:
+                return u
+        raise IRError(f"{self.name}: no unit {key!r}; the units are {', '.join(u.key for u in self.units) or 'none'}")
+
+    def stage(self, key: str) -> Stage:
+        for st in self.stages:
+            if st.key == key:
+                return st
+        raise IRError(f"{self.name}: no stage {key!r}; the stages are "
+                      f"{', '.join(st.key for st in self.stages) or 'none'}")
+
     def with_updates(
         self, params: Mapping[str, torch.Tensor], groups: tuple[PermGroup, ...] | None = None
     ) -> ModelGraph:
-        """A new graph with some parameters replaced (and optionally new groups)."""
+        """A new graph with some parameters replaced (and optionally new groups); its module is a structural
+        copy holding the new tensors (the others shared), layers resized where the shapes changed."""
         merged = dict(self.params)
         merged.update(params)
-        return replace(self, params=MappingProxyType(merged), groups=self.groups if groups is None else groups)
+        module = with_tensors(self.module, merged, share=True)
+        if any(tuple(t.shape) != tuple(self.params[n].shape) for n, t in params.items()):
+            _refresh_shapes(module, self.example_inputs)
+        return replace(self, module=module, params=MappingProxyType(merged),
+                       groups=self.groups if groups is None else groups)
 
     # -- views --------------------------------------------------------------------------------
-    def to_networkx(self) -> nx.DiGraph:
-        """A bipartite DiGraph: layer nodes ``("layer", name)`` and group nodes ``("group", id)``.
+    def dataflow(self) -> nx.DiGraph:
+        """The networkx DiGraph of the fx nodes: an edge from each node to the nodes that read its output.
 
-        Edges run from a layer to the groups it produces and from a group to the layers that consume it.
+        Node attributes: ``op``, ``target`` (text), ``kind`` (``OpKind``), ``shape``, ``channel_dim``,
+        ``reads`` / ``writes`` (group ids), ``range``, ``nonneg``, ``activation`` (``Activation`` or ``None``)
+        and ``unit`` (the key of the unit the node belongs to, or ``None``).
         """
+        unit_of = {n: u.key for u in self.units for n in u.nodes}
+        dg = nx.DiGraph(name=self.name)
+        for node in self.module.graph.nodes:
+            f = self.facts.get(node.name)
+            dg.add_node(node.name, op=node.op, target=_target_text(node), kind=f.kind if f else None,
+                        shape=f.shape if f else None, channel_dim=f.channel_dim if f else None,
+                        reads=f.reads if f else (), writes=f.writes if f else (), range=f.range if f else None,
+                        nonneg=bool(f and f.nonneg), activation=f.activation if f else None,
+                        unit=unit_of.get(node.name))
+            for src in node.all_input_nodes:
+                dg.add_edge(src.name, node.name)
+        return dg
+
+    def to_networkx(self) -> nx.DiGraph:
+        """A bipartite projection of ``dataflow()``: layer nodes ``("layer", name)`` (the modules and attributes
+        that hold parameters) and group nodes ``("group", id)``; edges run from a layer to the groups its
+        output carries and from a group to the layers that read it."""
         dg = nx.DiGraph(name=self.name)
         for grp in self.groups:
-            gnode = ("group", grp.id)
-            dg.add_node(gnode, kind="group", size=grp.size, structure=str(grp.structure),
+            dg.add_node(("group", grp.id), kind="group", size=grp.size, structure=str(grp.structure),
                         frozen=grp.frozen, label=grp.label)
-            for slot in grp.slots:
-                lnode = ("layer", owner_of(slot.param))
-                dg.add_node(lnode, kind="layer")
-                if slot.role is Role.PRODUCE:
-                    dg.add_edge(lnode, gnode)
-                else:
-                    dg.add_edge(gnode, lnode)
+        owners = {owner_of(name) for name in self.params} | set(self.params)
+        flow = self.dataflow()
+        for _, data in flow.nodes(data=True):
+            node_target = data["target"]
+            if data["op"] not in ("call_module", "get_attr") or node_target not in owners:
+                continue
+            layer = ("layer", node_target)
+            dg.add_node(layer, kind="layer")
+            for gid in data["writes"]:
+                dg.add_edge(layer, ("group", gid))
+            for gid in data["reads"]:
+                if gid not in data["writes"]:
+                    dg.add_edge(("group", gid), layer)
         return dg
 
     def summary(self) -> str:
@@ -94,7 +147,22 @@ class ModelGraph:
             flags = f"{'y' if g.pad_ok else '-':>3} {'y' if g.zip_ok else '-':>3}"
             why = f"  [frozen: {g.frozen}]" if g.frozen else ""
             lines.append(f"{g.id:>4} {g.size:>6} {g.structure!s:>8} {len(g.slots):>5} {flags}  {g.label}{why}")
-        return "\n".join(lines)
+        return "\n".join(lines + self._units_summary())
+
+    def _units_summary(self) -> list[str]:
+        if not self.units:
+            return []
+        lines = [f"{len(self.units)} units, {len(self.stages)} stages"]
+        staged = {k for st in self.stages for k in st.units}
+        by_key = {u.key: u for u in self.units}
+        for st in self.stages:
+            members = ", ".join(k + (" (fixed)" if by_key[k].fixed else "") + (f" [{by_key[k].origin}]"
+                                if by_key[k].origin else "") for k in st.units)
+            lines.append(f"  stage {st.key} ({st.kind.value}s): {members}")
+        loose = [u for u in self.units if u.key not in staged]
+        if loose:
+            lines.append("  outside stages: " + ", ".join(f"{u.key} ({u.fixed})" if u.fixed else u.key for u in loose))
+        return lines
 
     def dump(self) -> str:
         """A stable text form of the groups and their slots, for golden tests and diffs."""
@@ -151,6 +219,7 @@ def _covered_indices(g: ModelGraph) -> dict[tuple[str, int], int]:
 
 
 def _problems(g: ModelGraph) -> Iterator[str]:
+    yield from _module_problems(g)
     seen_ids: set[int] = set()
     spans: dict[tuple[str, int], list[tuple[int, int, int]]] = {}
     node_names = {n.name for n in g.module.graph.nodes}
@@ -187,3 +256,36 @@ def _problems(g: ModelGraph) -> Iterator[str]:
             if lo2 < hi1 and g1 != g2:
                 yield f"groups {g1} and {g2} overlap on {param}[{dim}] ({lo1}:{hi1} and {lo2}:…)"
 
+
+
+def _module_problems(g: ModelGraph) -> Iterator[str]:
+    """``params`` and the module's parameters and buffers: the same names and shapes."""
+    held = {**dict(g.module.named_parameters()), **dict(g.module.named_buffers())}
+    for name in sorted(set(held) - set(g.params)):
+        yield f"the module holds {name}, which params lacks"
+    for name in sorted(set(g.params) - set(held)):
+        yield f"params holds {name}, which the module lacks"
+    for name in sorted(set(held) & set(g.params)):
+        if tuple(held[name].shape) != tuple(g.params[name].shape):
+            yield f"{name} has shape {tuple(g.params[name].shape)} in params but {tuple(held[name].shape)} in the module"
+
+
+def _target_text(node: fx.Node) -> str:
+    if node.op in ("call_module", "get_attr", "call_method"):
+        return str(node.target)
+    return getattr(node.target, "__qualname__", str(node.target))
+
+
+def _refresh_shapes(module: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
+    """Record the new shapes in every node's ``tensor_meta`` (one forward pass on the example inputs)."""
+    if not inputs:
+        return
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    was = module.training
+    try:
+        module.eval()
+        with torch.no_grad():
+            ShapeProp(module).propagate(*inputs)
+    finally:
+        module.train(was)

@@ -31,6 +31,7 @@ class PermGroup:
     sites: tuple[Site, ...] = ()
     label: str = ""
     producers: tuple[str, ...] = field(default=())  # fx nodes that create the group's features
+    key: str = ""  # stable under structural edits (ids are positions): the first producer, "#i" for its i-th group
 
     @property
     def perm_ok(self) -> bool:

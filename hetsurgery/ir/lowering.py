@@ -7,11 +7,14 @@ Submodules whose parameters changed shape are resynchronised (``in_features``, `
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
+import torch
 from torch import fx, nn
 
-from hetsurgery.ir.graph import ModelGraph
+if TYPE_CHECKING:
+    from hetsurgery.ir.graph import ModelGraph
 
 
 def to_module(g: ModelGraph, *, share: bool = False) -> fx.GraphModule:
@@ -22,13 +25,19 @@ def to_module(g: ModelGraph, *, share: bool = False) -> fx.GraphModule:
     >>> hetsurgery.to_module(g)(torch.randn(5, 4)).shape
     torch.Size([5, 3])
     """
-    old = {**dict(g.module.named_parameters()), **dict(g.module.named_buffers())}
+    return with_tensors(g.module, g.params, share=share)
+
+
+def with_tensors(module: fx.GraphModule, tensors: Mapping[str, torch.Tensor], *, share: bool) -> fx.GraphModule:
+    """A structural copy of ``module`` (new submodules, a new graph) holding ``tensors`` under their names
+    (shared, or cloned unless ``share``); layers whose tensors changed shape are resynchronised."""
+    old = {**dict(module.named_parameters()), **dict(module.named_buffers())}
     memo: dict[int, object] = {}
     for name, tensor in old.items():
-        new = g.params[name].detach() if share else g.params[name].detach().clone()
+        new = tensors[name].detach() if share else tensors[name].detach().clone()
         memo[id(tensor)] = nn.Parameter(new, requires_grad=tensor.requires_grad) \
             if isinstance(tensor, nn.Parameter) else new
-    gm = copy.deepcopy(g.module, memo)
+    gm = copy.deepcopy(module, memo)
     for mod in gm.modules():
         for klass, fix in _RESYNC.items():
             if isinstance(mod, klass):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
-from hetsurgery.ir import OpKind
+from hetsurgery.ir import Activation, OpKind
 
 K = OpKind
 
@@ -99,3 +99,50 @@ def classify(node: fx.Node, modules: dict[str, nn.Module]) -> OpKind:
 
 def _is_namedtuple(cls: type) -> bool:
     return issubclass(cls, tuple) and isinstance(getattr(cls, "_fields", None), tuple)
+
+
+A = Activation
+
+ACTIVATION_MODULES: dict[type[nn.Module], Activation] = {
+    nn.ReLU: A.RELU, nn.ReLU6: A.RELU6, nn.LeakyReLU: A.LEAKY_RELU, nn.ELU: A.ELU, nn.GELU: A.GELU, nn.SiLU: A.SILU,
+    nn.Mish: A.MISH, nn.Sigmoid: A.SIGMOID, nn.Hardsigmoid: A.HARDSIGMOID, nn.Tanh: A.TANH,
+    nn.Hardswish: A.HARDSWISH,
+    **dict.fromkeys([nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity], A.IDENTITY),
+}
+
+ACTIVATION_FUNCTIONS: dict[object, Activation] = {
+    **dict.fromkeys([torch.relu, torch.relu_, F.relu, F.relu_], A.RELU), F.relu6: A.RELU6,
+    F.leaky_relu: A.LEAKY_RELU, F.elu: A.ELU, F.gelu: A.GELU, F.silu: A.SILU, F.mish: A.MISH,
+    **dict.fromkeys([torch.sigmoid, F.sigmoid], A.SIGMOID), F.hardsigmoid: A.HARDSIGMOID,
+    **dict.fromkeys([torch.tanh, F.tanh], A.TANH), F.hardswish: A.HARDSWISH,
+    **dict.fromkeys([F.dropout, F.dropout1d, F.dropout2d, torch.dropout], A.IDENTITY),
+    **dict.fromkeys([operator.neg, torch.neg], A.NEG),
+}
+
+ACTIVATION_METHODS: dict[str, Activation] = {
+    "relu": A.RELU, "relu_": A.RELU, "sigmoid": A.SIGMOID, "sigmoid_": A.SIGMOID, "tanh": A.TANH, "tanh_": A.TANH,
+    "neg": A.NEG, **dict.fromkeys(["contiguous", "clone", "detach", "float", "to", "type_as"], A.IDENTITY),
+}
+
+
+def activation_of(node: fx.Node, modules: dict[str, nn.Module]) -> Activation | None:
+    """Which channel-wise function an ``ELEMENTWISE`` node is (``None`` for any other node).
+
+    ``nn.Hardtanh`` and ``F.hardtanh`` count as ``HARDTANH`` only with their default bounds ``[-1, 1]``.
+    """
+    if node.op == "call_module":
+        mod = modules[str(node.target)]
+        if type(mod) is nn.Hardtanh:
+            return A.HARDTANH if (mod.min_val, mod.max_val) == (-1.0, 1.0) else None
+        return ACTIVATION_MODULES.get(type(mod))
+    if node.op == "call_method":
+        return ACTIVATION_METHODS.get(str(node.target))
+    if node.op != "call_function":
+        return None
+    if node.target is F.hardtanh:
+        bounds = (node.args[1:3] or (node.kwargs.get("min_val", -1.0), node.kwargs.get("max_val", 1.0)))
+        return A.HARDTANH if tuple(bounds) == (-1.0, 1.0) else None
+    try:
+        return ACTIVATION_FUNCTIONS.get(node.target)
+    except TypeError:  # an unhashable target
+        return None

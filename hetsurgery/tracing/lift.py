@@ -1,25 +1,61 @@
-"""Lift a shape-annotated ``GraphModule`` into permutation groups by walking its nodes in order."""
+"""``lift_graph``: a ``GraphModule`` and example inputs to a ``ModelGraph`` — the one lifting entry.
+
+Shape propagation (``tensor_meta`` on every node), the channel rules (groups, slots, sites), the node facts
+(ranges, activations), the units and stages, and ``verify``. ``trace`` calls it after tracing; structural
+passes call it after editing a copy of a graph's module. Groups are recomputed by lifting again, never
+patched: one lifter, one truth.
+
+>>> import torch, hetsurgery as hs
+>>> g = hs.trace(hs.zoo.mlp([8], in_features=4, num_classes=3), torch.randn(2, 4))
+>>> lift_graph(hs.to_module(g), g.example_inputs, g.name).dump() == g.dump()
+True
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import fx
+import torch
+from torch import fx, nn
 
-from hetsurgery.ir import OpKind, PermGroup
-from hetsurgery.tracing.classify import classify
+from hetsurgery.errors import TracingError
+from hetsurgery.ir import ModelGraph, NodeFacts, OpKind, Range
+from hetsurgery.ir.facts import ANY
+from hetsurgery.tracing.classify import activation_of, classify
 from hetsurgery.tracing.lifter import Lifter, free_why
+from hetsurgery.tracing.ranges import node_range
 from hetsurgery.tracing.rules import RULES
-from hetsurgery.tracing.values import Chan, Free, Heads, Items, Param, ShapeOf
+from hetsurgery.tracing.shapes import propagate_shapes
+from hetsurgery.tracing.units import find_units
+from hetsurgery.tracing.values import Chan, Free, Heads, Items, Param, ShapeOf, Value
 
 OPKIND_META = "hetsurgery.opkind"  # node.meta key: the OpKind the node was classified as
 
 _ALWAYS = (OpKind.PLACEHOLDER, OpKind.OUTPUT, OpKind.GET_ATTR)
 
 
-def lift(gm: fx.GraphModule, name: str) -> tuple[tuple[PermGroup, ...], frozenset[tuple[str, int]]]:
-    """Run every node's channel rule; return the groups and the parameter axes fixed by design."""
+def lift_graph(gm: fx.GraphModule, example_inputs: torch.Tensor | Sequence[torch.Tensor], name: str) -> ModelGraph:
+    """Lift ``gm`` (which the new graph then owns: pass a copy you will not change) into a ``ModelGraph``."""
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    propagate_shapes(gm, inputs, name)
+    lx, found = _lift(gm, name)
+    groups = lx.groups()
+    facts = {n: _with_groups(f, lx, values) for n, (f, values) in found.items()}
+    params = {**dict(gm.named_parameters()), **dict(gm.named_buffers())}
+    g = ModelGraph(module=gm, params={k: v.detach() for k, v in params.items()}, groups=groups,
+                   fixed_axes=frozenset(lx.fixed_axes), name=name, example_inputs=inputs, facts=facts)
+    units, stages = find_units(g)
+    g = ModelGraph(module=gm, params=g.params, groups=groups, fixed_axes=g.fixed_axes, name=name,
+                   example_inputs=inputs, facts=facts, units=units, stages=stages)
+    g.verify()
+    return g
+
+
+def _lift(gm: fx.GraphModule, name: str) -> tuple[Lifter, dict[str, tuple[NodeFacts, tuple[Value, Value]]]]:
+    """Run every node's channel rule and range rule; per node its facts (groups still to fill in) and values."""
     lx = Lifter(gm, name)
+    ranges: dict[fx.Node, Range] = {}
+    facts: dict[str, tuple[NodeFacts, tuple[Value, Value]]] = {}
     for node in gm.graph.nodes:
         kind = classify(node, lx.modules)
         node.meta[OPKIND_META] = kind
@@ -28,7 +64,20 @@ def lift(gm: fx.GraphModule, name: str) -> tuple[tuple[PermGroup, ...], frozense
             lx.env[node] = RULES[kind](lx, node)
         else:  # nothing here depends on a group's order: whatever the op, so does its result
             lx.env[node] = Free(free_why(inputs))
-    return lx.groups(), frozenset(lx.fixed_axes)
+        activation = activation_of(node, lx.modules) if kind is OpKind.ELEMENTWISE else None
+        ranges[node] = node_range(node, kind, activation, ranges, lx.modules)
+        meta = node.meta.get("tensor_meta")
+        shape = tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+        out = lx.env[node]
+        dim = out.dim if isinstance(out, (Chan, Heads)) else None
+        facts[node.name] = (NodeFacts(kind, shape, dim, range=ranges[node] if shape is not None else ANY,
+                                      activation=activation), (Items(tuple(inputs)), out))
+    return lx, facts
+
+
+def _with_groups(f: NodeFacts, lx: Lifter, values: tuple[Value, Value]) -> NodeFacts:
+    reads, writes = values
+    return NodeFacts(f.kind, f.shape, f.channel_dim, lx.ids(reads), lx.ids(writes), f.range, f.activation)
 
 
 def _carries_groups(values: Sequence[object]) -> bool:
@@ -42,3 +91,17 @@ def _carries_groups(values: Sequence[object]) -> bool:
 
 def _has_params(lx: Lifter, node: fx.Node) -> bool:
     return node.op == "call_module" and bool(lx.module_params(str(node.target)))
+
+
+def structural_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module``'s structure (new submodules) that shares its parameters and buffers."""
+    import copy
+
+    memo: dict[int, object] = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+    try:
+        return copy.deepcopy(module, memo)
+    except Exception as exc:  # a module holding something deepcopy refuses (a lock, a file handle)
+        raise TracingError(f"{type(module).__name__}: the model cannot be copied ({type(exc).__name__}: {exc}); "
+                           "hetsurgery works on its own copy of the structure so that it never changes yours. "
+                           "Remove the attribute that cannot be copied, or keep the module holding it out of "
+                           "the graph with leaf_modules=") from exc

@@ -31,6 +31,7 @@ class _Var:
     size: int
     label: str
     block: int  # permutations may act only inside consecutive blocks of this many channels
+    key: str  # the node that made it, with "#i" for the i-th variable one node makes (attention: q/k and v)
     frozen: list[tuple[str, bool]] = field(default_factory=list)  # (reason, by design)
     no_pad: list[str] = field(default_factory=list)
     no_zip: list[str] = field(default_factory=list)
@@ -56,10 +57,14 @@ class Lifter:
         self.producer_sites: list[tuple[int, Site]] = []
         self.fixed_axes: dict[tuple[str, int], str] = {}  # axis -> what fixes it ("the vocabulary axis of ...")
         self.untrusted_params: dict[str, str] = {}
+        self._made: dict[str, int] = {}  # node name -> variables made there
+        self.group_of: dict[int, int] = {}  # union-find root -> group id, once groups() ran
 
     # -- variables ------------------------------------------------------------------------------
     def new_var(self, size: int, node: fx.Node) -> int:
-        self._vars.append(_Var(size=size, label=node.name, block=size))
+        made = self._made.get(node.name, 0)
+        self._made[node.name] = made + 1
+        self._vars.append(_Var(size=size, label=node.name, block=size, key=node.name + (f"#{made}" if made else "")))
         self._parent.append(len(self._parent))
         return len(self._parent) - 1
 
@@ -159,6 +164,7 @@ class Lifter:
         producer_sites = _collect(self.producer_sites, self.find)
         out: list[PermGroup] = []
         for root in sorted(members):
+            self.group_of[root] = len(out)
             vs = [self._vars[v] for v in members[root]]
             size = self._vars[root].size
             block = math.gcd(*(x.block for x in vs))
@@ -172,8 +178,12 @@ class Lifter:
                 pad_blockers=tuple(dict.fromkeys(r for x in vs for r in x.no_pad)),
                 zip_blockers=tuple(dict.fromkeys(r for x in vs for r in x.no_zip)),
                 sites=tuple(dict.fromkeys(sites.get(root) or producer_sites.get(root, []))),
-                label=label, producers=tuple(labels)))
+                label=label, producers=tuple(labels), key=vs[0].key))
         return tuple(out)
+
+    def ids(self, value: object) -> tuple[int, ...]:
+        """The group ids a value carries (after ``groups()``)."""
+        return tuple(sorted({self.group_of[self.find(v)] for v in vars_of(value)}))
 
     def _freeze_fixed_axis_slots(self) -> None:
         """A slot on an axis fixed by design (vocabulary, model-input features): permuting it breaks that use."""

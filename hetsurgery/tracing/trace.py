@@ -1,4 +1,4 @@
-"""``trace``: torch.fx symbolic tracing, shape propagation, and lifting into a ``ModelGraph``."""
+"""``trace``: torch.fx symbolic tracing of a copy of the model's structure, then ``lift_graph``."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ from typing import Any
 
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from hetsurgery.errors import TracingError
 from hetsurgery.ir import ModelGraph
-from hetsurgery.tracing.lift import lift
+from hetsurgery.tracing.lift import lift_graph, structural_copy
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 
@@ -40,11 +39,13 @@ def trace(
     concrete_args: dict[str, Any] | None = None,
     name: str | None = None,
 ) -> ModelGraph:
-    """Trace ``model`` into a ``ModelGraph`` of permutation groups.
+    """Trace ``model`` into a ``ModelGraph`` of permutation groups, units and stages.
 
-    ``example_inputs`` runs once (eval mode, no grad, the model's train/eval flags restored) to record
-    every node's shape. ``leaf_modules`` keeps modules opaque (their groups freeze); ``concrete_args``
-    fixes inputs that decide control flow.
+    ``example_inputs`` runs once (eval mode, no grad, the train/eval flags restored) to record every node's
+    shape. ``leaf_modules`` keeps modules opaque (their groups freeze); ``concrete_args`` fixes inputs that
+    decide control flow. An ``fx.GraphModule`` (made by another tracer, e.g. Hugging Face's) is lifted as it
+    is, without tracing it again. The graph owns a copy of the model's structure that shares its tensors:
+    nothing hetsurgery does changes ``model``.
 
     >>> import torch, hetsurgery
     >>> g = hetsurgery.trace(hetsurgery.zoo.mlp([32], in_features=64, num_classes=10), torch.randn(2, 64))
@@ -53,33 +54,15 @@ def trace(
     """
     name = name or type(model).__name__
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    root = structural_copy(model)
+    if isinstance(root, fx.GraphModule):
+        return lift_graph(root, inputs, name)
     tracer = _Tracer(leaf_modules)
     try:
-        graph = tracer.trace(model, concrete_args=concrete_args)
+        graph = tracer.trace(root, concrete_args=concrete_args)
     except Exception as exc:  # fx raises TraceError, TypeError, RuntimeError, ... for one cause
         raise TracingError(_explain(name, exc)) from exc
-    gm = fx.GraphModule(tracer.root, graph, name)
-    _propagate_shapes(gm, model, inputs, name)
-    groups, fixed = lift(gm, name)
-    params = {**dict(gm.named_parameters()), **dict(gm.named_buffers())}
-    g = ModelGraph(module=gm, params={k: v.detach() for k, v in params.items()}, groups=groups,
-                   fixed_axes=fixed, name=name, example_inputs=inputs)
-    g.verify()
-    return g
-
-
-def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, inputs: tuple[torch.Tensor, ...], name: str) -> None:
-    flags = {m: m.training for m in model.modules()}
-    try:
-        gm.eval()
-        with torch.no_grad():
-            ShapeProp(gm).propagate(*inputs)
-    except Exception as exc:
-        raise TracingError(f"{name}: running the traced graph on the example inputs failed: {exc}. "
-                           "Check that example_inputs have the shape and dtype the model expects.") from exc
-    finally:
-        for m, flag in flags.items():
-            m.train(flag)
+    return lift_graph(fx.GraphModule(tracer.root, graph, name), inputs, name)
 
 
 def _explain(name: str, exc: Exception) -> str:

@@ -1,0 +1,101 @@
+"""Shape propagation: run a ``GraphModule`` once on example inputs and record ``tensor_meta`` on every node.
+
+When the inputs do not fit, the error names the given shapes, the first node that failed, what that node
+expects when it is a layer with a known input size, and the error on one line (no fx internals).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.fx.node import map_aggregate
+from torch.fx.passes.shape_prop import _extract_tensor_metadata
+
+from hetsurgery.errors import TracingError
+
+
+class _Recording(fx.Interpreter):
+    """What fx's ShapeProp records (``tensor_meta``, ``type``), without printing a traceback on failure, and
+    remembering which node was running when something failed."""
+
+    failed: fx.Node | None = None
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            result = super().run_node(n)
+        except Exception:
+            if self.failed is None:
+                self.failed = n
+            raise
+        tensors = []
+
+        def extract(obj: Any) -> Any:
+            if isinstance(obj, torch.Tensor):
+                tensors.append(obj)
+                return _extract_tensor_metadata(obj)
+            return obj
+
+        meta = map_aggregate(result, extract)
+        if tensors:
+            n.meta["tensor_meta"] = meta
+        n.meta["type"] = type(result)
+        return result
+
+
+def propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], name: str) -> None:
+    """``tensor_meta`` on every node (eval mode, no grad; the train/eval flags of every module are restored)."""
+    flags = {m: m.training for m in gm.modules()}
+    prop = _Recording(gm)
+    try:
+        gm.eval()
+        with torch.no_grad():
+            prop.run(*inputs)
+    except Exception as exc:
+        raise TracingError(_explain(name, gm, inputs, prop.failed, exc)) from None
+    finally:
+        for m, flag in flags.items():
+            m.train(flag)
+
+
+def _explain(name: str, gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], node: fx.Node | None,
+             exc: BaseException) -> str:
+    given = ", ".join(f"{tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs)
+    cause = exc
+    detail = " ".join(str(cause).split())[:300]
+    where = ""
+    if node is not None:
+        where = f" at node {node.name} ({_describe(gm, node)}"
+        expects = _expects(gm, node)
+        where += f", which expects {expects})" if expects else ")"
+    return (f"{name}: the example inputs of shape {given} do not fit the model{where}: "
+            f"{type(cause).__name__}: {detail}. Give example inputs of the shape and dtype the model takes "
+            "(one batch, the batch dimension first).")
+
+
+def _describe(gm: fx.GraphModule, node: fx.Node) -> str:
+    if node.op == "call_module":
+        mod = gm.get_submodule(str(node.target))
+        return f"{type(mod).__name__} {node.target!r}"
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    return getattr(node.target, "__name__", str(node.target))
+
+
+def _expects(gm: fx.GraphModule, node: fx.Node) -> str:
+    if node.op != "call_module":
+        return ""
+    mod = gm.get_submodule(str(node.target))
+    if isinstance(mod, nn.Linear):
+        return f"inputs of shape (*, {mod.in_features})"
+    if isinstance(mod, nn.modules.conv._ConvNd):
+        taps = ", ".join("*" for _ in mod.kernel_size)
+        return f"inputs of shape (N, {mod.in_channels}, {taps})"
+    if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+        return f"inputs with {mod.num_features} channels in dim 1"
+    if isinstance(mod, nn.LayerNorm):
+        return f"inputs ending in {tuple(mod.normalized_shape)}"
+    if isinstance(mod, nn.Embedding):
+        return f"integer indices below {mod.num_embeddings}"
+    return ""
