@@ -214,6 +214,9 @@ _TEMPLATE = '''\
     import model                     # run next to this file, or put the folder on sys.path
     net = model.load()               # weights from model.safetensors beside this file
     y = net(*model.example_inputs())
+
+hetsurgery.export.load does not run this file: it rebuilds the same model from graph.json (data only).
+plan.json records the SHA-256 of this file, graph.json and model.safetensors; loading checks them.
 """
 
 import pathlib
