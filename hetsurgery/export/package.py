@@ -159,6 +159,8 @@ def _refuse_foreign(folder: Path) -> None:
     """``InputError`` unless ``folder`` is new, an empty folder or a package: save never deletes other files."""
     if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
         return
+    if not folder.is_dir():
+        raise InputError(f"{folder} exists and is not a folder; choose a new or empty folder for the package")
     reason = not_a_package(folder)
     if reason is not None:
         raise InputError(f"{folder} exists and is not empty, and is not a hetsurgery package ({reason}); saving "
