@@ -57,7 +57,7 @@ def test_merge_export_render_inspect_a_package(workdir: pathlib.Path, capsys: py
     assert main(["merge", str(_write(workdir, CONFIG)), "-o", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "merge method=zip" in printed and f"package: {out}" in printed
-    assert sorted(p.name for p in out.iterdir()) == ["model.py", "model.safetensors", "plan.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["graph.json", "model.py", "model.safetensors", "plan.json", "report.md"]
     report = (out / "report.md").read_text()
     assert "| A | `hetsurgery.zoo:mlp` |" in report and "| merged |" in report and "| 0 | 32 / 48 | 48 | zip |" in report
     model = load(out)

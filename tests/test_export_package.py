@@ -13,6 +13,7 @@ import pytest
 import safetensors.torch
 import torch
 from helpers import randomise
+from package_edits import rehash
 from torch import nn
 
 import hetsurgery as hs
@@ -82,11 +83,15 @@ def test_package_files_plan_and_report(tmp_path: pathlib.Path) -> None:
     match = GroupMatch.from_perms(0, [torch.arange(8), torch.randperm(8)], [0.5, 0.5])
     plan = WidthPlan("permute", (0.5, 0.5), 0, {0: match})
     folder = save(g, tmp_path / "pkg", plan=plan, report="joint accuracy **0.91**")
-    assert sorted(p.name for p in folder.iterdir()) == ["model.py", "model.safetensors", "plan.json", "report.md"]
+    assert sorted(p.name for p in folder.iterdir()) == ["graph.json", "model.py", "model.safetensors", "plan.json",
+                                                        "report.md"]
     pkg = read_package(folder)
     assert pkg.plan is not None and pkg.plan.method == "permute"
     assert pkg.plan.groups[0].assignment(1) == match.assignment(1)
-    assert json.loads((folder / "plan.json").read_text())["format"] == "hetsurgery-plan/1"
+    raw = json.loads((folder / "plan.json").read_text())
+    assert raw["format"] == "hetsurgery-plan/1"
+    assert sorted(raw["files"]) == ["graph.json", "model.py", "model.safetensors"]
+    assert all(d.startswith("sha256:") and len(d) == 7 + 64 for d in raw["files"].values())
     assert "joint accuracy **0.91**" in pkg.report and "| 0 | 8 / 8 | 8 | permutation |" in pkg.report
     assert [tuple(x.shape) for x in pkg.example_inputs] == [(2, 4)]
     source = (folder / "model.py").read_text()
@@ -113,7 +118,7 @@ def test_saving_over_a_package_replaces_it_but_a_foreign_folder_is_refused(tmp_p
     assert "second" in (tmp_path / "pkg" / "report.md").read_text()
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "notes.txt").write_text("mine")
-    with pytest.raises(hs.ExportError, match="not empty"):
+    with pytest.raises(InputError, match="not empty"):
         save(g, tmp_path / "docs")
     assert (tmp_path / "docs" / "notes.txt").read_text() == "mine"
 
@@ -209,8 +214,9 @@ def test_a_damaged_model_py_is_bad_input(tmp_path: pathlib.Path) -> None:
     folder = _damaged(tmp_path)
     code = folder / "model.py"
     code.write_text(code.read_text().replace("return layers_2", "return layers_2 +"))
+    rehash(folder)  # past the digests: model.py itself fails
     with pytest.raises(InputError, match=r"model.py does not run \(SyntaxError at line \d+"):
-        load(folder)
+        load(folder, trust_code=True)
 
 
 def test_weights_missing_from_model_safetensors_are_bad_input(tmp_path: pathlib.Path) -> None:
@@ -218,8 +224,11 @@ def test_weights_missing_from_model_safetensors_are_bad_input(tmp_path: pathlib.
     state = safetensors.torch.load_file(str(folder / "model.safetensors"))
     del state["layers.2.bias"]
     safetensors.torch.save_file(state, str(folder / "model.safetensors"))
-    with pytest.raises(InputError, match=r"cannot load model.safetensors .*Missing key.*layers.2.bias"):
+    rehash(folder)  # past the digests: the tensors themselves do not fit
+    with pytest.raises(InputError, match=r"do not fit together .*Missing key.*layers.2.bias"):
         read_package(folder)
+    with pytest.raises(InputError, match=r"cannot load model.safetensors .*Missing key.*layers.2.bias"):
+        read_package(folder, trust_code=True)
 
 
 def test_read_package_runs_model_py_once_and_tolerates_no_example_inputs(tmp_path: pathlib.Path) -> None:
@@ -227,7 +236,8 @@ def test_read_package_runs_model_py_once_and_tolerates_no_example_inputs(tmp_pat
     code = folder / "model.py"
     counter = 'pathlib.Path(__file__).with_name("runs.txt").open("a").write("x")\n'
     code.write_text(code.read_text().replace("def example_inputs(", "def example_inputs_renamed(") + counter)
-    pkg = read_package(folder)
+    rehash(folder)
+    pkg = read_package(folder, trust_code=True)
     assert pkg.example_inputs == () and pkg.model(torch.randn(1, 4)).shape == (1, 2)
     assert (folder / "runs.txt").read_text() == "x"
 

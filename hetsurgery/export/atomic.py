@@ -21,7 +21,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from hetsurgery.errors import ExportError
 from hetsurgery.export.errors import InputError
 
 
@@ -61,11 +60,11 @@ def atomic_folder(path: str | os.PathLike[str], *, may_replace: Callable[[Path],
     """Yield an empty hidden sibling folder; on success it becomes ``path``, on failure it is deleted.
 
     An existing ``path`` is replaced only when it is empty or ``may_replace(path)`` says so (a folder of
-    unrelated files is never deleted); otherwise ``ExportError`` is raised before anything is written.
+    unrelated files is never deleted); otherwise ``InputError`` is raised before anything is written.
     """
     path = Path(path)
     if path.exists() and not _replaceable(path, may_replace):
-        raise ExportError(f"{path} exists and is not empty; choose another output folder or remove it")
+        raise InputError(f"{path} exists and is not empty; choose another output folder or remove it")
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     with parent_folders(path):
         make_folder(tmp, path)
@@ -114,7 +113,7 @@ def _swap_in(tmp: Path, path: Path, may_replace: Callable[[Path], bool]) -> None
         os.rename(tmp, path)
         return
     if not _replaceable(path, may_replace):  # it changed while we were writing
-        raise ExportError(f"{path} appeared while writing and is not empty; nothing was replaced")
+        raise InputError(f"{path} appeared while writing and is not empty; nothing was replaced")
     old = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
     os.rename(path, old)
     os.rename(tmp, path)
