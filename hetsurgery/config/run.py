@@ -38,11 +38,11 @@ def run_merge(config_path: Path, output: Path, *, progress: bool = True) -> Merg
     """Merge the models of ``config_path`` into the package ``output``; ``InvalidInput`` before any work."""
     from hetsurgery.merge import merge
 
-    if output.exists() and not (output.is_dir() and (is_package(output) or not any(output.iterdir()))):
-        raise InputError(f"{output} exists and is not a hetsurgery package; choose a new output folder")
     cfg = load_config(config_path)
     check_methods(cfg)
     check_output(output, merge_inputs(cfg, config_path))
+    if output.exists() and not (output.is_dir() and (is_package(output) or not any(output.iterdir()))):
+        raise InputError(f"{output} exists and is not a hetsurgery package; choose a new output folder")
     base = config_path.parent
     steps = tqdm(total=4, desc="merge", unit="step", disable=not progress, leave=False)
     with steps:
