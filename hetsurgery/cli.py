@@ -22,15 +22,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    import warnings
-
     from hetsurgery.config.commands import draw
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a missing `dot` is reported once, below
-        picture = draw(args.model, args.output, kwargs=args.kw, input_shape=args.input_shape, group=args.group,
-                       names=args.names.split(",") if args.names else None, trust_code=args.trust_code)
-    if picture.note:
+    picture = draw(args.model, args.output, kwargs=args.kw, input_shape=args.input_shape, group=args.group,
+                   names=args.names.split(",") if args.names else None, trust_code=args.trust_code)
+    if picture.note:  # Graphviz's `dot` is missing: how to get it
         print(picture.note, file=sys.stderr)
     print(f"{'picture' if picture.rendered else 'graphviz source'}: {picture.path}")
     return 0
@@ -57,10 +53,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if args.config is None or args.output is None:
         raise InputError("give CONFIG.yaml and -o OUT (or --example-config for a template)")
     run = run_merge(Path(args.config), Path(args.output), progress=not args.quiet)
-    print(run.result.report)
-    if run.scores is not None:
-        print(run.scores)
-    print(f"package: {run.package}")
+    print("\n".join(str(part) for part in (run.result.report, run.scores, f"package: {run.package}") if part))
     return 0
 
 
@@ -69,11 +62,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     result = run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.quiet,
                       echo=(lambda _: None) if args.quiet else print)
-    print(result.table())
-    print(f"loss barrier of two MLPs: unaligned {result.barrier['unaligned']:.3f}, "
+    print(f"{result.table()}\nloss barrier of two MLPs: unaligned {result.barrier['unaligned']:.3f}, "
           f"permute-aligned {result.barrier['permute-aligned']:.3f}")
-    for what, path in result.paths.items():
-        print(f"{what}: {path}")
+    print("\n".join(f"{what}: {path}" for what, path in result.paths.items()))
     return 0
 
 
@@ -147,21 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"hetsurgery {args.command}: interrupted; nothing was left half written", file=sys.stderr)
         return 130
-    except InvalidInput as exc:
-        print(f"hetsurgery {args.command}: {_message(exc)}", file=sys.stderr)
-        return 2
     except (HetsurgeryError, OSError) as exc:  # OSError: a full disk, a file vanishing: not the input's fault
-        print(f"hetsurgery {args.command}: {_message(exc)}", file=sys.stderr)
-        return 1
-
-
-def _message(exc: BaseException) -> str:
-    """The error's message on one line; a config's list of problems keeps one line per problem."""
-    from hetsurgery.config.load import ConfigProblems
-
-    text = str(exc)
-    return text if isinstance(exc, ConfigProblems) else " ".join(text.split())
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        # one line per message; a config's list of problems (ConfigProblems) keeps one line per problem
+        text = str(exc) if hasattr(exc, "problems") else " ".join(str(exc).split())
+        print(f"hetsurgery {args.command}: {text}", file=sys.stderr)
+        return 2 if isinstance(exc, InvalidInput) else 1

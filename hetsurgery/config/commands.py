@@ -7,6 +7,7 @@ and so is an output over one of the run's inputs (see ``hetsurgery.config.paths`
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +20,18 @@ from hetsurgery.export.pictures import picture_format
 
 def draw(model: str, output: str | None, *, kwargs: Sequence[str] = (), input_shape: str = "1,8,8",
          group: int | None = None, names: Sequence[str] | None = None, trust_code: bool = False) -> Picture:
-    """The picture of a model's groups, or with ``group`` of one group of a package's width plan."""
+    """The picture of a model's groups, or with ``group`` of one group of a package's width plan.
+
+    Without Graphviz's ``dot`` the source is written and ``Picture.note`` says how to get ``dot`` (the
+    warning that ``render`` also gives is silenced: the caller shows the note once).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _draw(model, output, kwargs, input_shape, group, names, trust_code)
+
+
+def _draw(model: str, output: str | None, kwargs: Sequence[str], input_shape: str, group: int | None,
+          names: Sequence[str] | None, trust_code: bool) -> Picture:
     if output is not None:
         picture_format(output)  # refuse a bad suffix before any work
     package = Path(model) if is_package(model) else None
