@@ -230,6 +230,16 @@ def test_schema_problems_in_plain_words(edit: dict, message: str, world: World,
         assert internal not in err
 
 
+def test_several_schema_problems_are_listed_one_per_line(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    config = world.config({"seed": "x", "anchor": -1})
+    before = world.snapshot()
+    assert main(["merge", str(config), "-o", str(world.out), "--quiet"]) == 2
+    assert capsys.readouterr().err.splitlines() == ["hetsurgery merge: merge.yaml has 2 problems:",
+                                                    "  anchor: must be at least 0, not -1",
+                                                    "  seed: must be a whole number, not x"]
+    assert world.snapshot() == before
+
+
 @pytest.mark.parametrize(("raw", "message"), [
     ("models: [a\n", "merge.yaml is not valid YAML: line 2, column 1"),
     ("- 1\n- 2\n", "merge.yaml must hold a mapping (models:, input_shape:, ...), not list"),

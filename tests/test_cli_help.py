@@ -17,7 +17,7 @@ from pydantic import BaseModel
 import hetsurgery as hs
 from hetsurgery.cli import main
 from hetsurgery.config import MergeConfig, load_config
-from hetsurgery.config.problems import _model_in
+from hetsurgery.config.problems import model_in
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 COMMANDS = ("inspect", "merge", "export", "render", "demo")
@@ -50,7 +50,7 @@ def _keys(cls: type[BaseModel]) -> set[str]:
     out = set()
     for name, field in cls.model_fields.items():
         out.add(name)
-        sub = _model_in(field.annotation)
+        sub = model_in(field.annotation)
         if sub is not None:
             out |= _keys(sub)
     return out

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from hetsurgery.config.problems import _model_in
+from hetsurgery.config.problems import model_in
 from hetsurgery.config.schema import MergeConfig
 
 HEADER = """\
@@ -48,7 +48,7 @@ def _entry(name: str, field: FieldInfo, given: dict[str, Any] | None, indent: in
     """The description of one key and its line(s): ``key: value``, or a section / list of sections below it."""
     actual = given.get(name) if given is not None else _default(field)
     value = actual if actual not in (None, {}, []) or not field.examples else field.examples[0]
-    sub = _model_in(field.annotation)
+    sub = model_in(field.annotation)
     absent = off or (actual is None and not field.is_required())
     if sub is None:
         return _comment(field, indent), [_line(f"{name}: {json.dumps(value, default=str)}", indent, absent)]

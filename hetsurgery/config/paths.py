@@ -98,4 +98,6 @@ def code_inputs(spec: str, base: Path, role: str) -> list[Input]:
         return []
     if found.submodule_search_locations:
         return [Input(Path(p), f"{role} (package {top})") for p in found.submodule_search_locations]
-    return [Input(Path(found.origin), f"{role} (module {top})")] if found.origin not in (None, "built-in", "frozen") else []
+    if found.origin is None or found.origin in ("built-in", "frozen"):
+        return []
+    return [Input(Path(found.origin), f"{role} (module {top})")]

@@ -80,7 +80,7 @@ def _key_path(loc: Sequence[object]) -> tuple[tuple[object, ...], FieldInfo | No
     for part in loc:
         if cls is not None and isinstance(part, str) and part in cls.model_fields:
             field = cls.model_fields[part]
-            cls = _model_in(field.annotation)
+            cls = model_in(field.annotation)
             path.append(part)
         elif isinstance(part, int):
             path.append(part)
@@ -104,7 +104,7 @@ def _field(path: tuple[object, ...]) -> FieldInfo | None:
     for part in path:
         if isinstance(part, str) and cls is not None and part in cls.model_fields:
             field = cls.model_fields[part]
-            cls = _model_in(field.annotation)
+            cls = model_in(field.annotation)
     return field
 
 
@@ -114,14 +114,15 @@ def _section(path: Sequence[object]) -> type[BaseModel] | None:
         if isinstance(part, int) or cls is None:
             continue
         field = cls.model_fields.get(str(part))
-        cls = _model_in(field.annotation) if field is not None else None
+        cls = model_in(field.annotation) if field is not None else None
     return cls
 
 
-def _model_in(annotation: object) -> type[BaseModel] | None:
+def model_in(annotation: object) -> type[BaseModel] | None:
+    """The pydantic model in an annotation (``DataSpec | None``, ``list[ModelSpec]``), if there is one."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
-    return next((m for arg in typing.get_args(annotation) if (m := _model_in(arg)) is not None), None)
+    return next((m for arg in typing.get_args(annotation) if (m := model_in(arg)) is not None), None)
 
 
 def _is_union(annotation: object) -> bool:

@@ -1,5 +1,5 @@
 """Lowering and export: a model package (code + safetensors + plan + report), ONNX with an onnxruntime
-parity check, and graphviz pictures of graphs and plans (the config file of ``hetsurgery merge`` is ``hetsurgery.config``).
+parity check, and graphviz pictures of graphs and plans.
 
 >>> import tempfile, torch, hetsurgery as hs
 >>> from hetsurgery import export
