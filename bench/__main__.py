@@ -1,14 +1,14 @@
-"""``python -m bench [accuracy|accuracy_widths|speed|scaling|all]``: run benchmarks, then rewrite BENCHMARKS.md."""
+"""``python -m bench [accuracy|accuracy_widths|speed|scaling|startup|all]``: run benchmarks, then rewrite BENCHMARKS.md."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import accuracy, accuracy_widths, speed
+from bench import accuracy, accuracy_widths, speed, startup
 from bench.report import assemble
 
 RUNS = {"accuracy": accuracy.main, "accuracy_widths": accuracy_widths.main, "speed": speed.main,
-        "scaling": speed.scaling_main}
+        "scaling": speed.scaling_main, "startup": startup.main}
 
 
 def main(argv: list[str]) -> int:

@@ -167,15 +167,22 @@ def test_merge_gets_the_configs_device_and_reset_bn(workdir: pathlib.Path, monke
     assert str(seen["device"]) == "cpu" and seen["reset_bn"] == 64
 
 
-def test_a_value_a_solver_refuses_is_bad_input(workdir: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
-    _spy(monkeypatch, ValueError("group 0: cannot zip 80 features into 500"))
+def test_a_merge_that_refuses_its_input_exits_2(workdir: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    _spy(monkeypatch, hs.MergeInputError("group 0: cannot zip 80 features into 500"))
     config = yaml.safe_load(yaml.safe_dump(CONFIG))
     config.pop("evaluate")
     assert main(["merge", str(_write(workdir, config)), "-o", str(workdir / "out"), "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("hetsurgery merge: width (method zip, options {'alpha': 0.5}, target max): group 0: "
-                          "cannot zip 80 features into 500")
+    assert capsys.readouterr().err == "hetsurgery merge: group 0: cannot zip 80 features into 500\n"
+    assert _leftovers(workdir) == []
+
+
+def test_a_bug_is_not_reported_as_bad_input(workdir: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _spy(monkeypatch, ValueError("an internal mistake"))  # no typed error: not guessed to be the input's fault
+    config = yaml.safe_load(yaml.safe_dump(CONFIG))
+    config.pop("evaluate")
+    with pytest.raises(ValueError, match="an internal mistake"):
+        main(["merge", str(_write(workdir, config)), "-o", str(workdir / "out"), "--quiet"])
     assert _leftovers(workdir) == []
 
 

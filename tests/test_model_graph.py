@@ -66,9 +66,10 @@ def test_unknown_group_is_an_ir_error() -> None:
 
 
 # DESIGN §2: ir <- tracing <- plan, passes <- export <- merge <- cli. zoo and errors sit under everything
-# (zoo imports nothing of hetsurgery); evaluate scores merged models beside merge; demo drives it all for cli.
+# (zoo imports nothing of hetsurgery); evaluate scores merged models beside merge; demo drives it all for cli,
+# and config turns the user's files and arguments into calls for cli.
 LAYERS = {"errors": 0, "zoo": 0, "ir": 1, "tracing": 2, "plan": 3, "passes": 3, "export": 4, "merge": 5,
-          "evaluate": 5, "demo": 6, "cli": 7}
+          "evaluate": 5, "demo": 6, "config": 6, "cli": 7}
 TOP = 8  # hetsurgery/__init__.py re-exports every layer: importing it from inside pulls in all of them
 ROOT = pathlib.Path(hs.__file__).parent
 

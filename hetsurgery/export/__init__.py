@@ -1,5 +1,5 @@
 """Lowering and export: a model package (code + safetensors + plan + report), ONNX with an onnxruntime
-parity check, graphviz pictures of graphs and plans, and the config file of ``hetsurgery merge``.
+parity check, and graphviz pictures of graphs and plans.
 
 >>> import tempfile, torch, hetsurgery as hs
 >>> from hetsurgery import export
@@ -11,7 +11,6 @@ torch.Size([1, 2])
 
 from hetsurgery.export.atomic import atomic_file, atomic_folder
 from hetsurgery.export.checkpoint import load_weights, read_weights
-from hetsurgery.export.config import MergeConfig, load_config
 from hetsurgery.export.errors import InputError
 from hetsurgery.export.onnx import ParityReport, to_onnx
 from hetsurgery.export.package import Package, is_package, load, read_package, read_plan, save
@@ -21,7 +20,6 @@ from hetsurgery.ir.lowering import to_module
 __all__ = [
     "BUILDERS",
     "InputError",
-    "MergeConfig",
     "Package",
     "ParityReport",
     "Picture",
@@ -29,7 +27,6 @@ __all__ = [
     "atomic_folder",
     "is_package",
     "load",
-    "load_config",
     "load_weights",
     "read_package",
     "read_plan",

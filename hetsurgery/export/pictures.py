@@ -19,9 +19,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import graphviz
+from typing import TYPE_CHECKING, Any
 
 from hetsurgery.errors import ExportError
 from hetsurgery.export.atomic import write_bytes, write_text
@@ -30,6 +28,9 @@ from hetsurgery.ir import ModelGraph, OpKind, PermGroup
 from hetsurgery.ir.graph import owner_of
 from hetsurgery.plan.width_plan import GroupMatch, WidthPlan
 from hetsurgery.tracing.lift import OPKIND_META
+
+if TYPE_CHECKING:  # imported where a picture is drawn, not by `import hetsurgery`
+    import graphviz
 
 FORMATS = ("svg", "png")
 INSTALL_DOT = ("Graphviz's `dot` is not installed. Install it with `apt-get install graphviz` (Debian/Ubuntu), "
@@ -58,6 +59,8 @@ def render(obj: ModelGraph | WidthPlan, path: str | os.PathLike[str], **options:
 
     ``options`` go to the builder: ``render(plan, "plan.svg", group=3, names=("A", "B"))``.
     """
+    import graphviz
+
     path = Path(path)
     fmt = picture_format(path)
     dot = to_dot(obj, **options)
@@ -106,6 +109,8 @@ def graph_dot(g: ModelGraph) -> graphviz.Digraph:
     An edge runs from the layer that produces a group to the group, and from the group to each layer that
     consumes it. A group label reads ``g3 · 32`` (id and width) and ``4x8`` for blocks (heads, grouped convs).
     """
+    import graphviz
+
     dot = graphviz.Digraph(g.name, graph_attr={"rankdir": "TB", "label": _graph_title(g), "labelloc": "t",
                                                 "fontname": "Helvetica", "tooltip": g.name},
                            node_attr={"fontname": "Helvetica", "fontsize": "10"}, edge_attr={"arrowsize": "0.6"})
@@ -189,6 +194,8 @@ def width_plan_dot(plan: WidthPlan, group: int | None = None, names: Sequence[st
     thickness is the weight (edges under 1% of the merged neuron's largest weight are left out). Even
     models stand left of the merged column, odd ones right. ``group`` defaults to the first group.
     """
+    import graphviz
+
     gid = next(iter(plan.groups)) if group is None else group
     if gid not in plan.groups:
         raise InputError(f"the plan has no group {gid}; it has {', '.join(map(str, plan.groups))}")

@@ -13,8 +13,6 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 TASKS: tuple[tuple[int, ...], tuple[int, ...]] = ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))
@@ -25,6 +23,9 @@ def digits(split: str = "train", classes: Iterable[int] | None = None) -> Tensor
     """1347 training / 450 test images (stratified, fixed seed), standardised with the training statistics."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    from sklearn.datasets import load_digits  # scikit-learn costs ~0.7 s to import: only when digits are read
+    from sklearn.model_selection import train_test_split
+
     x, y = load_digits(return_X_y=True)
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.25, random_state=SPLIT_SEED, stratify=y)
     mean, std = xtr.mean(), xtr.std()
