@@ -48,7 +48,9 @@ def test_a_project_with_model_files_is_not_a_package_and_save_leaves_it_untouche
 def test_merge_refuses_to_write_over_a_project(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
     proj = _project(tmp_path)
     before = _snapshot(proj)
-    assert main(["merge", str(tmp_path / "merge.yaml"), "-o", str(proj), "--quiet"]) == 2
+    config = tmp_path / "merge.yaml"
+    config.write_text("models: [{factory: mlp}, {factory: mlp}]\ninput_shape: [1, 8, 8]\ncalibration: {every: 8}\n")
+    assert main(["merge", str(config), "-o", str(proj), "--quiet"]) == 2
     assert "not a hetsurgery package" in capsys.readouterr().err
     assert _snapshot(proj) == before
 

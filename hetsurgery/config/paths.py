@@ -23,9 +23,9 @@ from pathlib import Path
 from hetsurgery.config.build import importable_from, relative
 from hetsurgery.config.schema import MergeConfig
 from hetsurgery.export.errors import InputError
-from hetsurgery.export.package import PACKAGE_FILES
+from hetsurgery.export.package_files import SAVED_FILES
 
-OWN_FILES = frozenset((*PACKAGE_FILES, "graph.json"))  # a package's own files: never written over by a command
+OWN_FILES = frozenset(SAVED_FILES)  # a package's own files: never written over by a command
 
 
 @dataclass(frozen=True)
