@@ -1,9 +1,13 @@
 """Passes: ``ModelGraph -> ModelGraph`` rewrites, each a frozen dataclass, run by ``Pipeline``."""
 
 from hetsurgery.passes.apply_permutation import ApplyPermutation, random_permutations
-from hetsurgery.passes.base import Pass, Pipeline
+from hetsurgery.passes.base import Pass, Pipeline, check_same_function
+from hetsurgery.passes.fuse_relu_segment import FuseReluSegment
+from hetsurgery.passes.insert_identity import InsertIdentity
+from hetsurgery.passes.insert_zero_residual import InsertZeroResidual
 from hetsurgery.passes.pad_width import PadWidth
 from hetsurgery.passes.reset_batchnorm import ResetBatchNorm
 from hetsurgery.passes.zip_neurons import ZipNeurons
 
-__all__ = ["ApplyPermutation", "PadWidth", "Pass", "Pipeline", "ResetBatchNorm", "ZipNeurons", "random_permutations"]
+__all__ = ["ApplyPermutation", "FuseReluSegment", "InsertIdentity", "InsertZeroResidual", "PadWidth", "Pass",
+           "Pipeline", "ResetBatchNorm", "ZipNeurons", "check_same_function", "random_permutations"]

@@ -1,8 +1,10 @@
 """The pass convention and ``Pipeline``.
 
 A pass is a frozen dataclass with a ``name`` class variable and ``__call__(graph) -> graph`` that returns
-a new ``ModelGraph`` and never touches its input. ``Pipeline`` runs passes in order and verifies the
-graph after each one; a failure names the pass and the ones that ran before it.
+a new ``ModelGraph`` and never touches its input. A pass whose ``exact`` class variable is true promises
+to keep the model's function. ``Pipeline`` runs passes in order, verifies the graph after each one and
+checks each exact pass's promise on the graph's example inputs (outputs before and after, relative error
+at most ``EXACT_TOLERANCE``); a failure names the pass and the ones that ran before it.
 
 >>> import torch, hetsurgery
 >>> from hetsurgery.passes import ApplyPermutation, Pipeline
@@ -14,10 +16,15 @@ torch.Size([3, 4])
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
 
 from hetsurgery.errors import HetsurgeryError, PassError
 from hetsurgery.ir import ModelGraph
+from hetsurgery.ir.lowering import to_module
+
+EXACT_TOLERANCE = 1e-5  # relative max error an exact pass may introduce in float32 (rounding only)
 
 
 @runtime_checkable
@@ -36,11 +43,43 @@ class Pipeline:
         done: list[str] = []
         for p in self.passes:
             try:
-                g = p(g)
-                g.verify()
+                out = p(g)
+                out.verify()
+                if getattr(p, "exact", False):
+                    check_same_function(g, out)
             except Exception as exc:  # a pass's own bug (KeyError, IndexError, ...) must still name the pass
                 before = ", ".join(done) or "none"
                 detail = str(exc) if isinstance(exc, HetsurgeryError) else f"{type(exc).__name__}: {exc}"
                 raise PassError(f"{g.name}: pass {p.name} failed (passes before it: {before}): {detail}") from exc
             done.append(p.name)
+            g = out
         return g
+
+
+def check_same_function(before: ModelGraph, after: ModelGraph, tol: float = EXACT_TOLERANCE) -> float:
+    """The relative max error between the two graphs' outputs on ``before``'s example inputs (``PassError``
+    above ``tol``); 0 when there are no example inputs to run."""
+    if not before.example_inputs:
+        return 0.0
+    with torch.no_grad():
+        want = _flat(to_module(before, share=True).eval()(*before.example_inputs))
+        got = _flat(to_module(after, share=True).eval()(*before.example_inputs))
+    if len(want) != len(got) or any(a.shape != b.shape for a, b in zip(want, got, strict=True)):
+        raise PassError(f"{before.name}: the outputs changed shape: {[tuple(a.shape) for a in want]} -> "
+                        f"{[tuple(b.shape) for b in got]}")
+    err = max(((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item() for a, b in zip(want, got, strict=True)
+              if a.is_floating_point()) if want else 0.0
+    if err > tol:
+        raise PassError(f"{before.name}: the model's outputs changed by {err:.2e} (relative), more than an exact "
+                        f"pass may ({tol:.0e})")
+    return err
+
+
+def _flat(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in _flat(v)]
+    if isinstance(out, (list, tuple)):
+        return [t for v in out for t in _flat(v)]
+    return []
