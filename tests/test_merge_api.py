@@ -129,8 +129,8 @@ def test_weight_matching_in_small_pieces_matches_the_whole_tensor_way(monkeypatc
 @pytest.mark.parametrize("name", ["densenet", "vgg", "resnet20"])
 def test_all_slots_at_once_equals_slot_by_slot(name: str) -> None:
     """The one-gather path for scaled permutations against applying each slot in turn (concat offsets, flatten)."""
+    from hetsurgery.ir import SlotMaps, slots_by_param, transform_params
     from hetsurgery.passes import random_permutations
-    from hetsurgery.plan.apply import SlotMaps, slots_by_param, transform_params
 
     g = hs.trace(hs.zoo.ZOO[name]().eval(), DATA[0][:2])
     perms = random_permutations(g, 5)

@@ -4,7 +4,7 @@ Every pass and the merge's combine step go through these three functions, so the
 (``offset``, ``inner``, ``chunks``) live in one place.
 
 >>> import torch
->>> from hetsurgery.ir import Slot
+>>> from hetsurgery.ir.slots import Slot
 >>> w = torch.arange(6.).reshape(1, 6)
 >>> permute_slot(w, Slot("w", 1, inner=2), torch.tensor([2, 0, 1]))
 tensor([[4., 5., 0., 1., 2., 3.]])
@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from hetsurgery.ir import Slot
+from hetsurgery.ir.slots import Slot
 
 
 def _segment(t: torch.Tensor, slot: Slot, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

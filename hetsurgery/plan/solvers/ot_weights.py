@@ -25,8 +25,7 @@ from collections.abc import Collection, Mapping, Sequence
 import networkx as nx
 import torch
 
-from hetsurgery.ir import ModelGraph, PermGroup, Role, Slot
-from hetsurgery.plan.apply import SlotMaps, slots_by_param
+from hetsurgery.ir import ModelGraph, PermGroup, Role, Slot, SlotMaps, later_offsets_first, slots_by_param
 from hetsurgery.plan.solvers.ot import blockwise_coupling, maps_of
 from hetsurgery.plan.width_plan import GroupMatch
 
@@ -86,8 +85,7 @@ def _incoming(g: ModelGraph, gid: int, done: Mapping[int, GroupMatch], k: int, l
         if slot.role is not Role.PRODUCE or slot.param not in learned or slot.chunks > 1:
             continue
         t = g.params[slot.param]
-        # from the last offset down: a width change never moves a slot still to be handled
-        for h, other in sorted(by_param[slot.param], key=lambda item: -item[1].offset):
+        for h, other in later_offsets_first(by_param[slot.param]):
             if h == gid or other.dim == slot.dim:  # other rows of a fused tensor: not this group's
                 continue
             t = maps.apply(t, h, other) if h in done else _summarised(t, other, g.group(h).size)
