@@ -14,7 +14,8 @@ from functools import partial
 import torch
 
 from hetsurgery.errors import MergeInputError, PassError
-from hetsurgery.ir import ModelGraph
+from hetsurgery.ir import Capability, ModelGraph
+from hetsurgery.merge.widths import WidthRule
 from hetsurgery.passes import PadWidth, Pipeline
 from hetsurgery.plan.signature import joint_signature
 from hetsurgery.plan.solvers.mal import mal_match
@@ -152,8 +153,8 @@ def _group_report(report: dict, gid: int) -> dict:
 class Method:
     needs_data: bool
     plan: Callable[..., dict[int, GroupMatch]]
-    widths: str | None  # how it changes widths: "zip" (any width), "pad" (MAL), None (equal widths only)
-    default_width: str = "anchor"
+    widths: Capability | None  # how it changes widths: by ZIP (any width), by PAD (MAL), or never (None)
+    default_width: WidthRule = WidthRule.ANCHOR
     full_stats: bool = False  # statistics inside each model too (zip), not only across models
     data_free_with: tuple[tuple[str, object], ...] = ()  # option values that make the method need no data
 
@@ -165,8 +166,9 @@ METHODS: dict[str, Method] = {
     "average": Method(needs_data=False, plan=plan_average, widths=None),
     "permute": Method(needs_data=True, plan=plan_permute, widths=None),
     "weight": Method(needs_data=False, plan=plan_weight, widths=None),
-    "ot": Method(needs_data=True, plan=plan_ot, widths="zip", data_free_with=(("cost", "weights"),)),
-    "zip": Method(needs_data=True, plan=plan_zip, widths="zip", default_width="max", full_stats=True),
-    "mal": Method(needs_data=False, plan=plan_mal, widths="pad"),
-    "mal-pad": Method(needs_data=False, plan=partial(plan_mal, alternate=False), widths="pad"),
+    "ot": Method(needs_data=True, plan=plan_ot, widths=Capability.ZIP, data_free_with=(("cost", "weights"),)),
+    "zip": Method(needs_data=True, plan=plan_zip, widths=Capability.ZIP, default_width=WidthRule.MAX,
+                  full_stats=True),
+    "mal": Method(needs_data=False, plan=plan_mal, widths=Capability.PAD),
+    "mal-pad": Method(needs_data=False, plan=partial(plan_mal, alternate=False), widths=Capability.PAD),
 }

@@ -10,7 +10,7 @@ from typing import ClassVar
 from torch import nn
 
 from hetsurgery.errors import PassError
-from hetsurgery.ir import ModelGraph, owner_of, pad_params
+from hetsurgery.ir import Capability, ModelGraph, owner_of, pad_params
 from hetsurgery.passes.resize import resized_groups
 
 # New BatchNorm channels see zeros and give zeros: scale, shift and mean 0 like every padded entry (zero
@@ -40,7 +40,7 @@ class PadWidth:
     def __call__(self, g: ModelGraph) -> ModelGraph:
         grp = g.group(self.group)
         if not grp.pad_ok:
-            raise PassError(f"{g.name}: cannot pad group {grp.id} ({grp.label}): {grp.why_not('pad')}. "
+            raise PassError(f"{g.name}: cannot pad group {grp.id} ({grp.label}): {grp.why_not(Capability.PAD)}. "
                             "Pick a group whose `pad` column in ModelGraph.summary() says y.")
         if not isinstance(self.size, int) or isinstance(self.size, bool):
             raise PassError(f"{g.name}: PadWidth takes a whole number of channels, not {self.size!r}")

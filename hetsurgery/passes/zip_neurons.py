@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from hetsurgery.errors import PassError
-from hetsurgery.ir import ModelGraph, SlotMaps, slots_by_param
+from hetsurgery.ir import Capability, ModelGraph, SlotMaps, slots_by_param
 from hetsurgery.passes.resize import resized_groups
 
 
@@ -32,7 +32,7 @@ class ZipNeurons:
         grp = g.group(self.group)
         r, d = self.merge.shape
         if not grp.zip_ok:
-            raise PassError(f"{g.name}: cannot zip group {grp.id} ({grp.label}): {grp.why_not('zip')}")
+            raise PassError(f"{g.name}: cannot zip group {grp.id} ({grp.label}): {grp.why_not(Capability.ZIP)}")
         if d != grp.size or tuple(self.unmerge.shape) != (d, r):
             raise PassError(f"{g.name}: group {grp.id} has {grp.size} channels; merge must be r x {grp.size} and "
                             f"unmerge {grp.size} x r, got {tuple(self.merge.shape)} and {tuple(self.unmerge.shape)}")
