@@ -37,6 +37,23 @@ def test_report_times_every_stage_and_plan_round_trips(method: str) -> None:
             torch.testing.assert_close(a, b)
 
 
+def test_match_kinds_are_written_as_their_values_and_read_back_as_members() -> None:
+    import json
+
+    from hetsurgery.plan.width_plan import GroupMatch, MatchKind
+
+    plan = WidthPlan("permute", (0.5, 0.5), 0, {0: GroupMatch.identity(0, (3, 3), (0.5, 0.5)),
+                                                  1: GroupMatch.from_perms(1, [torch.arange(2)] * 2, (0.5, 0.5))})
+    text = plan.to_json()
+    assert [g["info"]["kind"] for g in json.loads(text)["groups"]] == ["identity", "permutation"]
+    assert [m.info["kind"] for m in WidthPlan.from_json(text).groups.values()] == [MatchKind.IDENTITY,
+                                                                                   MatchKind.PERMUTATION]
+    assert all(type(m.info["kind"]) is MatchKind for m in WidthPlan.from_json(text).groups.values())
+    old = json.loads(text)  # a plan from elsewhere: a kind this version does not know stays as written
+    old["groups"][1]["info"]["kind"] = "cheese"
+    assert WidthPlan.from_json(json.dumps(old)).groups[1].info["kind"] == "cheese"
+
+
 @pytest.mark.parametrize("method", ["average", "weight"])
 def test_data_free_methods_run_without_data(method: str) -> None:
     r = hs.merge(pair(), None, method=method, example_inputs=DATA[0][:2], progress=False)

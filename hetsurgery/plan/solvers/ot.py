@@ -32,7 +32,7 @@ from scipy.optimize import linear_sum_assignment
 
 from hetsurgery.ir import Blocks
 from hetsurgery.plan.stats import GroupStats, signature_agreement
-from hetsurgery.plan.width_plan import GroupMatch
+from hetsurgery.plan.width_plan import GroupMatch, MatchKind
 
 
 def feature_distance(stats: GroupStats, k: int, anchor: int, signature: torch.Tensor | None = None) -> torch.Tensor:
@@ -124,7 +124,7 @@ def ot_match(gid: int, stats: GroupStats, blocks: Blocks, weights: Sequence[floa
                                                     solver, reg), weights[k])
         merges.append(merge)
         unmerges.append(unmerge)
-    return GroupMatch(gid, d0, tuple(merges), tuple(unmerges), {"kind": "ot", "solver": solver})
+    return GroupMatch(gid, d0, tuple(merges), tuple(unmerges), {"kind": MatchKind.OT, "solver": solver})
 
 
 def blockwise_coupling(cost: torch.Tensor, blocks: int, solver: str, reg: float) -> torch.Tensor:

@@ -27,7 +27,7 @@ import torch
 
 from hetsurgery.ir import ModelGraph, PermGroup, Role, Slot, SlotMaps, later_offsets_first, slots_by_param
 from hetsurgery.plan.solvers.ot import blockwise_coupling, maps_of
-from hetsurgery.plan.width_plan import GroupMatch
+from hetsurgery.plan.width_plan import GroupMatch, MatchKind
 
 
 def producer_order(g: ModelGraph) -> tuple[list[PermGroup], set[int]]:
@@ -71,7 +71,7 @@ def ot_weight_matches(graphs: Sequence[ModelGraph], weights: Sequence[float], ta
             merges.append(merge)
             unmerges.append(unmerge)
         matches[grp.id] = GroupMatch(grp.id, rows[onto].shape[0], tuple(merges), tuple(unmerges),
-                                     {"kind": "ot", "solver": solver, "cost": "weights", "onto": onto})
+                                     {"kind": MatchKind.OT, "solver": solver, "cost": "weights", "onto": onto})
     return matches
 
 
