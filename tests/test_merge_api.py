@@ -71,6 +71,10 @@ def test_errors_name_the_problem() -> None:
         hs.merge(pair(), DATA, method="zip", alpha=2, progress=False)
     with pytest.raises(hs.MergeError, match="option solver must be 'emd' or 'sinkhorn', not 'nope'"):
         hs.merge(pair(), DATA, method="ot", solver="nope", progress=False)
+    with pytest.raises(hs.MergeError, match="option cost must be 'activations' or 'weights', not 'labels'"):
+        hs.merge(pair(), DATA, method="ot", cost="labels", progress=False)
+    with pytest.raises(hs.MergeError, match=r"option solver takes a str \(default 'emd'\), not 1"):
+        hs.merge(pair(), DATA, method="ot", solver=1, progress=False)
     with pytest.raises(hs.MergeError, match="max_sweeps takes a int"):
         hs.merge(pair(), None, method="weight", max_sweeps=True, example_inputs=DATA[0][:2], progress=False)
     with pytest.raises(hs.MergeError, match="one-shot iterator"):
