@@ -1,7 +1,8 @@
 """Acting on one slot of a parameter: permute, pad, or multiply by a matrix along the slot's channels.
 
 Every pass and the merge's combine step go through these three functions, so the slot semantics
-(``offset``, ``inner``, ``chunks``) live in one place.
+(``offset``, ``inner``, ``chunks``) live in one place; ``slot_maps`` applies them to every slot of every
+parameter.
 
 >>> import torch
 >>> from hetsurgery.ir.slots import Slot
