@@ -37,6 +37,23 @@ def test_report_times_every_stage_and_plan_round_trips(method: str) -> None:
             torch.testing.assert_close(a, b)
 
 
+def test_match_kinds_are_written_as_their_values_and_read_back_as_members() -> None:
+    import json
+
+    from hetsurgery.plan.width_plan import GroupMatch, MatchKind
+
+    plan = WidthPlan("permute", (0.5, 0.5), 0, {0: GroupMatch.identity(0, (3, 3), (0.5, 0.5)),
+                                                  1: GroupMatch.from_perms(1, [torch.arange(2)] * 2, (0.5, 0.5))})
+    text = plan.to_json()
+    assert [g["info"]["kind"] for g in json.loads(text)["groups"]] == ["identity", "permutation"]
+    assert [m.info["kind"] for m in WidthPlan.from_json(text).groups.values()] == [MatchKind.IDENTITY,
+                                                                                   MatchKind.PERMUTATION]
+    assert all(type(m.info["kind"]) is MatchKind for m in WidthPlan.from_json(text).groups.values())
+    old = json.loads(text)  # a plan from elsewhere: a kind this version does not know stays as written
+    old["groups"][1]["info"]["kind"] = "cheese"
+    assert WidthPlan.from_json(json.dumps(old)).groups[1].info["kind"] == "cheese"
+
+
 @pytest.mark.parametrize("method", ["average", "weight"])
 def test_data_free_methods_run_without_data(method: str) -> None:
     r = hs.merge(pair(), None, method=method, example_inputs=DATA[0][:2], progress=False)
@@ -54,6 +71,10 @@ def test_errors_name_the_problem() -> None:
         hs.merge(pair(), DATA, method="zip", alpha=2, progress=False)
     with pytest.raises(hs.MergeError, match="option solver must be 'emd' or 'sinkhorn', not 'nope'"):
         hs.merge(pair(), DATA, method="ot", solver="nope", progress=False)
+    with pytest.raises(hs.MergeError, match="option cost must be 'activations' or 'weights', not 'labels'"):
+        hs.merge(pair(), DATA, method="ot", cost="labels", progress=False)
+    with pytest.raises(hs.MergeError, match=r"option solver takes a str \(default 'emd'\), not 1"):
+        hs.merge(pair(), DATA, method="ot", solver=1, progress=False)
     with pytest.raises(hs.MergeError, match="max_sweeps takes a int"):
         hs.merge(pair(), None, method="weight", max_sweeps=True, example_inputs=DATA[0][:2], progress=False)
     with pytest.raises(hs.MergeError, match="one-shot iterator"):
@@ -129,8 +150,8 @@ def test_weight_matching_in_small_pieces_matches_the_whole_tensor_way(monkeypatc
 @pytest.mark.parametrize("name", ["densenet", "vgg", "resnet20"])
 def test_all_slots_at_once_equals_slot_by_slot(name: str) -> None:
     """The one-gather path for scaled permutations against applying each slot in turn (concat offsets, flatten)."""
+    from hetsurgery.ir import SlotMaps, slots_by_param, transform_params
     from hetsurgery.passes import random_permutations
-    from hetsurgery.plan.apply import SlotMaps, slots_by_param, transform_params
 
     g = hs.trace(hs.zoo.ZOO[name]().eval(), DATA[0][:2])
     perms = random_permutations(g, 5)

@@ -1,9 +1,7 @@
-"""ModelGraph views: networkx, summary, coverage, verify; and the import layering of the package."""
+"""ModelGraph views: networkx, summary, coverage, verify (the import layering is in test_layering.py)."""
 
 from __future__ import annotations
 
-import ast
-import pathlib
 from dataclasses import replace
 
 import networkx as nx
@@ -63,78 +61,3 @@ def test_unknown_group_is_an_ir_error() -> None:
     g = hs.trace(hs.zoo.mlp([8], in_features=4, num_classes=2), torch.randn(2, 4))
     with pytest.raises(hs.IRError, match="no group 7"):
         g.group(7)
-
-
-# DESIGN §2: ir <- tracing <- plan, passes <- export <- merge <- cli. zoo and errors sit under everything
-# (zoo imports nothing of hetsurgery); evaluate scores merged models beside merge; demo drives it all for cli,
-# and config turns the user's files and arguments into calls for cli.
-LAYERS = {"errors": 0, "zoo": 0, "ir": 1, "tracing": 2, "plan": 3, "passes": 3, "export": 4, "merge": 5,
-          "evaluate": 5, "demo": 6, "config": 6, "cli": 7}
-TOP = 8  # hetsurgery/__init__.py re-exports every layer: importing it from inside pulls in all of them
-ROOT = pathlib.Path(hs.__file__).parent
-
-
-def _imported(tree: ast.AST, package: list[str]) -> list[str]:
-    """Every module (or module.name) an AST imports, relative imports resolved against ``package``."""
-    out = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            out += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = package[:len(package) - node.level + 1] if node.level else []
-            module = ".".join([*base, *([node.module] if node.module else [])])
-            out += [f"{module}.{a.name}" for a in node.names]  # `from hetsurgery import merge` names merge
-    return out
-
-
-def _layer_of(module: str) -> int | None:
-    parts = module.split(".")
-    if parts[0] != "hetsurgery":
-        return None
-    if len(parts) == 1 or parts[1] not in LAYERS:
-        return TOP
-    return LAYERS[parts[1]]
-
-
-def _violations(source: str, rel: tuple[str, ...]) -> list[str]:
-    """The imports of a file at ``hetsurgery/<rel>`` that reach a higher layer (or, from zoo, any other)."""
-    layer = rel[0].removesuffix(".py")
-    package = ["hetsurgery", *rel[:-1]]
-    bad = []
-    for name in _imported(ast.parse(source), package):
-        target = _layer_of(name)
-        if target is None or name.split(".")[1:2] == [layer]:
-            continue
-        if layer == "zoo" or target > LAYERS[layer]:
-            bad.append(f"hetsurgery/{'/'.join(rel)} imports {name}")
-    return bad
-
-
-@pytest.mark.parametrize("source", ["from hetsurgery import merge", "from ..merge import merge",
-                                    "import hetsurgery.merge.driver as d", "from hetsurgery.merge import merge",
-                                    "from hetsurgery import trace", "import hetsurgery",
-                                    "def f():\n    from ...merge.driver import merge"])
-def test_layering_check_catches_every_import_spelling(source: str) -> None:
-    assert _violations(source, ("ir", "sub", "x.py")) if "..." in source else _violations(source, ("ir", "x.py"))
-
-
-def test_layering_check_allows_downward_and_sibling_imports() -> None:
-    assert not _violations("from . import slots\nfrom .slots import Slot\nfrom hetsurgery.errors import IRError",
-                           ("ir", "x.py"))
-    assert not _violations("from ..ir import ModelGraph\nfrom hetsurgery import zoo", ("export", "x.py"))
-    assert _violations("from hetsurgery.errors import IRError", ("zoo", "x.py"))  # zoo stands alone
-
-
-def test_every_top_level_module_has_a_layer() -> None:
-    names = {p.name.removesuffix(".py") for p in ROOT.iterdir()
-             if p.suffix == ".py" or (p.is_dir() and any(p.glob("*.py")))}  # plan/ is a namespace package
-    assert names - {"__init__", "__main__"} == set(LAYERS)
-
-
-def test_lower_layers_never_import_higher_ones() -> None:
-    problems = []
-    for path in ROOT.rglob("*.py"):
-        rel = path.relative_to(ROOT).parts
-        if rel[0].removesuffix(".py") in LAYERS:
-            problems += _violations(path.read_text(), rel)
-    assert not problems, "\n".join(problems)

@@ -73,6 +73,20 @@ def test_refuses_a_layernorm_group_and_shrinking() -> None:
         PadWidth(hidden.id, hidden.size + 0.5)(g)  # type: ignore[arg-type]
 
 
+def test_every_capability_has_its_reasons_most_basic_first() -> None:
+    from hetsurgery.ir import Capability, PermGroup, Slot
+    from hetsurgery.ir.group import REASONS
+
+    assert set(REASONS) == set(Capability)
+    heads = PermGroup(0, 4, (Slot("w", 0),), hs.Blocks(2, 2), pad_blockers=("LayerNorm",))
+    assert [heads.why_not(c) for c in Capability] == ["", *["channels come in 2 blocks of 2"] * 2]
+    frozen = PermGroup(0, 4, (Slot("w", 0),), hs.Blocks(1, 4), frozen="model output", zip_blockers=("softmax",))
+    assert {frozen.why_not(c) for c in Capability} == {"frozen: model output"}
+    free = PermGroup(0, 4, (Slot("w", 0),), hs.Blocks(1, 4), zip_blockers=("softmax",))
+    assert [free.why_not(c) for c in Capability] == ["", "", "softmax"]
+    assert (free.perm_ok, free.pad_ok, free.zip_ok) == (True, True, False)
+
+
 def test_zip_neurons_shrinks_and_checks_shapes() -> None:
     g = hs.trace(hs.zoo.mlp([4], in_features=3, num_classes=2), torch.randn(2, 3))
     m = torch.tensor([[0.5, 0.5, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])

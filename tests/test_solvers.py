@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from hetsurgery.ir import Blocks
@@ -82,6 +83,18 @@ def test_ot_maps_average_targets_and_split_sources() -> None:
         # each merged neuron is a mean of sources (times the weight); each source's outputs are split, not copied
         torch.testing.assert_close(merge.sum(1), torch.full((4,), 0.5, dtype=torch.float64))
         torch.testing.assert_close(unmerge.sum(1), torch.ones(7, dtype=torch.float64))
+
+
+def test_every_ot_solver_and_cost_has_its_implementation() -> None:
+    from hetsurgery.merge.methods import OT_COSTS
+    from hetsurgery.plan.solvers.ot import COUPLINGS, OTCost, OTSolver
+
+    assert set(COUPLINGS) == set(OTSolver) and set(OT_COSTS) == set(OTCost)
+    cost = torch.rand(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    for solver in OTSolver:  # the member or the string users write
+        assert torch.equal(coupling(cost, solver, reg=0.5), coupling(cost, solver.value, reg=0.5))
+    with pytest.raises(ValueError, match="unknown OT solver 'exact': use 'emd' or 'sinkhorn'"):
+        coupling(cost, "exact")
 
 
 def test_emd_with_unequal_widths_is_the_cheapest_covering_assignment() -> None:

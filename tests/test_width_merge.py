@@ -101,6 +101,19 @@ def test_unequal_width_ot_and_zip_shapes_follow_the_width_option() -> None:
                     torch.testing.assert_close(mm.sum(1), torch.full((mm.shape[0],), w, dtype=torch.float64))
 
 
+def test_every_width_rule_picks_a_width() -> None:
+    from hetsurgery.merge.widths import PICK, WidthRule
+
+    assert set(PICK) == set(WidthRule)
+    assert {rule: PICK[rule]([4, 8, 6], 2) for rule in WidthRule} == \
+        {WidthRule.MAX: 8, WidthRule.MIN: 4, WidthRule.ANCHOR: 6}
+    a, b = hs.zoo.mlp([8]), hs.zoo.mlp([12])
+    for rule in WidthRule:  # the rule itself or its name
+        for width in (rule, rule.value):
+            r = hs.merge([a, b], [torch.randn(8, 64)], method="zip", width=width, reset_bn=False, progress=False)
+            assert r.plan.groups[0].size == PICK[rule]([8, 12], 0)
+
+
 def test_width_errors_name_the_group_and_the_reason() -> None:
     a, b = hs.zoo.transformer("manual", dim=32, depth=1), hs.zoo.transformer("manual", dim=48, depth=1)
     with pytest.raises(hs.MergeError, match=r"group 0 .*32/48.*cannot change its width: LayerNorm"):

@@ -3,10 +3,18 @@
 
 from hetsurgery.ir.facts import Activation, NodeFacts, Range
 from hetsurgery.ir.graph import ModelGraph, owner_of
-from hetsurgery.ir.group import PermGroup
+from hetsurgery.ir.group import Capability, PermGroup
 from hetsurgery.ir.opkind import OpKind
+from hetsurgery.ir.slot_maps import (
+    SlotMaps,
+    later_offsets_first,
+    pad_params,
+    slots_by_param,
+    transform_params,
+)
 from hetsurgery.ir.slots import Blocks, Role, Site, Slot
 from hetsurgery.ir.units import Stage, Unit, UnitKind
 
-__all__ = ["Activation", "Blocks", "ModelGraph", "NodeFacts", "OpKind", "PermGroup", "Range", "Role", "Site",
-           "Slot", "Stage", "Unit", "UnitKind", "owner_of"]
+__all__ = ["Activation", "Blocks", "Capability", "ModelGraph", "NodeFacts", "OpKind", "PermGroup", "Range",
+           "Role", "Site", "Slot", "SlotMaps", "Stage", "Unit", "UnitKind", "later_offsets_first", "owner_of",
+           "pad_params", "slots_by_param", "transform_params"]

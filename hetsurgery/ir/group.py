@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 from hetsurgery.ir.slots import Blocks, Role, Site, Slot
+
+
+class Capability(enum.Enum):
+    """What may be done to a group's channels: reorder them, zero-pad them to a larger width, or zip them
+    (any merge matrix, any width)."""
+
+    PERMUTE = "permute"
+    PAD = "pad"
+    ZIP = "zip"
 
 
 @dataclass(frozen=True)
@@ -35,26 +47,24 @@ class PermGroup:
 
     @property
     def perm_ok(self) -> bool:
-        return self.frozen is None
+        return not self.why_not(Capability.PERMUTE)
 
     @property
     def pad_ok(self) -> bool:
-        return self.perm_ok and self.structure.count == 1 and not self.pad_blockers
+        return not self.why_not(Capability.PAD)
 
     @property
     def zip_ok(self) -> bool:
-        return self.perm_ok and self.structure.count == 1 and not self.zip_blockers
+        return not self.why_not(Capability.ZIP)
 
-    def why_not(self, what: str) -> str:
-        """A one-line reason why ``what`` ("perm", "pad" or "zip") is not allowed, or "" when it is."""
-        if self.frozen is not None:
-            return f"frozen: {self.frozen}"
-        if what == "perm":
-            return ""
-        if self.structure.count > 1:
-            return f"channels come in {self.structure.count} blocks of {self.structure.size}"
-        blockers = self.pad_blockers if what == "pad" else self.zip_blockers
-        return blockers[0] if blockers else ""
+    def why_not(self, what: Capability) -> str:
+        """A one-line reason why ``what`` is not allowed, or "" when it is.
+
+        >>> PermGroup(0, 4, (), Blocks(2, 2)).why_not(Capability.PAD)
+        'channels come in 2 blocks of 2'
+        """
+        reasons = REASONS[what](self)
+        return reasons[0] if reasons else ""
 
     def slots_with(self, role: Role) -> tuple[Slot, ...]:
         return tuple(s for s in self.slots if s.role is role)
@@ -62,3 +72,21 @@ class PermGroup:
     def resized(self, size: int) -> PermGroup:
         """The same group at a new width (a free group stays free)."""
         return replace(self, size=size, structure=Blocks(1, size))
+
+
+def _frozen(g: PermGroup) -> tuple[str, ...]:
+    return () if g.frozen is None else (f"frozen: {g.frozen}",)
+
+
+def _blocks(g: PermGroup) -> tuple[str, ...]:
+    """A width change would cut through blocks (heads, conv groups), which must keep their sizes."""
+    b = g.structure
+    return () if b.count == 1 else (f"channels come in {b.count} blocks of {b.size}",)
+
+
+# Per capability, everything that forbids it, the most basic reason first.
+REASONS: Mapping[Capability, Callable[[PermGroup], tuple[str, ...]]] = MappingProxyType({
+    Capability.PERMUTE: _frozen,
+    Capability.PAD: lambda g: (*_frozen(g), *_blocks(g), *g.pad_blockers),
+    Capability.ZIP: lambda g: (*_frozen(g), *_blocks(g), *g.zip_blockers),
+})

@@ -1,10 +1,11 @@
 """Acting on one slot of a parameter: permute, pad, or multiply by a matrix along the slot's channels.
 
 Every pass and the merge's combine step go through these three functions, so the slot semantics
-(``offset``, ``inner``, ``chunks``) live in one place.
+(``offset``, ``inner``, ``chunks``) live in one place; ``slot_maps`` applies them to every slot of every
+parameter.
 
 >>> import torch
->>> from hetsurgery.ir import Slot
+>>> from hetsurgery.ir.slots import Slot
 >>> w = torch.arange(6.).reshape(1, 6)
 >>> permute_slot(w, Slot("w", 1, inner=2), torch.tensor([2, 0, 1]))
 tensor([[4., 5., 0., 1., 2., 3.]])
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from hetsurgery.ir import Slot
+from hetsurgery.ir.slots import Slot
 
 
 def _segment(t: torch.Tensor, slot: Slot, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

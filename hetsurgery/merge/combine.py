@@ -7,8 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from hetsurgery.errors import MergeError
-from hetsurgery.ir import ModelGraph, Role
-from hetsurgery.plan.apply import SlotMaps, slots_by_param, transform_params
+from hetsurgery.ir import ModelGraph, Role, SlotMaps, slots_by_param, transform_params
 from hetsurgery.plan.width_plan import WidthPlan
 
 

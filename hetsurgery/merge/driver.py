@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from hetsurgery.errors import MergeInputError
-from hetsurgery.ir import ModelGraph
+from hetsurgery.ir import ModelGraph, SlotMaps, slots_by_param, transform_params
 from hetsurgery.ir.lowering import to_module
 from hetsurgery.merge.combine import combine
 from hetsurgery.merge.methods import METHODS, learned
@@ -21,7 +21,6 @@ from hetsurgery.merge.topology import check_same_operations, check_same_topology
 from hetsurgery.merge.widths import Width, check_width_changes, resolve_widths
 from hetsurgery.passes import ResetBatchNorm
 from hetsurgery.passes.resize import resized_groups
-from hetsurgery.plan.apply import SlotMaps, slots_by_param, transform_params
 from hetsurgery.plan.solvers.weight import weight_matching
 from hetsurgery.plan.stats import collect_stats
 from hetsurgery.plan.width_plan import GroupMatch, WidthPlan

@@ -10,15 +10,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
+from types import MappingProxyType
 
 import torch
 
 from hetsurgery.errors import MergeInputError, PassError
-from hetsurgery.ir import ModelGraph
+from hetsurgery.ir import Capability, ModelGraph
+from hetsurgery.merge.widths import WidthRule
 from hetsurgery.passes import PadWidth, Pipeline
 from hetsurgery.plan.signature import joint_signature
 from hetsurgery.plan.solvers.mal import mal_match
-from hetsurgery.plan.solvers.ot import ot_match
+from hetsurgery.plan.solvers.ot import OTCost, OTSolver, as_solver, ot_match
 from hetsurgery.plan.solvers.ot_weights import ot_weight_matches
 from hetsurgery.plan.solvers.permute import permute
 from hetsurgery.plan.solvers.weight import weight_matching
@@ -60,12 +62,12 @@ def plan_weight(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequ
 
 
 def plan_ot(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int,
-            targets: Targets, *, solver: str = "emd", reg: float = 0.01, cost: str = "activations"
-            ) -> dict[int, GroupMatch]:
+            targets: Targets, *, solver: str = OTSolver.EMD.value, reg: float = 0.01,
+            cost: str = OTCost.ACTIVATIONS.value) -> dict[int, GroupMatch]:
     """Transport every model onto one model's neurons: per group, the anchor or the model of the target width.
 
     ``cost="activations"`` (default) compares features on the calibration data; ``"weights"`` compares
-    incoming weights, producers first, and needs no data.
+    incoming weights, producers first, and needs no data. ``solver`` is ``"emd"`` or ``"sinkhorn"``.
     """
     onto = {}
     for grp in graphs[0].permutable():
@@ -74,11 +76,25 @@ def plan_ot(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence
         if onto[grp.id] < 0:
             raise MergeInputError(f"group {grp.id} ({grp.label}): ot transports onto one model's neurons; "
                              f"width {targets[grp.id]} is none of {widths}")
-    if cost == "weights":
-        return ot_weight_matches(graphs, weights, onto, learned(graphs[anchor]).keys(), solver=solver, reg=reg)
+    return OT_COSTS[OTCost(cost)](graphs, stats, weights, anchor, onto, as_solver(solver), reg)
+
+
+def _ot_on_activations(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int,
+                       onto: Targets, solver: OTSolver, reg: float) -> dict[int, GroupMatch]:
     assert stats is not None
     return {gid: ot_match(gid, s, graphs[0].group(gid).structure, weights, onto[gid], solver=solver, reg=reg,
                           signature=joint_signature(graphs, gid)) for gid, s in stats.items()}
+
+
+def _ot_on_weights(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int,
+                   onto: Targets, solver: OTSolver, reg: float) -> dict[int, GroupMatch]:
+    return ot_weight_matches(graphs, weights, onto, learned(graphs[anchor]).keys(), solver=solver, reg=reg)
+
+
+OT_COSTS: Mapping[OTCost, Callable[..., dict[int, GroupMatch]]] = MappingProxyType({
+    OTCost.ACTIVATIONS: _ot_on_activations,
+    OTCost.WEIGHTS: _ot_on_weights,
+})
 
 
 def plan_zip(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int,
@@ -152,8 +168,8 @@ def _group_report(report: dict, gid: int) -> dict:
 class Method:
     needs_data: bool
     plan: Callable[..., dict[int, GroupMatch]]
-    widths: str | None  # how it changes widths: "zip" (any width), "pad" (MAL), None (equal widths only)
-    default_width: str = "anchor"
+    widths: Capability | None  # how it changes widths: by ZIP (any width), by PAD (MAL), or never (None)
+    default_width: WidthRule = WidthRule.ANCHOR
     full_stats: bool = False  # statistics inside each model too (zip), not only across models
     data_free_with: tuple[tuple[str, object], ...] = ()  # option values that make the method need no data
 
@@ -165,8 +181,10 @@ METHODS: dict[str, Method] = {
     "average": Method(needs_data=False, plan=plan_average, widths=None),
     "permute": Method(needs_data=True, plan=plan_permute, widths=None),
     "weight": Method(needs_data=False, plan=plan_weight, widths=None),
-    "ot": Method(needs_data=True, plan=plan_ot, widths="zip", data_free_with=(("cost", "weights"),)),
-    "zip": Method(needs_data=True, plan=plan_zip, widths="zip", default_width="max", full_stats=True),
-    "mal": Method(needs_data=False, plan=plan_mal, widths="pad"),
-    "mal-pad": Method(needs_data=False, plan=partial(plan_mal, alternate=False), widths="pad"),
+    "ot": Method(needs_data=True, plan=plan_ot, widths=Capability.ZIP,
+                 data_free_with=(("cost", OTCost.WEIGHTS.value),)),
+    "zip": Method(needs_data=True, plan=plan_zip, widths=Capability.ZIP, default_width=WidthRule.MAX,
+                  full_stats=True),
+    "mal": Method(needs_data=False, plan=plan_mal, widths=Capability.PAD),
+    "mal-pad": Method(needs_data=False, plan=partial(plan_mal, alternate=False), widths=Capability.PAD),
 }

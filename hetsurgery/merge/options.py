@@ -12,6 +12,7 @@ hetsurgery.errors.MergeInputError: method 'ot': option solver must be 'emd' or '
 
 from __future__ import annotations
 
+import enum
 import inspect
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -19,10 +20,23 @@ from typing import Any
 
 from hetsurgery.errors import MergeInputError
 from hetsurgery.merge.methods import METHODS
+from hetsurgery.plan.solvers.ot import OTCost, OTSolver
+
+
+def _one_of(kind: type[enum.Enum]) -> tuple[Callable[[Any], bool], str]:
+    """The rule for an option spelled as the value of one of ``kind``'s members.
+
+    >>> _one_of(OTSolver)[1]
+    "'emd' or 'sinkhorn'"
+    """
+    values = [member.value for member in kind]
+    *rest, last = map(repr, values)
+    return (lambda v: v in values), f"{', '.join(rest)} or {last}" if rest else last
+
 
 RULES: Mapping[str, tuple[Callable[[Any], bool], str]] = MappingProxyType({
-    "solver": (lambda v: v in ("emd", "sinkhorn"), "'emd' or 'sinkhorn'"),  # ot: exact or entropic transport
-    "cost": (lambda v: v in ("activations", "weights"), "'activations' or 'weights'"),  # ot: what is compared
+    "solver": _one_of(OTSolver),  # ot: exact or entropic transport
+    "cost": _one_of(OTCost),  # ot: what is compared
     "reg": (lambda v: v > 0, "positive"),  # ot: Sinkhorn's regularisation
     "alpha": (lambda v: 0 <= v <= 1, "in [0, 1]"),  # zip: the discount of a feature zipped again
     "beta": (lambda v: v >= 0, "non-negative"),  # zip: the share of within-model merges

@@ -2,24 +2,42 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 
 from hetsurgery.errors import MergeInputError
-from hetsurgery.ir import ModelGraph
-
-Width = str | int | Mapping[int, int] | None
+from hetsurgery.ir import Capability, ModelGraph
 
 
-def resolve_widths(graphs: Sequence[ModelGraph], width: Width, default: str, anchor: int) -> dict[int, int]:
+class WidthRule(enum.Enum):
+    """A group's merged width from the models' widths: the widest, the narrowest, or the anchor's."""
+
+    MAX = "max"
+    MIN = "min"
+    ANCHOR = "anchor"
+
+
+PICK: Mapping[WidthRule, Callable[[Sequence[int], int], int]] = MappingProxyType({
+    WidthRule.MAX: lambda sizes, anchor: max(sizes),
+    WidthRule.MIN: lambda sizes, anchor: min(sizes),
+    WidthRule.ANCHOR: lambda sizes, anchor: sizes[anchor],
+})
+
+Width = str | WidthRule | int | Mapping[int, int] | None
+
+
+def resolve_widths(graphs: Sequence[ModelGraph], width: Width, default: WidthRule, anchor: int) -> dict[int, int]:
     """Per permutable group, the width of the merged model.
 
     ``"max"`` / ``"min"``: the widest / narrowest model's width; an ``int``: that model's widths; a mapping:
-    explicit widths for some groups (the others take ``default``, itself ``"max"`` or ``"anchor"``).
+    explicit widths for some groups (the others take ``default``, the method's ``WidthRule``).
     """
     choice: object = default if width is None else width
     explicit: Mapping[int, int] = {}
     if isinstance(choice, Mapping):
         explicit, choice = choice, default
+    rule = _rule(choice)
     out = {}
     for grp in graphs[0].permutable():
         sizes = [g.group(grp.id).size for g in graphs]
@@ -28,12 +46,8 @@ def resolve_widths(graphs: Sequence[ModelGraph], width: Width, default: str, anc
             if not isinstance(asked, int) or isinstance(asked, bool):
                 raise MergeInputError(f"group {grp.id} ({grp.label}): width takes a whole number of channels, not {asked!r}")
             out[grp.id] = asked
-        elif choice == "max":
-            out[grp.id] = max(sizes)
-        elif choice == "min":
-            out[grp.id] = min(sizes)
-        elif choice == "anchor":
-            out[grp.id] = sizes[anchor]
+        elif rule is not None:
+            out[grp.id] = PICK[rule](sizes, anchor)
         elif isinstance(choice, int) and not isinstance(choice, bool) and 0 <= choice < len(graphs):
             out[grp.id] = sizes[choice]
         else:
@@ -48,8 +62,17 @@ def resolve_widths(graphs: Sequence[ModelGraph], width: Width, default: str, anc
     return out
 
 
-def check_width_changes(graphs: Sequence[ModelGraph], targets: Mapping[int, int], method: str, need: str) -> None:
-    """Every group whose width differs between models, or from its target, must admit ``need`` ("zip"/"pad")."""
+def _rule(choice: object) -> WidthRule | None:
+    """``choice`` as a rule (``"max"`` is ``WidthRule.MAX``), or ``None`` when it is not one."""
+    if isinstance(choice, WidthRule):
+        return choice
+    values = {rule.value: rule for rule in WidthRule}
+    return values.get(choice) if isinstance(choice, str) else None
+
+
+def check_width_changes(graphs: Sequence[ModelGraph], targets: Mapping[int, int], method: str,
+                        need: Capability) -> None:
+    """Every group whose width differs between models, or from its target, must admit ``need`` (zip or pad)."""
     for grp in graphs[0].permutable():
         sizes = {g.group(grp.id).size for g in graphs}
         if sizes == {targets[grp.id]}:

@@ -9,8 +9,7 @@ from typing import ClassVar
 import torch
 
 from hetsurgery.errors import PassError
-from hetsurgery.ir import ModelGraph, PermGroup
-from hetsurgery.ir.slot_algebra import permute_slot
+from hetsurgery.ir import ModelGraph, PermGroup, SlotMaps, slots_by_param
 
 
 @dataclass(frozen=True)
@@ -33,14 +32,14 @@ class ApplyPermutation:
     name: ClassVar[str] = "apply-permutation"
 
     def __call__(self, g: ModelGraph) -> ModelGraph:
-        new: dict[str, torch.Tensor] = {}
+        perms: dict[int, torch.Tensor] = {}
         for gid, perm in self.perms.items():
             grp = g.group(gid)
-            perm = _as_indices(g, grp, perm)
-            check_permutation(g, grp, perm)
-            for slot in grp.slots:
-                new[slot.param] = permute_slot(new.get(slot.param, g.params[slot.param]), slot, perm)
-        return g.with_updates(new)
+            perms[gid] = _as_indices(g, grp, perm)
+            check_permutation(g, grp, perms[gid])
+        maps = SlotMaps({gid: (p, 1.0) for gid, p in perms.items()}, {gid: (p, 1.0) for gid, p in perms.items()})
+        by_param = slots_by_param(g.group(gid) for gid in perms)  # every dtype moves, integer buffers too
+        return g.with_updates({name: maps.transform(g.params[name], slots) for name, slots in by_param.items()})
 
 
 def _as_indices(g: ModelGraph, grp: PermGroup, perm: object) -> torch.Tensor:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import ClassVar
 
-import torch
 from torch import nn
 
 from hetsurgery.errors import PassError
-from hetsurgery.ir import ModelGraph, owner_of
-from hetsurgery.ir.slot_algebra import pad_slot
+from hetsurgery.ir import Capability, ModelGraph, owner_of, pad_params
 from hetsurgery.passes.resize import resized_groups
 
 # New BatchNorm channels see zeros and give zeros: scale, shift and mean 0 like every padded entry (zero
@@ -41,7 +40,7 @@ class PadWidth:
     def __call__(self, g: ModelGraph) -> ModelGraph:
         grp = g.group(self.group)
         if not grp.pad_ok:
-            raise PassError(f"{g.name}: cannot pad group {grp.id} ({grp.label}): {grp.why_not('pad')}. "
+            raise PassError(f"{g.name}: cannot pad group {grp.id} ({grp.label}): {grp.why_not(Capability.PAD)}. "
                             "Pick a group whose `pad` column in ModelGraph.summary() says y.")
         if not isinstance(self.size, int) or isinstance(self.size, bool):
             raise PassError(f"{g.name}: PadWidth takes a whole number of channels, not {self.size!r}")
@@ -49,12 +48,11 @@ class PadWidth:
             raise PassError(f"{g.name}: PadWidth only grows group {grp.id} ({grp.size} channels), not to {self.size}; "
                             "use ZipNeurons to shrink it")
         modules = dict(g.module.named_modules())
-        new: dict[str, torch.Tensor] = {}
-        for slot in sorted(grp.slots, key=lambda s: -s.offset):  # later offsets first: they do not move
-            fill = _fill_for(modules.get(owner_of(slot.param)), slot.param.rsplit(".", 1)[-1])
-            new[slot.param] = pad_slot(new.get(slot.param, g.params[slot.param]), slot, grp.size, self.size, fill)
+        new = pad_params(g.params, [grp], {grp.id: self.size}, lambda param: _fill_for(modules, param))
         return g.with_updates(new, resized_groups(g, {grp.id: self.size}))
 
 
-def _fill_for(module: nn.Module | None, attr: str) -> float:
-    return _NONZERO_FILL.get(attr, 0.0) if isinstance(module, _BATCH_NORMS) else 0.0
+def _fill_for(modules: Mapping[str, nn.Module], param: str) -> float:
+    if not isinstance(modules.get(owner_of(param)), _BATCH_NORMS):
+        return 0.0
+    return _NONZERO_FILL.get(param.rsplit(".", 1)[-1], 0.0)

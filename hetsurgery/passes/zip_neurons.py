@@ -8,8 +8,7 @@ from typing import ClassVar
 import torch
 
 from hetsurgery.errors import PassError
-from hetsurgery.ir import ModelGraph, Role
-from hetsurgery.ir.slot_algebra import apply_matrix
+from hetsurgery.ir import Capability, ModelGraph, SlotMaps, slots_by_param
 from hetsurgery.passes.resize import resized_groups
 
 
@@ -33,12 +32,10 @@ class ZipNeurons:
         grp = g.group(self.group)
         r, d = self.merge.shape
         if not grp.zip_ok:
-            raise PassError(f"{g.name}: cannot zip group {grp.id} ({grp.label}): {grp.why_not('zip')}")
+            raise PassError(f"{g.name}: cannot zip group {grp.id} ({grp.label}): {grp.why_not(Capability.ZIP)}")
         if d != grp.size or tuple(self.unmerge.shape) != (d, r):
             raise PassError(f"{g.name}: group {grp.id} has {grp.size} channels; merge must be r x {grp.size} and "
                             f"unmerge {grp.size} x r, got {tuple(self.merge.shape)} and {tuple(self.unmerge.shape)}")
-        new: dict[str, torch.Tensor] = {}
-        for slot in sorted(grp.slots, key=lambda s: -s.offset):  # later offsets first: they do not move
-            a = self.merge if slot.role is Role.PRODUCE else self.unmerge.T
-            new[slot.param] = apply_matrix(new.get(slot.param, g.params[slot.param]), slot, a)
+        maps = SlotMaps({grp.id: self.merge}, {grp.id: self.unmerge.T})
+        new = {name: maps.transform(g.params[name], slots) for name, slots in slots_by_param([grp]).items()}
         return g.with_updates(new, resized_groups(g, {grp.id: r}))

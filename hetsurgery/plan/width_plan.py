@@ -14,6 +14,7 @@ tensor([[0.5000, 0.0000, 0.0000],
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,17 @@ from typing import Any
 
 import torch
 
-Map = torch.Tensor | tuple[torch.Tensor, float]  # a dense matrix, or (perm, scale) meaning scale * I[perm]
+from hetsurgery.ir.slot_maps import Map
+
+
+class MatchKind(enum.StrEnum):
+    """How a group was matched: ``GroupMatch.info["kind"]``, written to ``plan.json`` as its value."""
+
+    IDENTITY = "identity"  # each model's channels in their own order (frozen groups, plain averaging)
+    PERMUTATION = "permutation"  # one permutation per model (permute, weight matching)
+    OT = "ot"  # optimal transport onto one model's neurons
+    ZIP = "zip"  # zipped: each merged channel the mean of a cluster of features
+    MAL = "mal"  # Model Assembly Learning: permutations in the zero-padded space
 
 
 @dataclass(frozen=True)
@@ -39,13 +50,14 @@ class GroupMatch:
 
     @staticmethod
     def identity(group: int, widths: Sequence[int], weights: Sequence[float]) -> GroupMatch:
-        return GroupMatch.from_perms(group, [torch.arange(widths[0]) for _ in widths], weights, {"kind": "identity"})
+        perms = [torch.arange(widths[0]) for _ in widths]
+        return GroupMatch.from_perms(group, perms, weights, {"kind": MatchKind.IDENTITY})
 
     @staticmethod
     def from_perms(group: int, perms: Sequence[torch.Tensor], weights: Sequence[float],
                    info: Mapping[str, Any] | None = None) -> GroupMatch:
         """Merged channel ``i`` is channel ``perms[k][i]`` of model ``k``, averaged with ``weights``."""
-        return GroupMatch(group, perms[0].numel(), None, None, {"kind": "permutation", **(info or {})},
+        return GroupMatch(group, perms[0].numel(), None, None, {"kind": MatchKind.PERMUTATION, **(info or {})},
                           tuple(torch.as_tensor(p, dtype=torch.long) for p in perms), tuple(float(w) for w in weights))
 
     @property
@@ -108,11 +120,11 @@ class WidthPlan:
         groups = {}
         for g in raw["groups"]:
             if "perms" in g:
-                groups[g["group"]] = GroupMatch(g["group"], g["size"], None, None, g["info"],
+                groups[g["group"]] = GroupMatch(g["group"], g["size"], None, None, _info(g["info"]),
                                                 tuple(torch.tensor(p) for p in g["perms"]), tuple(g["scales"]))
             else:
                 groups[g["group"]] = GroupMatch(g["group"], g["size"], tuple(_dense(t) for t in g["merge"]),
-                                                tuple(_dense(t) for t in g["unmerge"]), g["info"])
+                                                tuple(_dense(t) for t in g["unmerge"]), _info(g["info"]))
         return WidthPlan(raw["method"], tuple(raw["weights"]), raw["anchor"], groups)
 
 
@@ -141,7 +153,16 @@ def _dense(d: Mapping[str, Any]) -> torch.Tensor:
     return t
 
 
+def _info(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A group's info read back: a kind this version knows becomes its ``MatchKind``, anything else stays."""
+    kinds = {kind.value: kind for kind in MatchKind}
+    kind = raw.get("kind")
+    return {**raw, "kind": kinds[kind]} if isinstance(kind, str) and kind in kinds else dict(raw)
+
+
 def _jsonable(x: Any) -> Any:
+    if isinstance(x, enum.Enum):
+        return x.value
     if isinstance(x, torch.Tensor):
         return x.tolist()
     if isinstance(x, Mapping):

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from hetsurgery.plan.width_plan import GroupMatch
+from hetsurgery.plan.width_plan import GroupMatch, MatchKind
 
 
 def placement(perm: torch.Tensor, width: int) -> torch.Tensor:
@@ -53,4 +53,4 @@ def mal_match(gid: int, perms: Sequence[torch.Tensor], widths: Sequence[int], we
         rows = torch.nonzero(qs[keep].sum(1)).flatten()
         qs = [q[rows] for q in qs]
     return GroupMatch(gid, qs[0].shape[0], tuple(w * q for w, q in zip(weights, qs, strict=True)),
-                      tuple(q.T.contiguous() for q in qs), {"kind": "mal", **info})
+                      tuple(q.T.contiguous() for q in qs), {"kind": MatchKind.MAL, **info})

@@ -24,7 +24,9 @@ marginals on a cost normalised by its maximum (an entropic approximation; only t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -32,7 +34,31 @@ from scipy.optimize import linear_sum_assignment
 
 from hetsurgery.ir import Blocks
 from hetsurgery.plan.stats import GroupStats, signature_agreement
-from hetsurgery.plan.width_plan import GroupMatch
+from hetsurgery.plan.width_plan import GroupMatch, MatchKind
+
+
+class OTSolver(enum.Enum):
+    """How the transport is solved: exactly (``EMD``, a linear programme) or entropically (``SINKHORN``)."""
+
+    EMD = "emd"
+    SINKHORN = "sinkhorn"
+
+
+class OTCost(enum.Enum):
+    """What is compared between neurons: their activations on calibration data, or their incoming weights."""
+
+    ACTIVATIONS = "activations"
+    WEIGHTS = "weights"
+
+
+def as_solver(solver: OTSolver | str) -> OTSolver:
+    """``solver`` as an ``OTSolver`` (users write ``"emd"`` or ``"sinkhorn"``)."""
+    if isinstance(solver, OTSolver):
+        return solver
+    by_value = {s.value: s for s in OTSolver}
+    if solver not in by_value:
+        raise ValueError(f"unknown OT solver {solver!r}: use {' or '.join(repr(s.value) for s in OTSolver)}")
+    return by_value[solver]
 
 
 def feature_distance(stats: GroupStats, k: int, anchor: int, signature: torch.Tensor | None = None) -> torch.Tensor:
@@ -54,7 +80,7 @@ def feature_distance(stats: GroupStats, k: int, anchor: int, signature: torch.Te
     return torch.where(ties, scale * (1.0 + apart), dist)
 
 
-def coupling(cost: torch.Tensor, solver: str = "emd", reg: float = 0.01) -> torch.Tensor:
+def coupling(cost: torch.Tensor, solver: OTSolver | str = OTSolver.EMD, reg: float = 0.01) -> torch.Tensor:
     """The transport plan between source neurons (rows) and target neurons (columns); its entries sum to 1.
 
     >>> import torch
@@ -63,16 +89,25 @@ def coupling(cost: torch.Tensor, solver: str = "emd", reg: float = 0.01) -> torc
     >>> coupling(torch.tensor([[0., 5., 1.], [5., 0., 9.]], dtype=torch.float64)).mul(3).tolist()   # 2 onto 3
     [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
     """
-    n, m = cost.shape
-    c = cost.double().cpu().numpy()
-    if solver == "emd":
-        return torch.from_numpy(_covering_assignment(c) if n != m else _pot().emd(np.full(n, 1.0 / n),
-                                                                                np.full(m, 1.0 / m), c))
-    if solver == "sinkhorn":
-        t = np.asarray(_pot().sinkhorn(np.full(n, 1.0 / n), np.full(m, 1.0 / m), c / max(c.max(), 1e-12), reg))
-        # Sinkhorn meets its marginals only to a tolerance: make every target neuron's mass exactly 1/m
-        return torch.from_numpy(t / np.maximum(t.sum(0, keepdims=True), 1e-300) / m)
-    raise ValueError(f"unknown OT solver {solver!r}: use 'emd' or 'sinkhorn'")
+    return torch.from_numpy(COUPLINGS[as_solver(solver)](cost.double().cpu().numpy(), reg))
+
+
+def _emd(c: np.ndarray, reg: float) -> np.ndarray:
+    n, m = c.shape
+    return _covering_assignment(c) if n != m else _pot().emd(np.full(n, 1.0 / n), np.full(m, 1.0 / m), c)
+
+
+def _sinkhorn(c: np.ndarray, reg: float) -> np.ndarray:
+    n, m = c.shape
+    t = np.asarray(_pot().sinkhorn(np.full(n, 1.0 / n), np.full(m, 1.0 / m), c / max(c.max(), 1e-12), reg))
+    # Sinkhorn meets its marginals only to a tolerance: make every target neuron's mass exactly 1/m
+    return t / np.maximum(t.sum(0, keepdims=True), 1e-300) / m
+
+
+COUPLINGS: Mapping[OTSolver, Callable[[np.ndarray, float], np.ndarray]] = MappingProxyType({
+    OTSolver.EMD: _emd,
+    OTSolver.SINKHORN: _sinkhorn,
+})
 
 
 def _covering_assignment(c: np.ndarray) -> np.ndarray:
@@ -111,8 +146,10 @@ def maps_of(t: torch.Tensor, weight: float) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def ot_match(gid: int, stats: GroupStats, blocks: Blocks, weights: Sequence[float], anchor: int = 0, *,
-             solver: str = "emd", reg: float = 0.01, signature: torch.Tensor | None = None) -> GroupMatch:
+             solver: OTSolver | str = OTSolver.EMD, reg: float = 0.01, signature: torch.Tensor | None = None
+             ) -> GroupMatch:
     """Transport every model onto the anchor's neurons, block by block (heads stay heads)."""
+    solver = as_solver(solver)
     d0 = stats.widths[anchor]
     merges, unmerges = [], []
     for k in range(len(stats.widths)):
@@ -124,10 +161,10 @@ def ot_match(gid: int, stats: GroupStats, blocks: Blocks, weights: Sequence[floa
                                                     solver, reg), weights[k])
         merges.append(merge)
         unmerges.append(unmerge)
-    return GroupMatch(gid, d0, tuple(merges), tuple(unmerges), {"kind": "ot", "solver": solver})
+    return GroupMatch(gid, d0, tuple(merges), tuple(unmerges), {"kind": MatchKind.OT, "solver": solver.value})
 
 
-def blockwise_coupling(cost: torch.Tensor, blocks: int, solver: str, reg: float) -> torch.Tensor:
+def blockwise_coupling(cost: torch.Tensor, blocks: int, solver: OTSolver | str, reg: float) -> torch.Tensor:
     """``coupling`` inside each of ``blocks`` diagonal blocks (heads stay heads), each block's mass ``1/blocks``."""
     n, m = cost.shape
     t = torch.zeros(n, m, dtype=torch.float64)

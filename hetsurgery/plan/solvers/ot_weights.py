@@ -25,10 +25,9 @@ from collections.abc import Collection, Mapping, Sequence
 import networkx as nx
 import torch
 
-from hetsurgery.ir import ModelGraph, PermGroup, Role, Slot
-from hetsurgery.plan.apply import SlotMaps, slots_by_param
-from hetsurgery.plan.solvers.ot import blockwise_coupling, maps_of
-from hetsurgery.plan.width_plan import GroupMatch
+from hetsurgery.ir import ModelGraph, PermGroup, Role, Slot, SlotMaps, later_offsets_first, slots_by_param
+from hetsurgery.plan.solvers.ot import OTCost, OTSolver, as_solver, blockwise_coupling, maps_of
+from hetsurgery.plan.width_plan import GroupMatch, MatchKind
 
 
 def producer_order(g: ModelGraph) -> tuple[list[PermGroup], set[int]]:
@@ -52,13 +51,15 @@ def producer_order(g: ModelGraph) -> tuple[list[PermGroup], set[int]]:
 
 
 def ot_weight_matches(graphs: Sequence[ModelGraph], weights: Sequence[float], targets: Mapping[int, int],
-                      learned: Collection[str], *, solver: str = "emd", reg: float = 0.01) -> dict[int, GroupMatch]:
+                      learned: Collection[str], *, solver: OTSolver | str = OTSolver.EMD, reg: float = 0.01
+                      ) -> dict[int, GroupMatch]:
     """Per group, every model transported onto the neurons of model ``targets[group]``.
 
     Groups on a cycle are solved twice: first with the input axes of groups not solved yet summarised by
     permutation-invariant sums (per row: the sum and the sum of squares along that axis), then again
     with every map known.
     """
+    solver = as_solver(solver)
     order, cyclic = producer_order(graphs[0])
     matches: dict[int, GroupMatch] = {}
     for grp in [*order, *(grp for grp in order if grp.id in cyclic)]:
@@ -72,7 +73,8 @@ def ot_weight_matches(graphs: Sequence[ModelGraph], weights: Sequence[float], ta
             merges.append(merge)
             unmerges.append(unmerge)
         matches[grp.id] = GroupMatch(grp.id, rows[onto].shape[0], tuple(merges), tuple(unmerges),
-                                     {"kind": "ot", "solver": solver, "cost": "weights", "onto": onto})
+                                     {"kind": MatchKind.OT, "solver": solver.value, "cost": OTCost.WEIGHTS.value,
+                                      "onto": onto})
     return matches
 
 
@@ -86,8 +88,7 @@ def _incoming(g: ModelGraph, gid: int, done: Mapping[int, GroupMatch], k: int, l
         if slot.role is not Role.PRODUCE or slot.param not in learned or slot.chunks > 1:
             continue
         t = g.params[slot.param]
-        # from the last offset down: a width change never moves a slot still to be handled
-        for h, other in sorted(by_param[slot.param], key=lambda item: -item[1].offset):
+        for h, other in later_offsets_first(by_param[slot.param]):
             if h == gid or other.dim == slot.dim:  # other rows of a fused tensor: not this group's
                 continue
             t = maps.apply(t, h, other) if h in done else _summarised(t, other, g.group(h).size)

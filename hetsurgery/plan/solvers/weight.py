@@ -25,9 +25,8 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 
-from hetsurgery.ir import PermGroup, Slot
+from hetsurgery.ir import PermGroup, Slot, slots_by_param
 from hetsurgery.ir.slot_algebra import gather, permutation_indices, permute_slot
-from hetsurgery.plan.apply import slots_by_param
 from hetsurgery.plan.solvers.lap import best_permutation
 
 Params = Mapping[str, torch.Tensor]

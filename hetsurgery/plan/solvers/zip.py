@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from hetsurgery.plan.width_plan import GroupMatch
+from hetsurgery.plan.width_plan import GroupMatch, MatchKind
 
 NEG = -np.inf
 
@@ -172,5 +172,5 @@ def _from_clusters(gid: int, clusters: list[list[int]], widths: Sequence[int], w
     merges = tuple(m[a:b].T.contiguous() for a, b in spans)
     unmerges = tuple(p[a:b].contiguous() for a, b in spans)
     within = sum(1 for c in clusters if len(c) > len({int(origin[f]) for f in c}))
-    return GroupMatch(gid, r, merges, unmerges, {"kind": "zip", "alpha": alpha, "beta": beta,
+    return GroupMatch(gid, r, merges, unmerges, {"kind": MatchKind.ZIP, "alpha": alpha, "beta": beta,
                                                  "clusters": clusters, "within_model_clusters": within})
