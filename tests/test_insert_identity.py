@@ -57,8 +57,8 @@ def test_two_positions_and_a_repeated_one_insert_three_units_after_relus() -> No
     model = randomise(hs.zoo.mlp([8, 8, 6]), 2)
     x = torch.randn(6, 64)
     g = hs.trace(model, x)
-    g2 = InsertIdentity("flatten", (1, 3, 3))(g)
-    assert len(g2.stage("flatten")) == 6
+    g2 = InsertIdentity("stage0", (1, 3, 3))(g)
+    assert len(g2.stage("stage0")) == 6
     with torch.no_grad():
         assert rel_err(model(x), hs.to_module(g2)(x)) == 0.0
     names = [n for n, _ in hs.to_module(g2).named_children()]
@@ -103,18 +103,18 @@ class Shifted(nn.Module):
 
 def test_illegal_positions_are_refused_with_the_reason() -> None:
     g = hs.trace(GeluMLP(), torch.randn(2, 4))
-    with pytest.raises(hs.PassError, match=r"position 1 of stage x \(after node gelu\): the stage's activation "
+    with pytest.raises(hs.PassError, match=r"position 1 of stage stage0 \(after node gelu\): the stage's activation "
                                            r"gelu is not the identity on the values there"):
-        InsertIdentity("x", (1,))(g)
+        InsertIdentity("stage0", (1,))(g)
     shifted = hs.trace(Shifted(), torch.randn(2, 4))
-    with pytest.raises(hs.PassError, match=r"position 0 of stage sub \(after node sub\).* lie in \[-1, inf\]"):
-        InsertIdentity("sub", (0,))(shifted)
-    InsertIdentity("sub", (1,))(shifted)  # after the ReLU: fine
+    with pytest.raises(hs.PassError, match=r"position 0 of stage stage1 \(after node sub\).* lie in \[-1, inf\]"):
+        InsertIdentity("stage1", (0,))(shifted)
+    InsertIdentity("stage1", (1,))(shifted)  # after the ReLU: fine
     mlp = hs.trace(hs.zoo.mlp([8]), torch.randn(2, 64))
     with pytest.raises(hs.PassError, match=r"position 0 .*first unit layers_0 is fixed \(reads the model input\)"):
-        InsertIdentity("flatten", (0,))(mlp)
+        InsertIdentity("stage0", (0,))(mlp)
     with pytest.raises(hs.PassError, match="positions go from 0 to 1, not 2"):
-        InsertIdentity("flatten", (2,))(mlp)
+        InsertIdentity("stage0", (2,))(mlp)
     with pytest.raises(hs.IRError, match="no stage 'nope'"):
         InsertIdentity("nope", (0,))(mlp)
     resnet = hs.trace(hs.zoo.resnet20(), X)

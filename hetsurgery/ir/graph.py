@@ -158,7 +158,7 @@ class ModelGraph:
         for st in self.stages:
             members = ", ".join(k + (" (fixed)" if by_key[k].fixed else "") + (f" [{by_key[k].origin}]"
                                 if by_key[k].origin else "") for k in st.units)
-            lines.append(f"  stage {st.key} ({st.kind.value}s): {members}")
+            lines.append(f"  {st.key} ({st.kind.value}s, reads {st.entry}): {members}")
         loose = [u for u in self.units if u.key not in staged]
         if loose:
             lines.append("  outside stages: " + ", ".join(f"{u.key} ({u.fixed})" if u.fixed else u.key for u in loose))

@@ -47,11 +47,17 @@ class Unit:
 
 @dataclass(frozen=True)
 class Stage:
-    """A run of units that may be aligned with each other, in order; ``key`` is the node the run reads."""
+    """A run of units that may be aligned with each other, in order.
+
+    ``key`` is ``stage<i>``, the stage's place among the model's stages: structural passes add units to a
+    stage or fuse some of its units, but never add or remove stages, so keys survive edits. ``entry`` is the
+    node the stage's first unit reads.
+    """
 
     key: str
     kind: UnitKind
     units: tuple[str, ...]
+    entry: str = ""
 
     def __len__(self) -> int:
         return len(self.units)

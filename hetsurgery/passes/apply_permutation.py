@@ -30,6 +30,7 @@ class ApplyPermutation:
 
     perms: Mapping[int, torch.Tensor]
     name: ClassVar[str] = "apply-permutation"
+    exact: ClassVar[bool] = True
 
     def __call__(self, g: ModelGraph) -> ModelGraph:
         perms: dict[int, torch.Tensor] = {}

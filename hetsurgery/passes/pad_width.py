@@ -36,6 +36,7 @@ class PadWidth:
     group: int
     size: int
     name: ClassVar[str] = "pad-width"
+    exact: ClassVar[bool] = True
 
     def __call__(self, g: ModelGraph) -> ModelGraph:
         grp = g.group(self.group)

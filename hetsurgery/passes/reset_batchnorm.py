@@ -29,6 +29,7 @@ class ResetBatchNorm:
     max_samples: int | None = None
     device: torch.device | str | None = None  # where to run; the statistics come back to the graph's device
     name: ClassVar[str] = "reset-batchnorm"
+    exact: ClassVar[bool] = False
 
     def __call__(self, g: ModelGraph) -> ModelGraph:
         model = to_module(g, share=True).eval()  # weights are only read; statistics get fresh tensors below

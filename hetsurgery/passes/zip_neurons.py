@@ -27,6 +27,7 @@ class ZipNeurons:
     merge: torch.Tensor
     unmerge: torch.Tensor
     name: ClassVar[str] = "zip-neurons"
+    exact: ClassVar[bool] = False
 
     def __call__(self, g: ModelGraph) -> ModelGraph:
         grp = g.group(self.group)

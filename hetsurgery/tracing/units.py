@@ -27,7 +27,7 @@ from __future__ import annotations
 import operator
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import networkx as nx
 import torch
@@ -65,8 +65,8 @@ def find_units(g: ModelGraph) -> tuple[tuple[Unit, ...], tuple[Stage, ...]]:
     layer_units, layer_stages = _layers(g, flow, inside, streams={gid for h in halves
                                                                    for gid in g.facts[h.add].writes})
     units = tuple(sorted([*block_units, *layer_units], key=lambda u: order[u.nodes[0]]))
-    stages = tuple(sorted([*block_stages, *layer_stages], key=lambda st: order[st.key]))
-    return units, stages
+    ordered = sorted([*block_stages, *layer_stages], key=lambda st: order[st.entry])
+    return units, tuple(replace(st, key=f"stage{i}") for i, st in enumerate(ordered))
 
 
 # -- residual blocks ------------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ def _blocks(g: ModelGraph, halves: list[_Half], flow: nx.DiGraph) -> tuple[list[
         for run in _by_stream(g, chain):
             grouped = _grouped(g, flow, run)
             units += grouped
-            stages.append(Stage(grouped[0].entry, UnitKind.BLOCK, tuple(u.key for u in grouped)))
+            stages.append(Stage("", UnitKind.BLOCK, tuple(u.key for u in grouped), grouped[0].entry))
     return units, stages
 
 
@@ -239,7 +239,7 @@ def _layers(g: ModelGraph, flow: nx.DiGraph, inside: set[str], streams: set[int]
         else:
             runs.append([u])
     for run in runs:
-        stages.append(Stage(run[0].entry, UnitKind.LAYER, tuple(u.key for u in run)))
+        stages.append(Stage("", UnitKind.LAYER, tuple(u.key for u in run), run[0].entry))
     fixed_keys = {u.key: u for u in [*outside_stages, *staged]}
     return list(fixed_keys.values()), stages
 
