@@ -36,12 +36,14 @@ from hetsurgery.export.codegen import BUFFER, CONSTANT, PARAMETER, TRANSIENT, In
 from hetsurgery.export.errors import InputError
 from hetsurgery.export.graph_values import GraphValueError, decode, encode
 from hetsurgery.export.modules import ARGS
+from hetsurgery.tracing.units import ORIGIN_META
 
 GRAPH_FORMAT = "hetsurgery-graph/1"
 TENSOR_KINDS = (PARAMETER, BUFFER, TRANSIENT, CONSTANT)
 _PLACEHOLDER = re.compile(r"\*{0,2}[A-Za-z_][A-Za-z0-9_]*")  # x, *args, **kwargs
 # the generated forward's first parameter: fx renames a node named like a global, not one named self
 _RESERVED = frozenset({"self"})
+_ORIGIN = re.compile(r"[a-z][a-z-]{0,39}")  # a structural pass's name, e.g. insert-identity
 
 
 class NodeOp(Enum):
@@ -108,6 +110,9 @@ def _node_document(node: fx.Node) -> dict[str, Any]:
         raise ExportError(f"node {node.name!r} has an argument graph.json cannot record: {exc}") from exc
     if op is NodeOp.PLACEHOLDER and node.type in (torch.Tensor, "torch.Tensor"):
         doc["type"] = "torch.Tensor"
+    origin = node.meta.get(ORIGIN_META)
+    if isinstance(origin, str) and origin:
+        doc["origin"] = origin  # the structural pass that made the node: pictures mark inserted units
     return doc
 
 
@@ -206,6 +211,11 @@ def _graph(nodes: list[Any]) -> fx.Graph:
             raise _Refused(f"node {name!r} {reason}")
         type_expr = torch.Tensor if body.get("type") == "torch.Tensor" else None
         made[name] = graph.create_node(op.value, target, tuple(args), kwargs, name=name, type_expr=type_expr)
+        origin = body.get("origin")
+        if origin is not None:
+            if not isinstance(origin, str) or not _ORIGIN.fullmatch(origin):
+                raise _Refused(f"node {name!r}: origin {origin!r:.60} is not the name of a pass")
+            made[name].meta[ORIGIN_META] = origin
     if not made or next(reversed(graph.nodes)).op != NodeOp.OUTPUT.value:
         raise _Refused("the graph does not end with its output node")
     return graph

@@ -41,30 +41,35 @@ from hetsurgery.export.report import report_markdown
 from hetsurgery.export.round_trip import check_round_trip
 from hetsurgery.ir import ModelGraph
 from hetsurgery.ir.lowering import to_module
+from hetsurgery.plan.depth import DepthPlan
 from hetsurgery.plan.width_plan import WidthPlan
 
-PLAN_FORMAT = "hetsurgery-plan/1"
+PLAN_FORMAT = "hetsurgery-plan/2"
 
 
 @dataclass(frozen=True)
 class Package:
-    """A loaded package: the model (eval mode), its plan (``None`` if none was saved), example inputs, report."""
+    """A loaded package: the model (eval mode), its width plan and depth plan (``None`` if none was saved), the
+    structural passes that made its structure (specs, ``hetsurgery.passes.replay``), example inputs, report."""
 
     folder: Path
     model: nn.Module = field(repr=False)
     plan: WidthPlan | None = field(repr=False)
     example_inputs: tuple[torch.Tensor, ...] = field(repr=False)
     report: str = field(repr=False)
+    depth: DepthPlan | None = field(default=None, repr=False)
+    passes: tuple[Mapping[str, Any], ...] = field(default=(), repr=False)
 
 
 def save(model_or_graph: nn.Module | ModelGraph, folder: str | os.PathLike[str], *, plan: WidthPlan | None = None,
          report: object | None = None, example_inputs: Sequence[torch.Tensor] | torch.Tensor | None = None,
-         name: str | None = None) -> Path:
+         name: str | None = None, depth: DepthPlan | None = None) -> Path:
     """Write a package to ``folder`` and return its path.
 
     ``model_or_graph`` is a ``ModelGraph``, a ``GraphModule`` (``MergeResult.model``) or a plain
     ``nn.Module`` (traced with ``torch.fx``). ``report`` is Markdown text or any object whose ``str`` is
     kept verbatim (a ``MergeReport``). ``example_inputs`` default to the ones the graph was traced with.
+    ``plan.json`` keeps the width ``plan``, the ``depth`` plan and a graph's structural ``passes``.
     An existing package at ``folder`` is replaced and an empty folder written into; any other folder is
     refused with ``InputError`` before anything is written (see ``package_files``).
     """
@@ -84,7 +89,8 @@ def save(model_or_graph: nn.Module | ModelGraph, folder: str | os.PathLike[str],
         (tmp / "graph.json").write_text(graph, encoding="utf-8")
         (tmp / "report.md").write_text(report_markdown(name, gm, layout, specs, plan, report), encoding="utf-8")
         files = {file: file_digest(tmp / file) for file in HASHED_FILES}
-        (tmp / "plan.json").write_text(plan_json(plan, files=files), encoding="utf-8")
+        passes = model_or_graph.passes if isinstance(model_or_graph, ModelGraph) else ()
+        (tmp / "plan.json").write_text(plan_json(plan, files=files, depth=depth, passes=passes), encoding="utf-8")
         check_round_trip(tmp, gm, inputs or list(random_inputs(specs)), name)
     return Path(folder)
 
@@ -115,7 +121,9 @@ def read_package(folder: str | os.PathLike[str], *, device: str | torch.device =
         model, inputs = from_data(folder, plan)
         model = model.to(device)
     report = (folder / "report.md").read_text(encoding="utf-8") if (folder / "report.md").is_file() else ""
-    return Package(folder, model, _width_plan(plan, folder / "plan.json"), inputs, report)
+    path = folder / "plan.json"
+    return Package(folder, model, _width_plan(plan, path), inputs, report, _depth_plan(plan, path),
+                   _passes(plan, path))
 
 
 def read_plan(folder: str | os.PathLike[str]) -> WidthPlan | None:
@@ -126,16 +134,44 @@ def read_plan(folder: str | os.PathLike[str]) -> WidthPlan | None:
     return _width_plan(plan_file(Path(folder)), path)
 
 
-def plan_json(plan: WidthPlan | None, *, files: Mapping[str, str] | None = None) -> str:
+def plan_json(plan: WidthPlan | None, *, files: Mapping[str, str] | None = None, depth: DepthPlan | None = None,
+              passes: Sequence[Mapping[str, Any]] = ()) -> str:
     """The text of ``plan.json``; readers ignore keys they do not know.
 
-    ``{"format": "hetsurgery-plan/1", "width": <WidthPlan.to_json()> or null, "files": {"model.py":
-    "sha256:<hex>", "model.safetensors": ..., "graph.json": ...}}``; ``files`` is left out when ``None``.
+    ``{"format": "hetsurgery-plan/2", "width": <WidthPlan.to_json()> or null, "depth": <DepthPlan.to_dict()>
+    or null, "passes": [<pass spec>, ...], "files": {"model.py": "sha256:<hex>", "model.safetensors": ...,
+    "graph.json": ...}}``; ``files`` is left out when ``None``. ``passes`` are the structural passes that turned
+    the traced model into the saved structure, as specs ``hetsurgery.passes.replay`` applies again.
     """
-    doc: dict[str, Any] = {"format": PLAN_FORMAT, "width": None if plan is None else json.loads(plan.to_json())}
+    doc: dict[str, Any] = {"format": PLAN_FORMAT, "width": None if plan is None else json.loads(plan.to_json()),
+                           "depth": None if depth is None else depth.to_dict(), "passes": [dict(p) for p in passes]}
     if files is not None:
         doc["files"] = dict(files)
     return json.dumps(doc, indent=1)
+
+
+def read_depth(folder: str | os.PathLike[str]) -> DepthPlan | None:
+    """The depth plan saved in ``folder/plan.json`` (``None`` when there is none)."""
+    path = Path(folder) / "plan.json"
+    return _depth_plan(plan_file(Path(folder)), path) if path.exists() else None
+
+
+def _depth_plan(raw: Mapping[str, Any], path: Path) -> DepthPlan | None:
+    depth = raw.get("depth")
+    if depth is None:
+        return None
+    try:
+        return DepthPlan.from_dict(depth)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: its depth plan cannot be read ({type(exc).__name__}: {exc})") from exc
+
+
+def _passes(raw: Mapping[str, Any], path: Path) -> tuple[Mapping[str, Any], ...]:
+    passes = raw.get("passes", [])
+    if not isinstance(passes, list) or not all(isinstance(p, dict) and isinstance(p.get("pass"), str)
+                                               for p in passes):
+        raise InputError(f"{path}: \"passes\" must be a list of pass specs with a \"pass\" name")
+    return tuple(passes)
 
 
 def _width_plan(raw: Mapping[str, Any], path: Path) -> WidthPlan | None:

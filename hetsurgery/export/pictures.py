@@ -115,9 +115,11 @@ def graph_dot(g: ModelGraph) -> graphviz.Digraph:
                                                 "fontname": "Helvetica", "tooltip": g.name},
                            node_attr={"fontname": "Helvetica", "fontsize": "10"}, edge_attr={"arrowsize": "0.6"})
     nx_graph = g.to_networkx()
-    for layer in _layers_in_call_order(g, nx_graph):
-        dot.node(f"layer {layer}", f"{layer}\n{_layer_class(g, layer)}", shape="box", style="rounded",
-                 tooltip=_layer_tooltip(g, layer))
+    layers = _layers_in_call_order(g, nx_graph)
+    placed = _draw_units(dot, g, layers)
+    for layer in layers:
+        if layer not in placed:
+            _layer_node(dot, g, layer)
     for grp in g.groups:
         colour = FROZEN if grp.frozen else PALETTE[grp.id % len(PALETTE)]
         dot.node(f"group {grp.id}", _group_label(grp), shape="ellipse", style="filled", fillcolor=colour,
@@ -131,6 +133,42 @@ def graph_dot(g: ModelGraph) -> graphviz.Digraph:
         else:
             dot.edge(_node_id(u), _node_id(v), color=colour)
     return dot
+
+
+def _layer_node(dot: graphviz.Digraph, g: ModelGraph, layer: str) -> None:
+    dot.node(f"layer {layer}", f"{layer}\n{_layer_class(g, layer)}", shape="box", style="rounded",
+             tooltip=_layer_tooltip(g, layer))
+
+
+def _draw_units(dot: graphviz.Digraph, g: ModelGraph, layers: Sequence[str]) -> set[str]:
+    """Stages as clusters holding their units as clusters of layers; a unit inserted or fused by a structural
+    pass is drawn dashed and says which pass made it. Returns the layers drawn inside a unit."""
+    by_node = {n.name: str(n.target) for n in g.module.graph.nodes if n.op == "call_module"}
+    members = {u.key: [by_node[n] for n in u.nodes if by_node.get(n) in layers] for u in g.units}
+    staged = {k: st for st in g.stages for k in st.units}
+    placed: set[str] = set()
+
+    def unit_cluster(parent: graphviz.Digraph, key: str) -> None:
+        u = g.unit(key)
+        note = f" [{u.origin}]" if u.origin else (" (fixed)" if u.fixed else "")
+        attrs = {"label": f"{u.key}{note}", "style": "dashed,rounded" if u.origin else "rounded",
+                 "color": "#d95f02" if u.origin else "#7f7f7f", "fontsize": "9", "tooltip": u.fixed or u.key}
+        with parent.subgraph(name=f"cluster_unit_{u.key}", graph_attr=attrs) as c:
+            for layer in members[u.key]:
+                if layer not in placed:
+                    _layer_node(c, g, layer)
+                    placed.add(layer)
+
+    for st in g.stages:
+        with dot.subgraph(name=f"cluster_{st.key}", graph_attr={
+                "label": f"{st.key}: {len(st)} {st.kind.value}s", "style": "filled", "fillcolor": "#f7f7f7",
+                "color": "#bdbdbd", "fontsize": "10"}) as c:
+            for key in st.units:
+                unit_cluster(c, key)
+    for u in g.units:
+        if u.key not in staged:
+            unit_cluster(dot, u.key)
+    return placed
 
 
 def _per_channel_layers(g: ModelGraph) -> set[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Mapping
+from typing import Any
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
@@ -38,7 +39,9 @@ class ModelGraph:
     current value of every parameter and buffer under its ``state_dict`` name. ``fixed_axes`` are parameter
     axes that are not channels by design: kernel taps, an embedding's vocabulary, the features of the model
     input. ``facts`` holds, per fx node name, what the lifter learned (``NodeFacts``); ``units`` and
-    ``stages`` are the layers and residual blocks the depth passes work on.
+    ``stages`` are the layers and residual blocks the depth passes work on; ``passes`` are the specs of the
+    structural passes applied since tracing (``hetsurgery.passes.replay`` applies them to the traced model
+    again).
     """
 
     module: fx.GraphModule
@@ -50,6 +53,7 @@ class ModelGraph:
     facts: Mapping[str, NodeFacts] = field(default_factory=dict, repr=False)
     units: tuple[Unit, ...] = field(default=(), repr=False)
     stages: tuple[Stage, ...] = field(default=(), repr=False)
+    passes: tuple[Mapping[str, Any], ...] = field(default=(), repr=False)  # structural passes since tracing
 
     def __post_init__(self) -> None:
         for attr in ("params", "facts"):

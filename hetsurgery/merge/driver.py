@@ -116,7 +116,8 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: st
     for grp in graphs[0].groups:
         if not grp.perm_ok:
             matches[grp.id] = GroupMatch.identity(grp.id, [g.group(grp.id).size for g in graphs], w)
-    plan = WidthPlan(method, tuple(w), anchor, dict(sorted(matches.items())))
+    plan = WidthPlan(method, tuple(w), anchor, dict(sorted(matches.items())),
+                     {grp.id: grp.key for grp in graphs[anchor].groups if grp.id in matches})
     seconds["matching"] = time.perf_counter() - clock
     return Planned(graphs, plan, seconds)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import fx, nn
@@ -68,7 +68,12 @@ class FuseReluSegment:
         for u in reversed(units[:-1]):
             for name in reversed(u.nodes):
                 gm.graph.erase_node(node_named(gm, name))
-        return relift(gm, g)
+        return relift(gm, g, self.spec())
+
+    def spec(self) -> dict[str, Any]:
+        """The pass as JSON-able data (``hetsurgery.passes.replay`` makes it again)."""
+        return {"pass": self.name, "units": list(self.units),
+                "signs": [torch.as_tensor(d, dtype=torch.float64).flatten().tolist() for d in self.signs]}
 
 
 def segment_units(g: ModelGraph, keys: Sequence[str]) -> list[Unit]:

@@ -25,7 +25,7 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import fx, nn
@@ -57,7 +57,11 @@ class InsertIdentity:
         for _, n, point, template in plans:
             for _ in range(n):
                 _insert_after(gm, g, node_named(gm, point), template)
-        return relift(gm, g)
+        return relift(gm, g, self.spec())
+
+    def spec(self) -> dict[str, Any]:
+        """The pass as JSON-able data (``hetsurgery.passes.replay`` makes it again)."""
+        return {"pass": self.name, "stage": self.stage, "positions": list(self.positions)}
 
 
 def insertion_point(g: ModelGraph, st: Stage, position: int) -> str:

@@ -23,7 +23,7 @@ import copy
 import operator
 from collections import Counter
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import fx, nn
@@ -61,7 +61,11 @@ class InsertZeroResidual:
         for n, point, template in plans:
             for _ in range(n):
                 _copy_block(gm, g, node_named(gm, point), template)
-        return relift(gm, g)
+        return relift(gm, g, self.spec())
+
+    def spec(self) -> dict[str, Any]:
+        """The pass as JSON-able data (``hetsurgery.passes.replay`` makes it again)."""
+        return {"pass": self.name, "stage": self.stage, "positions": list(self.positions)}
 
 
 def _checked(g: ModelGraph, st: Stage, p: object) -> int:

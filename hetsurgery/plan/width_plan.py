@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -100,24 +100,43 @@ class GroupMatch:
 
 @dataclass(frozen=True)
 class WidthPlan:
+    """Per group id, its ``GroupMatch``; ``keys`` gives each group's stable key (``PermGroup.key``: the node
+    that produces it), so that the plan can be applied to the same model lifted again after a structural
+    edit, where group ids (positions) may differ: ``on(graph)``."""
+
     method: str
     weights: tuple[float, ...]
     anchor: int
     groups: Mapping[int, GroupMatch]
+    keys: Mapping[int, str] = field(default_factory=dict)
 
     def widths(self) -> dict[int, int]:
         return {gid: m.size for gid, m in self.groups.items()}
 
+    def on(self, groups: Sequence[Any]) -> WidthPlan:
+        """The plan with its groups renumbered to the ids that ``groups`` (``PermGroup``s with ``key``s) give
+        the same keys; ``KeyError`` names a key none of them has."""
+        ids = {grp.key: grp.id for grp in groups}
+        missing = [k for k in self.keys.values() if k not in ids]
+        if missing or len(self.keys) != len(self.groups):
+            raise KeyError(f"the plan's groups {missing or 'without keys'} are not in this graph")
+        move = {gid: ids[self.keys[gid]] for gid in self.groups}
+        return WidthPlan(self.method, self.weights, self.anchor,
+                         {move[gid]: replace(m, group=move[gid]) for gid, m in self.groups.items()},
+                         {move[gid]: key for gid, key in self.keys.items()})
+
     def to_json(self) -> str:
         return json.dumps({
             "method": self.method, "weights": list(self.weights), "anchor": self.anchor,
-            "groups": [_group_json(m) for m in self.groups.values()],
+            "groups": [{**_group_json(m), **({"key": self.keys[gid]} if gid in self.keys else {})}
+                       for gid, m in self.groups.items()],
         })
 
     @staticmethod
     def from_json(text: str) -> WidthPlan:
         raw = json.loads(text)
         groups = {}
+        keys = {g["group"]: g["key"] for g in raw["groups"] if "key" in g}
         for g in raw["groups"]:
             if "perms" in g:
                 groups[g["group"]] = GroupMatch(g["group"], g["size"], None, None, _info(g["info"]),
@@ -125,7 +144,7 @@ class WidthPlan:
             else:
                 groups[g["group"]] = GroupMatch(g["group"], g["size"], tuple(_dense(t) for t in g["merge"]),
                                                 tuple(_dense(t) for t in g["unmerge"]), _info(g["info"]))
-        return WidthPlan(raw["method"], tuple(raw["weights"]), raw["anchor"], groups)
+        return WidthPlan(raw["method"], tuple(raw["weights"]), raw["anchor"], groups, keys)
 
 
 def _group_json(m: GroupMatch) -> dict[str, Any]:
