@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Mapping
-from typing import Any
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+from typing import Any
 
 import networkx as nx
 import torch
