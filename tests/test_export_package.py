@@ -89,7 +89,7 @@ def test_package_files_plan_and_report(tmp_path: pathlib.Path) -> None:
     assert pkg.plan is not None and pkg.plan.method == "permute"
     assert pkg.plan.groups[0].assignment(1) == match.assignment(1)
     raw = json.loads((folder / "plan.json").read_text())
-    assert raw["format"] == "hetsurgery-plan/1"
+    assert raw["format"] == "hetsurgery-plan/2" and raw["depth"] is None and raw["passes"] == []
     assert sorted(raw["files"]) == ["graph.json", "model.py", "model.safetensors"]
     assert all(d.startswith("sha256:") and len(d) == 7 + 64 for d in raw["files"].values())
     assert "joint accuracy **0.91**" in pkg.report and "| 0 | 8 / 8 | 8 | permutation |" in pkg.report
