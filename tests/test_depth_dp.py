@@ -48,10 +48,14 @@ def _value(method: DepthMethod, s: Sequence[Sequence[float]], f: tuple[int, ...]
 
 
 def _oracle(method: DepthMethod, s: Sequence[Sequence[float]]) -> tuple[tuple[int, ...], float, int]:
-    """(lexicographically first optimal map, its value, how many maps reach it)."""
+    """(lexicographically first optimal map, its value, how many maps reach it); SMA's ties go first to the
+    best LMA value."""
     scored = [(f, _value(method, s, f)) for f in _maps(method, len(s), len(s[0]))]
     best = (max if method.maximises else min)(v for _, v in scored)
     optimal = [f for f, v in scored if v == best]
+    if method is DepthMethod.SMA:
+        inner = max(_value(DepthMethod.LMA, s, f) for f in optimal)
+        return next(f for f in optimal if _value(DepthMethod.LMA, s, f) == inner), best, len(optimal)
     return optimal[0], best, len(optimal)
 
 
@@ -87,7 +91,7 @@ def test_equals_brute_force_on_random_floats(method: DepthMethod) -> None:
 
 @pytest.mark.parametrize("method", list(DepthMethod))
 def test_ties_go_to_the_earliest_map(method: DepthMethod) -> None:
-    assert solve(method, np.zeros((3, 6))).map == (0, 1, 5)
+    assert solve(method, np.zeros((3, 6))).map == (0, 1, 5)  # SMA: LMA's objective ties too
     assert solve(method, np.zeros((1, 4))).map == ((0,) if method is DepthMethod.CLA else (3,))
     assert solve(method, np.ones((4, 4))).map == (0, 1, 2, 3)  # m = n: the identity, the only map
 
@@ -103,12 +107,21 @@ def test_cla_reproduces_the_clafusion_examples() -> None:
 
 
 def test_sma_and_lma_differ_as_the_paper_says() -> None:
-    # deep units 0 and 1 both resemble shallow unit 0: SMA sees one segment end (a tie, broken to the
-    # earliest), LMA counts every unit of the segment
-    sim = [[0.9, 0.9, 0.1, 0.1, 0.5],
+    # deep unit 0 resembles shallow unit 0 most, deep unit 1 somewhat: SMA sees only the segment's end,
+    # LMA counts every unit of the segment
+    sim = [[0.9, 0.5, 0.1, 0.1, 0.5],
            [0.1, 0.1, 0.9, 0.9, 0.4]]
     assert sma(sim).map == (0, 4) and sma(sim).objective == pytest.approx(1.3)
-    assert lma(sim).map == (1, 4) and lma(sim).objective == pytest.approx(0.9 + 0.9 + 0.9 + 0.9 + 0.4)
+    assert lma(sim).map == (1, 4) and lma(sim).objective == pytest.approx(0.9 + 0.5 + 0.9 + 0.9 + 0.4)
+
+
+def test_sma_breaks_its_ties_by_the_layer_wise_objective() -> None:
+    # deep unit 2 copies deep unit 1 (an identity layer): SMA's own objective cannot tell whether it
+    # belongs to shallow unit 1's segment or to unit 2's; the segment whose inner units fit wins
+    sim = [[1.0, 0.2, 0.2, 0.1],
+           [0.2, 1.0, 1.0, 0.3],
+           [0.1, 0.3, 0.3, 1.0]]
+    assert sma(sim).map == (0, 2, 3) and sma(sim).objective == 3.0
 
 
 def test_lma_finds_a_block_structure_that_the_released_recurrence_misses() -> None:

@@ -15,65 +15,89 @@ from hetsurgery.errors import MergeInputError
 from hetsurgery.ir import ModelGraph, SlotMaps, slots_by_param, transform_params
 from hetsurgery.ir.lowering import to_module
 from hetsurgery.merge.combine import combine
+from hetsurgery.merge.depth import DepthOptions, balance_depths, check_depths
+from hetsurgery.merge.fusion import FuseReport
 from hetsurgery.merge.methods import METHODS, learned
 from hetsurgery.merge.options import check_options
 from hetsurgery.merge.topology import check_same_operations, check_same_topology
 from hetsurgery.merge.widths import Width, check_width_changes, resolve_widths
 from hetsurgery.passes import ResetBatchNorm
 from hetsurgery.passes.resize import resized_groups
+from hetsurgery.plan.depth import DepthPlan
 from hetsurgery.plan.solvers.weight import weight_matching
 from hetsurgery.plan.stats import collect_stats
 from hetsurgery.plan.width_plan import GroupMatch, WidthPlan
 from hetsurgery.tracing import trace
 
-STAGES = ("trace", "statistics", "matching", "combine", "bn_reset")
+STAGES = ("trace", "similarity", "depth_plan", "balance", "statistics", "matching", "combine", "bn_reset")
 BN_RESET_SAMPLES = 512  # BatchNorm statistics settle well within a few hundred images (see BENCHMARKS.md)
 
 
 @dataclass(frozen=True)
 class MergeReport:
+    """Seconds per stage (``similarity``, ``depth_plan`` and ``balance`` are the depth alignment's: one pass of
+    every model over the data for the unit similarities; ``statistics`` is the width plan's own pass, on the
+    balanced models), the widths per group, the depth plan and what fusing cost (``balance="merge"``)."""
+
     method: str
     seconds: Mapping[str, float]
     groups: tuple[tuple[int, str, tuple[int, ...], int, str], ...]  # id, label, widths in, width out, how
+    depth: DepthPlan | None = None
+    fusions: tuple[FuseReport, ...] = ()
 
     @property
     def total_seconds(self) -> float:
         return sum(self.seconds.values())
 
     def __str__(self) -> str:
-        times = "  ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items())
-        lines = [f"merge method={self.method}: {times}  (total {self.total_seconds:.2f}s)",
-                 f"{'group':>5} {'widths':>12} {'->':>2} {'out':>5}  how  label"]
+        times = "  ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items() if v or k not in _DEPTH_STAGES)
+        lines = [f"merge method={self.method}: {times}  (total {self.total_seconds:.2f}s)"]
+        if self.depth is not None:
+            lines.append(f"depth plan (anchor: model {self.depth.anchor}):")
+            lines += [f"  model {md.model} {sa}" for md in self.depth.models for sa in md.stages]
+            lines += [f"  {f}" for f in self.fusions]
+        lines.append(f"{'group':>5} {'widths':>12} {'->':>2} {'out':>5}  how  label")
         for gid, label, widths, out, how in self.groups:
             lines.append(f"{gid:>5} {'/'.join(map(str, widths)):>12} -> {out:>5}  {how}  {label}")
         return "\n".join(lines)
 
 
+_DEPTH_STAGES = frozenset({"similarity", "depth_plan", "balance"})
+
+
 @dataclass(frozen=True)
 class MergeResult:
-    """The merged ``model``, the ``plan`` that aligned the inputs, the timed ``report``, and the merged
-    ``graph`` (its tensors are the model's own: change one and the other sees it)."""
+    """The merged ``model``, the ``plan`` that aligned the inputs (and the ``depth`` plan that balanced them),
+    the timed ``report``, and the merged ``graph`` (its tensors are the model's own: change one and the other
+    sees it)."""
 
     model: nn.Module
     plan: WidthPlan
     report: MergeReport
     graph: ModelGraph = field(repr=False)
+    depth: DepthPlan | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
 class Planned:
-    """The traced models and the width plan that aligns them, before anything is combined."""
+    """The traced (and depth-balanced) models and the plans that align them, before anything is combined."""
 
     graphs: tuple[ModelGraph, ...]
     plan: WidthPlan
     seconds: dict[str, float]
+    depth: DepthPlan | None = None
+    fusions: tuple[FuseReport, ...] = ()
 
 
 def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "zip",
                weights: Sequence[float] | None = None, anchor: int = 0, width: Width = None,
-               example_inputs: torch.Tensor | None = None, memory_budget: int | None = None, progress: bool = True,
-               device: torch.device | str | None = None, **method_options: object) -> Planned:
-    """Trace the models, stream their statistics and solve the width plan (the first three stages of ``merge``)."""
+               depth: str | None = None, balance: str = "add", depth_cost: str = "cka",
+               estimator: str = "sign_of_sum", example_inputs: torch.Tensor | None = None,
+               memory_budget: int | None = None, progress: bool = True, device: torch.device | str | None = None,
+               **method_options: object) -> Planned:
+    """Trace the models, align their depths, stream their statistics and solve the width plan (the stages of
+    ``merge`` before combining)."""
+    depth_opts = DepthOptions.of(depth, balance, depth_cost, estimator)
     spec = METHODS.get(method)
     if spec is None:
         raise MergeInputError(f"unknown merge method {method!r}: use one of {', '.join(METHODS)}")
@@ -95,6 +119,15 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: st
     clock = time.perf_counter()
     x = example_inputs if example_inputs is not None else _first_batch(data)
     graphs = tuple(trace(m, x, name=f"model {k} ({type(m).__name__})") for k, m in enumerate(models))
+    seconds["trace"] = time.perf_counter() - clock
+    balanced = None
+    if depth_opts is None:
+        check_depths(graphs)
+    else:
+        balanced = balance_depths(graphs, data, depth_opts, device=default_device(device), progress=progress)
+        graphs = balanced.graphs
+        seconds.update(balanced.seconds)
+    clock = time.perf_counter()
     check_same_topology(graphs, equal_widths=spec.widths is None)
     if spec.widths is None and width is not None:
         raise MergeInputError(f"method {method!r} keeps the models' common widths; width= works with zip, ot and mal")
@@ -102,7 +135,7 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: st
     if spec.widths is not None:
         check_width_changes(graphs, targets, method, spec.widths)
     check_same_operations(graphs)
-    seconds["trace"] = time.perf_counter() - clock
+    seconds["trace"] += time.perf_counter() - clock
 
     clock = time.perf_counter()
     stats = (collect_stats(graphs, data, full=spec.full_stats, memory_budget=memory_budget, progress=progress,
@@ -119,14 +152,18 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: st
     plan = WidthPlan(method, tuple(w), anchor, dict(sorted(matches.items())),
                      {grp.id: grp.key for grp in graphs[anchor].groups if grp.id in matches})
     seconds["matching"] = time.perf_counter() - clock
-    return Planned(graphs, plan, seconds)
+    if balanced is None:
+        return Planned(graphs, plan, seconds)
+    return Planned(graphs, plan, seconds, balanced.plan, balanced.fusions)
 
 
 def merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "zip",
           weights: Sequence[float] | None = None, reset_bn: bool | int = True, anchor: int = 0, width: Width = None,
+          depth: str | None = None, balance: str = "add", depth_cost: str = "cka", estimator: str = "sign_of_sum",
           example_inputs: torch.Tensor | None = None, memory_budget: int | None = None, progress: bool = True,
           device: torch.device | str | None = None, **method_options: object) -> MergeResult:
-    """Merge ``models`` (the same topology) into one ``nn.Module`` without training.
+    """Merge ``models`` into one ``nn.Module`` without training; they may differ in width and, with ``depth``,
+    in depth.
 
     ``data`` yields calibration batches (tensors or ``(inputs, labels)``): it feeds the statistics of
     data-driven methods and the BatchNorm reset. ``method`` is ``average``, ``permute``, ``weight``,
@@ -134,6 +171,12 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "
     keyword arguments. ``weights`` (default uniform) weigh the models; ``anchor`` is the model the others
     are aligned to. Models may differ in width (zip, ot, mal): ``width`` picks the merged widths,
     ``"max"``, ``"min"``, a model index or ``{group: width}`` (default: zip the widest, ot and mal the anchor).
+    Models of different depth need ``depth="cla" | "sma" | "lma"`` (CLAFusion's cross-layer alignment, Xu et
+    al.'s segment- or layer-wise alignment on linear CKA) and ``balance="add"`` (identity layers and
+    zero-residual blocks inserted into the shallower models: the merged model has the deepest model's
+    structure) or ``"merge"`` (Linear chains of the deeper models fused across their ReLUs, the signs
+    estimated by ``estimator``: the shallowest model's structure). ``depth_cost="width"`` gives CLA
+    CLAFusion's data-free cost. The depth plan is ``result.depth`` and part of the report.
     ``reset_bn`` recomputes BatchNorm statistics on the first 512 calibration samples (``True``), on the
     first ``N`` (an int), or not at all (``False``). The forward passes (statistics, BatchNorm reset) run
     on ``device``: by default a CUDA GPU when one is present, else where the models are.
@@ -144,9 +187,9 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "
     >>> r.model(torch.randn(3, 64)).shape
     torch.Size([3, 10])
     """
-    planned = plan_merge(models, data, method=method, weights=weights, anchor=anchor, width=width,
-                         example_inputs=example_inputs, memory_budget=memory_budget, progress=progress,
-                         device=device, **method_options)
+    planned = plan_merge(models, data, method=method, weights=weights, anchor=anchor, width=width, depth=depth,
+                         balance=balance, depth_cost=depth_cost, estimator=estimator, example_inputs=example_inputs,
+                         memory_budget=memory_budget, progress=progress, device=device, **method_options)
     graphs, plan, seconds = planned.graphs, planned.plan, planned.seconds
 
     clock = time.perf_counter()
@@ -161,9 +204,10 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "
 
     report = MergeReport(method, seconds, tuple(
         (grp.id, grp.label, tuple(g.group(grp.id).size for g in graphs), plan.groups[grp.id].size,
-         str(plan.groups[grp.id].info.get("kind", method))) for grp in graphs[0].groups))
+         str(plan.groups[grp.id].info.get("kind", method))) for grp in graphs[0].groups), planned.depth,
+        planned.fusions)
     # the merged tensors are new: the module takes them without a copy (so .model and .graph share them)
-    return MergeResult(to_module(merged, share=True).eval(), plan, report, merged)
+    return MergeResult(to_module(merged, share=True).eval(), plan, report, merged, planned.depth)
 
 
 def align(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "permute",

@@ -31,7 +31,7 @@ import torch
 from torch import fx, nn
 
 from hetsurgery.errors import PassError
-from hetsurgery.ir import Activation, ModelGraph, OpKind, Stage, Unit, UnitKind
+from hetsurgery.ir import Activation, ModelGraph, NodeFacts, OpKind, Stage, Unit, UnitKind
 from hetsurgery.passes.edit import ORIGIN_META, add_module, editable, new_names, node_named, relift
 
 
@@ -55,8 +55,9 @@ class InsertIdentity:
         plans = [(p, n, *_point_and_template(g, st, units, p)) for p, n in sorted(counts.items(), reverse=True)]
         gm = editable(g)
         for _, n, point, template in plans:
-            for _ in range(n):
-                _insert_after(gm, g, node_named(gm, point), template)
+            at = node_named(gm, point)
+            for _ in range(n):  # one after the other, so that their names count up in order
+                at = _insert_after(gm, g, at, g.facts[point], template)
         return relift(gm, g, self.spec())
 
     def spec(self) -> dict[str, Any]:
@@ -109,9 +110,9 @@ def _activation(g: ModelGraph, u: Unit) -> Activation | None:
     return next((a for n in u.nodes if (a := g.facts[n].activation) not in (None, Activation.IDENTITY)), None)
 
 
-def _insert_after(gm: fx.GraphModule, g: ModelGraph, point: fx.Node, template: Unit) -> None:
-    """One identity unit shaped like ``template`` reading ``point``; every former reader of ``point`` reads it."""
-    facts = g.facts[point.name]
+def _insert_after(gm: fx.GraphModule, g: ModelGraph, point: fx.Node, facts: NodeFacts, template: Unit) -> fx.Node:
+    """One identity unit shaped like ``template`` reading ``point`` (whose values ``facts`` describes); every former
+    reader of ``point`` reads it. Returns its output node."""
     assert facts.shape is not None and facts.channel_dim is not None
     width = facts.shape[facts.channel_dim]
     kept = [n for n in template.nodes if g.facts[n].kind in (OpKind.LINEAR, OpKind.CONV, OpKind.BATCH_NORM)
@@ -135,6 +136,7 @@ def _insert_after(gm: fx.GraphModule, g: ModelGraph, point: fx.Node, template: U
     _fold_batch_norm_scale(gm, made)
     for user in users:
         user.replace_input_with(point, last)
+    return last
 
 
 CONVS: dict[int, type[nn.Conv1d | nn.Conv2d | nn.Conv3d]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}

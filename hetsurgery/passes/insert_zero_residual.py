@@ -12,6 +12,13 @@ zipped against a deeper one, the inserted block's inner channels behave like a r
 neighbour's features, on this block's input), so activation matching finds real partners for them,
 while its output contributes nothing until it is merged.
 
+A stage whose only block changes the shape (a ResNet stage of one strided block with a projection
+shortcut) has no block of its own shape to copy. The new block is then derived from that one: the
+shortcut (the shorter of the two paths from the block's input to its add) becomes the identity, strided
+convolutions get stride 1, and the layers that read the block's input are rebuilt for the stream's width,
+with fresh weights (PyTorch's default initialisation, seeded by the layer's name); every other layer is a
+copy.
+
 Before (``resnet((2, 1, 1))``, stage ``relu``: blocks ``layer1_0_conv1``, ``layer1_1_conv1``).
 After ``InsertZeroResidual("relu", (2,))``: a third block ``layer1.2`` (``layer1_2_conv1``) whose ``bn2``
 has weight and bias 0, reading ``layer1_1``'s output.
@@ -21,7 +28,9 @@ from __future__ import annotations
 
 import copy
 import operator
+import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -58,9 +67,10 @@ class InsertZeroResidual:
         counts = Counter(_checked(g, st, p) for p in self.positions)
         plans = [(n, *_point_and_template(g, st, units, p)) for p, n in sorted(counts.items(), reverse=True)]
         gm = editable(g)
-        for n, point, template in plans:
-            for _ in range(n):
-                _copy_block(gm, g, node_named(gm, point), template)
+        for n, point, template, derived in plans:
+            at, width = node_named(gm, point), _width(g, point)
+            for _ in range(n):  # one after the other, so that their names count up in order
+                at = _copy_block(gm, g, at, width, template, derived)
         return relift(gm, g, self.spec())
 
     def spec(self) -> dict[str, Any]:
@@ -74,39 +84,51 @@ def _checked(g: ModelGraph, st: Stage, p: object) -> int:
     return p
 
 
-def _point_and_template(g: ModelGraph, st: Stage, units: list[Unit], p: int) -> tuple[str, Unit]:
+def _point_and_template(g: ModelGraph, st: Stage, units: list[Unit], p: int) -> tuple[str, Unit, bool]:
+    """Where the block goes, the block it copies, and whether it is derived from a block that changes shape."""
     point = insertion_point(g, st, p)
     where = f"{g.name}: cannot insert a zero-residual block at position {p} of stage {st.key} (after node {point})"
     refuse_before_fixed(where, units, p)
     free = [u for u in units if u.fixed is None]
-    if not free:
-        raise PassError(f"{where}: every block of the stage changes the shape ({units[0].fixed}); there is no "
-                        "block to copy")
     before = [u for u in free if units.index(u) < p]
-    template = before[-1] if before else free[0]
-    there, entry = g.facts[point], g.facts[template.entry]
-    if there.shape != entry.shape or there.writes != entry.writes:
+    template = before[-1] if before else (free[0] if free else units[0])
+    there, stream = g.facts[point], g.facts[template.pre]
+    if there.shape != stream.shape or there.writes != stream.writes:
         raise PassError(f"{where}: the values there (shape {there.shape}) are not the stream the stage's blocks "
-                        f"read (shape {entry.shape}); insert after the stage's first block")
+                        f"write (shape {stream.shape}); insert after the stage's first block")
     for n in template.nodes[template.nodes.index(template.pre) + 1:]:
         act = g.facts[n].activation
         if act is not None and not act.identity_on(there.range):
             raise PassError(f"{where}: the blocks end in {act.value} after their add, which is not the identity on "
                             f"the values there (they lie in {there.range})")
-    return point, template
+    return point, template, template.fixed is not None
 
 
-def _copy_block(gm: fx.GraphModule, g: ModelGraph, point: fx.Node, template: Unit) -> None:
+def _copy_block(gm: fx.GraphModule, g: ModelGraph, point: fx.Node, width: int, template: Unit, derived: bool
+                ) -> fx.Node:
+    """A copy of ``template`` reading ``point`` (``width`` channels), its branches zeroed; returns its output."""
     olds = [node_named(gm, n) for n in template.nodes]
-    owned = [str(n.target) for n in olds if n.op in ("call_module", "get_attr")]
+    entry = node_named(gm, template.entry)
+    env: dict[fx.Node, fx.Node] = {entry: point}
+    dropped: set[fx.Node] = set()
+    if derived:  # the shortcut becomes the identity: its operand reads the point, its nodes go
+        for old in olds:
+            if _is_add(g, old):
+                shortcut, nodes = _shortcut(old, entry, olds)
+                env[shortcut] = point
+                dropped |= nodes
+    kept = [o for o in olds if o not in dropped]
+    owned = [str(n.target) for n in kept if n.op in ("call_module", "get_attr")]
     names = new_names(gm, owned)
-    env: dict[fx.Node, fx.Node] = {node_named(gm, template.entry): point}
     users = list(point.users)
     last = point
-    for old in olds:
+    for old in kept:
         with gm.graph.inserting_after(last):
             if old.op == "call_module":
-                add_module(gm, names[str(old.target)], copy.deepcopy(gm.get_submodule(str(old.target))))
+                mod = copy.deepcopy(gm.get_submodule(str(old.target)))
+                if derived:
+                    mod = _for_stream(mod, width if entry in old.all_input_nodes else None, names[str(old.target)])
+                add_module(gm, names[str(old.target)], mod)
             elif old.op == "get_attr":
                 _copy_attribute(gm, str(old.target), names[str(old.target)])
             target = names[str(old.target)] if old.op in ("call_module", "get_attr") else old.target
@@ -117,12 +139,62 @@ def _copy_block(gm: fx.GraphModule, g: ModelGraph, point: fx.Node, template: Uni
         new.meta[ORIGIN_META] = InsertZeroResidual.name
         env[old] = new
         last = new
-    for add in (env[o] for o in olds if g.facts[o.name].kind is OpKind.BINARY and o.target in _ADD):
-        branch = _branch(g, add, env, olds)
+    for add in (env[o] for o in kept if _is_add(g, o)):
+        branch = _branch(g, add, env, kept)
         if branch is not None:
             _zero(gm, g, branch, template)
+    out = env[node_named(gm, template.exit)]
     for user in users:
-        user.replace_input_with(point, env[node_named(gm, template.exit)])
+        user.replace_input_with(point, out)
+    return out
+
+
+def _width(g: ModelGraph, node: str) -> int:
+    f = g.facts[node]
+    assert f.shape is not None and f.channel_dim is not None
+    return f.shape[f.channel_dim]
+
+
+def _shortcut(add: fx.Node, entry: fx.Node, olds: list[fx.Node]) -> tuple[fx.Node, set[fx.Node]]:
+    """The operand of ``add`` on the shorter path from ``entry`` (a projection shortcut), and the nodes only it
+    needs."""
+    inside = set(olds)
+
+    def needs(node: fx.Node) -> set[fx.Node]:
+        out, todo = set(), [node]
+        while todo:
+            n = todo.pop()
+            if n in inside and n not in out:
+                out.add(n)
+                todo += n.all_input_nodes
+        return out
+
+    a, b = (x for x in add.args[:2] if isinstance(x, fx.Node))
+    na, nb = needs(a), needs(b)
+    short, other = (a, nb) if len(na) <= len(nb) else (b, na)
+    return short, needs(short) - other
+
+
+def _for_stream(mod: nn.Module, width: int | None, name: str) -> nn.Module:
+    """``mod`` with stride 1, and rebuilt to read ``width`` channels when it reads the block input."""
+    if isinstance(mod, nn.modules.conv._ConvNd):
+        mod.stride = tuple(1 for _ in mod.stride)
+    if width is None:
+        return mod
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(zlib.crc32(name.encode()))
+        if isinstance(mod, nn.modules.conv._ConvNd) and mod.in_channels != width and mod.groups == 1:
+            make: Callable[..., nn.Module] = type(mod)
+            return make(width, mod.out_channels, mod.kernel_size, stride=1, padding=mod.padding,
+                        dilation=mod.dilation, bias=mod.bias is not None, padding_mode=mod.padding_mode,
+                        dtype=mod.weight.dtype, device=mod.weight.device)
+        if isinstance(mod, nn.Linear) and mod.in_features != width:
+            return nn.Linear(width, mod.out_features, bias=mod.bias is not None, dtype=mod.weight.dtype,
+                             device=mod.weight.device)
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.num_features != width:
+            return type(mod)(width, eps=mod.eps, momentum=mod.momentum, affine=mod.affine,
+                             track_running_stats=mod.track_running_stats)
+    return mod
 
 
 def _branch(g: ModelGraph, add: fx.Node, env: dict[fx.Node, fx.Node], olds: list[fx.Node]) -> fx.Node | None:

@@ -32,7 +32,11 @@ shallow unit, and the deep units before the first match are never scored. We sco
 deeper stage (``f[m-1] = n-1``) and the first one may hold several units.
 
 **Ties** go to the lexicographically smallest optimal map (the earliest deep units), decided on the
-values the DP computes: exactly so whenever those sums are exact (e.g. scores on a dyadic grid).
+values the DP computes: exactly so whenever those sums are exact (e.g. scores on a dyadic grid). SMA first
+breaks its ties by LMA's objective: SMA scores only each segment's last unit, so segmentations that differ
+only in where a segment's inner units go tie, and of those we take the one whose inner units also resemble
+their shallow unit best (a deep model with an identity layer after unit ``u`` gives exact ties between
+putting the identity in ``u``'s segment or in the next one; only the first carries ``u``'s features).
 
 All three are ``O(m n)`` dynamic programmes over ``best[i][j]``, the best total of rows ``i..m-1`` when
 ``f[i] = j``; LMA becomes one of them because its objective is ``Σ_i (P_i[f[i]] - P_{i+1}[f[i]])`` with
@@ -94,19 +98,24 @@ def cla(cost: MatrixLike) -> DepthSolution:
 
 
 def sma(sim: MatrixLike) -> DepthSolution:
-    """Segment-wise: maximise ``Σ sim[i, f[i]]`` (each segment's last unit), ``f[m-1] = n-1``."""
+    """Segment-wise: maximise ``Σ sim[i, f[i]]`` (each segment's last unit), ``f[m-1] = n-1``; ties broken by
+    LMA's objective, then by the earliest map."""
     s = as_matrix(sim, DepthMethod.SMA)
-    return _solve(DepthMethod.SMA, s, s)
+    return _solve(DepthMethod.SMA, s, s, _layer_weights(s))
 
 
 def lma(sim: MatrixLike) -> DepthSolution:
     """Layer-wise: maximise ``Σ_i Σ_{j ∈ S_i} sim[i, j]`` (every unit of each segment), ``f[m-1] = n-1``."""
     s = as_matrix(sim, DepthMethod.LMA)
+    return _solve(DepthMethod.LMA, s, _layer_weights(s))
+
+
+def _layer_weights(s: list[list[float]]) -> list[list[float]]:
+    """LMA's objective as one term per row: ``P_i[f[i]] - P_{i+1}[f[i]]`` with ``P_i`` row ``i``'s prefix sums."""
     prefix = [list(accumulate(row)) for row in s]
     zero = [0.0] * len(s[0])
-    weights = [[a - b for a, b in zip(prefix[i], prefix[i + 1] if i + 1 < len(s) else zero, strict=True)]
-               for i in range(len(s))]
-    return _solve(DepthMethod.LMA, s, weights)
+    return [[a - b for a, b in zip(prefix[i], prefix[i + 1] if i + 1 < len(s) else zero, strict=True)]
+            for i in range(len(s))]
 
 
 SOLVERS: Mapping[DepthMethod, Callable[[MatrixLike], DepthSolution]] = MappingProxyType({
@@ -179,18 +188,20 @@ def as_matrix(values: MatrixLike, method: DepthMethod) -> list[list[float]]:
     return a.tolist()
 
 
-def _solve(method: DepthMethod, scores: list[list[float]], weights: list[list[float]]) -> DepthSolution:
+def _solve(method: DepthMethod, scores: list[list[float]], *weights: list[list[float]]) -> DepthSolution:
+    """The best map for the first ``weights``, ties broken by the next ones, then by the earliest map."""
     m, n = len(scores), len(scores[0])
-    f = _best_map(weights, *fixed_ends(method, m, n))
+    w = [[tuple(layer[i][j] for layer in weights) for j in range(n)] for i in range(m)]
+    f = _best_map(w, *fixed_ends(method, m, n))
     return DepthSolution(f, objective(method, scores, f))
 
 
-def _best_map(w: list[list[float]], first: int | None, last: int | None) -> tuple[int, ...]:
-    """The lexicographically smallest strictly increasing map maximising ``Σ_i w[i][f[i]]`` with the
-    given ends. ``best[j]``: the best total of rows ``i..m-1`` with ``f[i] = j``; ``nxt[i][j]``: the
-    smallest ``f[i+1]`` reaching it."""
+def _best_map(w: list[list[tuple[float, ...]]], first: int | None, last: int | None) -> tuple[int, ...]:
+    """The lexicographically smallest strictly increasing map maximising ``Σ_i w[i][f[i]]`` (tuples: compared
+    lexicographically, summed entrywise) with the given ends. ``best[j]``: the best total of rows ``i..m-1``
+    with ``f[i] = j``; ``nxt[i][j]``: the smallest ``f[i+1]`` reaching it."""
     m, n = len(w), len(w[0])
-    none = -math.inf
+    none = tuple(-math.inf for _ in w[0][0])
     best = [w[m - 1][j] if last is None or j == last else none for j in range(n)]
     nxt: list[list[int]] = [[] for _ in range(m - 1)]
     for i in range(m - 2, -1, -1):
@@ -198,7 +209,7 @@ def _best_map(w: list[list[float]], first: int | None, last: int | None) -> tupl
         top, arg = none, -1  # max of best[j'] over j' > j, at its smallest j'
         for j in range(n - 1, -1, -1):
             if arg >= 0:
-                row[j], ptr[j] = w[i][j] + top, arg
+                row[j], ptr[j] = tuple(a + b for a, b in zip(w[i][j], top, strict=True)), arg
             if best[j] > none and best[j] >= top:
                 top, arg = best[j], j
         best, nxt[i] = row, ptr
