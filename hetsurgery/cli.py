@@ -25,7 +25,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     from hetsurgery.config.commands import draw
 
     picture = draw(args.model, args.output, kwargs=args.kw, input_shape=args.input_shape, group=args.group,
-                   names=args.names.split(",") if args.names else None, trust_code=args.trust_code)
+                   names=args.names.split(",") if args.names else None, trust_code=args.trust_code,
+                   depth=args.depth, cka=args.cka, plan_model=args.plan_model)
     if picture.note:  # Graphviz's `dot` is missing: how to get it
         print(picture.note, file=sys.stderr)
     print(f"{'picture' if picture.rendered else 'graphviz source'}: {picture.path}")
@@ -114,13 +115,17 @@ def parser() -> argparse.ArgumentParser:
     exp.add_argument("--no-check", action="store_true", help="report the parity errors but never fail on them")
     exp.add_argument("--trust-code", action="store_true", help=TRUST)
 
-    ren = _command(sub, "render", cmd_render, "draw a model's groups, or one group of a package's width plan",
+    ren = _command(sub, "render", cmd_render, "draw a model's groups and units, one group of a package's width plan, "
+                   "or a package's depth plan",
                    "Graphviz's dot failed", "the model, the plan group or the file suffix", common)
     _model_arguments(ren)
     ren.add_argument("-o", "--output", help="the .svg, .png or .gv file (default: PACKAGE/graph.svg, "
                      "PACKAGE/plan-group-N.svg or MODEL.svg)")
     ren.add_argument("--group", type=int, help="draw this group of the package's width plan instead")
     ren.add_argument("--names", help="comma-separated model names for the plan's columns")
+    ren.add_argument("--depth", action="store_true", help="draw the package's depth plan (PACKAGE/depth-plan.svg)")
+    ren.add_argument("--cka", action="store_true", help="draw the depth plan's CKA matrices (PACKAGE/cka.png)")
+    ren.add_argument("--plan-model", type=int, help="with --depth or --cka: which model's alignment (default: the first)")
 
     demo = _command(sub, "demo", cmd_demo, "train two models on disjoint digit tasks, merge them every way, "
                     "compare, save, export to ONNX and draw", "a step failed", "the output folder", common)

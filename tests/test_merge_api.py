@@ -25,7 +25,9 @@ def pair(factory=lambda: hs.zoo.resnet((1, 1, 1))) -> list[nn.Module]:
 @pytest.mark.parametrize("method", ["zip", "permute", "weight", "ot", "average", "mal"])
 def test_report_times_every_stage_and_plan_round_trips(method: str) -> None:
     r = hs.merge(pair(), DATA, method=method, progress=False)
-    assert set(r.report.seconds) == {"trace", "statistics", "matching", "combine", "bn_reset"}
+    assert set(r.report.seconds) == {"trace", "similarity", "depth_plan", "balance", "statistics", "matching",
+                                     "combine", "bn_reset"}
+    assert r.report.seconds["similarity"] == 0.0 and "similarity" not in str(r.report)  # no depth alignment
     assert all(v >= 0 for v in r.report.seconds.values())
     assert r.report.seconds["statistics"] > 0 or method in ("weight", "average", "mal")
     assert f"merge method={method}" in str(r.report)
@@ -86,7 +88,7 @@ def test_errors_name_the_problem() -> None:
         b.layer1[0].conv1.weight[0, 0, 0, 0] = math.nan
     with pytest.raises(hs.MergeError, match=r"model 1 \(ResNet\): layer1.0.conv1.weight holds NaN"):
         hs.merge([a, b], DATA, progress=False)
-    with pytest.raises(hs.MergeError, match=r"differ in topology.*depth alignment"):
+    with pytest.raises(hs.MergeError, match=r"differ in depth \(stage0: 1 blocks in model 0.*depth='cla'"):
         hs.merge([hs.zoo.resnet((1, 1, 1)), hs.zoo.resnet((2, 1, 1))], DATA, progress=False)
     with pytest.raises(hs.MergeError, match="needs equal widths"):
         hs.merge([hs.zoo.resnet((1, 1, 1), 1), hs.zoo.resnet((1, 1, 1), 2)], DATA, method="permute", progress=False)

@@ -13,21 +13,44 @@ from pathlib import Path
 
 from hetsurgery.config.paths import check_file_output, code_inputs
 from hetsurgery.config.targets import model_graph, open_package, package_inputs
-from hetsurgery.export import ParityReport, Picture, is_package, read_plan, render, to_onnx
+from hetsurgery.export import ParityReport, Picture, is_package, read_depth, read_plan, render, to_onnx
+from hetsurgery.export.depth_pictures import cka_heatmap
 from hetsurgery.export.errors import InputError
 from hetsurgery.export.pictures import picture_format
 
 
 def draw(model: str, output: str | None, *, kwargs: Sequence[str] = (), input_shape: str = "1,8,8",
-         group: int | None = None, names: Sequence[str] | None = None, trust_code: bool = False) -> Picture:
-    """The picture of a model's groups, or with ``group`` of one group of a package's width plan.
+         group: int | None = None, names: Sequence[str] | None = None, trust_code: bool = False,
+         depth: bool = False, cka: bool = False, plan_model: int | None = None) -> Picture:
+    """The picture of a model's groups and units; with ``group`` of one group of a package's width plan; with
+    ``depth`` of a package's depth plan, with ``cka`` of its CKA matrices (``plan_model``: which model's).
 
     Without Graphviz's ``dot`` the source is written and ``Picture.note`` says how to get ``dot`` (the
     warning that ``render`` also gives is silenced: the caller shows the note once).
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
+        if depth or cka:
+            return _draw_depth(model, output, names, cka, plan_model)
         return _draw(model, output, kwargs, input_shape, group, names, trust_code)
+
+
+def _draw_depth(model: str, output: str | None, names: Sequence[str] | None, cka: bool, plan_model: int | None
+                ) -> Picture:
+    if not is_package(model):
+        raise InputError(f"--depth and --cka draw a package's depth plan: give a package folder, not {model!r}")
+    package = Path(model)
+    plan = read_depth(package)
+    if plan is None:
+        raise InputError(f"{model} was saved without a depth plan (its models had the same depth)")
+    default = package / ("cka.png" if cka else "depth-plan.svg")
+    out = Path(output or default)
+    if output is not None and not cka:
+        picture_format(output)
+    check_file_output(out, [], package, default)
+    if cka:
+        return Picture(cka_heatmap(plan, out, model=plan_model), rendered=True)
+    return render(plan, out, model=plan_model, names=names)
 
 
 def _draw(model: str, output: str | None, kwargs: Sequence[str], input_shape: str, group: int | None,

@@ -53,8 +53,11 @@ def run_merge(config_path: Path, output: Path, *, progress: bool = True) -> Merg
         steps.update()
         steps.set_postfix_str(f"merge ({cfg.width.method})")
         torch.manual_seed(cfg.seed)
+        d = cfg.depth
         result = merge(models, calibration, method=cfg.width.method, weights=cfg.merge_weights, reset_bn=cfg.reset_bn,
                        anchor=cfg.anchor, width=cfg.width.target, device=device_of(cfg), progress=progress,
+                       depth=None if d is None else d.method, balance="add" if d is None else d.balance,
+                       depth_cost="cka" if d is None else d.cost, estimator="sign_of_sum" if d is None else d.estimator,
                        **cfg.width.options)
         steps.update()
         steps.set_postfix_str("evaluate")
@@ -62,18 +65,15 @@ def run_merge(config_path: Path, output: Path, *, progress: bool = True) -> Merg
         steps.update()
         steps.set_postfix_str("save")
         save(result.graph, output, plan=result.plan, report=merge_report(config_path, cfg, result.report, scores),
-             name=cfg.name)
+             name=cfg.name, depth=result.depth)
         steps.update()
     return MergeRun(result, scores, output)
 
 
 def check_methods(cfg: MergeConfig) -> None:
-    """Bad input before any work: a depth section (not available yet), unknown width options or values."""
+    """Bad input before any work: unknown width options or values."""
     from hetsurgery.merge.options import check_options
 
-    if cfg.depth is not None:
-        raise InputError(f"depth.method {cfg.depth.method!r}: depth alignment is not available in this version; "
-                         "the models must have the same depth. Remove the depth section.")
     try:
         check_options(cfg.width.method, cfg.width.options)
     except MergeInputError as exc:

@@ -99,10 +99,15 @@ class WidthSpec(_Strict):
 class DepthSpec(_Strict):
     """Depth alignment (models of different depth): ``cla``, ``sma`` or ``lma``, balanced by ``add`` or ``merge``."""
 
-    method: Literal["cla", "sma", "lma"] = Field(examples=["cla"], description="cla, sma or lma (not available in this version)")
-    balance: Literal["add", "merge"] = Field(default="add", description="add layers to the shallower model, or "
-                                                                        "merge layers of the deeper one")
-    options: dict[str, Any] = Field(default_factory=dict, description="the depth method's options")
+    method: Literal["cla", "sma", "lma"] = Field(examples=["lma"], description=(
+        "how units are aligned: cla (CLAFusion, first and last fixed), sma (segment-wise) or lma (layer-wise)"))
+    balance: Literal["add", "merge"] = Field(default="add", description=(
+        "add identity layers / zero-residual blocks to the shallower models, or merge (fuse) Linear layers of "
+        "the deeper ones"))
+    cost: Literal["cka", "width"] = Field(default="cka", description=(
+        "what cla compares: linear CKA on the calibration data, or the widths (data-free)"))
+    estimator: Literal["sign_of_sum", "majority", "average_sign"] = Field(default="sign_of_sum", description=(
+        "balance merge: how each fused ReLU's diagonal is estimated"))
 
 
 _MODELS_EXAMPLE = [
@@ -120,7 +125,7 @@ class MergeConfig(_Strict):
         "one example's shape, without the batch dimension"), json_schema_extra={"accepts": "a list of sizes"})
     calibration: DataSpec = Field(default_factory=DataSpec, description="the data the merge measures activations on")
     width: WidthSpec = Field(default_factory=WidthSpec, description="how the models' channels are aligned and merged")
-    depth: DepthSpec | None = Field(default=None, description="depth alignment: not available in this version")
+    depth: DepthSpec | None = Field(default=None, description="depth alignment, for models of different depth")
     merge_weights: list[NonNegativeFloat] | None = Field(default=None, examples=[[0.5, 0.5]], description=(
         "one weight per model (default: equal)"), json_schema_extra={"accepts": "one number per model"})
     anchor: NonNegativeInt = Field(default=0, description="the model whose parameter names the merged model keeps")

@@ -8,7 +8,8 @@ package files, every one a regular file (no symbolic link, no folder of that nam
   (packages written before ``graph.json`` existed lack it);
 - written into a package by our commands: ``model.onnx`` and its external-data file ``model.onnx.data``
   (``hetsurgery export``), ``graph.EXT`` and ``plan-group-N.EXT`` with ``EXT`` one of ``svg``, ``png``,
-  ``gv``, ``dot`` (``hetsurgery render``);
+  ``gv``, ``dot`` (``hetsurgery render``), and ``depth-plan.EXT`` and ``cka.EXT`` (``render --depth``,
+  ``--cka``);
 - ``__pycache__/`` holding only Python's byte code of ``model.py`` (``model.*.pyc``), written when
   ``model.py`` is imported.
 
@@ -35,7 +36,7 @@ from hetsurgery.export.codegen import is_generated_model_py
 SAVED_FILES = ("model.py", "model.safetensors", "graph.json", "plan.json", "report.md")
 HASHED_FILES = ("model.py", "model.safetensors", "graph.json")  # plan.json records their SHA-256
 ADDED_FILES = ("model.onnx", "model.onnx.data")
-PICTURE = re.compile(r"(graph|plan-group-[0-9]+)\.(svg|png|gv|dot)")
+PICTURE = re.compile(r"(graph|plan-group-[0-9]+|depth-plan|cka)\.(svg|png|gv|dot)")
 BYTECODE_FOLDER = "__pycache__"
 BYTECODE = re.compile(r"model\.[A-Za-z0-9_.-]+\.pyc")
 PLAN_FORMAT_PREFIX = "hetsurgery-plan/"

@@ -2,8 +2,8 @@
 
 DOT is built with the ``graphviz`` package and rendered by Graphviz's ``dot`` binary. Without ``dot`` the
 ``.gv`` source is written instead, with a note on how to install Graphviz. ``BUILDERS`` maps each kind
-of object to its DOT builder; a depth plan (two columns of units with alignment edges) joins it with
-the depth work.
+of object to its DOT builder; a depth plan (two columns of units with alignment edges) is drawn by
+``depth_pictures``.
 
 >>> import torch, hetsurgery as hs
 >>> g = hs.trace(hs.zoo.mlp([8], in_features=4, num_classes=2), torch.randn(2, 4))
@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from hetsurgery.errors import ExportError
 from hetsurgery.export.atomic import write_bytes, write_text
+from hetsurgery.export.depth_pictures import depth_plan_dot
 from hetsurgery.export.errors import InputError
 from hetsurgery.ir import ModelGraph, OpKind, PermGroup
 from hetsurgery.ir.graph import owner_of
+from hetsurgery.plan.depth import DepthPlan
 from hetsurgery.plan.width_plan import GroupMatch, WidthPlan
 from hetsurgery.tracing.lift import OPKIND_META
 
@@ -54,7 +56,7 @@ class Picture:
     note: str = ""
 
 
-def render(obj: ModelGraph | WidthPlan, path: str | os.PathLike[str], **options: Any) -> Picture:
+def render(obj: ModelGraph | WidthPlan | DepthPlan, path: str | os.PathLike[str], **options: Any) -> Picture:
     """Draw ``obj`` to ``path``; the format comes from the suffix (``.svg``, ``.png``; ``.gv`` for the source).
 
     ``options`` go to the builder: ``render(plan, "plan.svg", group=3, names=("A", "B"))``.
@@ -86,7 +88,7 @@ def picture_format(path: str | os.PathLike[str]) -> str:
     return fmt
 
 
-def to_dot(obj: ModelGraph | WidthPlan, **options: Any) -> graphviz.Digraph:
+def to_dot(obj: ModelGraph | WidthPlan | DepthPlan, **options: Any) -> graphviz.Digraph:
     """The DOT graph of ``obj`` (see ``BUILDERS`` for what can be drawn)."""
     builder = next((b for kind, b in BUILDERS.items() if isinstance(obj, kind)), None)
     if builder is None:
@@ -280,4 +282,5 @@ def _column(dot: graphviz.Digraph, prefix: str, label: str, n: int, colour: str,
             sub.node(f"{prefix}_{i}", str(i), color=colour, style="filled", fillcolor=fill)
 
 
-BUILDERS: Mapping[type, Callable[..., graphviz.Digraph]] = {ModelGraph: graph_dot, WidthPlan: width_plan_dot}
+BUILDERS: Mapping[type, Callable[..., graphviz.Digraph]] = {ModelGraph: graph_dot, WidthPlan: width_plan_dot,
+                                                             DepthPlan: depth_plan_dot}

@@ -26,8 +26,8 @@ WIDTH_ARGS = frozenset({"in_features", "out_features", "in1_features", "in2_feat
 # ops whose integer arguments spell sizes (a reshape to the width): compared through the groups instead
 SIZED = frozenset({OpKind.RESHAPE, OpKind.FLATTEN, OpKind.UNSQUEEZE})
 
-DEPTH_HINT = ("merging needs the same layers in every model; models of different depth need depth alignment, "
-              "which this version does not have")
+DEPTH_HINT = ("merging needs the same layers in every model after depth alignment; models of different depth "
+              "merge with depth='cla', 'sma' or 'lma'")
 
 
 def check_same_topology(graphs: Sequence[ModelGraph], *, equal_widths: bool) -> None:

@@ -1,0 +1,154 @@
+"""Merging models of different depth: the self-merge certificate for every depth method, depth- and
+width-heterogeneous pairs for every depth x balance that applies, and clear refusals."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from helpers import permuted, randomise, rel_err
+from torch import nn
+
+import hetsurgery as hs
+from hetsurgery.plan.depth import Balance
+
+METHODS = ("cla", "sma", "lma")
+
+
+def _load_skipping(deep: nn.Module, shallow: nn.Module, rename: Callable[[str], str]) -> nn.Module:
+    """``shallow`` with the weights of ``deep`` under ``rename``d keys: the deep model without the skipped units."""
+    state = deep.state_dict()
+    shallow.load_state_dict({k: state[rename(k)] for k in shallow.state_dict()})
+    return shallow.eval()
+
+
+def _mlp_pair() -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    """D′: an MLP whose third hidden layer computes the identity; S: the same MLP without it."""
+    deep = randomise(hs.zoo.mlp([12, 12, 12, 12]), 1)
+    with torch.no_grad():
+        deep.layers[4].weight.copy_(torch.eye(12))
+        deep.layers[4].bias.zero_()
+
+    def rename(k: str) -> str:
+        i, leaf = int(k.split(".")[1]), k.split(".")[2]
+        return f"layers.{i if i < 4 else i + 2}.{leaf}"
+
+    return deep, _load_skipping(deep, hs.zoo.mlp([12, 12, 12]), rename), torch.randn(256, 64)
+
+
+def _resnet_pair() -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    """D′: a ResNet whose second block of stage 1 has a zero branch; S: the ResNet without it."""
+    deep = randomise(hs.zoo.resnet((3, 2, 1)), 2)
+    with torch.no_grad():
+        deep.layer1[1].bn2.weight.zero_()
+        deep.layer1[1].bn2.bias.zero_()
+    shallow = randomise(hs.zoo.resnet((2, 2, 1)), 3)
+    return deep, _load_skipping(deep, shallow, lambda k: "layer1.2." + k[9:] if k.startswith("layer1.1.") else k), \
+        torch.randn(256, 1, 8, 8)
+
+
+def _transformer_pair() -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    """D′: a transformer whose second block adds zero (both branches end in zeroed projections); S: without it."""
+    deep = randomise(hs.zoo.transformer("manual", depth=3), 4)
+    with torch.no_grad():
+        for p in (deep.blocks[1].attn.out.weight, deep.blocks[1].attn.out.bias, deep.blocks[1].fc2.weight,
+                  deep.blocks[1].fc2.bias):
+            p.zero_()
+    shallow = hs.zoo.transformer("manual", depth=2)
+    return deep, _load_skipping(deep, shallow, lambda k: "blocks.2." + k[9:] if k.startswith("blocks.1.") else k), \
+        torch.randn(256, 1, 8, 8)
+
+
+@pytest.mark.parametrize("pair", [_mlp_pair, _resnet_pair, _transformer_pair], ids=["mlp", "resnet", "transformer"])
+@pytest.mark.parametrize("method", METHODS)
+def test_self_merge_certificate(pair: Callable[[], tuple[nn.Module, nn.Module, torch.Tensor]], method: str) -> None:
+    """D′ has units that compute the identity; S is D′ without them, channels permuted. Balancing S by the depth
+    plan and merging it with D′ (permute, no BatchNorm reset) must give D′'s function back."""
+    deep, shallow, x = pair()
+    with torch.no_grad():
+        assert rel_err(deep(x), shallow(x)) < 1e-5  # S computes what D′ computes
+    s = hs.to_module(permuted(hs.trace(shallow, x[:2]), 5)).eval()
+    result = hs.merge([deep, s], [x[:128], x[128:]], depth=method, balance="add", method="permute", reset_bn=False,
+                      progress=False)
+    with torch.no_grad():
+        assert rel_err(deep(x), result.model(x)) <= 1e-4
+    assert result.depth is not None and result.depth.anchor == 0
+    assert set(result.model.state_dict()) == set(deep.state_dict())  # the deeper model's topology and names
+
+
+PAIRS: dict[str, tuple[Callable[[], nn.Module], Callable[[], nn.Module], tuple[int, ...]]] = {
+    "mlp 5v3": (lambda: hs.zoo.mlp([24, 20, 16, 16, 12]), lambda: hs.zoo.mlp([16, 12, 12]), (64,)),
+    "vgg 3v2": (lambda: hs.zoo.vgg([8, 8, 8, "M", 12, 12, 12], hidden=16),
+                lambda: hs.zoo.vgg([6, 6, "M", 8, 8], hidden=12), (1, 8, 8)),
+    "resnet 3v2": (lambda: hs.zoo.resnet((3, 3, 3)), lambda: hs.zoo.resnet((2, 2, 2)), (1, 8, 8)),
+    "resnet 3v1 x2": (lambda: hs.zoo.resnet((3, 3, 3)), lambda: hs.zoo.resnet((1, 1, 1), 2), (1, 8, 8)),
+    "transformer 4v2": (lambda: hs.zoo.transformer("manual", depth=4), lambda: hs.zoo.transformer("manual", depth=2),
+                        (1, 8, 8)),
+}
+APPLIES = [(name, depth, balance) for name in PAIRS for depth in METHODS
+           for balance in (("add", "merge") if name.startswith("mlp") else ("add",))]
+
+
+@pytest.mark.parametrize(("name", "depth", "balance"), APPLIES)
+def test_depth_and_width_heterogeneous_merges_run(name: str, depth: str, balance: str) -> None:
+    make_a, make_b, shape = PAIRS[name]
+    torch.manual_seed(0)
+    a, b = randomise(make_a(), 1), randomise(make_b(), 2)
+    x = torch.randn(96, *shape)
+    r = hs.merge([a, b], [x[:48], x[48:]], depth=depth, balance=balance, method="zip", progress=False)
+    with torch.no_grad():
+        y = r.model(x[:5])
+    assert y.shape == (5, 10) and bool(torch.isfinite(y).all())
+    deep, shallow = (a, b) if balance == "add" else (b, a)
+    assert len(r.graph.units) == len(hs.trace(deep, x[:2]).units)  # the anchor's topology
+    assert r.depth is not None and all(sa.balance is Balance(balance) for md in r.depth.models for sa in md.stages)
+    text = str(r.report)
+    assert "depth plan (anchor: model" in text and "similarity" in text and "statistics" in text
+    assert shallow is not deep
+
+
+def test_different_depths_without_depth_are_refused_with_the_stages_that_differ() -> None:
+    with pytest.raises(hs.MergeInputError, match=r"differ in depth \(stage0: 3 blocks in model 0 \(ResNet\), 2 in "
+                                                 r"model 1 \(ResNet\)\).*depth='cla', 'sma' or 'lma'"):
+        hs.merge([hs.zoo.resnet((3, 2, 2)), hs.zoo.resnet((2, 2, 2))], [torch.randn(8, 1, 8, 8)], progress=False)
+
+
+def test_balance_merge_is_refused_on_residual_and_convolutional_stages() -> None:
+    x = [torch.randn(16, 1, 8, 8)]
+    with pytest.raises(hs.MergeInputError, match=r"stage0 of model 0 .* is a stage of residual blocks: use balance='add'"):
+        hs.merge([hs.zoo.resnet((3, 1, 1)), hs.zoo.resnet((2, 1, 1))], x, depth="lma", balance="merge", progress=False)
+    with pytest.raises(hs.MergeInputError, match=r"cannot fuse .* Conv2d with kernel \(3, 3\).*balance='add'"):
+        hs.merge([hs.zoo.vgg([8, 8, 8, "M", 8]), hs.zoo.vgg([8, 8, "M", 8])], x, depth="cla", balance="merge",
+                 progress=False)
+
+
+def test_stages_that_cannot_be_paired_are_refused() -> None:
+    x = [torch.randn(16, 1, 8, 8)]
+    with pytest.raises(hs.MergeInputError, match=r"stages of model 1 \(VGG\) \(layer, layer, layer\) cannot be paired "
+                                                 r"with those of model 0 \(VGG\) \(layer, layer, layer, layer\)"):
+        hs.merge([hs.zoo.vgg([8, "M", 8, "M", 8]), hs.zoo.vgg([8, "M", 8])], x, depth="lma", progress=False)
+    with pytest.raises(hs.MergeInputError, match="cannot be paired"):
+        hs.merge([hs.zoo.mlp([8, 8]), hs.zoo.vgg([8, "M", 8], hidden=8)],
+                 [torch.randn(16, 1, 8, 8)], depth="sma", progress=False)
+
+
+def test_bad_depth_options_are_refused_before_any_work() -> None:
+    a, b = hs.zoo.mlp([8, 8]), hs.zoo.mlp([8])
+    for kwargs, says in (({"depth": "deep"}, "depth must be one of cla, sma, lma"),
+                         ({"depth": "lma", "balance": "squash"}, "balance must be one of add, merge"),
+                         ({"depth": "lma", "depth_cost": "width"}, "use it with depth='cla'"),
+                         ({"depth": "cla", "balance": "merge", "estimator": "vote"}, "estimator must be one of")):
+        with pytest.raises(hs.MergeInputError, match=says):
+            hs.merge([a, b], [torch.randn(8, 64)], progress=False, **kwargs)  # type: ignore[arg-type]
+
+
+def test_cla_with_the_width_cost_needs_no_data_and_align_balances_too() -> None:
+    a, b = randomise(hs.zoo.mlp([16, 16, 16, 16]), 1), randomise(hs.zoo.mlp([16, 16]), 2)
+    r = hs.merge([a, b], None, depth="cla", depth_cost="width", method="weight", example_inputs=torch.randn(2, 64),
+                 progress=False)
+    assert r.depth is not None and r.depth.models[0].stages[0].score.value == "width"
+    aligned = hs.align([a, b], [torch.randn(32, 64)], method="permute", depth="lma")
+    x = torch.randn(4, 64)
+    with torch.no_grad():  # each model carried into the merged space keeps its function (identity layers, permutations)
+        assert rel_err(a(x), aligned[0](x)) <= 1e-5 and rel_err(b(x), aligned[1](x)) <= 1e-5
