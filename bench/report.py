@@ -11,7 +11,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-ORDER = ["accuracy", "accuracy_widths", "speed", "scaling", "startup"]
+ORDER = ["accuracy", "accuracy_widths", "depth", "depth_cost", "speed", "scaling", "startup"]
 
 
 def machine() -> str:

@@ -1,7 +1,8 @@
 """One benchmark configuration in a fresh process: ``python -m bench.worker '<json spec>'`` prints JSON.
 
 Kinds: ``weight`` (hetsurgery vs rebasin weight matching, alternating), ``activation`` (a data-driven
-merge and its floor: the plain forward passes and the bare LAPs), ``hetero`` (a width-heterogeneous merge).
+merge and its floor: the plain forward passes and the bare LAPs), ``hetero`` (a width-heterogeneous merge),
+``depth`` (a depth-heterogeneous merge and its floor).
 """
 
 from __future__ import annotations
@@ -216,10 +217,40 @@ def hetero(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def depth(spec: dict[str, Any]) -> dict[str, Any]:
+    """A depth-heterogeneous zip merge (ResNet-20 and ResNet-32 of one width) and its floor, one run each after
+    a warm-up: the forward passes of both models, and the bare LAPs of the balanced pair's groups."""
+    baseline = warm_baseline()
+    torch.manual_seed(0)
+    a = hs.zoo.resnet20(spec["width"], in_channels=3).eval()
+    b = hs.zoo.resnet32(spec["width"], in_channels=3).eval()
+    data = calibration(spec["samples"])
+    from hetsurgery.merge import plan_merge
+    from hetsurgery.plan.stats import collect_stats
+
+    balanced = plan_merge([a, b], data[:2], method="permute", depth="lma", progress=False).graphs
+    stats = collect_stats(balanced, data[:2], full=False, progress=False)
+    matrices = [s.block(s.similarity(), 0, 1).numpy() for s in stats.values()]
+    contenders: dict[str, Any] = {
+        "forward": lambda: forward_floor(a, b, data),
+        "lap": lambda: lap_floor(matrices),
+        "depth-zip": lambda: {"stages": dict(hs.merge([a, b], data, method="zip", depth="lma",
+                                                      progress=False).report.seconds)},
+    }
+    out: dict[str, Any] = {"width": spec["width"], "samples": spec["samples"], "params_mib": param_mib(a, b),
+                           "baseline_mib": baseline, "parameters": sum(p.numel() for p in a.parameters()),
+                           "parameters_deep": sum(p.numel() for p in b.parameters())}
+    for name, fn in contenders.items():
+        r = measure(fn)
+        out[name] = {"seconds": r.seconds, "peak_mib": r.peak_mib, "stages": r.detail.get("stages", {})}
+    return out
+
+
 def main() -> None:
     spec = json.loads(sys.argv[1])
     torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
-    result = {"weight": weight, "activation": activation, "scaling": scaling, "hetero": hetero}[spec["kind"]](spec)
+    result = {"weight": weight, "activation": activation, "scaling": scaling, "hetero": hetero,
+              "depth": depth}[spec["kind"]](spec)
     print(json.dumps(result))
 
 

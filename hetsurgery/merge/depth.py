@@ -1,9 +1,11 @@
 """Depth alignment inside ``merge``: unit similarity, the depth plan, balancing, and the correspondence.
 
-1. **Similarity.** Every model runs once over the calibration data beside the anchor; linear CKA between
-   each of its units and each unit of the anchor's corresponding stage is streamed (``StreamingCKA``: no
-   activation is stored). CLA compares pre-activations (``Unit.pre``), SMA and LMA unit outputs
-   (``Unit.exit``); CLA with ``depth_cost="width"`` compares widths instead and needs no data.
+1. **Similarity.** Every model runs once over the first ``depth_samples`` calibration samples (512 by
+   default: linear CKA over every position of 512 images settles well before that, and the width plan's own
+   pass over all the data is the expensive one) beside the anchor; linear CKA between each of its units and
+   each unit of the anchor's corresponding stage is streamed (``StreamingCKA``: no activation is stored).
+   CLA compares pre-activations (``Unit.pre``), SMA and LMA unit outputs (``Unit.exit``); CLA with
+   ``depth_cost="width"`` compares widths instead and needs no data.
 2. **Plan.** Stage ``i`` of a model is aligned with stage ``i`` of the anchor (CLA / SMA / LMA,
    ``plan.depth``). With ``balance="add"`` the anchor is the deepest model and the others get units
    inserted; with ``balance="merge"`` it is the shallowest and the others have segments fused.
@@ -36,6 +38,7 @@ from hetsurgery.plan.fuse_signs import Estimator, estimate_signs
 from hetsurgery.plan.joint import site_view, tap_module
 
 COSTS = ("cka", "width")
+DEPTH_SAMPLES = 512
 E = TypeVar("E", bound=Enum)
 
 
@@ -45,10 +48,11 @@ class DepthOptions:
     balance: Balance
     cost: str = "cka"  # CLA only: "width" compares widths, without data
     estimator: Estimator = Estimator.SIGN_OF_SUM  # balance="merge": how each fused ReLU's D is estimated
+    samples: int | None = DEPTH_SAMPLES  # calibration samples the unit similarities use (None: all)
 
     @staticmethod
-    def of(depth: str | DepthMethod | None, balance: str | Balance, cost: str, estimator: str | Estimator
-           ) -> DepthOptions | None:
+    def of(depth: str | DepthMethod | None, balance: str | Balance, cost: str, estimator: str | Estimator,
+           samples: int | None = DEPTH_SAMPLES) -> DepthOptions | None:
         """The options as given to ``merge``, checked (``MergeInputError`` naming the bad value)."""
         if depth is None:
             return None
@@ -59,7 +63,9 @@ class DepthOptions:
         if cost == "width" and method is not DepthMethod.CLA:
             raise MergeInputError(f"depth_cost='width' is CLAFusion's data-free cost: use it with depth='cla', "
                                   f"not {method.value!r}")
-        return DepthOptions(method, bal, cost, _enum(Estimator, estimator, "estimator"))
+        if samples is not None and (not isinstance(samples, int) or isinstance(samples, bool) or samples < 2):
+            raise MergeInputError(f"depth_samples must be a whole number of at least 2, or None, not {samples!r}")
+        return DepthOptions(method, bal, cost, _enum(Estimator, estimator, "estimator"), samples)
 
 
 @dataclass(frozen=True)
@@ -164,9 +170,14 @@ def _similarities(graphs: Sequence[ModelGraph], anchor: int, data: Iterable | No
            for k in others}
     taps = {k: _Tap.of(g, opts, device) for k, g in enumerate(graphs)}
     target = device if device is not None else next(iter(graphs[0].params.values())).device
+    seen = 0
     with torch.no_grad():
         for batch in tqdm(data, desc="unit similarity", unit="batch", disable=not progress, leave=False):
+            if opts.samples is not None and seen >= opts.samples:
+                break
             x = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(target)
+            x = x if opts.samples is None else x[:opts.samples - seen]
+            seen += x.shape[0]
             ref = taps[anchor].features(x)
             for k in others:
                 own = taps[k].features(x)

@@ -92,12 +92,12 @@ class Planned:
 def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "zip",
                weights: Sequence[float] | None = None, anchor: int = 0, width: Width = None,
                depth: str | None = None, balance: str = "add", depth_cost: str = "cka",
-               estimator: str = "sign_of_sum", example_inputs: torch.Tensor | None = None,
+               estimator: str = "sign_of_sum", depth_samples: int | None = 512, example_inputs: torch.Tensor | None = None,
                memory_budget: int | None = None, progress: bool = True, device: torch.device | str | None = None,
                **method_options: object) -> Planned:
     """Trace the models, align their depths, stream their statistics and solve the width plan (the stages of
     ``merge`` before combining)."""
-    depth_opts = DepthOptions.of(depth, balance, depth_cost, estimator)
+    depth_opts = DepthOptions.of(depth, balance, depth_cost, estimator, depth_samples)
     spec = METHODS.get(method)
     if spec is None:
         raise MergeInputError(f"unknown merge method {method!r}: use one of {', '.join(METHODS)}")
@@ -160,7 +160,7 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: st
 def merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "zip",
           weights: Sequence[float] | None = None, reset_bn: bool | int = True, anchor: int = 0, width: Width = None,
           depth: str | None = None, balance: str = "add", depth_cost: str = "cka", estimator: str = "sign_of_sum",
-          example_inputs: torch.Tensor | None = None, memory_budget: int | None = None, progress: bool = True,
+          depth_samples: int | None = 512, example_inputs: torch.Tensor | None = None, memory_budget: int | None = None, progress: bool = True,
           device: torch.device | str | None = None, **method_options: object) -> MergeResult:
     """Merge ``models`` into one ``nn.Module`` without training; they may differ in width and, with ``depth``,
     in depth.
@@ -176,7 +176,8 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "
     zero-residual blocks inserted into the shallower models: the merged model has the deepest model's
     structure) or ``"merge"`` (Linear chains of the deeper models fused across their ReLUs, the signs
     estimated by ``estimator``: the shallowest model's structure). ``depth_cost="width"`` gives CLA
-    CLAFusion's data-free cost. The depth plan is ``result.depth`` and part of the report.
+    CLAFusion's data-free cost. The unit similarities use the first ``depth_samples`` calibration samples
+    (``None``: all). The depth plan is ``result.depth`` and part of the report.
     ``reset_bn`` recomputes BatchNorm statistics on the first 512 calibration samples (``True``), on the
     first ``N`` (an int), or not at all (``False``). The forward passes (statistics, BatchNorm reset) run
     on ``device``: by default a CUDA GPU when one is present, else where the models are.
@@ -188,7 +189,8 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "
     torch.Size([3, 10])
     """
     planned = plan_merge(models, data, method=method, weights=weights, anchor=anchor, width=width, depth=depth,
-                         balance=balance, depth_cost=depth_cost, estimator=estimator, example_inputs=example_inputs,
+                         balance=balance, depth_cost=depth_cost, estimator=estimator, depth_samples=depth_samples,
+                         example_inputs=example_inputs,
                          memory_budget=memory_budget, progress=progress, device=device, **method_options)
     graphs, plan, seconds = planned.graphs, planned.plan, planned.seconds
 
