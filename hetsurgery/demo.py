@@ -3,8 +3,11 @@
 Model A learns digits 0-4 and model B digits 5-9 (both heads see all ten classes). Each merge method
 combines them without training; the table gives joint accuracy (argmax over all ten classes), per-task
 accuracy (argmax inside the task's classes) and their average, next to A, B and their output ensemble.
-A second experiment interpolates two MLPs trained on all digits, before and after permutation alignment,
-and plots the loss barrier. Every merged model is saved as a package (``out/<method>/``: model.py,
+A second pair differs in depth and width (an MLP with four hidden layers of 64 on digits 0-4, one with
+two hidden layers of 128 and 96 on digits 5-9): it is merged by depth alignment (LMA, SMA with inserted
+identity layers, CLA with fused layers) and zip, and its depth plan and CKA matrices are drawn. A third
+experiment interpolates two MLPs trained on all digits, before and after permutation alignment, and plots
+the loss barrier. Every merged model is saved as a package (``out/<method>/``: model.py,
 model.safetensors, plan.json, report.md) and exported to ONNX with an onnxruntime parity check
 (``out/<method>/model.onnx``); the merged graph and one group's width plans are drawn in ``out/pictures/``.
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +32,8 @@ from hetsurgery.zoo.data import TASKS, digits, loader
 from hetsurgery.zoo.train import train
 
 METHODS = ("average", "permute", "weight", "ot", "zip")
+DEPTH_PAIR = ((64, 64, 64, 64), (128, 96))  # deep and narrow on task A, shallow and wide on task B
+DEPTH_MERGES = (("lma", "add"), ("sma", "add"), ("cla", "merge"))
 
 
 @dataclass
@@ -40,17 +45,24 @@ class DemoResult:
     paths: dict[str, Path]
     models: tuple[nn.Module, nn.Module] = field(repr=False)
     parity: dict[str, ParityReport] = field(default_factory=dict)
+    depth_scores: dict[str, TaskScores] = field(default_factory=dict)
+    depth_seconds: dict[str, float] = field(default_factory=dict)
 
     def table(self) -> str:
-        return _table(self.scores, self.seconds)
+        out = _table(self.scores, self.seconds)
+        if self.depth_scores:
+            mlps = " / ".join("-".join(map(str, h)) for h in DEPTH_PAIR)
+            out += f"\n\ndifferent depth and width (MLP {mlps}), zip:\n" + _table(self.depth_scores, self.depth_seconds)
+        return out
 
 
 def _table(scores: dict[str, TaskScores], seconds: dict[str, float]) -> str:
-    head = f"{'model':<10} {'joint':>6} {'task A':>7} {'task B':>7} {'avg':>6} {'merge s':>8}"
+    w = max(10, *(len(n) for n in scores))
+    head = f"{'model':<{w}} {'joint':>6} {'task A':>7} {'task B':>7} {'avg':>6} {'merge s':>8}"
     lines = [head, "-" * len(head)]
     for name, s in scores.items():
         secs = f"{seconds[name]:8.2f}" if name in seconds else " " * 8
-        lines.append(f"{name:<10} {s.joint:6.3f} {s.per_task[0]:7.3f} {s.per_task[1]:7.3f} {s.task_avg:6.3f} {secs}")
+        lines.append(f"{name:<{w}} {s.joint:6.3f} {s.per_task[0]:7.3f} {s.per_task[1]:7.3f} {s.task_avg:6.3f} {secs}")
     return "\n".join(lines)
 
 
@@ -92,9 +104,46 @@ def run_demo(out: str | Path = "hetsurgery-out", *, quick: bool = False, seed: i
     echo("saving every merged model as a package and exporting it to ONNX (onnxruntime parity check)")
     parity, paths = _save_and_export(out, merges, _table(scores, seconds), echo)
     paths.update(_pictures(out / "pictures", merges, echo))
+    echo("a pair of different depth and width: merged by depth alignment and zip")
+    depth_scores, depth_seconds, depth_paths = _depth_experiment(out, epochs, seed, test, calib, echo)
+    paths.update(depth_paths)
     barrier, plot = _barrier_experiment(out, epochs, seed)
     paths["interpolation plot"] = plot
-    return DemoResult(scores, seconds, merges, barrier, paths, (a, b), parity)
+    return DemoResult(scores, seconds, merges, barrier, paths, (a, b), parity, depth_scores, depth_seconds)
+
+
+def _depth_experiment(out: Path, epochs: int, seed: int, test: Iterable, calib: Iterable, echo: Callable[[str], None]
+                      ) -> tuple[dict[str, TaskScores], dict[str, float], dict[str, Path]]:
+    """A deep narrow MLP (task A) and a shallow wide one (task B), merged by each depth method; the LMA merge is
+    saved, exported and its depth plan drawn."""
+    from hetsurgery.export.depth_pictures import cka_heatmap
+
+    pair: list[nn.Module] = []
+    for t, hidden in enumerate(DEPTH_PAIR):
+        torch.manual_seed(1000 * seed + 20 + t)
+        pair.append(train(zoo.mlp(list(hidden)), digits("train", TASKS[t]), epochs=epochs, seed=1000 * seed + 20 + t))
+    scores = {f"MLP A {'-'.join(map(str, DEPTH_PAIR[0]))}": task_scores(pair[0], test, TASKS),
+              f"MLP B {'-'.join(map(str, DEPTH_PAIR[1]))}": task_scores(pair[1], test, TASKS)}
+    seconds: dict[str, float] = {}
+    kept = None
+    for depth, balance in DEPTH_MERGES:
+        name = f"{depth} ({balance})"
+        clock = time.perf_counter()
+        result = merge(pair, calib, method="zip", depth=depth, balance=balance, progress=False)
+        seconds[name] = time.perf_counter() - clock
+        scores[name] = task_scores(result.model, test, TASKS)
+        kept = kept or result
+    assert kept is not None and kept.depth is not None
+    folder = save(kept.graph, out / "depth-lma-zip", plan=kept.plan, depth=kept.depth, report=str(kept.report),
+                  name="lma + zip merge of a deep and a shallow MLP")
+    parity = to_onnx(kept.model, digits("test").tensors[0][:4], folder / "model.onnx")
+    echo(f"  lma+zip  {parity}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        plan_picture = render(kept.depth, out / "pictures" / "depth-plan.svg", names=("MLP A", "MLP B"))
+    heatmap = cka_heatmap(kept.depth, out / "pictures" / "depth-cka.png")
+    return scores, seconds, {"package (depth lma+zip)": folder, "depth plan picture": plan_picture.path,
+                             "CKA heatmap": heatmap}
 
 
 def _save_and_export(out: Path, merges: dict[str, MergeResult], table: str, echo: Callable[[str], None]

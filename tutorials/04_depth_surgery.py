@@ -1,17 +1,25 @@
-"""Tutorial 4: depth surgery: units and stages, identity layers, zero-residual blocks, ReLU-segment fusion.
+"""Tutorial 4: depth surgery and merging models of different depth.
 
 Models of different depth become mergeable by changing the structure of one of them (CLAFusion; Xu et al.,
-Training-free Heterogeneous Model Merging). hetsurgery does it with exact passes on the traced graph.
+Training-free Heterogeneous Model Merging). hetsurgery does it with exact passes on the traced graph: units and
+stages, identity layers, zero-residual blocks, ReLU-segment fusion; then depth plans (CLA, SMA, LMA) on
+linear CKA drive them inside ``merge``.
 
-Run: python tutorials/04_depth_surgery.py   (about 15 seconds on two CPU cores)
+Run: python tutorials/04_depth_surgery.py   (about 40 seconds on two CPU cores)
 """
+
+import tempfile
+from pathlib import Path
 
 import torch
 
 import hetsurgery as hs
+from hetsurgery.evaluate import task_scores
+from hetsurgery.export import render
+from hetsurgery.export.depth_pictures import cka_heatmap
 from hetsurgery.merge.fusion import fuse_relu_segment
 from hetsurgery.passes import InsertIdentity, InsertZeroResidual, Pipeline
-from hetsurgery.zoo.data import digits, loader
+from hetsurgery.zoo.data import TASKS, digits, loader
 from hetsurgery.zoo.train import train
 
 torch.manual_seed(0)
@@ -49,3 +57,23 @@ for estimator in ("sign_of_sum", "majority", "average_sign"):
     fused, report = fuse_relu_segment(t, ("layers_2", "layers_4"), test, estimator)
     print(report)
 print("the fused stage:", fused.stage("stage0").units, "- passes:", fused.passes[0]["pass"])
+
+# 4. Merging models of different depth (and width): a deep narrow MLP trained on digits 0-4 and a shallow wide one
+#    on 5-9. The depth plan aligns their hidden layers on linear CKA (CLA, SMA or LMA), balances them (identity
+#    layers into the shallow one, or fused layers in the deep one), and a width method merges what corresponds.
+torch.manual_seed(1)
+deep = train(hs.zoo.mlp([64, 64, 64, 64]), digits("train", TASKS[0]), epochs=8, seed=1)
+torch.manual_seed(2)
+shallow = train(hs.zoo.mlp([128, 96]), digits("train", TASKS[1]), epochs=8, seed=2)
+calibration = list(loader(digits("train"), 128))
+for name, m in (("deep 64-64-64-64 (0-4)", deep), ("shallow 128-96 (5-9)", shallow)):
+    print(f"{name:<26} joint {task_scores(m, test, TASKS).joint:.3f}")
+for depth in ("cla", "sma", "lma"):
+    for balance in ("add", "merge"):
+        r = hs.merge([deep, shallow], calibration, method="zip", depth=depth, balance=balance, progress=False)
+        print(f"{depth} {balance:<5} zip               joint {task_scores(r.model, test, TASKS).joint:.3f}  "
+              f"map {r.depth.models[0].stages[0].map}")
+r = hs.merge([deep, shallow], calibration, method="zip", depth="lma", progress=False)
+print(r.report)
+out = Path(tempfile.mkdtemp(prefix="hetsurgery-tutorial-04-"))
+print("pictures:", render(r.depth, out / "depth-plan.svg").path, cka_heatmap(r.depth, out / "cka.png"))
