@@ -8,7 +8,10 @@
    ``depth_cost="width"`` compares widths instead and needs no data.
 2. **Plan.** Stage ``i`` of a model is aligned with stage ``i`` of the anchor (CLA / SMA / LMA,
    ``plan.depth``). With ``balance="add"`` the anchor is the deepest model and the others get units
-   inserted; with ``balance="merge"`` it is the shallowest and the others have segments fused.
+   inserted; with ``balance="merge"`` it is the shallowest and the others have segments fused. Between
+   models of equal depth the widest is the anchor (the most channels over its permutable groups: it
+   loses the least when the others are carried onto its structure), then the first; ``depth_anchor=``
+   names it instead (it must then be the deepest, or shallowest, in every stage).
 3. **Balance.** ``InsertIdentity`` / ``InsertZeroResidual`` (exact) or ``FuseReluSegment`` with signs
    estimated on the calibration data (an approximation, measured in the report).
 4. **Correspondence.** Each balanced model is carried onto the anchor's structure and names
@@ -49,10 +52,11 @@ class DepthOptions:
     cost: str = "cka"  # CLA only: "width" compares widths, without data
     estimator: Estimator = Estimator.SIGN_OF_SUM  # balance="merge": how each fused ReLU's D is estimated
     samples: int | None = DEPTH_SAMPLES  # calibration samples the unit similarities use (None: all)
+    anchor: int | None = None  # the model the others are balanced to (None: the deepest, then the widest)
 
     @staticmethod
     def of(depth: str | DepthMethod | None, balance: str | Balance, cost: str, estimator: str | Estimator,
-           samples: int | None = DEPTH_SAMPLES) -> DepthOptions | None:
+           samples: int | None = DEPTH_SAMPLES, anchor: int | None = None) -> DepthOptions | None:
         """The options as given to ``merge``, checked (``MergeInputError`` naming the bad value)."""
         if depth is None:
             return None
@@ -65,7 +69,9 @@ class DepthOptions:
                                   f"not {method.value!r}")
         if samples is not None and (not isinstance(samples, int) or isinstance(samples, bool) or samples < 2):
             raise MergeInputError(f"depth_samples must be a whole number of at least 2, or None, not {samples!r}")
-        return DepthOptions(method, bal, cost, _enum(Estimator, estimator, "estimator"), samples)
+        if anchor is not None and (not isinstance(anchor, int) or isinstance(anchor, bool) or anchor < 0):
+            raise MergeInputError(f"depth_anchor must be a model index (0, 1, ...) or None, not {anchor!r}")
+        return DepthOptions(method, bal, cost, _enum(Estimator, estimator, "estimator"), samples, anchor)
 
 
 @dataclass(frozen=True)
@@ -97,7 +103,7 @@ def balance_depths(graphs: Sequence[ModelGraph], data: Iterable | None, opts: De
                    device: torch.device | str | None, progress: bool) -> Balanced:
     """Align every model's stages with the anchor's, balance them, and carry them onto the anchor's names."""
     _check_pairable(graphs)
-    anchor = _anchor(graphs, opts.balance)
+    anchor = _anchor(graphs, opts.balance, opts.anchor)
     seconds = {}
     clock = time.perf_counter()
     scores = _similarities(graphs, anchor, data, opts, device=device, progress=progress)
@@ -132,18 +138,38 @@ def _check_pairable(graphs: Sequence[ModelGraph]) -> None:
                 "poolings or stride changes, the residual streams), so both models need the same number and kinds")
 
 
-def _anchor(graphs: Sequence[ModelGraph], balance: Balance) -> int:
-    """``add``: the deepest model (it keeps its units); ``merge``: the shallowest. Every stage must agree."""
-    depth = [len(g.units) for g in graphs]
-    k = depth.index(max(depth) if balance is Balance.ADD else min(depth))
+def _anchor(graphs: Sequence[ModelGraph], balance: Balance, given: int | None = None) -> int:
+    """``add``: the deepest model (it keeps its units); ``merge``: the shallowest; among those the widest
+    (``width``), then the first; or the ``given`` one. Every stage must agree.
+
+    >>> import torch, hetsurgery as hs
+    >>> x = torch.randn(2, 64)
+    >>> gs = [hs.trace(hs.zoo.mlp(h), x) for h in ([8, 8], [8, 8, 8], [16, 16, 16], [4])]
+    >>> _anchor(gs, Balance.ADD), _anchor(gs, Balance.MERGE), _anchor(gs, Balance.ADD, given=1)
+    (2, 3, 1)
+    """
+    if given is not None:
+        if given >= len(graphs):
+            raise MergeInputError(f"depth_anchor {given} is not one of the {len(graphs)} models")
+        k = given
+    else:
+        sign = 1 if balance is Balance.ADD else -1
+        k = max(range(len(graphs)), key=lambda i: (sign * len(graphs[i].units), width(graphs[i]), -i))
     for g in graphs:
         for a, b in zip(graphs[k].stages, g.stages, strict=True):
             if (len(b) > len(a)) if balance is Balance.ADD else (len(b) < len(a)):
                 side = "deeper" if balance is Balance.ADD else "shallower"
+                which = (f"the depth anchor you chose (depth_anchor={given})" if given is not None else
+                         f"the {side.replace('er', 'est')} model overall")
                 raise MergeInputError(f"{g.name} is {side} than {graphs[k].name} in {a.key} ({len(b)} against "
-                                      f"{len(a)} units) but not overall: every model is balanced to one anchor, the "
-                                      f"{side.replace('er', 'est')} model, which must be so in every stage")
+                                      f"{len(a)} units): every model is balanced to one anchor, {which}, which must "
+                                      f"be the {side.replace('er', 'est')} in every stage")
     return k
+
+
+def width(g: ModelGraph) -> int:
+    """The channels of ``g``'s permutable groups, all together: how wide a model is."""
+    return sum(grp.size for grp in g.permutable())
 
 
 def _roles(k: int, anchor: int, balance: Balance) -> tuple[int, int]:

@@ -92,12 +92,12 @@ class Planned:
 def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "zip",
                weights: Sequence[float] | None = None, anchor: int = 0, width: Width = None,
                depth: str | None = None, balance: str = "add", depth_cost: str = "cka",
-               estimator: str = "sign_of_sum", depth_samples: int | None = 512, example_inputs: torch.Tensor | None = None,
-               memory_budget: int | None = None, progress: bool = True, device: torch.device | str | None = None,
-               **method_options: object) -> Planned:
+               estimator: str = "sign_of_sum", depth_samples: int | None = 512, depth_anchor: int | None = None,
+               example_inputs: torch.Tensor | None = None, memory_budget: int | None = None, progress: bool = True,
+               device: torch.device | str | None = None, **method_options: object) -> Planned:
     """Trace the models, align their depths, stream their statistics and solve the width plan (the stages of
     ``merge`` before combining)."""
-    depth_opts = DepthOptions.of(depth, balance, depth_cost, estimator, depth_samples)
+    depth_opts = DepthOptions.of(depth, balance, depth_cost, estimator, depth_samples, depth_anchor)
     spec = METHODS.get(method)
     if spec is None:
         raise MergeInputError(f"unknown merge method {method!r}: use one of {', '.join(METHODS)}")
@@ -160,8 +160,9 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: st
 def merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "zip",
           weights: Sequence[float] | None = None, reset_bn: bool | int = True, anchor: int = 0, width: Width = None,
           depth: str | None = None, balance: str = "add", depth_cost: str = "cka", estimator: str = "sign_of_sum",
-          depth_samples: int | None = 512, example_inputs: torch.Tensor | None = None, memory_budget: int | None = None, progress: bool = True,
-          device: torch.device | str | None = None, **method_options: object) -> MergeResult:
+          depth_samples: int | None = 512, depth_anchor: int | None = None, example_inputs: torch.Tensor | None = None,
+          memory_budget: int | None = None, progress: bool = True, device: torch.device | str | None = None,
+          **method_options: object) -> MergeResult:
     """Merge ``models`` into one ``nn.Module`` without training; they may differ in width and, with ``depth``,
     in depth.
 
@@ -177,7 +178,9 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "
     structure) or ``"merge"`` (Linear chains of the deeper models fused across their ReLUs, the signs
     estimated by ``estimator``: the shallowest model's structure). ``depth_cost="width"`` gives CLA
     CLAFusion's data-free cost. The unit similarities use the first ``depth_samples`` calibration samples
-    (``None``: all). The depth plan is ``result.depth`` and part of the report.
+    (``None``: all). Every model is balanced to one depth anchor: the deepest (``"merge"``: the shallowest),
+    then the widest, or the model ``depth_anchor`` names. The depth plan is ``result.depth`` and part of the
+    report.
     ``reset_bn`` recomputes BatchNorm statistics on the first 512 calibration samples (``True``), on the
     first ``N`` (an int), or not at all (``False``). The forward passes (statistics, BatchNorm reset) run
     on ``device``: by default a CUDA GPU when one is present, else where the models are.
@@ -190,7 +193,7 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "
     """
     planned = plan_merge(models, data, method=method, weights=weights, anchor=anchor, width=width, depth=depth,
                          balance=balance, depth_cost=depth_cost, estimator=estimator, depth_samples=depth_samples,
-                         example_inputs=example_inputs,
+                         depth_anchor=depth_anchor, example_inputs=example_inputs,
                          memory_budget=memory_budget, progress=progress, device=device, **method_options)
     graphs, plan, seconds = planned.graphs, planned.plan, planned.seconds
 
