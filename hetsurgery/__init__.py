@@ -19,11 +19,13 @@ from hetsurgery.errors import (
 )
 from hetsurgery.ir import Blocks, ModelGraph, OpKind, PermGroup, Role, Site, Slot
 from hetsurgery.ir.lowering import to_module
-from hetsurgery.merge import MergeResult, align, merge
+from hetsurgery.merge import AssemblyResult, Donor, MergeResult, align, assemble, find_lambda_threshold, merge
 from hetsurgery.tracing import trace
 
 __all__ = [
+    "AssemblyResult",
     "Blocks",
+    "Donor",
     "ExportError",
     "HetsurgeryError",
     "IRError",
@@ -40,7 +42,9 @@ __all__ = [
     "Slot",
     "TracingError",
     "align",
+    "assemble",
     "evaluate",
+    "find_lambda_threshold",
     "merge",
     "to_module",
     "trace",

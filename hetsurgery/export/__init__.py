@@ -13,7 +13,16 @@ from hetsurgery.export.atomic import atomic_file, atomic_folder
 from hetsurgery.export.checkpoint import load_weights, read_weights
 from hetsurgery.export.errors import InputError
 from hetsurgery.export.onnx import ParityReport, to_onnx
-from hetsurgery.export.package import Package, is_package, load, read_depth, read_package, read_plan, save
+from hetsurgery.export.package import (
+    Package,
+    is_package,
+    load,
+    read_assembly,
+    read_depth,
+    read_package,
+    read_plan,
+    save,
+)
 from hetsurgery.export.pictures import BUILDERS, Picture, render, to_dot
 from hetsurgery.ir.lowering import to_module
 
@@ -28,6 +37,7 @@ __all__ = [
     "is_package",
     "load",
     "load_weights",
+    "read_assembly",
     "read_depth",
     "read_package",
     "read_plan",

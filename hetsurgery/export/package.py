@@ -63,13 +63,14 @@ class Package:
 
 def save(model_or_graph: nn.Module | ModelGraph, folder: str | os.PathLike[str], *, plan: WidthPlan | None = None,
          report: object | None = None, example_inputs: Sequence[torch.Tensor] | torch.Tensor | None = None,
-         name: str | None = None, depth: DepthPlan | None = None) -> Path:
+         name: str | None = None, depth: DepthPlan | None = None, assembly: Mapping[str, Any] | None = None) -> Path:
     """Write a package to ``folder`` and return its path.
 
     ``model_or_graph`` is a ``ModelGraph``, a ``GraphModule`` (``MergeResult.model``) or a plain
     ``nn.Module`` (traced with ``torch.fx``). ``report`` is Markdown text or any object whose ``str`` is
     kept verbatim (a ``MergeReport``). ``example_inputs`` default to the ones the graph was traced with.
-    ``plan.json`` keeps the width ``plan``, the ``depth`` plan and a graph's structural ``passes``.
+    ``plan.json`` keeps the width ``plan``, the ``depth`` plan, a graph's structural ``passes`` and, for an
+    assembled model, the ``assembly`` record (``AssemblyResult.to_dict()``).
     An existing package at ``folder`` is replaced and an empty folder written into; any other folder is
     refused with ``InputError`` before anything is written (see ``package_files``).
     """
@@ -90,7 +91,8 @@ def save(model_or_graph: nn.Module | ModelGraph, folder: str | os.PathLike[str],
         (tmp / "report.md").write_text(report_markdown(name, gm, layout, specs, plan, report), encoding="utf-8")
         files = {file: file_digest(tmp / file) for file in HASHED_FILES}
         passes = model_or_graph.passes if isinstance(model_or_graph, ModelGraph) else ()
-        (tmp / "plan.json").write_text(plan_json(plan, files=files, depth=depth, passes=passes), encoding="utf-8")
+        (tmp / "plan.json").write_text(plan_json(plan, files=files, depth=depth, passes=passes, assembly=assembly),
+                                       encoding="utf-8")
         check_round_trip(tmp, gm, inputs or list(random_inputs(specs)), name)
     return Path(folder)
 
@@ -135,16 +137,20 @@ def read_plan(folder: str | os.PathLike[str]) -> WidthPlan | None:
 
 
 def plan_json(plan: WidthPlan | None, *, files: Mapping[str, str] | None = None, depth: DepthPlan | None = None,
-              passes: Sequence[Mapping[str, Any]] = ()) -> str:
+              passes: Sequence[Mapping[str, Any]] = (), assembly: Mapping[str, Any] | None = None) -> str:
     """The text of ``plan.json``; readers ignore keys they do not know.
 
     ``{"format": "hetsurgery-plan/2", "width": <WidthPlan.to_json()> or null, "depth": <DepthPlan.to_dict()>
     or null, "passes": [<pass spec>, ...], "files": {"model.py": "sha256:<hex>", "model.safetensors": ...,
     "graph.json": ...}}``; ``files`` is left out when ``None``. ``passes`` are the structural passes that turned
-    the traced model into the saved structure, as specs ``hetsurgery.passes.replay`` applies again.
+    the traced model into the saved structure, as specs ``hetsurgery.passes.replay`` applies again. An assembled
+    model adds ``"assembly"``: which donor gave which unit, with which λ, how it was aligned
+    (``hetsurgery.merge.assembly``); ``read_assembly`` reads it back.
     """
     doc: dict[str, Any] = {"format": PLAN_FORMAT, "width": None if plan is None else json.loads(plan.to_json()),
                            "depth": None if depth is None else depth.to_dict(), "passes": [dict(p) for p in passes]}
+    if assembly is not None:
+        doc["assembly"] = dict(assembly)
     if files is not None:
         doc["files"] = dict(files)
     return json.dumps(doc, indent=1)
@@ -154,6 +160,17 @@ def read_depth(folder: str | os.PathLike[str]) -> DepthPlan | None:
     """The depth plan saved in ``folder/plan.json`` (``None`` when there is none)."""
     path = Path(folder) / "plan.json"
     return _depth_plan(plan_file(Path(folder)), path) if path.exists() else None
+
+
+def read_assembly(folder: str | os.PathLike[str]) -> Mapping[str, Any] | None:
+    """The assembly record saved in ``folder/plan.json`` (``None`` when the model was not assembled)."""
+    path = Path(folder) / "plan.json"
+    if not path.exists():
+        return None
+    record = plan_file(Path(folder)).get("assembly")
+    if record is not None and not isinstance(record, dict):
+        raise InputError(f"{path}: \"assembly\" must be an object, not a {type(record).__name__}")
+    return record
 
 
 def _depth_plan(raw: Mapping[str, Any], path: Path) -> DepthPlan | None:

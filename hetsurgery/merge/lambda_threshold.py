@@ -1,0 +1,198 @@
+"""How far a base can lean towards a donor: the largest ``λ`` that keeps the base's own task.
+
+MAL holds that a base absorbs a donor's units without losing its task while ``λ`` stays below a threshold
+(linear mode connectivity between the base and the aligned donor); past it the task breaks down.
+``find_lambda_threshold`` aligns the donor once, walks the grid ``λ ∈ {0, 0.05, …, 1}`` upwards, and bisects
+between the last grid point within ``tolerance`` of the base (``λ = 0``, the base itself) and the first one
+outside: every grid point below the threshold is within tolerance, and so is every bisection point it kept.
+It also gives the curve (loss and accuracy at every grid point), the loss barrier
+``max_λ L(λ) − ½ (L(0) + L(1))``, and one picture of both.
+
+>>> import torch, hetsurgery as hs
+>>> x, y = torch.randn(64, 64), torch.randint(0, 10, (64,))
+>>> t = find_lambda_threshold(hs.zoo.mlp([8]), hs.zoo.mlp([8]), [(x, y)], layers="all", metric="loss",
+...                           tolerance=10.0, lambdas=(0.0, 0.5, 1.0))
+>>> t.threshold, len(t.curve.lambdas)
+(1.0, 3)
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hetsurgery.errors import MergeInputError
+from hetsurgery.evaluate import LAMBDAS, Curve, predictions
+from hetsurgery.ir.lowering import to_module
+from hetsurgery.merge.assembly import Layers, select_units
+from hetsurgery.merge.assembly_donor import AlignedDonor, prepare_donor, reset_batchnorm_after
+from hetsurgery.merge.assembly_record import UnitRecord
+from hetsurgery.merge.depth import DepthOptions
+from hetsurgery.merge.driver import BN_RESET_SAMPLES, default_device
+from hetsurgery.merge.methods import METHODS
+from hetsurgery.merge.options import check_options
+from hetsurgery.tracing import trace
+
+SLACK = 1e-9  # float rounding of accuracies and losses never decides a comparison
+
+
+class Metric(enum.Enum):
+    """What must stay within tolerance: accuracy may drop by at most it, loss may rise by at most it."""
+
+    ACCURACY = "accuracy"
+    LOSS = "loss"
+
+
+@dataclass(frozen=True)
+class LambdaThreshold:
+    """The largest ``λ`` found whose ``metric`` stays within ``tolerance`` of the base's (``base_value``), the
+    curve along the grid, every ``(λ, metric)`` evaluated (grid and bisection, by ``λ``), the unit records of
+    the selection, and the picture (``None`` unless asked for)."""
+
+    threshold: float
+    metric: Metric
+    tolerance: float
+    base_value: float
+    curve: Curve
+    probes: tuple[tuple[float, float], ...]
+    units: tuple[UnitRecord, ...] = field(repr=False)
+    plot: Path | None = None
+
+    @property
+    def barrier(self) -> float:
+        """The loss barrier along the grid: ``max_λ L(λ) − ½ (L(0) + L(1))``."""
+        return self.curve.barrier
+
+    def within(self, value: float) -> bool:
+        """Whether ``value`` of the metric is within tolerance of the base's."""
+        return _within(value, self.base_value, self.tolerance, self.metric)
+
+
+def find_lambda_threshold(base: nn.Module, donor: nn.Module, data: Iterable, *, layers: Layers,
+                          tolerance: float = 0.01, metric: str = "accuracy", calibration: Iterable | None = None,
+                          align: str = "mal", depth: str | None = None, lambdas: Sequence[float] = LAMBDAS,
+                          refine: int = 6, reset_bn: bool | int = True, plot: str | os.PathLike[str] | None = None,
+                          example_inputs: torch.Tensor | None = None, device: torch.device | str | None = None,
+                          progress: bool = False, **align_options: object) -> LambdaThreshold:
+    """The largest ``λ`` (on ``lambdas``, refined by ``refine`` bisection steps) for which the base's task, the
+    labelled batches ``data``, stays within ``tolerance`` of the base model: accuracy (``metric="accuracy"``,
+    ``0.01`` = one point) may drop, or loss (``"loss"``) rise, by at most that much at every grid point below.
+
+    ``layers`` selects the base's units that absorb the donor, all with the same ``λ``. The donor is aligned
+    once, as ``assemble`` does (``align``, ``depth``, their options), on ``calibration`` (default: ``data``),
+    which also gives the BatchNorm statistics at every ``λ`` (``reset_bn``). ``plot`` names a PNG (or SVG)
+    of the curve with the threshold.
+    """
+    kind = _metric(metric)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+        raise MergeInputError(f"tolerance must be a non-negative number, not {tolerance!r}")
+    grid = sorted({0.0, *(float(x) for x in lambdas)})
+    if grid[0] < 0 or grid[-1] > 1:
+        raise MergeInputError(f"lambdas must lie in [0, 1], got {list(lambdas)}")
+    if not isinstance(refine, int) or isinstance(refine, bool) or refine < 0:
+        raise MergeInputError(f"refine must be a whole number of bisection steps, not {refine!r}")
+    if align not in METHODS:
+        raise MergeInputError(f"unknown alignment method {align!r}: use one of {', '.join(METHODS)}")
+    check_options(align, align_options)
+    depth_opts = DepthOptions.of(depth, "add", "cka", "sign_of_sum")
+    calib = calibration if calibration is not None else data
+    device = default_device(device)
+    x = example_inputs if example_inputs is not None else _first_inputs(data)
+    g = trace(base, x, name="base")
+    units = select_units(g, layers, 0.0, "find_lambda_threshold")
+    ready = prepare_donor(g, donor, calib, name="the donor", align=align, depth=depth_opts, options=align_options,
+                          device=device, progress=progress)
+    samples = None if not reset_bn else (BN_RESET_SAMPLES if reset_bn is True else int(reset_bn))
+    evaluated = {lam: _point(ready, units, lam, data, calib, samples, device) for lam in grid}
+    base_value = _value(evaluated[0.0], kind)
+
+    def within(lam: float) -> bool:
+        return _within(_value(evaluated[lam], kind), base_value, float(tolerance), kind)
+
+    ok = [lam for lam in grid if within(lam)]
+    bad = next((lam for lam in grid if lam not in ok), None)
+    lo = max((lam for lam in ok if bad is None or lam < bad), default=0.0)
+    if bad is not None:
+        hi = bad
+        for _ in range(refine):
+            mid = (lo + hi) / 2
+            evaluated[mid] = _point(ready, units, mid, data, calib, samples, device)
+            lo, hi = (mid, hi) if within(mid) else (lo, mid)
+    curve = Curve(tuple(grid), tuple(evaluated[lam][0] for lam in grid), tuple(evaluated[lam][1] for lam in grid))
+    probes = tuple((lam, _value(evaluated[lam], kind)) for lam in sorted(evaluated))
+    records = tuple(ready.unit_record(u, lo) for u in units)
+    result = LambdaThreshold(lo, kind, float(tolerance), base_value, curve, probes, records)
+    return result if plot is None else replace(result, plot=plot_threshold(result, plot))
+
+
+def _within(value: float, base: float, tolerance: float, kind: Metric) -> bool:
+    if kind is Metric.ACCURACY:
+        return value >= base - tolerance - SLACK
+    return value <= base + tolerance + SLACK
+
+
+def _metric(metric: object) -> Metric:
+    try:
+        return Metric(metric)
+    except ValueError:
+        raise MergeInputError(f"metric must be one of {', '.join(m.value for m in Metric)}, not {metric!r}") from None
+
+
+def _value(point: tuple[float, float], kind: Metric) -> float:
+    return point[1] if kind is Metric.ACCURACY else point[0]
+
+
+def _point(ready: AlignedDonor, units: Iterable[str], lam: float, data: Iterable, calibration: Iterable,
+           samples: int | None, device: torch.device | str | None) -> tuple[float, float]:
+    """(loss, accuracy) of the base with ``units`` blended by ``lam`` on ``data``."""
+    chosen = {u: lam for u in units}
+    g = ready.blend(chosen)
+    blended = [u for u in chosen if lam > 0 and ready.counterparts[u].exists]
+    if samples is not None and blended:
+        g = reset_batchnorm_after(g, blended, calibration, samples, device)
+    logits, labels = predictions(to_module(g, share=True).eval(), data)
+    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+
+
+def _first_inputs(data: Iterable) -> torch.Tensor:
+    for batch in data:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise MergeInputError("find_lambda_threshold scores the base's task: data must yield (inputs, labels)")
+        return batch[0][:2]
+    raise MergeInputError("the data is empty")
+
+
+def plot_threshold(t: LambdaThreshold, path: str | os.PathLike[str], title: str = "") -> Path:
+    """The metric and the loss along ``λ``, the tolerance band and the threshold: one PNG (or SVG by suffix)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_m, ax_loss) = plt.subplots(1, 2, figsize=(9, 3.5))
+    lams, values = zip(*t.probes, strict=True)
+    ax_m.plot(lams, values, marker=".", label=t.metric.value)
+    bound = t.base_value - t.tolerance if t.metric is Metric.ACCURACY else t.base_value + t.tolerance
+    ax_m.axhline(bound, color="grey", linestyle="--", label=f"base {t.base_value:.3f} ∓ {t.tolerance:g}")
+    ax_m.axvline(t.threshold, color="red", linestyle=":", label=f"threshold λ = {t.threshold:.3f}")
+    ax_m.set(xlabel="λ", ylabel=f"base task {t.metric.value}", title=title or "base task along λ")
+    ax_m.legend(fontsize=8)
+    ax_loss.plot(t.curve.lambdas, t.curve.loss, marker=".", label=f"loss (barrier {t.barrier:.3f})")
+    ax_loss.axvline(t.threshold, color="red", linestyle=":")
+    ax_loss.set(xlabel="λ", ylabel="base task loss")
+    ax_loss.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(out)
+    return out

@@ -1,0 +1,73 @@
+"""``find_lambda_threshold``: the largest λ whose base-task accuracy (or loss) stays within tolerance, checked
+against every point it evaluated; a donor that computes the base's function never breaks it; the picture."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import torch
+from helpers import permuted
+
+import hetsurgery as hs
+from hetsurgery.merge import LambdaThreshold
+from hetsurgery.zoo.data import TASKS, digits, loader
+from hetsurgery.zoo.train import train
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[torch.nn.Module, torch.nn.Module, list, list]:
+    torch.manual_seed(0)
+    base = train(hs.zoo.mlp([32, 32]), digits("train", TASKS[0]), epochs=6, seed=0)
+    torch.manual_seed(1)
+    donor = train(hs.zoo.mlp([48, 24]), digits("train", TASKS[1]), epochs=6, seed=1)
+    return base, donor, list(loader(digits("test", TASKS[0]))), list(loader(digits("train"), 256))
+
+
+def _check(t: LambdaThreshold) -> None:
+    """Every point evaluated below the threshold is within tolerance; the first grid point above is not."""
+    assert t.probes[0] == (0.0, t.base_value)
+    assert all(t.within(v) for lam, v in t.probes if lam <= t.threshold)
+    above = [lam for lam in t.curve.lambdas if lam > t.threshold]
+    if above:
+        value = dict(t.probes)[above[0]]
+        assert not t.within(value)
+
+
+def test_the_threshold_keeps_the_base_task_within_one_point(pair: tuple, tmp_path: pathlib.Path) -> None:
+    base, donor, test, calib = pair
+    t = hs.find_lambda_threshold(base, donor, test, layers="all", calibration=calib, plot=tmp_path / "lam.png")
+    _check(t)
+    assert 0.0 < t.threshold < 1.0  # a donor trained on other digits breaks the base task somewhere
+    assert t.base_value == pytest.approx(hs.evaluate.accuracy(base, test))
+    assert len(t.curve.lambdas) == 21 and len(t.probes) == 21 + 6
+    assert t.barrier == pytest.approx(max(t.curve.loss) - 0.5 * (t.curve.loss[0] + t.curve.loss[-1]))
+    assert t.plot is not None and t.plot.stat().st_size > 10_000
+    assert [u.unit for u in t.units] == ["layers_0", "layers_2", "layers_4"]
+
+
+def test_the_threshold_on_the_loss_and_of_one_layer(pair: tuple) -> None:
+    base, donor, test, calib = pair
+    t = hs.find_lambda_threshold(base, donor, test, layers=["layers_0"], metric="loss", tolerance=0.05,
+                                 calibration=calib, lambdas=(0.0, 0.25, 0.5, 0.75, 1.0), refine=3)
+    _check(t)
+    assert t.metric.value == "loss" and t.base_value == t.curve.loss[0]
+
+
+def test_a_donor_that_computes_the_base_never_breaks_it(pair: tuple) -> None:
+    base, _, test, calib = pair
+    twin = hs.to_module(permuted(hs.trace(base, calib[0][0][:2]), 3)).eval()
+    t = hs.find_lambda_threshold(base, twin, test, layers="all", calibration=calib, lambdas=(0.0, 0.5, 1.0))
+    assert t.threshold == 1.0 and abs(t.barrier) < 1e-5
+
+
+@pytest.mark.parametrize(("kw", "says"), [
+    ({"metric": "f1"}, "metric must be one of accuracy, loss"),
+    ({"tolerance": -1}, "tolerance must be a non-negative number"),
+    ({"lambdas": (0.0, 1.5)}, "lambdas must lie in \\[0, 1\\]"),
+    ({"layers": ["x"]}, "'x', which is not a unit of the base"),
+])
+def test_bad_threshold_input(pair: tuple, kw: dict, says: str) -> None:
+    base, donor, test, _ = pair
+    with pytest.raises(hs.MergeInputError, match=says):
+        hs.find_lambda_threshold(base, donor, test, **{"layers": "all", **kw})
