@@ -58,6 +58,23 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_assemble(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hetsurgery.config import AssemblyConfig, example_config, run_assembly
+    from hetsurgery.config.assembly_run import EXAMPLE_HEADER
+    from hetsurgery.export.errors import InputError
+
+    if args.example_config:
+        print(example_config(AssemblyConfig, EXAMPLE_HEADER), end="")
+        return 0
+    if args.config is None or args.output is None:
+        raise InputError("give CONFIG.yaml and -o OUT (or --example-config for a template)")
+    run = run_assembly(Path(args.config), Path(args.output), progress=not args.quiet)
+    print("\n".join(str(part) for part in (run.result, run.scores, f"package: {run.package}") if part))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from hetsurgery.demo import run_demo
 
@@ -105,6 +122,15 @@ def parser() -> argparse.ArgumentParser:
     mrg.add_argument("config", nargs="?", help="the YAML file (hetsurgery merge --example-config prints every key)")
     mrg.add_argument("-o", "--output", help="the package folder to write (an existing package is replaced)")
     mrg.add_argument("--example-config", action="store_true", help="print a commented template of every key")
+
+    asm = _command(sub, "assemble", cmd_assemble, "a base model absorbs units of donor models of other widths and "
+                   "depths (Model Assembly Learning), written as a package folder", "the assembly failed",
+                   "the config, a weights file, a factory, the data, a unit name, a λ outside [0, 1], a donor whose "
+                   "input or output differs from the base's or whose depth differs without depth:, the alignment "
+                   "options, or an output folder that is not a package", common)
+    asm.add_argument("config", nargs="?", help="the YAML file (hetsurgery assemble --example-config prints every key)")
+    asm.add_argument("-o", "--output", help="the package folder to write (an existing package is replaced)")
+    asm.add_argument("--example-config", action="store_true", help="print a commented template of every key")
 
     exp = _command(sub, "export", cmd_export, "export a package to ONNX and check it with onnxruntime",
                    "onnxruntime disagrees with torch (the parity check)", "the package or --input-shape", common)

@@ -1,5 +1,5 @@
-"""The user's files and arguments turned into library calls: the YAML schema of ``hetsurgery merge``, its
-builders, the model a command is pointed at, the rules that keep outputs off inputs, and the reports.
+"""The user's files and arguments turned into library calls: the YAML schemas of ``hetsurgery merge`` and
+``hetsurgery assemble``, their builders, the model a command is pointed at, the rules that keep outputs off inputs, and the reports.
 
 It sits between ``merge`` and ``cli``: ``cli`` parses arguments and calls one function of this package.
 
@@ -8,6 +8,8 @@ It sits between ``merge`` and ``cli``: ``cli`` parses arguments and calls one fu
 'zip'
 """
 
+from hetsurgery.config.assembly_run import AssemblyRun, run_assembly
+from hetsurgery.config.assembly_schema import AssemblyConfig, DonorSpec
 from hetsurgery.config.batches import build_data
 from hetsurgery.config.build import build_model, build_models, check_input_shape, device_of, importable_from
 from hetsurgery.config.example import example_config
@@ -18,9 +20,12 @@ from hetsurgery.config.schema import DataSpec, DepthSpec, EvaluationSpec, MergeC
 from hetsurgery.config.targets import model_graph, open_package, package_inputs
 
 __all__ = [
+    "AssemblyConfig",
+    "AssemblyRun",
     "ConfigProblems",
     "DataSpec",
     "DepthSpec",
+    "DonorSpec",
     "EvaluationSpec",
     "Input",
     "MergeConfig",
@@ -41,5 +46,6 @@ __all__ = [
     "model_graph",
     "open_package",
     "package_inputs",
+    "run_assembly",
     "run_merge",
 ]

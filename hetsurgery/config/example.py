@@ -30,9 +30,10 @@ HEADER = """\
 # or torch.save(model.state_dict(), "b.pt")."""
 
 
-def example_config() -> str:
-    """The template: the header, then every field of ``MergeConfig``, sections and lists of sections included."""
-    return "\n".join([HEADER, *_fields(MergeConfig, None, indent=0, off=False)]) + "\n"
+def example_config(schema: type[BaseModel] = MergeConfig, header: str = HEADER) -> str:
+    """The template: the header, then every field of ``schema`` (``MergeConfig``), sections and lists of sections
+    included."""
+    return "\n".join([header, *_fields(schema, None, indent=0, off=False)]) + "\n"
 
 
 def _fields(cls: type[BaseModel], given: dict[str, Any] | None, indent: int, off: bool) -> list[str]:

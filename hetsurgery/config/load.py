@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from hetsurgery.config.problems import describe
 from hetsurgery.config.schema import MergeConfig
 from hetsurgery.config.yaml_loader import read_yaml_text, yaml_problem
 from hetsurgery.export.errors import InputError
+
+C = TypeVar("C", bound=BaseModel)
 
 
 class ConfigProblems(InputError):
@@ -41,6 +44,11 @@ class ConfigProblems(InputError):
 
 def load_config(path: str | os.PathLike[str]) -> MergeConfig:
     """Parse and validate a YAML config; ``InputError`` names the line of bad YAML or each bad key."""
+    return read_config(path, MergeConfig, "merge")
+
+
+def read_config(path: str | os.PathLike[str], schema: type[C], command: str) -> C:
+    """``load_config`` for the config of ``hetsurgery COMMAND`` whose root model is ``schema``."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"config file {path} does not exist" if not path.exists() else f"{path} is not a file")
@@ -51,9 +59,10 @@ def load_config(path: str | os.PathLike[str]) -> MergeConfig:
     except (UnicodeDecodeError, OSError) as exc:
         raise InputError(f"cannot read {path}: {exc}; give a UTF-8 YAML file") from exc
     if not isinstance(raw, dict):
-        raise InputError(f"{path.name} must hold a mapping (models:, input_shape:, ...), not "
-                         f"{'nothing' if raw is None else type(raw).__name__}; see hetsurgery merge --example-config")
+        keys = "".join(f"{k}:, " for k in list(schema.model_fields)[:2])
+        raise InputError(f"{path.name} must hold a mapping ({keys}...), not "
+                         f"{'nothing' if raw is None else type(raw).__name__}; see hetsurgery {command} --example-config")
     try:
-        return MergeConfig.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigProblems(path, describe(exc, raw)) from exc
+        raise ConfigProblems(path, describe(exc, raw, schema)) from exc

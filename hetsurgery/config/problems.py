@@ -36,29 +36,30 @@ MUST_BE = {
 }
 
 
-def describe(exc: ValidationError, raw: object) -> list[str]:
-    """One line per problem (several errors of one union key become one line), in the order pydantic found them."""
+def describe(exc: ValidationError, raw: object, schema: type[BaseModel] = MergeConfig) -> list[str]:
+    """One line per problem (several errors of one union key become one line), in the order pydantic found them;
+    ``schema`` is the config's root model (``MergeConfig`` for ``hetsurgery merge``)."""
     lines: list[str] = []
     unions: set[tuple[object, ...]] = set()
     for err in exc.errors():
-        path, field, branch = _key_path(err["loc"])
+        path, field, branch = _key_path(err["loc"], schema)
         if branch:  # a value that fits no branch of a union: one line for the key
             if path not in unions:
                 unions.add(path)
                 lines.append(f"{_dotted(path)}: must be {_accepts(field, err)}, not {_shown(_lookup(raw, path))}")
             continue
-        lines.append(_line(err, path))
+        lines.append(_line(err, path, schema))
     return lines
 
 
-def _line(err: Any, path: tuple[object, ...]) -> str:
+def _line(err: Any, path: tuple[object, ...], schema: type[BaseModel]) -> str:
     kind, ctx = err["type"], err.get("ctx") or {}
     if kind == "extra_forbidden":
-        section = _section(path[:-1])
+        section = _section(path[:-1], schema)
         known = f"; the keys here are {', '.join(section.model_fields)}" if section is not None else ""
         return f"{_dotted(path)}: unknown key (a typo?){known}"
     if kind == "missing":
-        field = _field(path)
+        field = _field(path, schema)
         what = f" ({field.description})" if field is not None and field.description else ""
         return f"{_dotted(path)}: missing; it is required{what}"
     if kind == "too_short":
@@ -72,9 +73,9 @@ def _line(err: Any, path: tuple[object, ...]) -> str:
     return f"{_dotted(path)}: {text}" if path else text
 
 
-def _key_path(loc: Sequence[object]) -> tuple[tuple[object, ...], FieldInfo | None, bool]:
+def _key_path(loc: Sequence[object], schema: type[BaseModel]) -> tuple[tuple[object, ...], FieldInfo | None, bool]:
     """The keys of ``loc`` as the user wrote them, the field they end in, and whether a union branch was named."""
-    cls: type[BaseModel] | None = MergeConfig
+    cls: type[BaseModel] | None = schema
     path: list[object] = []
     field: FieldInfo | None = None
     for part in loc:
@@ -98,8 +99,8 @@ def _accepts(field: FieldInfo | None, err: Any) -> str:
     return MUST_BE.get(err["type"], "something else").format(**(err.get("ctx") or {}))
 
 
-def _field(path: tuple[object, ...]) -> FieldInfo | None:
-    cls: type[BaseModel] | None = MergeConfig
+def _field(path: tuple[object, ...], schema: type[BaseModel]) -> FieldInfo | None:
+    cls: type[BaseModel] | None = schema
     field = None
     for part in path:
         if isinstance(part, str) and cls is not None and part in cls.model_fields:
@@ -108,8 +109,8 @@ def _field(path: tuple[object, ...]) -> FieldInfo | None:
     return field
 
 
-def _section(path: Sequence[object]) -> type[BaseModel] | None:
-    cls: type[BaseModel] | None = MergeConfig
+def _section(path: Sequence[object], schema: type[BaseModel]) -> type[BaseModel] | None:
+    cls: type[BaseModel] | None = schema
     for part in path:
         if isinstance(part, int) or cls is None:
             continue
