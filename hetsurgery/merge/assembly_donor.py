@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TypeVar
 
 import networkx as nx
@@ -55,6 +56,11 @@ class AlignedDonor:
     record: DonorRecord
     aligned: Aligned = field(repr=False)
 
+    @cached_property
+    def module(self) -> nn.Module:
+        """The base's module (its tensors shared), built once: ``blended`` tensors run on it."""
+        return to_module(self.base, share=True).eval()
+
     def unit_record(self, unit: str, lam: float) -> UnitRecord:
         """What absorbing ``unit`` with ``lam`` means: its counterpart, widths, objective, convergence."""
         names = unit_tensors(self.base, unit)
@@ -72,6 +78,12 @@ class AlignedDonor:
     def blend(self, lam: Mapping[str, float]) -> ModelGraph:
         """The base with each unit of ``lam`` blended, ``(1 − λ) W_base + λ W_donor``; units without a counterpart
         in the donor are left as they are (see ``unit_record``)."""
+        updates = self.blended(lam)
+        return self.base.with_updates(updates) if updates else self.base
+
+    def blended(self, lam: Mapping[str, float]) -> dict[str, torch.Tensor]:
+        """Only the tensors ``blend`` changes, under their names (for ``torch.func.functional_call`` on the base's
+        module, which evaluates a blend without building a new module)."""
         updates = {}
         for unit, x in lam.items():
             if not self.counterparts[unit].exists or x == 0:
@@ -80,7 +92,7 @@ class AlignedDonor:
                 mine = self.base.params[name]
                 if mine.is_floating_point():
                     updates[name] = (1.0 - x) * mine + x * self.params[name]
-        return self.base.with_updates(updates) if updates else self.base
+        return updates
 
 
 def prepare_donor(base: ModelGraph, donor: nn.Module, data: Iterable | None, *, index: int = 0,

@@ -4,8 +4,11 @@ MAL holds that a base absorbs a donor's units without losing its task while ``λ
 (linear mode connectivity between the base and the aligned donor); past it the task breaks down.
 ``find_lambda_threshold`` aligns the donor once, walks the grid ``λ ∈ {0, 0.05, …, 1}`` upwards, and bisects
 between the last grid point within ``tolerance`` of the base (``λ = 0``, the base itself) and the first one
-outside: every grid point below the threshold is within tolerance, and so is every bisection point it kept.
-It also gives the curve (loss and accuracy at every grid point), the loss barrier
+outside. Accuracy is a step function of ``λ`` and need not fall monotonically, so ``verify`` further points
+evenly spread below the threshold are evaluated too; where one falls outside, the threshold drops below it and
+is bisected again (up to three rounds). The threshold is the largest ``λ`` such that every ``λ`` evaluated up to
+it is within tolerance: a statement about the points evaluated (``probes``), not a proof between them. It also
+gives the curve (loss and accuracy at every grid point), the loss barrier
 ``max_λ L(λ) − ½ (L(0) + L(1))``, and one picture of both.
 
 >>> import torch, hetsurgery as hs
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -30,6 +33,7 @@ from torch import nn
 
 from hetsurgery.errors import MergeInputError
 from hetsurgery.evaluate import LAMBDAS, Curve, predictions
+from hetsurgery.ir import ModelGraph
 from hetsurgery.ir.lowering import to_module
 from hetsurgery.merge.assembly import Layers, select_units
 from hetsurgery.merge.assembly_donor import AlignedDonor, prepare_donor, reset_batchnorm_after
@@ -41,6 +45,8 @@ from hetsurgery.merge.options import check_options
 from hetsurgery.tracing import trace
 
 SLACK = 1e-9  # float rounding of accuracies and losses never decides a comparison
+VERIFY = 20  # further λ evenly spread below a threshold found, evaluated before it is trusted
+VERIFY_ROUNDS = 3
 
 
 class Metric(enum.Enum):
@@ -78,13 +84,15 @@ class LambdaThreshold:
 def find_lambda_threshold(base: nn.Module, donor: nn.Module, data: Iterable, *, layers: Layers,
                           tolerance: float = 0.01, metric: str = "accuracy", calibration: Iterable | None = None,
                           align: str = "mal", depth: str | None = None, lambdas: Sequence[float] = LAMBDAS,
-                          refine: int = 6, reset_bn: bool | int = True, plot: str | os.PathLike[str] | None = None,
+                          refine: int = 6, verify: int = VERIFY, reset_bn: bool | int = True,
+                          plot: str | os.PathLike[str] | None = None,
                           example_inputs: torch.Tensor | None = None, device: torch.device | str | None = None,
                           progress: bool = False, **align_options: object) -> LambdaThreshold:
     """The largest ``λ`` (on ``lambdas``, refined by ``refine`` bisection steps) for which the base's task, the
     labelled batches ``data``, stays within ``tolerance`` of the base model: accuracy (``metric="accuracy"``,
     ``0.01`` = one point) may drop, or loss (``"loss"``) rise, by at most that much at every grid point below.
 
+    ``refine`` bisection steps follow the grid, and ``verify`` points below the threshold check it (see above).
     ``layers`` selects the base's units that absorb the donor, all with the same ``λ``. The donor is aligned
     once, as ``assemble`` does (``align``, ``depth``, their options), on ``calibration`` (default: ``data``),
     which also gives the BatchNorm statistics at every ``λ`` (``reset_bn``). ``plot`` names a PNG (or SVG)
@@ -96,8 +104,9 @@ def find_lambda_threshold(base: nn.Module, donor: nn.Module, data: Iterable, *, 
     grid = sorted({0.0, *(float(x) for x in lambdas)})
     if grid[0] < 0 or grid[-1] > 1:
         raise MergeInputError(f"lambdas must lie in [0, 1], got {list(lambdas)}")
-    if not isinstance(refine, int) or isinstance(refine, bool) or refine < 0:
-        raise MergeInputError(f"refine must be a whole number of bisection steps, not {refine!r}")
+    for name, value in (("refine", refine), ("verify", verify)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise MergeInputError(f"{name} must be a whole number of points, not {value!r}")
     if align not in METHODS:
         raise MergeInputError(f"unknown alignment method {align!r}: use one of {', '.join(METHODS)}")
     check_options(align, align_options)
@@ -110,26 +119,88 @@ def find_lambda_threshold(base: nn.Module, donor: nn.Module, data: Iterable, *, 
     ready = prepare_donor(g, donor, calib, name="the donor", align=align, depth=depth_opts, options=align_options,
                           device=device, progress=progress)
     samples = None if not reset_bn else (BN_RESET_SAMPLES if reset_bn is True else int(reset_bn))
-    evaluated = {lam: _point(ready, units, lam, data, calib, samples, device) for lam in grid}
-    base_value = _value(evaluated[0.0], kind)
-
-    def within(lam: float) -> bool:
-        return _within(_value(evaluated[lam], kind), base_value, float(tolerance), kind)
-
-    ok = [lam for lam in grid if within(lam)]
-    bad = next((lam for lam in grid if lam not in ok), None)
-    lo = max((lam for lam in ok if bad is None or lam < bad), default=0.0)
-    if bad is not None:
-        hi = bad
-        for _ in range(refine):
-            mid = (lo + hi) / 2
-            evaluated[mid] = _point(ready, units, mid, data, calib, samples, device)
-            lo, hi = (mid, hi) if within(mid) else (lo, mid)
-    curve = Curve(tuple(grid), tuple(evaluated[lam][0] for lam in grid), tuple(evaluated[lam][1] for lam in grid))
-    probes = tuple((lam, _value(evaluated[lam], kind)) for lam in sorted(evaluated))
-    records = tuple(ready.unit_record(u, lo) for u in units)
-    result = LambdaThreshold(lo, kind, float(tolerance), base_value, curve, probes, records)
+    result = threshold_along(ready, list(units), data, tolerance=float(tolerance), metric=kind, lambdas=grid,
+                             refine=refine, verify=verify, calibration=calib, bn_samples=samples, device=device)
     return result if plot is None else replace(result, plot=plot_threshold(result, plot))
+
+
+def threshold_along(ready: AlignedDonor, units: Sequence[str], data: Iterable, *, tolerance: float = 0.01,
+                    metric: Metric = Metric.ACCURACY, lambdas: Sequence[float] = LAMBDAS, refine: int = 6,
+                    verify: int = VERIFY, calibration: Iterable | None = None,
+                    bn_samples: int | None = BN_RESET_SAMPLES, device: torch.device | str | None = None
+                    ) -> LambdaThreshold:
+    """``find_lambda_threshold`` for a donor already aligned (``prepare_donor``): the search alone, so that one
+    alignment serves several selections of ``units`` (checked by the caller)."""
+    grid = sorted({0.0, *lambdas})
+    evaluated = {lam: score_at(ready, units, lam, data, calibration, bn_samples, device) for lam in grid}
+    base_value = _value(evaluated[0.0], metric)
+
+    def edge() -> tuple[float, float | None]:
+        """The largest λ with every λ evaluated up to it within tolerance, and the first λ that is not."""
+        safe = 0.0
+        for lam in sorted(evaluated):
+            if not _within(_value(evaluated[lam], metric), base_value, tolerance, metric):
+                return safe, lam
+            safe = lam
+        return safe, None
+
+    def bisect() -> float:
+        lo, hi = edge()
+        for _ in range(refine):
+            if hi is None:
+                break
+            mid = (lo + hi) / 2
+            evaluated[mid] = score_at(ready, units, mid, data, calibration, bn_samples, device)
+            lo, hi = edge()
+        return lo
+
+    lo = bisect()
+    for _ in range(VERIFY_ROUNDS):  # accuracy is a step function of λ: look between the points seen so far too
+        for lam in (lo * (i + 1) / (verify + 1) for i in range(verify)):
+            evaluated.setdefault(lam, score_at(ready, units, lam, data, calibration, bn_samples, device))
+        if edge()[0] == lo:
+            break
+        lo = bisect()
+    curve = Curve(tuple(grid), tuple(evaluated[lam][0] for lam in grid), tuple(evaluated[lam][1] for lam in grid))
+    probes = tuple((lam, _value(evaluated[lam], metric)) for lam in sorted(evaluated))
+    records = tuple(ready.unit_record(u, lo) for u in units)
+    return LambdaThreshold(lo, metric, tolerance, base_value, curve, probes, records)
+
+
+def score_at(ready: AlignedDonor, units: Iterable[str], lam: float, data: Iterable,
+             calibration: Iterable | None = None, bn_samples: int | None = None,
+             device: torch.device | str | None = None) -> tuple[float, float]:
+    """(loss, accuracy) on ``data`` of the base with ``units`` blended by ``lam`` (see ``blended_model``)."""
+    logits, labels = predictions(blended_model(ready, units, lam, calibration, bn_samples, device), data)
+    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+
+
+def blended_model(ready: AlignedDonor, units: Iterable[str], lam: float, calibration: Iterable | None = None,
+                  bn_samples: int | None = None, device: torch.device | str | None = None) -> nn.Module:
+    """The base with ``units`` blended by ``lam``, BatchNorm statistics inside and after them recomputed on the
+    first ``bn_samples`` of ``calibration`` when both are given. Without a reset it is the base's own module run
+    on the blended tensors (``torch.func.functional_call``): nothing is built per ``λ``."""
+    chosen = {u: lam for u in units}
+    blended = [u for u in chosen if lam > 0 and ready.counterparts[u].exists]
+    if bn_samples is not None and calibration is not None and blended and _has_batchnorm(ready.base):
+        g = reset_batchnorm_after(ready.blend(chosen), blended, calibration, bn_samples, device)
+        return to_module(g, share=True).eval()
+    return _Bound(ready.module, {**ready.base.params, **ready.blended(chosen)})
+
+
+class _Bound(nn.Module):
+    """``module`` run on ``params`` (``torch.func.functional_call``), in eval mode."""
+
+    def __init__(self, module: nn.Module, params: Mapping[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.inner, self.params = module.eval(), dict(params)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(self.inner, self.params, (x,))
+
+
+def _has_batchnorm(g: ModelGraph) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in g.module.modules())
 
 
 def _within(value: float, base: float, tolerance: float, kind: Metric) -> bool:
@@ -147,18 +218,6 @@ def _metric(metric: object) -> Metric:
 
 def _value(point: tuple[float, float], kind: Metric) -> float:
     return point[1] if kind is Metric.ACCURACY else point[0]
-
-
-def _point(ready: AlignedDonor, units: Iterable[str], lam: float, data: Iterable, calibration: Iterable,
-           samples: int | None, device: torch.device | str | None) -> tuple[float, float]:
-    """(loss, accuracy) of the base with ``units`` blended by ``lam`` on ``data``."""
-    chosen = {u: lam for u in units}
-    g = ready.blend(chosen)
-    blended = [u for u in chosen if lam > 0 and ready.counterparts[u].exists]
-    if samples is not None and blended:
-        g = reset_batchnorm_after(g, blended, calibration, samples, device)
-    logits, labels = predictions(to_module(g, share=True).eval(), data)
-    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
 
 
 def _first_inputs(data: Iterable) -> torch.Tensor:
@@ -179,8 +238,9 @@ def plot_threshold(t: LambdaThreshold, path: str | os.PathLike[str], title: str 
     fig, (ax_m, ax_loss) = plt.subplots(1, 2, figsize=(9, 3.5))
     lams, values = zip(*t.probes, strict=True)
     ax_m.plot(lams, values, marker=".", label=t.metric.value)
-    bound = t.base_value - t.tolerance if t.metric is Metric.ACCURACY else t.base_value + t.tolerance
-    ax_m.axhline(bound, color="grey", linestyle="--", label=f"base {t.base_value:.3f} ∓ {t.tolerance:g}")
+    sign = -1 if t.metric is Metric.ACCURACY else 1
+    ax_m.axhline(t.base_value + sign * t.tolerance, color="grey", linestyle="--",
+                 label=f"base {t.base_value:.3f} {'−' if sign < 0 else '+'} {t.tolerance:g}")
     ax_m.axvline(t.threshold, color="red", linestyle=":", label=f"threshold λ = {t.threshold:.3f}")
     ax_m.set(xlabel="λ", ylabel=f"base task {t.metric.value}", title=title or "base task along λ")
     ax_m.legend(fontsize=8)
