@@ -1,15 +1,15 @@
-"""``python -m bench [accuracy|accuracy_widths|depth|depth_cost|speed|scaling|startup|all]``: run benchmarks, then rewrite BENCHMARKS.md."""
+"""``python -m bench [accuracy|accuracy_widths|depth|depth_cost|assembly|three_models|speed|scaling|startup|all]``: run benchmarks, then rewrite BENCHMARKS.md."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import accuracy, accuracy_widths, depth, speed, startup
+from bench import accuracy, accuracy_widths, assembly, depth, speed, startup, three_models
 from bench.report import assemble
 
 RUNS = {"accuracy": accuracy.main, "accuracy_widths": accuracy_widths.main, "speed": speed.main,
         "scaling": speed.scaling_main, "startup": startup.main, "depth": depth.main,
-        "depth_cost": depth.cost_main}
+        "depth_cost": depth.cost_main, "assembly": assembly.main, "three_models": three_models.main}
 
 
 def main(argv: list[str]) -> int:

@@ -11,7 +11,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-ORDER = ["accuracy", "accuracy_widths", "depth", "depth_cost", "speed", "scaling", "startup"]
+ORDER = ["accuracy", "accuracy_widths", "depth", "depth_cost", "three_models", "assembly", "speed", "scaling",
+         "startup"]
 
 
 def machine() -> str:
