@@ -17,9 +17,8 @@ import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
 import torch
 from torch import fx
 
@@ -29,6 +28,9 @@ from hetsurgery.ir.group import PermGroup
 from hetsurgery.ir.lowering import with_tensors
 from hetsurgery.ir.slots import Slot
 from hetsurgery.ir.units import Stage, Unit
+
+if TYPE_CHECKING:  # networkx is imported where a graph view is made, not by `import hetsurgery`
+    import networkx as nx
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,8 @@ class ModelGraph:
         ``reads`` / ``writes`` (group ids), ``range``, ``nonneg``, ``activation`` (``Activation`` or ``None``)
         and ``unit`` (the key of the unit the node belongs to, or ``None``).
         """
+        import networkx as nx
+
         unit_of = {n: u.key for u in self.units for n in u.nodes}
         dg = nx.DiGraph(name=self.name)
         for node in self.module.graph.nodes:
@@ -123,6 +127,8 @@ class ModelGraph:
         """A bipartite projection of ``dataflow()``: layer nodes ``("layer", name)`` (the modules and attributes
         that hold parameters) and group nodes ``("group", id)``; edges run from a layer to the groups its
         output carries and from a group to the layers that read it."""
+        import networkx as nx
+
         dg = nx.DiGraph(name=self.name)
         for grp in self.groups:
             dg.add_node(("group", grp.id), kind="group", size=grp.size, structure=str(grp.structure),

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from hetsurgery.errors import MergeInputError, PassError
 from hetsurgery.ir import ModelGraph, Site, UnitKind
+from hetsurgery.ir.batches import model_input
 from hetsurgery.merge.correspond import on_anchor_names
 from hetsurgery.merge.fusion import FuseReport, compare
 from hetsurgery.passes import FuseReluSegment, InsertIdentity, InsertZeroResidual, Pipeline
@@ -175,7 +176,7 @@ def _similarities(graphs: Sequence[ModelGraph], anchor: int, data: Iterable | No
         for batch in tqdm(data, desc="unit similarity", unit="batch", disable=not progress, leave=False):
             if opts.samples is not None and seen >= opts.samples:
                 break
-            x = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(target)
+            x = model_input(batch).to(target)
             x = x if opts.samples is None else x[:opts.samples - seen]
             seen += x.shape[0]
             ref = taps[anchor].features(x)

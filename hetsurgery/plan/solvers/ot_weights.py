@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 
-import networkx as nx
 import torch
 
 from hetsurgery.ir import ModelGraph, PermGroup, Role, Slot, SlotMaps, later_offsets_first, slots_by_param
@@ -33,6 +32,8 @@ from hetsurgery.plan.width_plan import GroupMatch, MatchKind
 def producer_order(g: ModelGraph) -> tuple[list[PermGroup], set[int]]:
     """The permutable groups, each after the groups its producers read from, and the groups on a cycle
     (a residual stream feeds a block whose last layer writes back into the stream), ordered by id."""
+    import networkx as nx
+
     groups = list(g.permutable())
     ids = {grp.id for grp in groups}
     by_param = slots_by_param(g.groups)
