@@ -63,7 +63,8 @@ def _explain(name: str, gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], no
              exc: BaseException) -> str:
     given = ", ".join(f"{tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs)
     cause = exc
-    detail = " ".join(str(cause).split())[:300]
+    text = str(cause).split("While executing")[0]  # fx's Interpreter appends the node and its own hints
+    detail = " ".join(text.split())[:300]
     where = ""
     if node is not None:
         where = f" at node {node.name} ({_describe(gm, node)}"
