@@ -56,6 +56,11 @@ class DepthOptions:
            samples: int | None = DEPTH_SAMPLES) -> DepthOptions | None:
         """The options as given to ``merge``, checked (``MergeInputError`` naming the bad value)."""
         if depth is None:
+            given = [f"{k}={v!r}" for k, v, default in (("balance", balance, "add"), ("depth_cost", cost, "cka"),
+                                                         ("estimator", estimator, "sign_of_sum")) if v != default]
+            if given:
+                raise MergeInputError(f"{', '.join(given)} only matter for models of different depth: give depth="
+                                      "'cla', 'sma' or 'lma' too")
             return None
         method = _enum(DepthMethod, depth, "depth")
         bal = _enum(Balance, balance, "balance")
