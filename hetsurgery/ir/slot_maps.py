@@ -25,7 +25,14 @@ from typing import Protocol
 import torch
 
 from hetsurgery.ir.group import PermGroup
-from hetsurgery.ir.slot_algebra import apply_matrix, gather, pad_slot, permutation_indices, permute_slot, positions
+from hetsurgery.ir.slot_algebra import (
+    apply_matrix,
+    gather,
+    pad_slot,
+    permutation_indices,
+    permute_slot,
+    positions,
+)
 from hetsurgery.ir.slots import Role, Slot
 
 Map = torch.Tensor | tuple[torch.Tensor, float]  # a dense r x d matrix, or (perm, scale) = scale * I[perm]

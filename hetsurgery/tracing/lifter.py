@@ -247,7 +247,7 @@ class Lifter:
                 continue
             step = item.stride * item.inner
             for leaf, start in leaves:
-                out.append((leaf, replace(item, offset=item.offset + start * step)))  # type: ignore[type-var]
+                out.append((leaf, replace(item, offset=item.offset + start * step)))
         return out
 
     def _freeze_fixed_axis_slots(self, slots: list[tuple[int, Slot]]) -> None:
