@@ -86,7 +86,7 @@ class Atoms:
                 piece = replace(atom, size=hi - lo, origin=(root, start + lo), children=(),
                                 key=f"{base}[{start + lo}:{start + hi}]",
                                 label=f"{self.atoms[root].label}[{start + lo}:{start + hi}]",
-                                block=math.gcd(atom.block, lo, hi - lo),
+                                block=local_block(atom.block, lo, hi),
                                 frozen=list(atom.frozen), no_pad=list(atom.no_pad), no_zip=list(atom.no_zip),
                                 notes=list(atom.notes))
                 pieces.append(len(self.atoms))
@@ -105,3 +105,14 @@ class Atoms:
         roots = {self.find(a) for a in range(len(self.atoms)) if not self.atoms[a].children}
         return sorted((sorted(self._members[r], key=lambda m: self.atoms[m].origin) for r in roots),
                       key=lambda ms: self.atoms[ms[0]].origin)
+
+
+def local_block(block: int, lo: int, hi: int) -> int:
+    """The block size of channels ``lo … hi - 1`` of something permuted in blocks of ``block`` from channel 0:
+    the largest that divides their count and puts a boundary wherever ``block`` does.
+
+    >>> local_block(8, 2, 6), local_block(4, 2, 10), local_block(4, 0, 8)
+    (4, 2, 4)
+    """
+    first = (lo // block + 1) * block  # the first boundary after lo
+    return hi - lo if first >= hi else math.gcd(hi - lo, first - lo, block)

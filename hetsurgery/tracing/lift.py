@@ -27,11 +27,14 @@ from hetsurgery.tracing.ranges import node_range
 from hetsurgery.tracing.rules import RULES
 from hetsurgery.tracing.shapes import propagate_shapes
 from hetsurgery.tracing.units import find_units
-from hetsurgery.tracing.values import Chan, Free, Heads, Items, Param, ShapeOf, Value
+from hetsurgery.tracing.values import Chan, Free, Heads, Items, Param, Pieces, ShapeOf, Value
 
 OPKIND_META = "hetsurgery.opkind"  # node.meta key: the OpKind the node was classified as
 
 _ALWAYS = (OpKind.PLACEHOLDER, OpKind.OUTPUT, OpKind.GET_ATTR)
+# the rules that follow ``Pieces`` (a channel axis cut along another dim); any other op on them freezes them
+_PIECES_KNOWN = frozenset({OpKind.OUTPUT, OpKind.ELEMENTWISE, OpKind.TRANSPOSE, OpKind.UNSQUEEZE, OpKind.RESHAPE,
+                           OpKind.FLATTEN, OpKind.GETITEM, OpKind.SPLIT, OpKind.SHAPE, OpKind.CONTAINER})
 
 
 def lift_graph(gm: fx.GraphModule, example_inputs: torch.Tensor | Sequence[torch.Tensor], name: str) -> ModelGraph:
@@ -60,7 +63,10 @@ def _lift(gm: fx.GraphModule, name: str) -> tuple[Lifter, dict[str, tuple[NodeFa
         kind = classify(node, lx.modules)
         node.meta[OPKIND_META] = kind
         inputs = [lx.env[n] for n in node.all_input_nodes]
-        if kind in _ALWAYS or _carries_groups(inputs) or _has_params(lx, node):
+        if kind not in _PIECES_KNOWN and any(_has_pieces(v) for v in inputs):
+            lx.env[node] = lx.give_up(inputs, f"pieces of a channel axis reach node {node.name}, whose rule "
+                                              "does not follow them")
+        elif kind in _ALWAYS or _carries_groups(inputs) or _has_params(lx, node):
             lx.env[node] = RULES[kind](lx, node)
         else:  # nothing here depends on a group's order: whatever the op, so does its result
             lx.env[node] = Free(free_why(inputs))
@@ -80,9 +86,13 @@ def _with_groups(f: NodeFacts, lx: Lifter, values: tuple[Value, Value]) -> NodeF
     return NodeFacts(f.kind, f.shape, f.channel_dim, lx.ids(reads), lx.ids(writes), f.range, f.activation)
 
 
+def _has_pieces(v: object) -> bool:
+    return isinstance(v, Pieces) or (isinstance(v, Items) and any(_has_pieces(x) for x in v.items))
+
+
 def _carries_groups(values: Sequence[object]) -> bool:
     for v in values:
-        if isinstance(v, (Chan, Heads, Param, ShapeOf)):
+        if isinstance(v, (Chan, Heads, Pieces, Param, ShapeOf)):
             return True
         if isinstance(v, Items) and _carries_groups(list(v.items)):
             return True

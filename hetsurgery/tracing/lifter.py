@@ -17,7 +17,7 @@ from torch import fx
 
 from hetsurgery.ir import Blocks, PermGroup, Role, Site, Slot
 from hetsurgery.ir.slots import overlaps
-from hetsurgery.tracing.atoms import Atom, Atoms
+from hetsurgery.tracing.atoms import Atom, Atoms, local_block
 from hetsurgery.tracing.values import MODEL_INPUT, Chan, Free, Items, Param, Value, vars_of
 
 T = TypeVar("T", Slot, Site)
@@ -146,7 +146,7 @@ class Lifter:
         """Permutations of ``v`` may only act inside its consecutive blocks of ``block`` channels."""
         for leaf, start in self.leaves(v):
             atom = self.atoms.atoms[leaf]
-            atom.block = math.gcd(atom.block, block, start)
+            atom.block = math.gcd(atom.block, local_block(block, start, start + atom.size))
 
     def size(self, v: int) -> int:
         return self._sizes[v]
