@@ -13,7 +13,7 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import fx, nn
@@ -25,7 +25,7 @@ from hetsurgery.tracing.classify import activation_of, classify
 from hetsurgery.tracing.lifter import Lifter, free_why
 from hetsurgery.tracing.ranges import node_range
 from hetsurgery.tracing.rules import RULES
-from hetsurgery.tracing.shapes import propagate_shapes
+from hetsurgery.tracing.shapes import Arguments, propagate_shapes
 from hetsurgery.tracing.units import find_units
 from hetsurgery.tracing.values import Chan, Free, Heads, Items, Param, Pieces, ShapeOf, Value
 
@@ -37,11 +37,15 @@ _PIECES_KNOWN = frozenset({OpKind.OUTPUT, OpKind.ELEMENTWISE, OpKind.TRANSPOSE, 
                            OpKind.FLATTEN, OpKind.GETITEM, OpKind.SPLIT, OpKind.SHAPE, OpKind.CONTAINER})
 
 
-def lift_graph(gm: fx.GraphModule, example_inputs: torch.Tensor | Sequence[torch.Tensor], name: str) -> ModelGraph:
-    """Lift ``gm`` (which the new graph then owns: pass a copy you will not change) into a ``ModelGraph``."""
+def lift_graph(gm: fx.GraphModule, example_inputs: torch.Tensor | Sequence[torch.Tensor], name: str, *,
+               probe: bool = True) -> ModelGraph:
+    """Lift ``gm`` (which the new graph then owns: pass a copy you will not change) into a ``ModelGraph``;
+    ``probe=False`` freezes ops the rules do not know without probing them."""
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-    propagate_shapes(gm, inputs, name)
-    lx, found = _lift(gm, name)
+    modules = dict(gm.named_modules())
+    recorded = propagate_shapes(gm, inputs, name, keep=(lambda n: classify(n, modules) is OpKind.UNKNOWN)
+                                if probe else None)
+    lx, found = _lift(gm, name, recorded if probe else None)
     groups = lx.groups()
     facts = {n: _with_groups(f, lx, values) for n, (f, values) in found.items()}
     params = {**dict(gm.named_parameters()), **dict(gm.named_buffers())}
@@ -54,9 +58,10 @@ def lift_graph(gm: fx.GraphModule, example_inputs: torch.Tensor | Sequence[torch
     return g
 
 
-def _lift(gm: fx.GraphModule, name: str) -> tuple[Lifter, dict[str, tuple[NodeFacts, tuple[Value, Value]]]]:
+def _lift(gm: fx.GraphModule, name: str, recorded: Mapping[fx.Node, Arguments] | None
+          ) -> tuple[Lifter, dict[str, tuple[NodeFacts, tuple[Value, Value]]]]:
     """Run every node's channel rule and range rule; per node its facts (groups still to fill in) and values."""
-    lx = Lifter(gm, name)
+    lx = Lifter(gm, name, recorded)
     ranges: dict[fx.Node, Range] = {}
     facts: dict[str, tuple[NodeFacts, tuple[Value, Value]]] = {}
     for node in gm.graph.nodes:

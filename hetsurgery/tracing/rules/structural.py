@@ -6,8 +6,10 @@ import builtins
 
 import torch
 from torch import fx
+from torch.fx.passes.shape_prop import TensorMetadata
 
 from hetsurgery.tracing.lifter import Lifter, params_in
+from hetsurgery.tracing.probe import probe
 from hetsurgery.tracing.rules.args import arg, describe, norm_dim, rank, shape, value
 from hetsurgery.tracing.rules.split import cut_channels
 from hetsurgery.tracing.values import (
@@ -72,6 +74,9 @@ def getitem(lx: Lifter, node: fx.Node) -> Value:
         out = shape(node)
         if out is not None and len(out) == len(v.shape) and _all_slices(idx):
             return Param(v.name, out)
+        if _by_untracked_tensor(lx, idx):  # a table read by index (a relative position bias): no channel axes
+            lx.fix_axes(v.name, range(len(v.shape)), f"an axis of a table read by index at node {node.name}")
+            return Free("read from a parameter by index")
         lx.distrust(v.name, f"indexed at node {node.name}")
         return Free("indexed parameter")
     if isinstance(v, (Chan, Heads, Pieces)):
@@ -107,8 +112,15 @@ def shape_read(lx: Lifter, node: fx.Node) -> Value:
 
 
 def unknown(lx: Lifter, node: fx.Node) -> Value:
-    """An op no rule knows: freeze every group it touches, distrust the parameters it reads."""
+    """An op no rule knows: passed through when the equivariance probe passes it (``tracing.probe``), else
+    freeze every group it touches and distrust the parameters it reads."""
+    passed, why = probe(lx, node)
+    if passed is not None:
+        return passed
     reason = f"touched by {describe(node, lx)}, which the channel rules do not know"
+    if lx.probes is not None and node in lx.probes:
+        reason += f" (not probed: {why})" if why.startswith("it reads") or why.startswith("the module") \
+            or why.startswith("its output") else f" (probe: {why})"
     values = [value(lx, a) for a in node.all_input_nodes]
     if node.op == "call_module":
         for p in lx.module_params(str(node.target)):
@@ -127,6 +139,12 @@ def _dims_read(idx: object, r: int) -> list[int]:
     if isinstance(idx, slice):
         return list(range(r))[idx]
     return list(range(r))
+
+
+def _by_untracked_tensor(lx: Lifter, idx: object) -> bool:
+    """An index that is one tensor computed from no group (a buffer of positions)."""
+    return isinstance(idx, fx.Node) and not isinstance(lx.env[idx], (Chan, Heads, Pieces, Items, ShapeOf)) \
+        and isinstance(idx.meta.get("tensor_meta"), TensorMetadata)
 
 
 def _all_slices(idx: object) -> bool:
