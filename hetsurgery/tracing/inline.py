@@ -75,9 +75,10 @@ class _Attr(fx.proxy.Attribute, _ValueProxy):
 class _ValueTracer(fx.Tracer):
     """Records torch calls on proxies and runs each on the values it had, to answer questions about sizes."""
 
-    def __init__(self, root: fx.GraphModule) -> None:
+    def __init__(self, root: fx.GraphModule, prefix: str) -> None:
         super().__init__()
         self.root = root
+        self.prefix = prefix  # the inlined call's name: its nodes are named after it
         self.graph = fx.Graph()
         self.tensor_attrs = {t: name for name, t in [*root.named_parameters(), *root.named_buffers()]}
         self.values: dict[fx.Node, Any] = {}
@@ -94,6 +95,8 @@ class _ValueTracer(fx.Tracer):
     def create_proxy(self, kind: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
                      name: str | None = None, type_expr: Any = None,
                      proxy_factory_fn: Callable[[fx.Node], fx.Proxy] | None = None) -> fx.Proxy:
+        if kind != "placeholder":
+            name = f"{self.prefix}_{name or (target if isinstance(target, str) else target.__name__)}"
         p = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
         node = p.node
         if kind == "placeholder":
@@ -179,7 +182,7 @@ def _arg_nodes(node: fx.Node) -> list[fx.Node]:
 
 def _body(gm: fx.GraphModule, node: fx.Node, recorded: Arguments) -> fx.Graph | None:
     """The graph of one call of ``node.target`` traced with the recorded argument values, or ``None``."""
-    tracer = _ValueTracer(gm)
+    tracer = _ValueTracer(gm, node.name)
     values = _values_of(recorded, node)
     proxies = {n: tracer.placeholder(values[n]) for n in _arg_nodes(node)}
     args, kwargs = cast(tuple[tuple[Any, ...], dict[str, Any]],
@@ -218,20 +221,23 @@ def _values_of(recorded: Arguments, node: fx.Node) -> dict[fx.Node, Any]:
 
 
 def _same_function(old: fx.GraphModule, new: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> bool:
-    """Both graphs give the same outputs on ``inputs`` and, when the original takes it, on the batch repeated."""
+    """Both graphs give the same outputs on ``inputs`` and, when the original takes it, on the batch repeated
+    (each run from the same random state: a function traced in training mode may draw random numbers)."""
     doubled = tuple(torch.cat([x, x]) if isinstance(x, torch.Tensor) and x.dim() > 0 else x for x in inputs)
     for batch in (inputs, doubled):
         flags = {m: m.training for m in (*old.modules(), new)}
         try:
             old.eval()
             new.eval()
-            with torch.no_grad():
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                state = torch.get_rng_state()
                 try:
                     want = old(*batch)
                 except Exception:
                     if batch is doubled:
                         continue
                     return False
+                torch.set_rng_state(state)
                 try:
                     got = new(*batch)
                 except Exception:
