@@ -35,6 +35,7 @@ class OpKind(enum.Enum):
     REDUCE = "reduce"  # mean / sum / amax / amin over dims
     EXTREMUM = "extremum"  # max / min (of two tensors, over all, or along a dim with indices), argmax / argmin
     SOFTMAX = "softmax"  # softmax / log_softmax along a dim
+    NORMALIZE = "normalize"  # F.normalize: divide by a p-norm along a dim
     MATMUL = "matmul"  # matmul / @ / bmm
     EINSUM = "einsum"  # torch.einsum
     ATTENTION = "attention"  # F.scaled_dot_product_attention

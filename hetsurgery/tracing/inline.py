@@ -195,11 +195,19 @@ def _body(gm: fx.GraphModule, node: fx.Node, recorded: Arguments) -> fx.Graph | 
     except Exception:  # whatever the function does that values cannot answer: keep the call whole
         return None
     body = tracer.graph
-    body.eliminate_dead_code()
+    _drop_unused_sizes(body, tracer.static)
     calls = [n for n in body.nodes if n.op not in ("placeholder", "output")]
     if len(calls) == 1 and calls[0].target is node.target:  # a torch function that records itself again
         return None
     return body
+
+
+def _drop_unused_sizes(graph: fx.Graph, static: set[fx.Node]) -> None:
+    """Remove the size arithmetic and comparisons nothing reads (the branches taken left them behind). Unused
+    tensor ops stay: one may update a tensor in place (fx's dead-code pass removes those)."""
+    for node in reversed(list(graph.nodes)):
+        if node in static and not node.users:
+            graph.erase_node(node)
 
 
 def _values_of(recorded: Arguments, node: fx.Node) -> dict[fx.Node, Any]:

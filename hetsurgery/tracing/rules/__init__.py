@@ -52,6 +52,7 @@ RULES: dict[OpKind, Rule] = {
     OpKind.REDUCE: pointwise.reduce,
     OpKind.EXTREMUM: extremum.extremum,
     OpKind.SOFTMAX: pointwise.softmax,
+    OpKind.NORMALIZE: pointwise.normalize,
     OpKind.MATMUL: attention.matmul,
     OpKind.EINSUM: einsum.einsum,
     OpKind.ATTENTION: attention.scaled_dot_product_attention,

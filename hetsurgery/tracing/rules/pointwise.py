@@ -260,3 +260,19 @@ def softmax(lx: Lifter, node: fx.Node) -> Value:
     if d is None or d in channel_dims(x):
         lx.block_pad(vars_of(x), f"softmax over the channels at node {node.name}")
     return x
+
+
+def normalize(lx: Lifter, node: fx.Node) -> Value:
+    """``F.normalize(x, p, dim)``: a p-norm along one dim. Along the channels (or inside each head) it does not
+    depend on their order, and zero channels add nothing to it; along another dim each channel is on its own.
+    Across the heads it mixes channels that the heads permute differently."""
+    src = node.args[0]
+    x = value(lx, src)
+    refused = _only_first_tracked(lx, node)
+    if refused is not None:
+        return refused
+    if isinstance(x, Param):
+        return lx.give_up([x], f"normalising a parameter at node {node.name}")
+    if isinstance(x, Heads) and norm_dim(arg(node, 2, "dim", 1), rank(src)) == x.block_dim:
+        return lx.give_up([x], f"a norm across the heads at node {node.name}")
+    return x
