@@ -6,8 +6,8 @@ only when the feature map needs it). As one opaque call such a function freezes 
 ``inline_wrapped`` traces each such call again with a tracer whose proxies carry the values the call had
 on the example inputs: a branch on sizes takes the branch the example takes; a branch on tensor *data*
 stops the tracing (the call stays whole). Sizes stay symbolic in the graph, so the batch size may change.
-The inlined graph must give the original's outputs on the example inputs and on the batch repeated twice;
-otherwise the original graph is kept.
+The inlined graph must give the original's outputs on (the first two samples of) the example inputs and on
+them repeated twice; otherwise the original graph is kept.
 
 >>> import torch
 >>> from torch import fx
@@ -152,6 +152,7 @@ def inline_wrapped(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], name: s
 
     if not any(wrapped(n) for n in gm.graph.nodes):
         return gm
+    inputs = tuple(x[:2] if isinstance(x, torch.Tensor) and x.dim() > 0 else x for x in inputs)  # two samples do
     recorded = propagate_shapes(gm, inputs, name, keep=wrapped)
     bodies = {node: body for node, args in recorded.items() if (body := _body(gm, node, args)) is not None}
     if not bodies:
