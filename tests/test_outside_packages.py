@@ -31,6 +31,6 @@ def test_a_traced_model_comes_back_from_its_package(name: str, tmp_path: pathlib
 
 
 def test_a_module_calling_a_wrapped_function_is_refused_with_what_to_do(tmp_path: pathlib.Path) -> None:
-    with pytest.raises(ExportError, match="stochastic_depth.*inlined"):
+    with pytest.raises(ExportError, match=r"stochastic_depth.*inlined"):
         save(om.TinyEfficientNet().eval(), tmp_path / "pkg")
     assert not (tmp_path / "pkg").exists()
