@@ -1,7 +1,7 @@
-"""The lifter's state: group variables joined by union-find, and what each variable is told.
+"""The lifter's state: group variables (runs of atoms joined by union-find), and what each variable is told.
 
 Rules (``hetsurgery.tracing.rules``) call these methods while the walk visits the fx nodes in order;
-``groups()`` then turns the union-find classes into ``PermGroup``s.
+``groups()`` then turns the classes of atoms into ``PermGroup``s.
 """
 
 from __future__ import annotations
@@ -96,10 +96,6 @@ class Lifter:
         self.cut(v, lo)
         self.cut(v, hi)
         return self._var(tuple(a for a, at in self.leaves(v) if lo <= at < hi), hi - lo)
-
-    def find(self, v: int) -> int:
-        """The class of ``v``'s first atom (the whole of ``v`` when it was never cut)."""
-        return self.atoms.find(self.leaves(v)[0][0])
 
     def union(self, a: int, b: int, node: fx.Node | _Named) -> None:
         """Join two variables channel by channel; their atoms are first cut alike."""

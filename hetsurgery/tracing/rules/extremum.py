@@ -40,7 +40,7 @@ def extremum(lx: Lifter, node: fx.Node) -> Value:
     if isinstance(x, Param):
         return lx.give_up([x], f"{name} of a parameter at node {node.name}")
     if not isinstance(x, (Chan, Heads)):
-        return Items((x, x)) if arg(node, 1, "dim") is not None and name not in _ARG else Free(free_of(x))
+        return Items((x, x)) if arg(node, 1, "dim") is not None and name not in _ARG else Free(_free_of(x))
     dim = arg(node, 1, "dim")
     if dim is None:
         if name in _ARG:
@@ -67,5 +67,5 @@ def _reads_indices(node: fx.Node) -> bool:
     return False
 
 
-def free_of(x: object) -> str:
+def _free_of(x: object) -> str:
     return x.why if isinstance(x, Free) else "constant"
