@@ -177,9 +177,9 @@ def _reshape_to(lx: Lifter, node: fx.Node, src: Any, out: tuple[int, ...] | None
 def _regroup(lx: Lifter, node: fx.Node, x: Chan | Heads | Pieces, a: tuple[int, ...], b: tuple[int, ...],
              groups: list[tuple[list[int], list[int]]]) -> Chan | Heads | Pieces | None:
     if isinstance(x, Heads):
-        return _regroup_heads(lx, x, a, groups)
+        return _regroup_heads(lx, node, x, a, groups)
     if isinstance(x, Pieces):
-        return _regroup_pieces(x, a, groups)
+        return _regroup_pieces(lx, node, x, a, groups)
     for gi, gj in groups:
         if x.dim not in gi:
             continue
@@ -217,8 +217,8 @@ def _regroup(lx: Lifter, node: fx.Node, x: Chan | Heads | Pieces, a: tuple[int, 
     return None
 
 
-def _regroup_heads(lx: Lifter, x: Heads, a: tuple[int, ...], groups: list[tuple[list[int], list[int]]]
-                   ) -> Tracked | None:
+def _regroup_heads(lx: Lifter, node: fx.Node, x: Heads, a: tuple[int, ...],
+                   groups: list[tuple[list[int], list[int]]]) -> Tracked | None:
     where = {d: (gi, gj) for gi, gj in groups for d in gi if d in (x.block_dim, x.dim)}
     if len(where) != 2:
         return None
@@ -229,14 +229,14 @@ def _regroup_heads(lx: Lifter, x: Heads, a: tuple[int, ...], groups: list[tuple[
     if gi_b == gi_d and len(gj_b) == 1 and gi_b[:2] == [x.dim, x.block_dim]:  # channel shuffle: heads interleave
         parts = tuple(Chan(x.dim, (Seg(lx.sub_var(x.var, h * x.size, (h + 1) * x.size), x.size),))
                       for h in range(x.count))
-        return _merge_pieces(Pieces(x.block_dim, parts), gi_b, gj_b[0], a)
+        return _merge_pieces(lx, node, Pieces(x.block_dim, parts), gi_b, gj_b[0], a)
     if len(gi_b) == len(gj_b) == len(gi_d) == len(gj_d) == 1:
         return Heads(gj_b[0], gj_d[0], x.var, x.count, x.size)
     return None
 
 
-def _regroup_pieces(x: Pieces, a: tuple[int, ...], groups: list[tuple[list[int], list[int]]]
-                    ) -> Chan | Heads | Pieces | None:
+def _regroup_pieces(lx: Lifter, node: fx.Node, x: Pieces, a: tuple[int, ...],
+                    groups: list[tuple[list[int], list[int]]]) -> Chan | Heads | Pieces | None:
     """Pieces keep their dims apart (each dim alone in its group), or merge with their channel dim (and the
     dims after both)."""
     dims = {x.dim, *(d for p in x.parts for d in channel_dims(p))}
@@ -247,14 +247,15 @@ def _regroup_pieces(x: Pieces, a: tuple[int, ...], groups: list[tuple[list[int],
             continue
         if len(gi) >= 2 and len(gj) == 1 and all(isinstance(p, Chan) for p in x.parts) \
                 and set(gi[:2]) == {x.dim, x.parts[0].dim} and not dims & set(gi[2:]):
-            return _merge_pieces(x, gi, gj[0], a)
+            return _merge_pieces(lx, node, x, gi, gj[0], a)
         if len(gi) != 1 or len(gj) != 1:
             return None
         mapping[gi[0]] = gj[0]
     return remap_pieces(x, mapping)
 
 
-def _merge_pieces(x: Pieces, gi: list[int], out_dim: int, a: tuple[int, ...]) -> Chan | None:
+def _merge_pieces(lx: Lifter, node: fx.Node, x: Pieces, gi: list[int], out_dim: int, a: tuple[int, ...]
+                  ) -> Chan | None:
     """Merge the pieces' dim with their channel dim (adjacent, in the order ``gi``): side by side when the
     pieces' dim comes first (a concatenation), interleaved when it comes last (channel shuffle). Dims merged
     after both make every channel ``inner`` entries wide (a flatten)."""
@@ -271,6 +272,8 @@ def _merge_pieces(x: Pieces, gi: list[int], out_dim: int, a: tuple[int, ...]) ->
                 placed.append((Seg(seg.var, seg.size, 1, seg.stride * count), at * count + i))
             else:
                 return None  # a channel's entries would land apart
+    if gi[0] != x.dim:  # interleaved: another width would move every other group's channels
+        lx.fix_width([seg.var for seg, _ in placed], f"channels interleaved (a channel shuffle) at node {node.name}")
     if k > 1:
         placed = [(Seg(seg.var, seg.size, seg.inner * k, seg.stride), at * k) for seg, at in placed]
     return Chan.placed(out_dim, placed)
