@@ -162,7 +162,9 @@ def table_ten(seeds: Sequence[int], epochs: int) -> str:
         "at f[i]) or by *merge* (the deep layers of each segment (f[i-1], f[i]] of A fused across their ReLUs, the "
         "last segment running to the last layer, with each sign estimator), then merged by OT (`method=\"ot\"`, exact "
         "solver, onto model A's widths). Joint accuracy (%), mean ± std. *refused*: an identity layer in front "
-        "of the first hidden layer is not the identity on inputs of both signs, so `InsertIdentity` refuses it.",
+        "of the first hidden layer is not the identity on inputs of both signs, so `InsertIdentity` refuses it. "
+        "Mappings that differ only in f[2] fuse the same segments (the last one runs to the last layer), so their "
+        "*merge* columns agree.",
         "",
         f"Parents' joint accuracy: A {_fmt([p[0] for p in parents])}, B {_fmt([p[1] for p in parents])}.",
         "",

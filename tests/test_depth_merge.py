@@ -138,7 +138,8 @@ def test_bad_depth_options_are_refused_before_any_work() -> None:
     for kwargs, says in (({"depth": "deep"}, "depth must be one of cla, sma, lma"),
                          ({"depth": "lma", "balance": "squash"}, "balance must be one of add, merge"),
                          ({"depth": "lma", "depth_cost": "width"}, "use it with depth='cla'"),
-                         ({"depth": "cla", "balance": "merge", "estimator": "vote"}, "estimator must be one of")):
+                         ({"depth": "cla", "balance": "merge", "estimator": "vote"}, "estimator must be one of"),
+                         ({"balance": "merge"}, "balance='merge' only matter for models of different depth")):
         with pytest.raises(hs.MergeInputError, match=says):
             hs.merge([a, b], [torch.randn(8, 64)], progress=False, **kwargs)  # type: ignore[arg-type]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pathlib
 
 import onnx
+import outside_models as om
 import pytest
 import torch
 from helpers import randomise, randomise_calibrated
@@ -51,6 +52,18 @@ def test_the_list_covers_every_zoo_factory() -> None:
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_every_zoo_model_exports_with_parity(name: str, tmp_path: pathlib.Path) -> None:
     model = randomise(ZOO[name](), seed=1)
+    path = tmp_path / f"{name}.onnx"
+    _check(to_onnx(model, X, path), path)
+
+
+# models in the style of real architectures (tests/outside_models.py): roll, chunk, unbind, einsum, shuffle
+OUTSIDE = {"convnext": om.TinyConvNeXt, "swin": om.TinySwin, "shufflenet": om.TinyShuffleNet,
+           "efficientnet": om.TinyEfficientNet, "chunk-vit": om.ChunkViT, "maxvit": om.TinyMaxViT}
+
+
+@pytest.mark.parametrize("name", sorted(OUTSIDE))
+def test_every_outside_style_model_exports_with_parity(name: str, tmp_path: pathlib.Path) -> None:
+    model = randomise(OUTSIDE[name](), seed=1)
     path = tmp_path / f"{name}.onnx"
     _check(to_onnx(model, X, path), path)
 

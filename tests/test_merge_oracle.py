@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import outside_models as om
 import pytest
 import torch
 from helpers import randomise_calibrated, rel_err
@@ -20,6 +21,14 @@ MODELS = {
     "mobilenet": lambda: hs.zoo.mobilenet(((8, 1, 1), (16, 2, 2))),
     "transformer-mha": lambda: hs.zoo.transformer("mha", depth=1),
     "transformer-manual": lambda: hs.zoo.transformer("manual", depth=1),
+    # the patterns of issue 12: fused qkv (chunk, unbind), shuffle, windows, layer scale, SE, stochastic depth
+    "convnext": om.TinyConvNeXt,
+    "swin": om.TinySwin,
+    "shufflenet": om.TinyShuffleNet,
+    "efficientnet": om.TinyEfficientNet,
+    "chunk-vit": om.ChunkViT,
+    "maxvit": om.TinyMaxViT,
+    "fused-qkv-vit": om.FusedQKVViT,
 }
 
 

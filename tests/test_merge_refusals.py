@@ -76,3 +76,9 @@ def test_zip_with_a_zero_weight_keeps_the_live_model_whole_at_its_width() -> Non
         with torch.no_grad():
             err = rel_err(b(x), merged(x))
         assert math.isfinite(err) and (err <= 1e-5) == exact, (width, err)
+
+
+def test_dict_batches_are_refused_with_the_reason_before_a_model_runs() -> None:
+    batches = [{"pixel_values": torch.randn(4, 64), "labels": torch.zeros(4, dtype=torch.long)}]
+    with pytest.raises(hs.InvalidInput, match=r"a calibration batch is a dict \(keys: pixel_values, labels\)"):
+        hs.merge([hs.zoo.mlp([8]), hs.zoo.mlp([8])], batches, method="zip", progress=False)

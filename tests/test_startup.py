@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-HEAVY = ("onnx", "onnxruntime", "onnxscript", "matplotlib", "graphviz", "sklearn", "ot")
+HEAVY = ("onnx", "onnxruntime", "onnxscript", "matplotlib", "graphviz", "sklearn", "ot", "scipy.optimize", "networkx")
 PROBE = """
 import json, sys
 import hetsurgery, hetsurgery.cli, hetsurgery.config, hetsurgery.demo, hetsurgery.export, hetsurgery.merge

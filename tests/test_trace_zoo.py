@@ -24,7 +24,8 @@ ZOO = {
     "densenet": lambda: hs.zoo.densenet(),
     "mobilenet": lambda: hs.zoo.mobilenet(),
 }
-COVERED = ["mlp", "mlp-bn", "vgg", "vgg-nobn", "resnet20", "densenet", "mobilenet"]
+COVERED = ["mlp", "mlp-bn", "vgg", "vgg-nobn", "resnet20", "resnet26-pad", "densenet", "mobilenet", "transformer-manual",
+           "transformer-sdpa"]
 
 
 @pytest.mark.parametrize("name", sorted(ZOO))

@@ -70,3 +70,6 @@ def test_bad_example_input_is_a_tracing_error_naming_shapes_and_node(capsys: pyt
     with pytest.raises(hs.TracingError, match=r"\(2, 3, 8, 8\) do not fit .* node conv1 .*\(N, 1, \*, \*\)"):
         hs.trace(hs.zoo.resnet20(), torch.randn(2, 3, 8, 8))
     assert "Traceback" not in capsys.readouterr().err  # fx's ShapeProp used to print one
+    with pytest.raises(hs.TracingError) as caught:
+        hs.trace(hs.zoo.resnet20(), torch.randn(2, 3, 8, 8))
+    assert "While executing" not in str(caught.value) and "tlparse" not in str(caught.value)  # no fx internals

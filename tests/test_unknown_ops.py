@@ -1,7 +1,9 @@
-"""Ops the rules do not know freeze every group they touch, with a reason, and invariance still holds."""
+"""Ops the rules do not know, and the equivariance probe does not pass, freeze every group they touch, with a
+reason, and invariance still holds."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from helpers import assert_permutation_invariant
@@ -13,7 +15,7 @@ import hetsurgery as hs
 class Cube(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return x.roll(1, dims=1) ** 3  # mixes channels: a permutation would break it
+        return x.cumsum(dim=1) ** 3  # mixes channels: a permutation would break it
 
     @staticmethod
     def backward(ctx, g: torch.Tensor) -> torch.Tensor:
@@ -21,7 +23,8 @@ class Cube(torch.autograd.Function):
 
 
 def cube_mix(x: torch.Tensor) -> torch.Tensor:
-    return Cube.apply(x)
+    """A kernel outside torch (numpy here): neither fx nor the inliner sees into it, and it mixes channels."""
+    return torch.from_numpy(np.cumsum(x.detach().numpy(), axis=1) ** 3)
 
 
 torch.fx.wrap("cube_mix")  # one opaque node, as a custom kernel would be
@@ -52,7 +55,7 @@ class WithFFT(nn.Module):
         return self.fc(f.mean(dim=(2, 3)))
 
 
-@pytest.mark.parametrize(("wrapped", "culprit"), [(True, "cube_mix"), (False, "Tensor.roll")])
+@pytest.mark.parametrize(("wrapped", "culprit"), [(True, "cube_mix"), (False, "Tensor.cumsum")])
 def test_custom_autograd_function_freezes_its_groups(wrapped: bool, culprit: str) -> None:
     # fx traces into Function.forward unless the call is wrapped; either way the unknown op is named
     g = assert_permutation_invariant(WithFunction(wrapped), torch.randn(4, 5))
@@ -64,11 +67,20 @@ def test_custom_autograd_function_freezes_its_groups(wrapped: bool, culprit: str
     assert g.coverage() < 1.0  # what the tool gave up on is counted against it
 
 
-def test_fft_freezes_its_groups() -> None:
+def test_fft_freezes_its_groups_without_the_probe() -> None:
+    g = assert_permutation_invariant(WithFFT(), torch.randn(3, 2, 5, 5), probe=False)
+    b = next(grp for grp in g.groups if hs.Slot("b.weight", 0) in grp.slots)
+    assert b.frozen is not None and "fft2" in b.frozen and "probe" not in b.frozen
+    assert next(grp for grp in g.groups if hs.Slot("a.weight", 0) in grp.slots).perm_ok
+
+
+def test_fft_over_the_spatial_dims_passes_the_probe() -> None:
+    # fft2 transforms each channel's map on its own (and .real reads each entry): both commute with a
+    # permutation of the channels, which the probe sees
     g = assert_permutation_invariant(WithFFT(), torch.randn(3, 2, 5, 5))
     b = next(grp for grp in g.groups if hs.Slot("b.weight", 0) in grp.slots)
-    assert b.frozen is not None and "fft2" in b.frozen
-    assert next(grp for grp in g.groups if hs.Slot("a.weight", 0) in grp.slots).perm_ok
+    assert b.perm_ok and "probed function torch._C._fft.fft_fft2" in b.label and not b.pad_ok
+    assert g.coverage() == 1.0
 
 
 def test_unknown_leaf_module_freezes_and_distrusts_its_parameters() -> None:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hetsurgery.evaluate.metrics import predictions
+from hetsurgery.ir.batches import model_input
 
 LAMBDAS = tuple(i / 20 for i in range(21))
 
@@ -66,7 +67,7 @@ def _reset_bn(model: nn.Module, data: Iterable) -> None:
         m.train()
     with torch.no_grad():
         for batch in data:
-            model(batch[0] if isinstance(batch, (tuple, list)) else batch)
+            model(model_input(batch))
     model.eval()
 
 

@@ -63,6 +63,7 @@ _ASSERTS: Mapping[str, Callable[..., Any]] = types.MappingProxyType({
 TENSOR_ATTRIBUTES = frozenset({
     "H", "T", "data", "device", "dtype", "imag", "is_cuda", "is_meta", "is_quantized", "is_sparse", "itemsize",
     "layout", "mH", "mT", "nbytes", "ndim", "real", "requires_grad", "shape",
+    "values", "indices",  # the fields of what torch.max / min (with a dim) return
 })
 # tensor methods that reach outside the tensor: its storage (``storage().type("pkg.mod")`` imports a
 # module), numpy, shared memory, hooks and methods that call Python callables

@@ -17,9 +17,8 @@ import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
 import torch
 from torch import fx
 
@@ -27,8 +26,11 @@ from hetsurgery.errors import IRError
 from hetsurgery.ir.facts import NodeFacts
 from hetsurgery.ir.group import PermGroup
 from hetsurgery.ir.lowering import with_tensors
-from hetsurgery.ir.slots import Slot
+from hetsurgery.ir.slots import Slot, overlaps
 from hetsurgery.ir.units import Stage, Unit
+
+if TYPE_CHECKING:  # networkx is imported where a graph view is made, not by `import hetsurgery`
+    import networkx as nx
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,8 @@ class ModelGraph:
         ``reads`` / ``writes`` (group ids), ``range``, ``nonneg``, ``activation`` (``Activation`` or ``None``)
         and ``unit`` (the key of the unit the node belongs to, or ``None``).
         """
+        import networkx as nx
+
         unit_of = {n: u.key for u in self.units for n in u.nodes}
         dg = nx.DiGraph(name=self.name)
         for node in self.module.graph.nodes:
@@ -123,6 +127,8 @@ class ModelGraph:
         """A bipartite projection of ``dataflow()``: layer nodes ``("layer", name)`` (the modules and attributes
         that hold parameters) and group nodes ``("group", id)``; edges run from a layer to the groups its
         output carries and from a group to the layers that read it."""
+        import networkx as nx
+
         dg = nx.DiGraph(name=self.name)
         for grp in self.groups:
             dg.add_node(("group", grp.id), kind="group", size=grp.size, structure=str(grp.structure),
@@ -176,7 +182,8 @@ class ModelGraph:
             out.append(f"group {g.id} size={g.size} blocks={g.structure}{state} label={g.label}")
             for s in sorted(g.slots, key=Slot.sort_key):
                 extra = "".join(f" {k}={v}" for k, v in (("offset", s.offset), ("inner", s.inner),
-                                                          ("chunks", s.chunks)) if v not in (0, 1))
+                                                          ("chunks", s.chunks), ("stride", s.stride))
+                                if v not in (0, 1))
                 out.append(f"  {s.role.value:<7} {s.param}[{s.dim}]{extra}")
         return "\n".join(out)
 
@@ -217,15 +224,14 @@ def _covered_indices(g: ModelGraph) -> dict[tuple[str, int], int]:
         if grp.frozen is not None and not grp.by_design:
             continue
         for s in grp.slots:
-            lo, hi = s.span(grp.size)
-            count[(s.param, s.dim)] = count.get((s.param, s.dim), 0) + (hi - lo)
+            count[(s.param, s.dim)] = count.get((s.param, s.dim), 0) + s.extent(grp.size)
     return count
 
 
 def _problems(g: ModelGraph) -> Iterator[str]:
     yield from _module_problems(g)
     seen_ids: set[int] = set()
-    spans: dict[tuple[str, int], list[tuple[int, int, int]]] = {}
+    spans: dict[tuple[str, int], list[tuple[int, int, int, Slot, int]]] = {}
     node_names = {n.name for n in g.module.graph.nodes}
     for grp in g.groups:
         if grp.id in seen_ids:
@@ -250,14 +256,14 @@ def _problems(g: ModelGraph) -> Iterator[str]:
             if grp.perm_ok and (s.param, s.dim) in g.fixed_axes:  # permuting it would break the other use
                 yield (f"group {grp.id} ({grp.label}) is permutable but its slot {s.param}[{s.dim}] is an axis "
                        "fixed by design (vocabulary, model input, kernel taps)")
-            spans.setdefault((s.param, s.dim), []).append((lo, hi, grp.id))
+            spans.setdefault((s.param, s.dim), []).append((lo, hi, grp.id, s, grp.size))
         for site in grp.sites:
             if site.node not in node_names:
                 yield f"group {grp.id}: site on unknown node {site.node!r}"
     for (param, dim), items in spans.items():
-        items.sort()
-        for (lo1, hi1, g1), (lo2, _hi2, g2) in itertools.pairwise(items):
-            if lo2 < hi1 and g1 != g2:
+        items.sort(key=lambda item: item[:3])
+        for (lo1, hi1, g1, s1, n1), (lo2, _hi2, g2, s2, n2) in itertools.combinations(items, 2):
+            if g1 != g2 and overlaps(s1, n1, s2, n2):
                 yield f"groups {g1} and {g2} overlap on {param}[{dim}] ({lo1}:{hi1} and {lo2}:…)"
 
 

@@ -1,14 +1,16 @@
 """Acting on one slot of a parameter: permute, pad, or multiply by a matrix along the slot's channels.
 
 Every pass and the merge's combine step go through these three functions, so the slot semantics
-(``offset``, ``inner``, ``chunks``) live in one place; ``slot_maps`` applies them to every slot of every
-parameter.
+(``offset``, ``inner``, ``chunks``, ``stride``) live in one place; ``slot_maps`` applies them to every slot of
+every parameter.
 
 >>> import torch
 >>> from hetsurgery.ir.slots import Slot
 >>> w = torch.arange(6.).reshape(1, 6)
 >>> permute_slot(w, Slot("w", 1, inner=2), torch.tensor([2, 0, 1]))
 tensor([[4., 5., 0., 1., 2., 3.]])
+>>> permute_slot(w, Slot("w", 1, offset=1, stride=2), torch.tensor([2, 0, 1]))   # odd columns only
+tensor([[0., 5., 2., 1., 4., 3.]])
 """
 
 from __future__ import annotations
@@ -27,11 +29,38 @@ def _segment(t: torch.Tensor, slot: Slot, size: int) -> tuple[torch.Tensor, torc
     return t.narrow(slot.dim, 0, lo), t.narrow(slot.dim, lo, hi - lo), t.narrow(slot.dim, hi, n - hi)
 
 
+def positions(slot: Slot, size: int, device: torch.device | None = None) -> torch.Tensor:
+    """The indices along ``slot.dim`` of a group of ``size`` channels, channel by channel (``inner`` each)."""
+    return torch.as_tensor(slot.positions(size), dtype=torch.long, device=device)
+
+
+def slot_rows(t: torch.Tensor, slot: Slot, size: int) -> torch.Tensor:
+    """``(size, -1)``: channel ``c``'s entries of ``t`` (its ``inner`` positions and every other axis) in row ``c``."""
+    if slot.chunks > 1:
+        raise ValueError(f"{slot.param}: block-diagonal slots have no rows of their own")
+    if slot.stride == 1:
+        seg = t.narrow(slot.dim, slot.offset, size * slot.inner)
+    else:
+        seg = t.index_select(slot.dim, positions(slot, size, t.device))
+    return seg.movedim(slot.dim, 0).reshape(size, -1)
+
+
 def apply_matrix(t: torch.Tensor, slot: Slot, a: torch.Tensor) -> torch.Tensor:
-    """Replace the slot's ``d`` channels by ``a @ channels`` (``a`` is ``r x d``); the dim shrinks or grows."""
+    """Replace the slot's ``d`` channels by ``a @ channels`` (``a`` is ``r x d``); the dim shrinks or grows.
+
+    Interleaved channels (``stride > 1``) sit between other groups' channels: only a square ``a`` fits there.
+    """
     if slot.chunks > 1:
         raise ValueError(f"{slot.param}: block-diagonal slots only take permutations")
     d = a.shape[1]
+    if slot.stride > 1:
+        if a.shape[0] != d:
+            raise ValueError(f"{slot.param}: interleaved channels (stride {slot.stride}) cannot change width")
+        idx = positions(slot, d, t.device)
+        moved = t.index_select(slot.dim, idx).movedim(slot.dim, 0)
+        grid = moved.reshape(d, slot.inner, -1)
+        out = torch.einsum("rd,dij->rij", a.to(t.dtype), grid).reshape(moved.shape).movedim(0, slot.dim)
+        return t.index_copy(slot.dim, idx, out)
     before, seg, after = _segment(t, slot, d)
     moved = seg.movedim(slot.dim, 0)
     rest = moved.shape[1:]
@@ -56,10 +85,15 @@ def permutation_indices(t: torch.Tensor, slots: Iterable[tuple[Slot, torch.Tenso
     for slot, perm in slots:
         if slot.chunks > 1:
             return None
-        lo, hi = slot.span(perm.numel())
         v = index.setdefault(slot.dim, torch.arange(t.shape[slot.dim], device=t.device))
         inner = torch.arange(slot.inner, device=t.device)
-        v[lo:hi] = lo + (perm.to(t.device)[:, None] * slot.inner + inner).reshape(-1)
+        step = slot.stride * slot.inner
+        moved = slot.offset + (perm.to(t.device)[:, None] * step + inner).reshape(-1)
+        if slot.stride == 1:
+            lo, hi = slot.span(perm.numel())
+            v[lo:hi] = moved
+        else:
+            v[positions(slot, perm.numel(), t.device)] = moved
     return index
 
 
@@ -79,6 +113,8 @@ def gather(t: torch.Tensor, index: Mapping[int, torch.Tensor]) -> torch.Tensor:
 
 def _permute_chunks(t: torch.Tensor, slot: Slot, perm: torch.Tensor) -> torch.Tensor:
     """A grouped conv's input: chunk ``j`` (along dim 0) reads only block ``j`` of the group."""
+    if slot.stride > 1:
+        raise ValueError(f"{slot.param}: block-diagonal slots cannot be interleaved")
     per = perm.numel() // slot.chunks
     parts = []
     for j, chunk in enumerate(t.chunk(slot.chunks, dim=0)):
@@ -90,6 +126,8 @@ def _permute_chunks(t: torch.Tensor, slot: Slot, perm: torch.Tensor) -> torch.Te
 
 def pad_slot(t: torch.Tensor, slot: Slot, size: int, new_size: int, fill: float = 0.0) -> torch.Tensor:
     """Append ``new_size - size`` channels (each ``inner`` wide) filled with ``fill`` after the slot."""
+    if slot.stride > 1:
+        raise ValueError(f"{slot.param}: interleaved channels (stride {slot.stride}) cannot be padded")
     before, seg, after = _segment(t, slot, size)
     shape = list(t.shape)
     shape[slot.dim] = (new_size - size) * slot.inner

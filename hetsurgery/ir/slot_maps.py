@@ -25,7 +25,14 @@ from typing import Protocol
 import torch
 
 from hetsurgery.ir.group import PermGroup
-from hetsurgery.ir.slot_algebra import apply_matrix, gather, pad_slot, permutation_indices, permute_slot
+from hetsurgery.ir.slot_algebra import (
+    apply_matrix,
+    gather,
+    pad_slot,
+    permutation_indices,
+    permute_slot,
+    positions,
+)
 from hetsurgery.ir.slots import Role, Slot
 
 Map = torch.Tensor | tuple[torch.Tensor, float]  # a dense r x d matrix, or (perm, scale) = scale * I[perm]
@@ -118,8 +125,11 @@ class SlotMaps:
             return None
         out = gather(t, index)  # a new tensor: scaled in place below
         for slot, size, scale in scales:
-            lo, hi = slot.span(size)
-            out.narrow(slot.dim, lo, hi - lo).mul_(scale)
+            if slot.stride == 1:
+                lo, hi = slot.span(size)
+                out.narrow(slot.dim, lo, hi - lo).mul_(scale)
+            else:
+                out = _scale_slot(out, slot, size, scale)
         return out
 
     def transform(self, t: torch.Tensor, slots: GroupSlots) -> torch.Tensor:
@@ -142,9 +152,8 @@ def _fast(m: Map) -> Map:
 
 
 def _scale_slot(t: torch.Tensor, slot: Slot, size: int, scale: float) -> torch.Tensor:
-    lo, hi = slot.span(size)
-    factor = torch.ones(t.shape[slot.dim], dtype=t.dtype)
-    factor[lo:hi] = scale
+    factor = torch.ones(t.shape[slot.dim], dtype=t.dtype, device=t.device)
+    factor[positions(slot, size, t.device)] = scale
     shape = [1] * t.dim()
     shape[slot.dim] = -1
     return t * factor.view(shape)

@@ -3,11 +3,15 @@
 A group of ``n`` channels is realised in many tensors. ``Slot("fc1.weight", dim=0)`` says that
 channel ``c`` is row ``c`` of ``fc1.weight``. After a flatten of a ``(C, 4, 4)`` feature map the next
 Linear sees channel ``c`` at columns ``16c … 16c+15``: ``Slot("fc.weight", dim=1, inner=16)``. After a
-concat the second input's channels start at an ``offset``.
+concat the second input's channels start at an ``offset``. After a channel shuffle (``view(N, g, C/g, H, W)``,
+``transpose(1, 2)``, ``flatten``) the channels of one group sit ``stride`` channels apart.
 
 >>> s = Slot("fc.weight", dim=1, offset=8, inner=2, role=Role.CONSUME)
 >>> s.span(size=3)
 (8, 14)
+>>> shuffled = Slot("conv.weight", dim=1, offset=1, stride=2, role=Role.CONSUME)
+>>> shuffled.span(size=3), list(shuffled.positions(size=3))
+((1, 6), [1, 3, 5])
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ class Role(enum.Enum):
 
 @dataclass(frozen=True)
 class Slot:
-    """Channel ``c`` occupies ``offset + c*inner … offset + (c+1)*inner - 1`` along ``dim`` of ``param``.
+    """Channel ``c`` occupies ``start … start + inner - 1`` along ``dim`` of ``param``, where
+    ``start = offset + c*stride*inner``: consecutive channels (``stride`` 1) unless interleaved with
+    other groups (``stride`` > 1, after a channel shuffle).
 
     ``chunks > 1`` is the block-diagonal layout of a grouped convolution's input: the parameter is cut
     into ``chunks`` equal parts along dim 0 and part ``j`` holds, along ``dim``, the channels of block
@@ -38,28 +44,63 @@ class Slot:
     inner: int = 1
     role: Role = Role.PRODUCE
     chunks: int = 1
+    stride: int = 1
 
     def span(self, size: int) -> tuple[int, int]:
-        """The half-open index range this slot covers along ``dim`` for a group of ``size`` channels."""
-        width = size // self.chunks if self.chunks > 1 else size
-        return self.offset, self.offset + width * self.inner
+        """The half-open index range from this slot's first index to its last along ``dim`` (a group of
+        ``size`` channels); with ``stride > 1`` other groups' indices lie in it too."""
+        return self.offset, self.offset + hull(size // self.chunks if self.chunks > 1 else size, self.inner,
+                                               self.stride)
 
-    def sort_key(self) -> tuple[str, int, int, int, str, int]:
-        return (self.param, self.dim, self.offset, self.inner, self.role.value, self.chunks)
+    def extent(self, size: int) -> int:
+        """How many indices along ``dim`` the slot holds."""
+        return (size // self.chunks if self.chunks > 1 else size) * self.inner
+
+    def positions(self, size: int) -> range | list[int]:
+        """Every index along ``dim`` the slot holds, in channel order."""
+        return layout_positions(self.offset, size // self.chunks if self.chunks > 1 else size, self.inner,
+                                self.stride)
+
+    def sort_key(self) -> tuple[str, int, int, int, str, int, int]:
+        return (self.param, self.dim, self.offset, self.inner, self.role.value, self.chunks, self.stride)
+
+
+def hull(size: int, inner: int, stride: int) -> int:
+    """The distance from the first index of ``size`` channels laid out ``stride`` apart to past their last."""
+    return ((size - 1) * stride + 1) * inner if size else 0
+
+
+def layout_positions(offset: int, size: int, inner: int, stride: int) -> range | list[int]:
+    """The indices of ``size`` channels of ``inner`` entries each, channel ``c`` from ``offset + c*stride*inner``."""
+    if stride == 1:
+        return range(offset, offset + size * inner)
+    return [offset + c * stride * inner + j for c in range(size) for j in range(inner)]
+
+
+def overlaps(a: Slot, size_a: int, b: Slot, size_b: int) -> bool:
+    """Whether two slots on the same axis share an index (interleaved slots need not: their hulls may meet)."""
+    lo1, hi1 = a.span(size_a)
+    lo2, hi2 = b.span(size_b)
+    if not (lo1 < hi2 and lo2 < hi1):
+        return False
+    if a.stride == 1 and b.stride == 1:
+        return True
+    return not set(a.positions(size_a)).isdisjoint(b.positions(size_b))
 
 
 @dataclass(frozen=True)
 class Site:
     """A place in the traced graph where the group's features can be observed.
 
-    The output of fx node ``node`` holds channel ``c`` at ``offset + c*inner …`` along ``dim``; every
-    other axis (batch, spatial, sequence, the ``inner`` positions) counts as samples.
+    The output of fx node ``node`` holds channel ``c`` at ``offset + c*stride*inner …`` (``inner`` entries)
+    along ``dim``; every other axis (batch, spatial, sequence, the ``inner`` positions) counts as samples.
     """
 
     node: str
     dim: int
     offset: int = 0
     inner: int = 1
+    stride: int = 1
 
 
 @dataclass(frozen=True)

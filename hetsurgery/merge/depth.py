@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from hetsurgery.errors import MergeInputError, PassError
 from hetsurgery.ir import ModelGraph, Site, UnitKind
+from hetsurgery.ir.batches import model_input
 from hetsurgery.merge.correspond import on_anchor_names
 from hetsurgery.merge.fusion import FuseReport, compare
 from hetsurgery.passes import FuseReluSegment, InsertIdentity, InsertZeroResidual, Pipeline
@@ -59,6 +60,11 @@ class DepthOptions:
            samples: int | None = DEPTH_SAMPLES, anchor: int | None = None) -> DepthOptions | None:
         """The options as given to ``merge``, checked (``MergeInputError`` naming the bad value)."""
         if depth is None:
+            given = [f"{k}={v!r}" for k, v, default in (("balance", balance, "add"), ("depth_cost", cost, "cka"),
+                                                         ("estimator", estimator, "sign_of_sum")) if v != default]
+            if given:
+                raise MergeInputError(f"{', '.join(given)} only matter for models of different depth: give depth="
+                                      "'cla', 'sma' or 'lma' too")
             return None
         method = _enum(DepthMethod, depth, "depth")
         bal = _enum(Balance, balance, "balance")
@@ -201,7 +207,7 @@ def _similarities(graphs: Sequence[ModelGraph], anchor: int, data: Iterable | No
         for batch in tqdm(data, desc="unit similarity", unit="batch", disable=not progress, leave=False):
             if opts.samples is not None and seen >= opts.samples:
                 break
-            x = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(target)
+            x = model_input(batch).to(target)
             x = x if opts.samples is None else x[:opts.samples - seen]
             seen += x.shape[0]
             ref = taps[anchor].features(x)

@@ -13,6 +13,7 @@ from torch import nn
 
 from hetsurgery.errors import MergeInputError
 from hetsurgery.ir import ModelGraph, SlotMaps, slots_by_param, transform_params
+from hetsurgery.ir.batches import model_input
 from hetsurgery.ir.lowering import to_module
 from hetsurgery.merge.combine import combine
 from hetsurgery.merge.depth import DepthOptions, balance_depths, check_depths
@@ -284,6 +285,6 @@ def _first_batch(data: Iterable | None) -> torch.Tensor:
     if data is None:
         raise MergeInputError("give example_inputs= or calibration data to trace the models")
     for batch in data:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        x = model_input(batch)
         return x[:2]
     raise MergeInputError("the calibration data is empty")

@@ -21,6 +21,7 @@ import torch
 
 from hetsurgery.errors import MergeInputError
 from hetsurgery.ir import ModelGraph
+from hetsurgery.ir.batches import model_input
 from hetsurgery.ir.lowering import to_module
 from hetsurgery.passes import FuseReluSegment
 from hetsurgery.plan.fuse_signs import Estimator, estimate_signs
@@ -67,7 +68,7 @@ def compare(before: ModelGraph, after: ModelGraph, data: Iterable, units: Sequen
     right_a = right_b = labelled = seen = 0
     with torch.no_grad():
         for batch in data:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            x = model_input(batch)
             ya, yb = a(x), b(x)
             diff = max(diff, float((ya - yb).abs().max()))
             scale = max(scale, float(ya.abs().max()))

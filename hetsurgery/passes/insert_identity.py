@@ -51,10 +51,9 @@ class InsertIdentity:
             raise PassError(f"{g.name}: stage {st.key} is a stage of residual blocks; insert blocks with "
                             "InsertZeroResidual")
         units = [g.unit(k) for k in st.units]
-        counts = Counter(_position(g, st, p) for p in self.positions)
-        plans = [(p, n, *_point_and_template(g, st, units, p)) for p, n in sorted(counts.items(), reverse=True)]
+        plans = [(n, *_point_and_template(g, st, units, p)) for p, n in counted_positions(g, st, self.positions)]
         gm = editable(g)
-        for _, n, point, template in plans:
+        for n, point, template in plans:
             at = node_named(gm, point)
             for _ in range(n):  # one after the other, so that their names count up in order
                 at = _insert_after(gm, g, at, g.facts[point], template)
@@ -77,10 +76,14 @@ def refuse_before_fixed(where: str, units: list[Unit], p: int) -> None:
         raise PassError(f"{where}: the stage's first unit {units[0].key} is fixed ({units[0].fixed}); insert after it")
 
 
-def _position(g: ModelGraph, st: Stage, p: object) -> int:
-    if not isinstance(p, int) or isinstance(p, bool) or not 0 <= p <= len(st):
-        raise PassError(f"{g.name}: stage {st.key} has {len(st)} units; positions go from 0 to {len(st)}, not {p!r}")
-    return p
+def counted_positions(g: ModelGraph, st: Stage, positions: tuple[int, ...]) -> list[tuple[int, int]]:
+    """``(position, how many units go there)``, the last position first (inserting there moves nothing before
+    it); ``PassError`` for a position outside ``0 … len(st)``."""
+    for p in positions:
+        if not isinstance(p, int) or isinstance(p, bool) or not 0 <= p <= len(st):
+            raise PassError(f"{g.name}: stage {st.key} has {len(st)} units; positions go from 0 to {len(st)}, not "
+                            f"{p!r}")
+    return sorted(Counter(positions).items(), reverse=True)
 
 
 def _point_and_template(g: ModelGraph, st: Stage, units: list[Unit], p: int) -> tuple[str, Unit]:

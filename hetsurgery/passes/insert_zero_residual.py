@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import operator
 import zlib
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -40,7 +39,7 @@ from torch import fx, nn
 from hetsurgery.errors import PassError
 from hetsurgery.ir import Activation, ModelGraph, OpKind, Stage, Unit, UnitKind
 from hetsurgery.passes.edit import ORIGIN_META, add_module, editable, new_names, node_named, relift
-from hetsurgery.passes.insert_identity import insertion_point, refuse_before_fixed
+from hetsurgery.passes.insert_identity import counted_positions, insertion_point, refuse_before_fixed
 from hetsurgery.tracing import OPKIND_META
 
 _ZERO_AT_ZERO = frozenset({OpKind.FLATTEN, OpKind.RESHAPE, OpKind.TRANSPOSE, OpKind.UNSQUEEZE, OpKind.GETITEM,
@@ -64,8 +63,7 @@ class InsertZeroResidual:
         if st.kind is not UnitKind.BLOCK:
             raise PassError(f"{g.name}: stage {st.key} is a stage of layers; insert layers with InsertIdentity")
         units = [g.unit(k) for k in st.units]
-        counts = Counter(_checked(g, st, p) for p in self.positions)
-        plans = [(n, *_point_and_template(g, st, units, p)) for p, n in sorted(counts.items(), reverse=True)]
+        plans = [(n, *_point_and_template(g, st, units, p)) for p, n in counted_positions(g, st, self.positions)]
         gm = editable(g)
         for n, point, template, derived in plans:
             at, width = node_named(gm, point), _width(g, point)
@@ -76,12 +74,6 @@ class InsertZeroResidual:
     def spec(self) -> dict[str, Any]:
         """The pass as JSON-able data (``hetsurgery.passes.replay`` makes it again)."""
         return {"pass": self.name, "stage": self.stage, "positions": list(self.positions)}
-
-
-def _checked(g: ModelGraph, st: Stage, p: object) -> int:
-    if not isinstance(p, int) or isinstance(p, bool) or not 0 <= p <= len(st):
-        raise PassError(f"{g.name}: stage {st.key} has {len(st)} blocks; positions go from 0 to {len(st)}, not {p!r}")
-    return p
 
 
 def _point_and_template(g: ModelGraph, st: Stage, units: list[Unit], p: int) -> tuple[str, Unit, bool]:

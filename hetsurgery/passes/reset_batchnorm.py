@@ -11,6 +11,7 @@ from torch import nn
 
 from hetsurgery.errors import PassError
 from hetsurgery.ir import ModelGraph
+from hetsurgery.ir.batches import model_input
 from hetsurgery.ir.lowering import to_module
 
 
@@ -51,7 +52,7 @@ class ResetBatchNorm:
         seen = 0
         with torch.no_grad():
             for batch in self.data:
-                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                x = model_input(batch)
                 if self.max_samples is not None:
                     if seen >= self.max_samples:
                         break

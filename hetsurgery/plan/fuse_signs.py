@@ -26,6 +26,7 @@ import torch
 
 from hetsurgery.errors import HetsurgeryError
 from hetsurgery.ir import ModelGraph, Site
+from hetsurgery.ir.batches import model_input
 from hetsurgery.plan.joint import site_view, tap_module
 
 
@@ -72,7 +73,7 @@ def estimate_signs(g: ModelGraph, units: Sequence[str], data: Iterable, estimato
     sums: list[SignCounts | None] = [None] * len(pres)
     with torch.no_grad():
         for batch in data:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            x = model_input(batch)
             outs = tap(x)
             for i, (name, out) in enumerate(zip(pres, outs, strict=True)):
                 dim = g.facts[name].channel_dim

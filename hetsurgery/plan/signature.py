@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from hetsurgery.ir import ModelGraph, Role
+from hetsurgery.ir.slot_algebra import slot_rows
 
 
 def channel_signature(g: ModelGraph, gid: int) -> torch.Tensor:
@@ -24,8 +25,7 @@ def channel_signature(g: ModelGraph, gid: int) -> torch.Tensor:
     for slot in sorted(grp.slots, key=lambda s: s.sort_key()):
         t = g.params[slot.param]
         if slot.role is Role.PRODUCE and t.dim() == 1 and slot.chunks == 1 and t.is_floating_point():
-            lo, hi = slot.span(grp.size)
-            cols.append(t[lo:hi].reshape(grp.size, slot.inner).double())
+            cols.append(slot_rows(t, slot, grp.size).double())
     return torch.cat(cols, 1) if cols else torch.zeros(grp.size, 0, dtype=torch.float64)
 
 

@@ -47,10 +47,15 @@ FUNCTIONS: dict[object, OpKind] = {
                      operator.truediv, operator.itruediv, operator.pow, torch.add, torch.sub, torch.mul,
                      torch.div, torch.true_divide, torch.maximum, torch.minimum, torch.pow], K.BINARY),
     torch.cat: K.CONCAT, torch.concat: K.CONCAT,
+    **dict.fromkeys([torch.chunk, torch.split, torch.tensor_split, torch.unbind, torch.narrow], K.SPLIT),
+    torch.roll: K.ROLL, torch.einsum: K.EINSUM, F.linear: K.FUNCTIONAL_LINEAR, F.normalize: K.NORMALIZE,
+    **dict.fromkeys([F.layer_norm, F.rms_norm], K.LAYER_NORM),
+    **dict.fromkeys([torch.max, torch.min, torch.argmax, torch.argmin], K.EXTREMUM),
+    **dict.fromkeys([torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like], K.SHAPE),
     torch.flatten: K.FLATTEN, torch.reshape: K.RESHAPE,
     **dict.fromkeys([torch.transpose, torch.permute, torch.swapaxes, torch.t], K.TRANSPOSE),
     torch.unsqueeze: K.UNSQUEEZE, torch.squeeze: K.UNSQUEEZE,
-    **dict.fromkeys([torch.mean, torch.sum, torch.amax, torch.amin], K.REDUCE),  # max/min: UNKNOWN (3 overloads)
+    **dict.fromkeys([torch.mean, torch.sum, torch.amax, torch.amin], K.REDUCE),
     **dict.fromkeys([F.softmax, torch.softmax, F.log_softmax, torch.log_softmax], K.SOFTMAX),
     torch.matmul: K.MATMUL, operator.matmul: K.MATMUL, torch.bmm: K.MATMUL,
     F.scaled_dot_product_attention: K.ATTENTION,
@@ -62,16 +67,19 @@ METHODS: dict[str, OpKind] = {
                      "float", "to", "type_as", "neg"], K.ELEMENTWISE),
     **dict.fromkeys(["add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "pow"], K.BINARY),
     "view": K.RESHAPE, "reshape": K.RESHAPE, "flatten": K.FLATTEN,
+    **dict.fromkeys(["chunk", "split", "tensor_split", "unbind", "narrow"], K.SPLIT), "roll": K.ROLL,
+    **dict.fromkeys(["max", "min", "argmax", "argmin"], K.EXTREMUM),
     **dict.fromkeys(["transpose", "permute", "swapaxes", "swapdims", "t"], K.TRANSPOSE),
     **dict.fromkeys(["unsqueeze", "squeeze", "expand", "expand_as"], K.UNSQUEEZE),
     **dict.fromkeys(["mean", "sum", "amax", "amin"], K.REDUCE),
     "softmax": K.SOFTMAX, "log_softmax": K.SOFTMAX,
     "matmul": K.MATMUL, "bmm": K.MATMUL,
     "size": K.SHAPE, "dim": K.SHAPE, "numel": K.SHAPE,
+    **dict.fromkeys(["new_zeros", "new_ones", "new_empty", "new_full"], K.SHAPE),  # only dtype and device are read
 }
 
 ATTRIBUTES: dict[str, OpKind] = {
-    "T": K.TRANSPOSE, "mT": K.TRANSPOSE,
+    "T": K.TRANSPOSE, "mT": K.TRANSPOSE, "values": K.GETITEM, "indices": K.GETITEM,  # of torch.max's result
     **dict.fromkeys(["shape", "dtype", "device", "ndim", "is_cuda"], K.SHAPE),
 }
 

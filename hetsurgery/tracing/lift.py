@@ -13,7 +13,7 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import fx, nn
@@ -25,20 +25,27 @@ from hetsurgery.tracing.classify import activation_of, classify
 from hetsurgery.tracing.lifter import Lifter, free_why
 from hetsurgery.tracing.ranges import node_range
 from hetsurgery.tracing.rules import RULES
-from hetsurgery.tracing.shapes import propagate_shapes
+from hetsurgery.tracing.shapes import Arguments, propagate_shapes
 from hetsurgery.tracing.units import find_units
-from hetsurgery.tracing.values import Chan, Free, Heads, Items, Param, ShapeOf, Value
+from hetsurgery.tracing.values import Chan, Free, Heads, Items, Param, Pieces, ShapeOf, Value
 
 OPKIND_META = "hetsurgery.opkind"  # node.meta key: the OpKind the node was classified as
 
 _ALWAYS = (OpKind.PLACEHOLDER, OpKind.OUTPUT, OpKind.GET_ATTR)
+# the rules that follow ``Pieces`` (a channel axis cut along another dim); any other op on them freezes them
+_PIECES_KNOWN = frozenset({OpKind.OUTPUT, OpKind.ELEMENTWISE, OpKind.TRANSPOSE, OpKind.UNSQUEEZE, OpKind.RESHAPE,
+                           OpKind.FLATTEN, OpKind.GETITEM, OpKind.SPLIT, OpKind.SHAPE, OpKind.CONTAINER})
 
 
-def lift_graph(gm: fx.GraphModule, example_inputs: torch.Tensor | Sequence[torch.Tensor], name: str) -> ModelGraph:
-    """Lift ``gm`` (which the new graph then owns: pass a copy you will not change) into a ``ModelGraph``."""
+def lift_graph(gm: fx.GraphModule, example_inputs: torch.Tensor | Sequence[torch.Tensor], name: str, *,
+               probe: bool = True) -> ModelGraph:
+    """Lift ``gm`` (which the new graph then owns: pass a copy you will not change) into a ``ModelGraph``;
+    ``probe=False`` freezes ops the rules do not know without probing them."""
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-    propagate_shapes(gm, inputs, name)
-    lx, found = _lift(gm, name)
+    modules = dict(gm.named_modules())
+    recorded = propagate_shapes(gm, inputs, name, keep=(lambda n: classify(n, modules) is OpKind.UNKNOWN)
+                                if probe else None)
+    lx, found = _lift(gm, name, recorded if probe else None)
     groups = lx.groups()
     facts = {n: _with_groups(f, lx, values) for n, (f, values) in found.items()}
     params = {**dict(gm.named_parameters()), **dict(gm.named_buffers())}
@@ -51,16 +58,20 @@ def lift_graph(gm: fx.GraphModule, example_inputs: torch.Tensor | Sequence[torch
     return g
 
 
-def _lift(gm: fx.GraphModule, name: str) -> tuple[Lifter, dict[str, tuple[NodeFacts, tuple[Value, Value]]]]:
+def _lift(gm: fx.GraphModule, name: str, recorded: Mapping[fx.Node, Arguments] | None
+          ) -> tuple[Lifter, dict[str, tuple[NodeFacts, tuple[Value, Value]]]]:
     """Run every node's channel rule and range rule; per node its facts (groups still to fill in) and values."""
-    lx = Lifter(gm, name)
+    lx = Lifter(gm, name, recorded)
     ranges: dict[fx.Node, Range] = {}
     facts: dict[str, tuple[NodeFacts, tuple[Value, Value]]] = {}
     for node in gm.graph.nodes:
         kind = classify(node, lx.modules)
         node.meta[OPKIND_META] = kind
         inputs = [lx.env[n] for n in node.all_input_nodes]
-        if kind in _ALWAYS or _carries_groups(inputs) or _has_params(lx, node):
+        if kind not in _PIECES_KNOWN and any(_has_pieces(v) for v in inputs):
+            lx.env[node] = lx.give_up(inputs, f"pieces of a channel axis reach node {node.name}, whose rule "
+                                              "does not follow them")
+        elif kind in _ALWAYS or _carries_groups(inputs) or _has_params(lx, node):
             lx.env[node] = RULES[kind](lx, node)
         else:  # nothing here depends on a group's order: whatever the op, so does its result
             lx.env[node] = Free(free_why(inputs))
@@ -80,9 +91,13 @@ def _with_groups(f: NodeFacts, lx: Lifter, values: tuple[Value, Value]) -> NodeF
     return NodeFacts(f.kind, f.shape, f.channel_dim, lx.ids(reads), lx.ids(writes), f.range, f.activation)
 
 
+def _has_pieces(v: object) -> bool:
+    return isinstance(v, Pieces) or (isinstance(v, Items) and any(_has_pieces(x) for x in v.items))
+
+
 def _carries_groups(values: Sequence[object]) -> bool:
     for v in values:
-        if isinstance(v, (Chan, Heads, Param, ShapeOf)):
+        if isinstance(v, (Chan, Heads, Pieces, Param, ShapeOf)):
             return True
         if isinstance(v, Items) and _carries_groups(list(v.items)):
             return True

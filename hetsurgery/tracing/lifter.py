@@ -1,22 +1,26 @@
-"""The lifter's state: group variables joined by union-find, and what each variable is told.
+"""The lifter's state: group variables (runs of atoms joined by union-find), and what each variable is told.
 
 Rules (``hetsurgery.tracing.rules``) call these methods while the walk visits the fx nodes in order;
-``groups()`` then turns the union-find classes into ``PermGroup``s.
+``groups()`` then turns the classes of atoms into ``PermGroup``s.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any, TypeVar
 
 import torch
 from torch import fx
 
 from hetsurgery.ir import Blocks, PermGroup, Role, Site, Slot
+from hetsurgery.ir.slots import overlaps
+from hetsurgery.tracing.atoms import Atom, Atoms, local_block
 from hetsurgery.tracing.values import MODEL_INPUT, Chan, Free, Items, Param, Value, vars_of
+
+T = TypeVar("T", Slot, Site)
 
 
 class _Named:
@@ -26,23 +30,18 @@ class _Named:
         self.name = name
 
 
-@dataclass
-class _Var:
-    size: int
-    label: str
-    block: int  # permutations may act only inside consecutive blocks of this many channels
-    key: str  # the node that made it, with "#i" for the i-th variable one node makes (attention: q/k and v)
-    frozen: list[tuple[str, bool]] = field(default_factory=list)  # (reason, by design)
-    no_pad: list[str] = field(default_factory=list)
-    no_zip: list[str] = field(default_factory=list)
-
-
 class Lifter:
-    """Mutable state of one lift; lives only inside ``lift_graph``."""
+    """Mutable state of one lift; lives only inside ``lift_graph``.
 
-    def __init__(self, gm: fx.GraphModule, name: str) -> None:
+    A group variable is a handle on a run of atoms (``atoms.Atoms``): a consumer that splits a variable
+    (``chunk``, ``split``, slicing) cuts its atoms and gets new variables for the pieces; slots and sites
+    recorded on the whole variable are laid out over its pieces when the groups are built.
+    """
+
+    def __init__(self, gm: fx.GraphModule, name: str, probes: Mapping[fx.Node, Any] | None = None) -> None:
         self.gm = gm
         self.name = name
+        self.probes = probes  # recorded inputs of the nodes the channel rules do not know; None: do not probe
         self.modules = dict(gm.named_modules())
         named = [*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)]
         self.tensors: dict[str, torch.Tensor] = dict(named)
@@ -50,62 +49,103 @@ class Lifter:
         # tied tensors (one tensor under several names) are known by the first name
         self.canonical = {n: first.setdefault(id(t), n) for n, t in named}
         self.env: dict[fx.Node, Value] = {}
-        self._vars: list[_Var] = []
-        self._parent: list[int] = []
+        self.atoms = Atoms()
+        self._vars: list[tuple[int, ...]] = []  # variable -> the atoms it was made of (cut later: see leaves)
+        self._sizes: list[int] = []
         self.slots: list[tuple[int, Slot]] = []
         self.sites: list[tuple[int, Site]] = []
         self.producer_sites: list[tuple[int, Site]] = []
         self.fixed_axes: dict[tuple[str, int], str] = {}  # axis -> what fixes it ("the vocabulary axis of ...")
         self.untrusted_params: dict[str, str] = {}
         self._made: dict[str, int] = {}  # node name -> variables made there
-        self.group_of: dict[int, int] = {}  # union-find root -> group id, once groups() ran
+        self.group_of: dict[int, int] = {}  # atom class root -> group id, once groups() ran
 
     # -- variables ------------------------------------------------------------------------------
     def new_var(self, size: int, node: fx.Node) -> int:
         made = self._made.get(node.name, 0)
         self._made[node.name] = made + 1
-        self._vars.append(_Var(size=size, label=node.name, block=size, key=node.name + (f"#{made}" if made else "")))
-        self._parent.append(len(self._parent))
-        return len(self._parent) - 1
+        atom = self.atoms.new(size, node.name, node.name + (f"#{made}" if made else ""))
+        return self._var((atom,), size)
 
-    def find(self, v: int) -> int:
-        while self._parent[v] != v:
-            self._parent[v] = self._parent[self._parent[v]]
-            v = self._parent[v]
-        return v
+    def _var(self, atoms: tuple[int, ...], size: int) -> int:
+        self._vars.append(atoms)
+        self._sizes.append(size)
+        return len(self._vars) - 1
+
+    def leaves(self, v: int) -> list[tuple[int, int]]:
+        """The uncut atoms of variable ``v`` with the channel of ``v`` each starts at."""
+        out, at = [], 0
+        for a in self._vars[v]:
+            for leaf in self.atoms.leaves(a):
+                out.append((leaf, at))
+                at += self.atoms.atoms[leaf].size
+        return out
+
+    def cut(self, v: int, at: int) -> None:
+        """Make channel ``at`` of ``v`` the first of an atom (cutting whatever atom it falls in)."""
+        for leaf, start in self.leaves(v):
+            n = self.atoms.atoms[leaf].size
+            if start < at < start + n:
+                self.atoms.cut(leaf, at - start)
+                return
+
+    def sub_var(self, v: int, lo: int, hi: int) -> int:
+        """A variable for channels ``lo … hi - 1`` of ``v`` (``v`` itself when that is all of it)."""
+        if (lo, hi) == (0, self.size(v)):
+            return v
+        self.cut(v, lo)
+        self.cut(v, hi)
+        return self._var(tuple(a for a, at in self.leaves(v) if lo <= at < hi), hi - lo)
 
     def union(self, a: int, b: int, node: fx.Node | _Named) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
+        """Join two variables channel by channel; their atoms are first cut alike."""
+        if self.size(a) != self.size(b):
+            why = f"channel counts {self.size(a)} and {self.size(b)} meet at node {node.name}"
+            self.freeze([a, b], why)
             return
-        if self._vars[ra].size != self._vars[rb].size:
-            why = f"channel counts {self._vars[ra].size} and {self._vars[rb].size} meet at node {node.name}"
-            self.freeze([ra, rb], why)
-            return
-        self._parent[max(ra, rb)] = min(ra, rb)
+        while True:
+            cuts_a = {at for _, at in self.leaves(a)}
+            cuts_b = {at for _, at in self.leaves(b)}
+            if cuts_a == cuts_b:
+                break
+            for at in cuts_a ^ cuts_b:
+                self.cut(a, at)
+                self.cut(b, at)
+        for (x, _), (y, _) in zip(self.leaves(a), self.leaves(b), strict=True):
+            self.atoms.union(x, y)
+
+    def _each(self, vs: list[int]) -> list[Atom]:
+        return [self.atoms.atoms[leaf] for v in vs for leaf, _ in self.leaves(v)]
 
     def freeze(self, vs: list[int], reason: str, by_design: bool = False) -> None:
-        for v in vs:
-            self._vars[v].frozen.append((reason, by_design))
+        for atom in self._each(vs):
+            atom.frozen.append((reason, by_design))
 
     def block_pad(self, vs: list[int], reason: str) -> None:
-        for v in vs:
-            self._vars[v].no_pad.append(reason)
+        for atom in self._each(vs):
+            atom.no_pad.append(reason)
 
     def block_zip(self, vs: list[int], reason: str) -> None:
-        for v in vs:
-            self._vars[v].no_zip.append(reason)
+        for atom in self._each(vs):
+            atom.no_zip.append(reason)
 
     def fix_width(self, vs: list[int], reason: str) -> None:
         self.block_pad(vs, reason)
         self.block_zip(vs, reason)
 
+    def note(self, vs: list[int], text: str) -> None:
+        """Say ``text`` in the label of the groups ``vs`` belong to."""
+        for atom in self._each(vs):
+            atom.notes.append(text)
+
     def constrain_blocks(self, v: int, block: int) -> None:
-        var = self._vars[v]
-        var.block = math.gcd(var.block, block)
+        """Permutations of ``v`` may only act inside its consecutive blocks of ``block`` channels."""
+        for leaf, start in self.leaves(v):
+            atom = self.atoms.atoms[leaf]
+            atom.block = math.gcd(atom.block, local_block(block, start, start + atom.size))
 
     def size(self, v: int) -> int:
-        return self._vars[v].size
+        return self._sizes[v]
 
     # -- slots and sites ------------------------------------------------------------------------
     def slot(self, v: int, slot: Slot) -> None:
@@ -116,7 +156,7 @@ class Lifter:
         if param is None or param not in self.tensors:
             return
         for seg, at in value.offsets():
-            self.slot(seg.var, Slot(param, dim, at, seg.inner, role))
+            self.slot(seg.var, Slot(param, dim, at, seg.inner, role, stride=seg.stride))
 
     def consume(self, value: Chan, node: fx.Node, param: str, dim: int) -> None:
         """``param``'s axis ``dim`` reads ``value`` (the output of ``node``): consumer slots and sites."""
@@ -126,7 +166,7 @@ class Lifter:
     def observe(self, value: Chan, node: fx.Node, producer: bool = False) -> None:
         target = self.producer_sites if producer else self.sites
         for seg, at in value.offsets():
-            target.append((seg.var, Site(node.name, value.dim, at, seg.inner)))
+            target.append((seg.var, Site(node.name, value.dim, at, seg.inner, seg.stride)))
 
     def fix_axes(self, param: str | None, dims: range | list[int], why: str) -> None:
         """Axes ``dims`` of ``param`` are not channels by design; ``why`` completes "<param> dim <d> is ..."."""
@@ -152,73 +192,98 @@ class Lifter:
 
     # -- result ---------------------------------------------------------------------------------
     def groups(self) -> tuple[PermGroup, ...]:
-        self._join_shared_slots()
+        slots = self._laid_out(self.slots)
+        slots = self._join_shared_slots(slots)
         for param, reason in self.untrusted_params.items():
-            self.freeze([v for v, s in self.slots if s.param == param], reason)
-        self._freeze_fixed_axis_slots()
-        members: dict[int, list[int]] = defaultdict(list)
-        for v in range(len(self._vars)):
-            members[self.find(v)].append(v)
-        slots = _collect(self.slots, self.find)
-        sites = _collect(self.sites, self.find)
-        producer_sites = _collect(self.producer_sites, self.find)
+            for a, s in slots:
+                if s.param == param:
+                    self.atoms.atoms[a].frozen.append((reason, False))
+        self._freeze_fixed_axis_slots(slots)
+        by_class = _collect(slots, self.atoms.find)
+        sites = _collect(self._laid_out(self.sites), self.atoms.find)
+        producer_sites = _collect(self._laid_out(self.producer_sites), self.atoms.find)
         out: list[PermGroup] = []
-        for root in sorted(members):
+        for members in self.atoms.classes():
+            root = self.atoms.find(members[0])
             self.group_of[root] = len(out)
-            vs = [self._vars[v] for v in members[root]]
-            size = self._vars[root].size
-            block = math.gcd(*(x.block for x in vs))
-            frozen = [f for x in vs for f in x.frozen]
-            frozen_reason, by_design = _freeze_reason(frozen)
-            labels = [x.label for x in vs]
-            label = labels[0] + (f" (+{len(labels) - 1})" if len(labels) > 1 else "")
+            xs = [self.atoms.atoms[m] for m in members]
+            size = xs[0].size
+            block = math.gcd(*(x.block for x in xs))
+            frozen_reason, by_design = _freeze_reason([f for x in xs for f in x.frozen])
+            labels = list(dict.fromkeys(x.label for x in xs))
+            label = labels[0] + (f" (+{len(xs) - 1})" if len(xs) > 1 else "")
+            notes = list(dict.fromkeys(n for x in xs for n in x.notes))
+            if notes:
+                label += " [" + "; ".join(notes) + "]"
             out.append(PermGroup(
-                id=len(out), size=size, slots=tuple(dict.fromkeys(slots.get(root, []))),
+                id=len(out), size=size, slots=tuple(dict.fromkeys(by_class.get(root, []))),
                 structure=Blocks(size // block, block), frozen=frozen_reason, by_design=by_design,
-                pad_blockers=tuple(dict.fromkeys(r for x in vs for r in x.no_pad)),
-                zip_blockers=tuple(dict.fromkeys(r for x in vs for r in x.no_zip)),
+                pad_blockers=tuple(dict.fromkeys(r for x in xs for r in x.no_pad)),
+                zip_blockers=tuple(dict.fromkeys(r for x in xs for r in x.no_zip)),
                 sites=tuple(dict.fromkeys(sites.get(root) or producer_sites.get(root, []))),
-                label=label, producers=tuple(labels), key=vs[0].key))
+                label=label, producers=tuple(labels), key=xs[0].key))
         return tuple(out)
 
     def ids(self, value: object) -> tuple[int, ...]:
         """The group ids a value carries (after ``groups()``)."""
-        return tuple(sorted({self.group_of[self.find(v)] for v in vars_of(value)}))
+        return tuple(sorted({self.group_of[self.atoms.find(leaf)] for v in vars_of(value)
+                             for leaf, _ in self.leaves(v)}))
 
-    def _freeze_fixed_axis_slots(self) -> None:
+    def _laid_out(self, items: Sequence[tuple[int, T]]) -> list[tuple[int, T]]:
+        """Slots or sites of variables as slots or sites of their atoms (a cut variable's pieces sit at their
+        channels' positions). A block-diagonal slot cannot be cut: its variable's atoms freeze."""
+        out: list[tuple[int, T]] = []
+        for v, item in items:
+            leaves = self.leaves(v)
+            if len(leaves) == 1:
+                out.append((leaves[0][0], item))
+                continue
+            if isinstance(item, Slot) and item.chunks > 1:
+                self.freeze([v], f"a grouped convolution ({item.param}) reads channels that a split cuts apart")
+                continue
+            step = item.stride * item.inner
+            for leaf, start in leaves:
+                out.append((leaf, replace(item, offset=item.offset + start * step)))
+        return out
+
+    def _freeze_fixed_axis_slots(self, slots: list[tuple[int, Slot]]) -> None:
         """A slot on an axis fixed by design (vocabulary, model-input features): permuting it breaks that use."""
-        for v, s in self.slots:
+        for a, s in slots:
             why = self.fixed_axes.get((s.param, s.dim))
             if why is not None:
-                self.freeze([v], f"{s.param} dim {s.dim} is also {why}", by_design=True)
+                self.atoms.atoms[a].frozen.append((f"{s.param} dim {s.dim} is also {why}", True))
 
-    def _join_shared_slots(self) -> None:
-        """Slots of different variables on the same axis: identical ones join (tied weights), others freeze."""
+    def _join_shared_slots(self, slots: list[tuple[int, Slot]]) -> list[tuple[int, Slot]]:
+        """Slots of different atoms on the same axis: identical ones join (tied weights), others freeze."""
         by_axis: dict[tuple[str, int], list[tuple[int, Slot]]] = defaultdict(list)
-        for v, s in self.slots:
-            by_axis[(s.param, s.dim)].append((v, s))
+        for a, s in slots:
+            by_axis[(s.param, s.dim)].append((a, s))
+        size = {a: self.atoms.atoms[a].size for a, _ in slots}
         for (param, dim), items in by_axis.items():
-            for i, (v1, s1) in enumerate(items):
-                for v2, s2 in items[i + 1:]:
-                    if self.find(v1) == self.find(v2):
+            for i, (a1, s1) in enumerate(items):
+                for a2, s2 in items[i + 1:]:
+                    if self.atoms.find(a1) == self.atoms.find(a2):
                         continue
-                    lo1, hi1 = s1.span(self.size(v1))
-                    lo2, hi2 = s2.span(self.size(v2))
-                    if (lo1, hi1, s1.inner, s1.chunks) == (lo2, hi2, s2.inner, s2.chunks):
-                        self.union(v1, v2, _Named(f"{param} (tied)"))
+                    same = (s1.span(size[a1]), s1.inner, s1.chunks, s1.stride) == \
+                        (s2.span(size[a2]), s2.inner, s2.chunks, s2.stride)
+                    if same:
+                        self.atoms.union(a1, a2)
                         if s1.role is not s2.role:
-                            self.block_zip([v1, v2], f"{param} is read and written along dim {dim} (tied weight)")
-                    elif lo1 < hi2 and lo2 < hi1:
-                        self.freeze([v1, v2], f"overlapping uses of {param} along dim {dim}")
+                            for a in (a1, a2):
+                                self.atoms.atoms[a].no_zip.append(
+                                    f"{param} is read and written along dim {dim} (tied weight)")
+                    elif overlaps(s1, size[a1], s2, size[a2]):
+                        for a in (a1, a2):
+                            self.atoms.atoms[a].frozen.append((f"overlapping uses of {param} along dim {dim}", False))
         # a slot repeated with another role (tied weight) must be applied once
-        seen: dict[tuple[int, str, int, int, int, int], bool] = {}
+        seen: set[tuple[int, str, int, int, int, int, int]] = set()
         kept = []
-        for v, s in self.slots:
-            key = (self.find(v), s.param, s.dim, s.offset, s.inner, s.chunks)
+        for a, s in slots:
+            key = (self.atoms.find(a), s.param, s.dim, s.offset, s.inner, s.chunks, s.stride)
             if key not in seen:
-                seen[key] = True
-                kept.append((v, s))
-        self.slots = kept
+                seen.add(key)
+                kept.append((a, s))
+        return kept
 
 
 def _collect(pairs: Sequence[tuple[int, Any]], find: Callable[[int], int]) -> dict[int, list[Any]]:

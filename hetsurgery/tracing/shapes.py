@@ -1,12 +1,15 @@
 """Shape propagation: run a ``GraphModule`` once on example inputs and record ``tensor_meta`` on every node.
 
 When the inputs do not fit, the error names the given shapes, the first node that failed, what that node
-expects when it is a layer with a known input size, and the error on one line (no fx internals).
+expects when it is a layer with a known input size, and the error on one line (no fx internals). The run can
+also keep, for the nodes a caller asks for, the values of their arguments (copies), for the inliner and the
+equivariance probe to run those nodes again.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch import fx, nn
@@ -15,6 +18,8 @@ from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from hetsurgery.errors import TracingError
 
+Arguments = tuple[tuple[Any, ...], dict[str, Any]]  # a node's args and kwargs, as values
+
 
 class _Recording(fx.Interpreter):
     """What fx's ShapeProp records (``tensor_meta``, ``type``), without printing a traceback on failure, and
@@ -22,7 +27,15 @@ class _Recording(fx.Interpreter):
 
     failed: fx.Node | None = None
 
+    def __init__(self, gm: fx.GraphModule, keep: Callable[[fx.Node], bool] | None) -> None:
+        super().__init__(gm)
+        self.keep = keep
+        self.kept: dict[fx.Node, Arguments] = {}
+
     def run_node(self, n: fx.Node) -> Any:
+        if self.keep is not None and self.keep(n):
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            self.kept[n] = cast(Arguments, map_aggregate((args, kwargs), _copy))
         try:
             result = super().run_node(n)
         except Exception:
@@ -44,10 +57,16 @@ class _Recording(fx.Interpreter):
         return result
 
 
-def propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], name: str) -> None:
-    """``tensor_meta`` on every node (eval mode, no grad; the train/eval flags of every module are restored)."""
+def _copy(x: Any) -> Any:
+    return x.detach().clone() if isinstance(x, torch.Tensor) else x
+
+
+def propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], name: str,
+                     keep: Callable[[fx.Node], bool] | None = None) -> dict[fx.Node, Arguments]:
+    """``tensor_meta`` on every node (eval mode, no grad; the train/eval flags of every module are restored);
+    returns copies of the arguments of the nodes ``keep`` selects."""
     flags = {m: m.training for m in gm.modules()}
-    prop = _Recording(gm)
+    prop = _Recording(gm, keep)
     try:
         gm.eval()
         with torch.no_grad():
@@ -57,13 +76,15 @@ def propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], name:
     finally:
         for m, flag in flags.items():
             m.train(flag)
+    return prop.kept
 
 
 def _explain(name: str, gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], node: fx.Node | None,
              exc: BaseException) -> str:
     given = ", ".join(f"{tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs)
     cause = exc
-    detail = " ".join(str(cause).split())[:300]
+    text = str(cause).split("While executing")[0]  # fx's Interpreter appends the node and its own hints
+    detail = " ".join(text.split())[:300]
     where = ""
     if node is not None:
         where = f" at node {node.name} ({_describe(gm, node)}"

@@ -12,6 +12,7 @@ from torch import fx, nn
 
 from hetsurgery.errors import TracingError
 from hetsurgery.ir import ModelGraph
+from hetsurgery.tracing.inline import inline_wrapped
 from hetsurgery.tracing.lift import lift_graph, structural_copy
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
@@ -38,13 +39,16 @@ def trace(
     leaf_modules: Sequence[type[nn.Module] | str] = (),
     concrete_args: dict[str, Any] | None = None,
     name: str | None = None,
+    probe: bool = True,
 ) -> ModelGraph:
     """Trace ``model`` into a ``ModelGraph`` of permutation groups, units and stages.
 
     ``example_inputs`` runs once (eval mode, no grad, the train/eval flags restored) to record every node's
-    shape. ``leaf_modules`` keeps modules opaque (their groups freeze); ``concrete_args`` fixes inputs that
-    decide control flow. An ``fx.GraphModule`` (made by another tracer, e.g. Hugging Face's) is lifted as it
-    is, without tracing it again. The graph owns a copy of the model's structure that shares its tensors:
+    shape. ``leaf_modules`` keeps modules opaque (their groups freeze unless the probe passes them);
+    ``concrete_args`` fixes inputs that decide control flow. An ``fx.GraphModule`` (made by another tracer,
+    e.g. Hugging Face's) is lifted as it is, without tracing it again. Calls of functions fx kept whole
+    (``torch.fx.wrap``) are inlined when they can be traced with the example values (``inline_wrapped``).
+    ``probe=False`` freezes every op the rules do not know instead of probing it (``tracing.probe``). The graph owns a copy of the model's structure that shares its tensors:
     nothing hetsurgery does changes ``model``.
 
     >>> import torch, hetsurgery
@@ -56,13 +60,14 @@ def trace(
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     root = structural_copy(model)
     if isinstance(root, fx.GraphModule):
-        return lift_graph(root, inputs, name)
+        return lift_graph(inline_wrapped(root, inputs, name), inputs, name, probe=probe)
     tracer = _Tracer(leaf_modules)
     try:
         graph = tracer.trace(root, concrete_args=concrete_args)
     except Exception as exc:  # fx raises TraceError, TypeError, RuntimeError, ... for one cause
         raise TracingError(_explain(name, exc)) from exc
-    return lift_graph(fx.GraphModule(tracer.root, graph, name), inputs, name)
+    gm = inline_wrapped(fx.GraphModule(tracer.root, graph, name), inputs, name)
+    return lift_graph(gm, inputs, name, probe=probe)
 
 
 def _explain(name: str, exc: Exception) -> str:

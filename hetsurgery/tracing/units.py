@@ -28,11 +28,14 @@ import operator
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-import networkx as nx
 import torch
 
 from hetsurgery.ir import Activation, ModelGraph, OpKind, Stage, Unit, UnitKind
+
+if TYPE_CHECKING:  # networkx is imported on the first trace, not by `import hetsurgery`
+    import networkx as nx
 
 ORIGIN_META = "hetsurgery.origin"  # node.meta key: the structural pass that inserted or fused the node
 _ROOT = "__root__"
@@ -72,6 +75,8 @@ def find_units(g: ModelGraph) -> tuple[tuple[Unit, ...], tuple[Stage, ...]]:
 # -- residual blocks ------------------------------------------------------------------------------------
 
 def _residual_halves(g: ModelGraph, flow: nx.DiGraph, order: dict[str, int]) -> list[_Half]:
+    import networkx as nx
+
     live = _input_dependent(flow)
     dag = flow.subgraph(live).copy()
     dag.add_edges_from((_ROOT, n) for n in live if flow.nodes[n]["op"] == "placeholder")
@@ -99,6 +104,8 @@ def _residual_halves(g: ModelGraph, flow: nx.DiGraph, order: dict[str, int]) -> 
 
 
 def _input_dependent(flow: nx.DiGraph) -> set[str]:
+    import networkx as nx
+
     starts = [n for n, d in flow.nodes(data=True) if d["op"] == "placeholder"]
     out = set(starts)
     for s in starts:

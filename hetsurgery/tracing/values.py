@@ -5,8 +5,12 @@ A tensor value is one of
 * ``Chan(dim, segs)``: axis ``dim`` carries groups. ``segs`` lists them in order along the axis;
   ``Seg(var, size, inner)`` is ``size`` channels of group variable ``var``, each ``inner`` wide.
   A plain feature map is one segment; a concat is several; a flattened conv map has ``inner = H*W``.
+  After a channel shuffle segments interleave: ``Seg(..., stride=g)`` puts consecutive channels ``g``
+  apart and ``Chan.at`` gives each segment's first index.
 * ``Heads(block_dim, dim, var, count, size)``: one group split into ``count`` heads of ``size`` channels,
   the head index along ``block_dim`` and the channel inside the head along ``dim``.
+* ``Pieces(dim, parts)``: a channel axis cut into ``len(parts)`` pieces along ``dim`` (a fused ``qkv``
+  reshaped to ``(B, N, 3, heads, head_dim)``); piece ``i`` is the tracked value ``parts[i]``.
 * ``Param(name, shape)``: a parameter or buffer (or an elementwise function of one).
 * ``Free(why)``: does not depend on the order of any group (the model input, sizes, constants).
 
@@ -17,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hetsurgery.ir.slots import hull, layout_positions
+
 MODEL_INPUT = "model input"
 
 
@@ -25,16 +31,29 @@ class Seg:
     var: int
     size: int
     inner: int = 1
+    stride: int = 1  # channel c starts at the segment's first index + c*stride*inner
 
     @property
     def width(self) -> int:
+        """How many indices of the axis the segment holds."""
         return self.size * self.inner
+
+    @property
+    def hull(self) -> int:
+        """From the segment's first index to past its last (other segments may sit in between)."""
+        return hull(self.size, self.inner, self.stride)
+
+    def positions(self, at: int) -> range | list[int]:
+        return layout_positions(at, self.size, self.inner, self.stride)
 
 
 @dataclass(frozen=True)
 class Chan:
+    """Axis ``dim`` holds ``segs``: one after another, or, with ``at``, each from its own first index."""
+
     dim: int
     segs: tuple[Seg, ...]
+    at: tuple[int, ...] | None = None
 
     @property
     def width(self) -> int:
@@ -42,14 +61,32 @@ class Chan:
 
     def offsets(self) -> list[tuple[Seg, int]]:
         """Each segment with its offset along ``dim``."""
+        if self.at is not None:
+            return list(zip(self.segs, self.at, strict=True))
         out, at = [], 0
         for s in self.segs:
             out.append((s, at))
             at += s.width
         return out
 
+    @property
+    def packed(self) -> bool:
+        """Segments one after another, channels consecutive (no interleaving)."""
+        return self.at is None
+
     def moved(self, dim: int) -> Chan:
-        return Chan(dim, self.segs)
+        return Chan(dim, self.segs, self.at)
+
+    @staticmethod
+    def placed(dim: int, items: list[tuple[Seg, int]]) -> Chan:
+        """A channel axis from segments at given offsets (which must tile it), packed when they are in order."""
+        items = sorted(items, key=lambda item: item[1])
+        at, packed = 0, True
+        for seg, offset in items:
+            packed = packed and seg.stride == 1 and offset == at
+            at += seg.width
+        segs = tuple(seg for seg, _ in items)
+        return Chan(dim, segs) if packed else Chan(dim, segs, tuple(offset for _, offset in items))
 
 
 @dataclass(frozen=True)
@@ -59,6 +96,12 @@ class Heads:
     var: int
     count: int
     size: int
+
+
+@dataclass(frozen=True)
+class Pieces:
+    dim: int
+    parts: tuple[Chan | Heads, ...]
 
 
 @dataclass(frozen=True)
@@ -83,7 +126,7 @@ class ShapeOf:
 
 
 Tracked = Chan | Heads
-Value = Chan | Heads | Param | Free | Items | ShapeOf
+Value = Chan | Heads | Pieces | Param | Free | Items | ShapeOf
 
 
 def vars_of(v: object) -> list[int]:
@@ -92,6 +135,8 @@ def vars_of(v: object) -> list[int]:
         return [s.var for s in v.segs]
     if isinstance(v, Heads):
         return [v.var]
+    if isinstance(v, Pieces):
+        return [x for part in v.parts for x in vars_of(part)]
     if isinstance(v, Items):
         return [x for item in v.items for x in vars_of(item)]
     if isinstance(v, ShapeOf):
@@ -106,7 +151,7 @@ def channel_dims(v: Tracked) -> tuple[int, ...]:
 def shift(v: Tracked, delta: int) -> Tracked:
     """The same value with its channel dims moved by ``delta`` (leading dims added or removed)."""
     if isinstance(v, Chan):
-        return Chan(v.dim + delta, v.segs)
+        return v.moved(v.dim + delta)
     return Heads(v.block_dim + delta, v.dim + delta, v.var, v.count, v.size)
 
 
@@ -115,5 +160,13 @@ def remap(v: Tracked, mapping: dict[int, int]) -> Tracked | None:
     if any(d not in mapping for d in channel_dims(v)):
         return None
     if isinstance(v, Chan):
-        return Chan(mapping[v.dim], v.segs)
+        return v.moved(mapping[v.dim])
     return Heads(mapping[v.block_dim], mapping[v.dim], v.var, v.count, v.size)
+
+
+def remap_pieces(v: Pieces, mapping: dict[int, int]) -> Pieces | None:
+    """``remap`` for every piece and the pieces' axis."""
+    parts = [remap(p, mapping) for p in v.parts]
+    if v.dim not in mapping or any(p is None for p in parts):
+        return None
+    return Pieces(mapping[v.dim], tuple(p for p in parts if p is not None))

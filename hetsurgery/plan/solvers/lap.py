@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 
 def best_permutation(score: torch.Tensor, block: int) -> torch.Tensor:
     """``perm`` maximising ``Σ_i score[i, perm[i]]`` with ``perm`` mapping each block onto itself."""
+    from scipy.optimize import linear_sum_assignment  # scipy.optimize costs 0.4 s to import: on first use
+
     d = score.shape[0]
     s = score.detach().double().cpu().numpy()
     perm = np.empty(d, dtype=np.int64)

@@ -30,7 +30,6 @@ from types import MappingProxyType
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from hetsurgery.ir import Blocks
 from hetsurgery.plan.stats import GroupStats, signature_agreement
@@ -112,6 +111,8 @@ COUPLINGS: Mapping[OTSolver, Callable[[np.ndarray, float], np.ndarray]] = Mappin
 
 def _covering_assignment(c: np.ndarray) -> np.ndarray:
     """Each neuron of the wider side to one neuron of the narrower side, every narrow neuron used: minimal cost."""
+    from scipy.optimize import linear_sum_assignment  # scipy.optimize costs 0.4 s to import: on first use
+
     wide_rows = c.shape[0] > c.shape[1]
     cw = c if wide_rows else c.T  # (wide, narrow)
     w, n = cw.shape

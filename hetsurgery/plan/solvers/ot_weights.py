@@ -22,10 +22,10 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 
-import networkx as nx
 import torch
 
 from hetsurgery.ir import ModelGraph, PermGroup, Role, Slot, SlotMaps, later_offsets_first, slots_by_param
+from hetsurgery.ir.slot_algebra import positions, slot_rows
 from hetsurgery.plan.solvers.ot import OTCost, OTSolver, as_solver, blockwise_coupling, maps_of
 from hetsurgery.plan.width_plan import GroupMatch, MatchKind
 
@@ -33,6 +33,8 @@ from hetsurgery.plan.width_plan import GroupMatch, MatchKind
 def producer_order(g: ModelGraph) -> tuple[list[PermGroup], set[int]]:
     """The permutable groups, each after the groups its producers read from, and the groups on a cycle
     (a residual stream feeds a block whose last layer writes back into the stream), ordered by id."""
+    import networkx as nx
+
     groups = list(g.permutable())
     ids = {grp.id for grp in groups}
     by_param = slots_by_param(g.groups)
@@ -92,8 +94,7 @@ def _incoming(g: ModelGraph, gid: int, done: Mapping[int, GroupMatch], k: int, l
             if h == gid or other.dim == slot.dim:  # other rows of a fused tensor: not this group's
                 continue
             t = maps.apply(t, h, other) if h in done else _summarised(t, other, g.group(h).size)
-        seg = t.narrow(slot.dim, slot.offset, grp.size * slot.inner).movedim(slot.dim, 0)
-        parts.append(seg.reshape(grp.size, -1).double())
+        parts.append(slot_rows(t, slot, grp.size).double())
     if not parts:
         return torch.zeros(grp.size, 1, dtype=torch.float64)
     return torch.cat(parts, 1)
@@ -104,6 +105,12 @@ def _summarised(t: torch.Tensor, slot: Slot, size: int) -> torch.Tensor:
     position): what any order of those channels agrees on."""
     if slot.chunks > 1:
         return t
+    if slot.stride > 1:  # interleaved with other channels: keep the layout, every channel becomes their mean
+        idx = positions(slot, size, t.device)
+        moved = t.index_select(slot.dim, idx).movedim(slot.dim, 0)
+        grid = moved.reshape(size, slot.inner, *moved.shape[1:])
+        mean = grid.mean(0, keepdim=True).expand_as(grid).reshape(moved.shape).movedim(0, slot.dim)
+        return t.index_copy(slot.dim, idx, mean)
     before, seg, after = t.split([slot.offset, size * slot.inner, t.shape[slot.dim] - slot.offset - size * slot.inner],
                                  dim=slot.dim)
     moved = seg.movedim(slot.dim, 0).reshape(size, slot.inner, *seg.movedim(slot.dim, 0).shape[1:])

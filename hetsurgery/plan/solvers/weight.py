@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 
 from hetsurgery.ir import PermGroup, Slot, slots_by_param
-from hetsurgery.ir.slot_algebra import gather, permutation_indices, permute_slot
+from hetsurgery.ir.slot_algebra import gather, permutation_indices, permute_slot, slot_rows
 from hetsurgery.plan.solvers.lap import best_permutation
 
 Params = Mapping[str, torch.Tensor]
@@ -154,5 +154,4 @@ def _pieces(wa: torch.Tensor, wb: torch.Tensor, idx: Mapping[int, torch.Tensor],
 
 def _rows(t: torch.Tensor, slot: Slot, d: int) -> torch.Tensor:
     """The slot's channels as rows: ``(d, everything else)``."""
-    seg = t.narrow(slot.dim, slot.offset, d * slot.inner).movedim(slot.dim, 0)
-    return seg.reshape(d, -1).float()
+    return slot_rows(t, slot, d).float()

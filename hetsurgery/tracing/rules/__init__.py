@@ -12,7 +12,17 @@ from torch import fx
 
 from hetsurgery.ir import OpKind
 from hetsurgery.tracing.lifter import Lifter
-from hetsurgery.tracing.rules import attention, layers, pointwise, reshape, structural
+from hetsurgery.tracing.rules import (
+    attention,
+    einsum,
+    extremum,
+    layers,
+    pointwise,
+    reshape,
+    shifts,
+    split,
+    structural,
+)
 from hetsurgery.tracing.values import Value
 
 Rule = Callable[[Lifter, fx.Node], Value]
@@ -22,6 +32,7 @@ RULES: dict[OpKind, Rule] = {
     OpKind.OUTPUT: structural.output,
     OpKind.GET_ATTR: structural.get_attr,
     OpKind.LINEAR: layers.linear,
+    OpKind.FUNCTIONAL_LINEAR: layers.functional_linear,
     OpKind.CONV: layers.conv,
     OpKind.BATCH_NORM: layers.batch_norm,
     OpKind.LAYER_NORM: layers.layer_norm,
@@ -32,13 +43,18 @@ RULES: dict[OpKind, Rule] = {
     OpKind.SPATIAL: pointwise.spatial,
     OpKind.BINARY: pointwise.binary,
     OpKind.CONCAT: pointwise.concat,
+    OpKind.SPLIT: split.split,
+    OpKind.ROLL: shifts.roll,
     OpKind.FLATTEN: reshape.flatten,
     OpKind.RESHAPE: reshape.reshape,
     OpKind.TRANSPOSE: reshape.transpose,
     OpKind.UNSQUEEZE: reshape.unsqueeze,
     OpKind.REDUCE: pointwise.reduce,
+    OpKind.EXTREMUM: extremum.extremum,
     OpKind.SOFTMAX: pointwise.softmax,
+    OpKind.NORMALIZE: pointwise.normalize,
     OpKind.MATMUL: attention.matmul,
+    OpKind.EINSUM: einsum.einsum,
     OpKind.ATTENTION: attention.scaled_dot_product_attention,
     OpKind.GETITEM: structural.getitem,
     OpKind.CONTAINER: structural.container,

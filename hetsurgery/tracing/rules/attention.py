@@ -24,7 +24,7 @@ def multihead_attention(lx: Lifter, node: fx.Node) -> Value:
     srcs = [arg(node, 0, "query"), arg(node, 1, "key"), arg(node, 2, "value")]
     qkv = [value(lx, s) for s in srcs]
     r = rank(srcs[0])
-    plain = all(isinstance(v, Chan) and v.dim == r - 1 and len(v.segs) == 1 and v.segs[0].inner == 1
+    plain = all(isinstance(v, Chan) and v.dim == r - 1 and len(v.segs) == 1 and v.segs[0].inner == 1 and v.packed
                 for v in qkv)
     if not mod._qkv_same_embed_dim or not plain:
         for p in lx.module_params(t):
@@ -126,7 +126,8 @@ def _contracted(x: Any, dim: int) -> bool:
 def _same_heads(a: Any, b: Any, ra: int, rb: int) -> bool:
     """Two contracted operands: plain channels, or heads whose head index sits at the same batch dim."""
     if isinstance(a, Chan) and isinstance(b, Chan):
-        return [(s.size, s.inner) for s in a.segs] == [(s.size, s.inner) for s in b.segs]
+        return [(s.size, s.inner, s.stride, at) for s, at in a.offsets()] == \
+            [(s.size, s.inner, s.stride, at) for s, at in b.offsets()]
     if isinstance(a, Heads) and isinstance(b, Heads):
         return (a.count, a.size) == (b.count, b.size) and a.block_dim - ra == b.block_dim - rb
     return False
@@ -141,7 +142,7 @@ def _passes_through(x: Tracked, src_rank: int, out_rank: int, keep: int) -> Trac
         if x.block_dim >= src_rank - 2:
             return None
         return Heads(x.block_dim + lead, x.dim + lead, x.var, x.count, x.size)
-    return Chan(x.dim + lead, x.segs)
+    return x.moved(x.dim + lead)
 
 
 def _produce_from_param(lx: Lifter, node: fx.Node, param: str, pdim: int, out_dim: int) -> Chan:

@@ -1,13 +1,15 @@
-"""Rules for the parametric layers: Linear, Conv, BatchNorm, LayerNorm/RMSNorm, GroupNorm, Embedding."""
+"""Rules for the parametric layers: Linear (and F.linear), Conv, BatchNorm, LayerNorm/RMSNorm (and their
+functional forms), GroupNorm, Embedding."""
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import fx, nn
 
 from hetsurgery.ir import Role, Slot
 from hetsurgery.tracing.lifter import Lifter
-from hetsurgery.tracing.rules.args import rank, value
-from hetsurgery.tracing.values import MODEL_INPUT, Chan, Free, Seg, Value
+from hetsurgery.tracing.rules.args import arg, rank, value
+from hetsurgery.tracing.values import MODEL_INPUT, Chan, Free, Param, Seg, Value
 
 
 def _param(lx: Lifter, node: fx.Node, attr: str) -> str | None:
@@ -71,11 +73,12 @@ def conv(lx: Lifter, node: fx.Node) -> Value:
     if g == cin and cout % cin == 0 and isinstance(x, Chan):
         # depthwise: output channel c*m + j reads input channel c only
         m = cout // cin
-        out = Chan(cdim, tuple(Seg(s.var, s.size, s.inner * m) for s in x.segs))
+        out = Chan(cdim, tuple(Seg(s.var, s.size, s.inner * m, s.stride) for s in x.segs),
+                   None if x.at is None else tuple(at * m for at in x.at))
         lx.add_slots(out, w, 0, Role.PRODUCE)
         lx.add_slots(out, b, 0, Role.PRODUCE)
         return out
-    if isinstance(x, Chan) and len(x.segs) == 1 and (cin // g) % x.segs[0].inner == 0:
+    if isinstance(x, Chan) and len(x.segs) == 1 and x.packed and (cin // g) % x.segs[0].inner == 0:
         seg = x.segs[0]
         lx.constrain_blocks(seg.var, cin // g // seg.inner)
         lx.slot(seg.var, Slot(w, 1, inner=seg.inner, role=Role.CONSUME, chunks=g))
@@ -101,13 +104,25 @@ def batch_norm(lx: Lifter, node: fx.Node) -> Value:
 
 
 def layer_norm(lx: Lifter, node: fx.Node) -> Value:
-    """nn.LayerNorm and nn.RMSNorm: normalise over the last ``len(normalized_shape)`` dims."""
-    mod: nn.LayerNorm | nn.RMSNorm = lx.modules[str(node.target)]
+    """nn.LayerNorm, nn.RMSNorm, F.layer_norm and F.rms_norm: normalise over the last ``len(normalized_shape)`` dims."""
     x = value(lx, node.args[0])
-    w, b = _param(lx, node, "weight"), _param(lx, node, "bias")
-    r, k = rank(node.args[0]), len(mod.normalized_shape)
+    if node.op == "call_module":
+        mod: nn.LayerNorm | nn.RMSNorm = lx.modules[str(node.target)]
+        w, b, k, kind = _param(lx, node, "weight"), _param(lx, node, "bias"), len(mod.normalized_shape), \
+            type(mod).__name__
+    else:
+        given = [value(lx, arg(node, i, name)) for i, name in ((2, "weight"), (3, "bias"))]
+        if node.target is F.rms_norm:
+            given[1] = None  # its third argument is eps
+        if any(p is not None and not _whole_param(lx, p) for p in given):
+            return lx.give_up([x, *given], f"a normalisation whose affine tensors are computed at node {node.name}")
+        w, b = (p.name if isinstance(p, Param) else None for p in given)
+        shape = arg(node, 1, "normalized_shape")
+        k = len(shape) if isinstance(shape, (list, tuple)) else 1
+        kind = getattr(node.target, "__name__", "layer_norm")
+    r = rank(node.args[0])
     if not isinstance(x, Chan):
-        return x if isinstance(x, Free) else lx.give_up([x], f"LayerNorm at node {node.name}")
+        return x if isinstance(x, Free) else lx.give_up([x], f"{kind} at node {node.name}")
     normalised = range(r - k, r)
     why = f"a normalised axis without channels at node {node.name}"
     if x.dim not in normalised:
@@ -119,11 +134,30 @@ def layer_norm(lx: Lifter, node: fx.Node) -> Value:
         lx.add_slots(x, p, pdim, Role.PRODUCE)
         lx.fix_axes(p, [d for d in range(k) if d != pdim], why)
     vs = [s.var for s in x.segs]
-    kind = type(mod).__name__
     lx.block_pad(vs, f"{kind} at node {node.name} normalises over the channels")
     if w is None or k != 1:
         lx.block_zip(vs, f"{kind} at node {node.name} has a normalized_shape no parameter spells")
     return x
+
+
+def _whole_param(lx: Lifter, v: object) -> bool:
+    """A parameter or buffer read as it is (not a computed or indexed part of one)."""
+    return isinstance(v, Param) and tuple(lx.tensors[v.name].shape) == v.shape
+
+
+def functional_linear(lx: Lifter, node: fx.Node) -> Value:
+    """``F.linear(x, weight, bias)`` with ``weight`` and ``bias`` read from the module (not computed)."""
+    x = value(lx, node.args[0])
+    weight, bias = value(lx, arg(node, 1, "weight")), value(lx, arg(node, 2, "bias"))
+    if not _whole_param(lx, weight) or (bias is not None and not _whole_param(lx, bias)):
+        return lx.give_up([x, weight, bias], f"F.linear with a weight that is not a module's tensor at node {node.name}")
+    assert isinstance(weight, Param)
+    r = rank(node.args[0])
+    if isinstance(x, Chan) and x.dim != r - 1:
+        x = lx.give_up([x], f"F.linear over a non-channel dim at node {node.name}")
+    _read_input(lx, node, x, weight.name, 1, "F.linear")
+    return _produce(lx, node, weight.shape[0], [weight.name, bias.name if isinstance(bias, Param) else None],
+                    rank(node) - 1)
 
 
 def group_norm(lx: Lifter, node: fx.Node) -> Value:
@@ -131,7 +165,7 @@ def group_norm(lx: Lifter, node: fx.Node) -> Value:
     x = value(lx, node.args[0])
     if isinstance(x, Free):
         return x
-    if not (isinstance(x, Chan) and x.dim == 1 and len(x.segs) == 1 and x.segs[0].inner == 1):
+    if not (isinstance(x, Chan) and x.dim == 1 and len(x.segs) == 1 and x.segs[0].inner == 1 and x.packed):
         return lx.give_up([x], f"GroupNorm over concatenated or non-channel dims at node {node.name}")
     var = x.segs[0].var
     lx.constrain_blocks(var, mod.num_channels // mod.num_groups)

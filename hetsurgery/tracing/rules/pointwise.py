@@ -11,13 +11,16 @@ from torch import fx, nn
 
 from hetsurgery.ir import Role
 from hetsurgery.tracing.lifter import Lifter, free_why
+from hetsurgery.tracing.rules import shifts
 from hetsurgery.tracing.rules.args import arg, describe, norm_dim, rank, shape, value
+from hetsurgery.tracing.rules.split import join_cut
 from hetsurgery.tracing.values import (
     Chan,
     Free,
     Heads,
     Items,
     Param,
+    Pieces,
     Seg,
     Tracked,
     Value,
@@ -57,6 +60,8 @@ def spatial(lx: Lifter, node: fx.Node) -> Value:
         return x
     if shape(node) is None:  # return_indices=True: a tuple whose indices tensor no rule follows
         return lx.give_up([x], f"pooling that returns indices at node {node.name}")
+    if node.target is F.pad:
+        return shifts.pad(lx, node, x)
     r = rank(node.args[0])
     acted = _acted_dims(lx, node, r)
     if acted is None:
@@ -68,8 +73,6 @@ def spatial(lx: Lifter, node: fx.Node) -> Value:
 
 def _acted_dims(lx: Lifter, node: fx.Node, r: int) -> int | None:
     key = type(lx.modules[str(node.target)]) if node.op == "call_module" else node.target
-    if key is F.pad:
-        return len(arg(node, 1, "pad")) // 2
     if key is F.interpolate or key is nn.Upsample:
         return r - 2  # batched only: every dim after (N, C)
     return POOLED_DIMS.get(key)
@@ -78,7 +81,7 @@ def _acted_dims(lx: Lifter, node: fx.Node, r: int) -> int | None:
 def _only_first_tracked(lx: Lifter, node: fx.Node) -> Value | None:
     """A unary rule is wrong when another input carries channels: then give up (else ``None``)."""
     others = [value(lx, n) for n in node.all_input_nodes if n is not node.args[0]]
-    if any(isinstance(o, (Chan, Heads, Param, Items)) for o in others):
+    if any(isinstance(o, (Chan, Heads, Pieces, Param, Items)) for o in others):
         return lx.give_up([value(lx, node.args[0]), *others], f"extra tensor arguments at node {node.name}")
     return None
 
@@ -127,6 +130,8 @@ def _join_one(lx: Lifter, node: fx.Node, ref: Tracked, src: Any, v: Any, out_ran
         if _same_layout(v, ref):
             for x, y in zip(vars_of(v), vars_of(ref), strict=True):
                 lx.union(x, y, node)
+        elif isinstance(v, Chan) and isinstance(ref, Chan) and join_cut(lx, node, v, ref):
+            return
         elif _broadcasts(shape(src), out_rank, channel_dims(ref)):
             lx.freeze(vars_of(v), f"broadcast over its channel dim at node {node.name}")
         else:
@@ -158,7 +163,8 @@ def _extents(v: Tracked, lx: Lifter) -> list[tuple[int, int]]:
 
 def _same_layout(a: Tracked, b: Tracked) -> bool:
     if isinstance(a, Chan) and isinstance(b, Chan):
-        return a.dim == b.dim and [(s.size, s.inner) for s in a.segs] == [(s.size, s.inner) for s in b.segs]
+        return a.dim == b.dim and [(s.size, s.inner, s.stride, at) for s, at in a.offsets()] == \
+            [(s.size, s.inner, s.stride, at) for s, at in b.offsets()]
     if isinstance(a, Heads) and isinstance(b, Heads):
         return (a.block_dim, a.dim, a.count, a.size) == (b.block_dim, b.dim, b.count, b.size)
     return False
@@ -183,10 +189,12 @@ def concat(lx: Lifter, node: fx.Node) -> Value:
     values = [value(lx, p) for p in parts]
     if not any(isinstance(v, Chan) and v.dim == dim for v in values):
         return join_aligned(lx, node, list(zip(parts, values, strict=True)), out_rank)
-    segs: list[Seg] = []
+    placed: list[tuple[Seg, int]] = []
+    base = 0
     for p, v in zip(parts, values, strict=True):
         if isinstance(v, Chan) and v.dim == dim:
-            segs.extend(v.segs)
+            placed.extend((seg, base + at) for seg, at in v.offsets())
+            base += v.width
             continue
         # an untracked part: a frozen group of its own, so consumers still get exact slots
         extent = (shape(p) or (0,) * out_rank)[dim]
@@ -194,8 +202,9 @@ def concat(lx: Lifter, node: fx.Node) -> Value:
         why = v.why if isinstance(v, Free) else f"a part that does not carry channels along dim {dim}"
         lx.give_up([v], f"concatenated at node {node.name} along a non-channel dim")
         lx.freeze([fresh], f"concatenated from {why} at node {node.name}", by_design=why == "model input")
-        segs.append(Seg(fresh, extent))
-    return Chan(dim, tuple(segs))
+        placed.append((Seg(fresh, extent), base))
+        base += extent
+    return Chan.placed(dim, placed)
 
 
 def reduce(lx: Lifter, node: fx.Node) -> Value:
@@ -215,11 +224,11 @@ def reduce(lx: Lifter, node: fx.Node) -> Value:
             return lx.give_up([x], f"reduction over part of the heads at node {node.name}")
         lx.block_pad(vars_of(x), f"reduction over the channels at node {node.name}")
         return Free("reduced over channels")
-    mapping = _after_reduce(r, reduced, keep)
+    mapping = after_reduce(r, reduced, keep)
     return remap(x, mapping) or lx.give_up([x], f"reduction at node {node.name}")
 
 
-def _after_reduce(r: int, reduced: list[int], keep: bool) -> dict[int, int]:
+def after_reduce(r: int, reduced: list[int], keep: bool) -> dict[int, int]:
     if keep:
         return {d: d for d in range(r)}
     mapping, at = {}, 0
@@ -250,4 +259,20 @@ def softmax(lx: Lifter, node: fx.Node) -> Value:
         return lx.give_up([x], f"softmax across the heads at node {node.name}")
     if d is None or d in channel_dims(x):
         lx.block_pad(vars_of(x), f"softmax over the channels at node {node.name}")
+    return x
+
+
+def normalize(lx: Lifter, node: fx.Node) -> Value:
+    """``F.normalize(x, p, dim)``: a p-norm along one dim. Along the channels (or inside each head) it does not
+    depend on their order, and zero channels add nothing to it; along another dim each channel is on its own.
+    Across the heads it mixes channels that the heads permute differently."""
+    src = node.args[0]
+    x = value(lx, src)
+    refused = _only_first_tracked(lx, node)
+    if refused is not None:
+        return refused
+    if isinstance(x, Param):
+        return lx.give_up([x], f"normalising a parameter at node {node.name}")
+    if isinstance(x, Heads) and norm_dim(arg(node, 2, "dim", 1), rank(src)) == x.block_dim:
+        return lx.give_up([x], f"a norm across the heads at node {node.name}")
     return x

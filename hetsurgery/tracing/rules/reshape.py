@@ -2,7 +2,10 @@
 
 The channel axis follows the dims. Merging the channel dim with the dims after it multiplies each
 segment's ``inner`` (a conv channel owns H*W consecutive features after a flatten); splitting a plain
-channel dim in two makes attention heads (``Heads``); anything else freezes.
+channel dim in two makes attention heads (``Heads``), splitting it in three (``(3, heads, head_dim)``) or
+splitting concatenated channels makes ``Pieces``. Merging a head (or piece) dim back *after* the channel
+dim interleaves the pieces: channel shuffle (``view(N, g, C/g, H, W)``, ``transpose(1, 2)``, ``view(N, C,
+H, W)``) puts channel ``c`` of piece ``i`` at ``c*g + i`` (``Seg.stride``). Anything else freezes.
 """
 
 from __future__ import annotations
@@ -14,7 +17,20 @@ from torch import fx
 
 from hetsurgery.tracing.lifter import Lifter
 from hetsurgery.tracing.rules.args import arg, norm_dim, rank, shape, value
-from hetsurgery.tracing.values import Chan, Heads, Param, Seg, Tracked, Value, channel_dims, remap, vars_of
+from hetsurgery.tracing.rules.split import rows
+from hetsurgery.tracing.values import (
+    Chan,
+    Heads,
+    Param,
+    Pieces,
+    Seg,
+    Tracked,
+    Value,
+    channel_dims,
+    remap,
+    remap_pieces,
+    vars_of,
+)
 
 
 def flatten(lx: Lifter, node: fx.Node) -> Value:
@@ -36,12 +52,16 @@ def transpose(lx: Lifter, node: fx.Node) -> Value:
     r = rank(src)
     if isinstance(x, Param):
         return lx.give_up([x], f"transpose of a parameter at node {node.name}")
-    if not isinstance(x, (Chan, Heads)):
+    if not isinstance(x, (Chan, Heads, Pieces)):
         return x
     order = _permutation(node, r)
     if order is None:
         return lx.give_up([x], f"transpose at node {node.name}")
-    return remap(x, {old: new for new, old in enumerate(order)}) or lx.give_up([x], node.name)
+    return _moved(x, {old: new for new, old in enumerate(order)}) or lx.give_up([x], node.name)
+
+
+def _moved(x: Chan | Heads | Pieces, mapping: dict[int, int]) -> Chan | Heads | Pieces | None:
+    return remap_pieces(x, mapping) if isinstance(x, Pieces) else remap(x, mapping)
 
 
 def unsqueeze(lx: Lifter, node: fx.Node) -> Value:
@@ -54,10 +74,10 @@ def unsqueeze(lx: Lifter, node: fx.Node) -> Value:
                 and len(before) == len(after):
             return Param(x.name, x.shape)
         return lx.give_up([x], f"reshaping a parameter at node {node.name}")
-    if not isinstance(x, (Chan, Heads)) or before is None or after is None:
+    if not isinstance(x, (Chan, Heads, Pieces)) or before is None or after is None:
         return x
     mapping = _align_unit_dims(before, after, node)
-    moved = remap(x, mapping) if mapping is not None else None
+    moved = _moved(x, mapping) if mapping is not None else None
     return moved if moved is not None else lx.give_up([x], f"squeeze of the channel dim at node {node.name}")
 
 
@@ -141,7 +161,7 @@ def _reshape_to(lx: Lifter, node: fx.Node, src: Any, out: tuple[int, ...] | None
     before = shape(src)
     if isinstance(x, Param):
         return lx.give_up([x], f"reshaping a parameter at node {node.name}")
-    if not isinstance(x, (Chan, Heads)):
+    if not isinstance(x, (Chan, Heads, Pieces)):
         return x
     if before is None or out is None:
         return lx.give_up([x], f"reshape without known shapes at node {node.name}")
@@ -154,10 +174,12 @@ def _reshape_to(lx: Lifter, node: fx.Node, src: Any, out: tuple[int, ...] | None
     return result
 
 
-def _regroup(lx: Lifter, node: fx.Node, x: Tracked, a: tuple[int, ...], b: tuple[int, ...],
-             groups: list[tuple[list[int], list[int]]]) -> Tracked | None:
+def _regroup(lx: Lifter, node: fx.Node, x: Chan | Heads | Pieces, a: tuple[int, ...], b: tuple[int, ...],
+             groups: list[tuple[list[int], list[int]]]) -> Chan | Heads | Pieces | None:
     if isinstance(x, Heads):
-        return _regroup_heads(x, groups)
+        return _regroup_heads(lx, node, x, a, groups)
+    if isinstance(x, Pieces):
+        return _regroup_pieces(lx, node, x, a, groups)
     for gi, gj in groups:
         if x.dim not in gi:
             continue
@@ -165,34 +187,104 @@ def _regroup(lx: Lifter, node: fx.Node, x: Tracked, a: tuple[int, ...], b: tuple
             return x.moved(gj[0])
         if len(gj) == 1 and gi[0] == x.dim:  # merge the channel dim with the dims after it
             k = math.prod(a[d] for d in gi[1:])
-            return Chan(gj[0], tuple(Seg(s.var, s.size, s.inner * k) for s in x.segs))
-        if len(gi) == 1 and len(gj) == 2 and len(x.segs) == 1 and x.segs[0].inner == 1:
+            return Chan(gj[0], tuple(Seg(s.var, s.size, s.inner * k, s.stride) for s in x.segs),
+                        None if x.at is None else tuple(at * k for at in x.at))
+        if len(gi) != 1:
+            return None
+        k = math.prod(b[d] for d in gj[1:])
+        if len(gj) >= 2 and all(s.inner == k for s in x.segs) and all(at % k == 0 for _, at in x.offsets()):
+            return Chan(gj[0], tuple(Seg(s.var, s.size, 1, s.stride) for s in x.segs),  # unflatten
+                        None if x.at is None else tuple(at // k for at in x.at))
+        single = len(x.segs) == 1 and x.packed and x.segs[0].inner == 1
+        if len(gj) == 2 and single:
             var, heads, size = x.segs[0].var, b[gj[0]], b[gj[1]]
             lx.constrain_blocks(var, size)
             return Heads(gj[0], gj[1], var, heads, size)
-        if len(gi) == 1 and len(gj) >= 2 and all(s.inner == math.prod(b[d] for d in gj[1:]) for s in x.segs):
-            return Chan(gj[0], tuple(Seg(s.var, s.size, 1) for s in x.segs))  # unflatten
+        if len(gj) == 2:  # concatenated or interleaved channels in rows: one piece per row
+            return rows(lx, x, b[gj[0]], b[gj[1]], gj[0], gj[1])
+        if len(gj) == 3 and single:  # (3, heads, head_dim): a piece of heads per projection
+            pieces = rows(lx, x, b[gj[0]], b[gj[1]] * b[gj[2]], gj[0], gj[1])
+            if pieces is None:
+                return None
+            parts = []
+            for part in pieces.parts:
+                assert isinstance(part, Chan)
+                var = part.segs[0].var
+                lx.constrain_blocks(var, b[gj[2]])
+                parts.append(Heads(gj[1], gj[2], var, b[gj[1]], b[gj[2]]))
+            return Pieces(gj[0], tuple(parts))
         return None
     return None
 
 
-def _regroup_heads(x: Heads, groups: list[tuple[list[int], list[int]]]) -> Tracked | None:
+def _regroup_heads(lx: Lifter, node: fx.Node, x: Heads, a: tuple[int, ...],
+                   groups: list[tuple[list[int], list[int]]]) -> Tracked | None:
     where = {d: (gi, gj) for gi, gj in groups for d in gi if d in (x.block_dim, x.dim)}
     if len(where) != 2:
         return None
     (gi_b, gj_b), (gi_d, gj_d) = where[x.block_dim], where[x.dim]
-    if gi_b == gi_d == [x.block_dim, x.dim] and len(gj_b) == 1:
-        return Chan(gj_b[0], (Seg(x.var, x.count * x.size),))
+    if gi_b == gi_d and len(gj_b) == 1 and gi_b[:2] == [x.block_dim, x.dim]:  # the heads side by side again
+        k = math.prod(a[d] for d in gi_b[2:])
+        return Chan(gj_b[0], (Seg(x.var, x.count * x.size, k),))
+    if gi_b == gi_d and len(gj_b) == 1 and gi_b[:2] == [x.dim, x.block_dim]:  # channel shuffle: heads interleave
+        parts = tuple(Chan(x.dim, (Seg(lx.sub_var(x.var, h * x.size, (h + 1) * x.size), x.size),))
+                      for h in range(x.count))
+        return _merge_pieces(lx, node, Pieces(x.block_dim, parts), gi_b, gj_b[0], a)
     if len(gi_b) == len(gj_b) == len(gi_d) == len(gj_d) == 1:
         return Heads(gj_b[0], gj_d[0], x.var, x.count, x.size)
     return None
 
 
-def _note_literal_width(lx: Lifter, node: fx.Node, result: Tracked, literal: list[Any]) -> None:
+def _regroup_pieces(lx: Lifter, node: fx.Node, x: Pieces, a: tuple[int, ...],
+                    groups: list[tuple[list[int], list[int]]]) -> Chan | Heads | Pieces | None:
+    """Pieces keep their dims apart (each dim alone in its group), or merge with their channel dim (and the
+    dims after both)."""
+    dims = {x.dim, *(d for p in x.parts for d in channel_dims(p))}
+    mapping: dict[int, int] = {}
+    for gi, gj in groups:
+        inside = dims & set(gi)
+        if not inside:
+            continue
+        if len(gi) >= 2 and len(gj) == 1 and all(isinstance(p, Chan) for p in x.parts) \
+                and set(gi[:2]) == {x.dim, x.parts[0].dim} and not dims & set(gi[2:]):
+            return _merge_pieces(lx, node, x, gi, gj[0], a)
+        if len(gi) != 1 or len(gj) != 1:
+            return None
+        mapping[gi[0]] = gj[0]
+    return remap_pieces(x, mapping)
+
+
+def _merge_pieces(lx: Lifter, node: fx.Node, x: Pieces, gi: list[int], out_dim: int, a: tuple[int, ...]
+                  ) -> Chan | None:
+    """Merge the pieces' dim with their channel dim (adjacent, in the order ``gi``): side by side when the
+    pieces' dim comes first (a concatenation), interleaved when it comes last (channel shuffle). Dims merged
+    after both make every channel ``inner`` entries wide (a flatten)."""
+    count = len(x.parts)
+    k = math.prod(a[d] for d in gi[2:])
+    placed: list[tuple[Seg, int]] = []
+    for i, part in enumerate(x.parts):
+        assert isinstance(part, Chan)
+        width = part.width
+        for seg, at in part.offsets():
+            if gi[0] == x.dim:
+                placed.append((seg, i * width + at))
+            elif seg.inner == 1:
+                placed.append((Seg(seg.var, seg.size, 1, seg.stride * count), at * count + i))
+            else:
+                return None  # a channel's entries would land apart
+    if gi[0] != x.dim:  # interleaved: another width would move every other group's channels
+        lx.fix_width([seg.var for seg, _ in placed], f"channels interleaved (a channel shuffle) at node {node.name}")
+    if k > 1:
+        placed = [(Seg(seg.var, seg.size, seg.inner * k, seg.stride), at * k) for seg, at in placed]
+    return Chan.placed(out_dim, placed)
+
+
+def _note_literal_width(lx: Lifter, node: fx.Node, result: Chan | Heads | Pieces, literal: list[Any]) -> None:
     """A reshape that spells a channel extent as a number breaks when the width changes."""
     if not literal:
         return
-    for d in channel_dims(result):
+    dims = [d for p in result.parts for d in channel_dims(p)] if isinstance(result, Pieces) else channel_dims(result)
+    for d in dims:
         if d < len(literal) and isinstance(literal[d], int) and literal[d] != -1:
             lx.fix_width(vars_of(result), f"reshape at node {node.name} spells the width as {literal[d]}")
             return

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import builtins
+
 import torch
 from torch import fx
+from torch.fx.passes.shape_prop import TensorMetadata
 
 from hetsurgery.tracing.lifter import Lifter, params_in
+from hetsurgery.tracing.probe import probe
 from hetsurgery.tracing.rules.args import arg, describe, norm_dim, rank, shape, value
+from hetsurgery.tracing.rules.split import cut_channels
 from hetsurgery.tracing.values import (
     MODEL_INPUT,
     Chan,
@@ -14,10 +19,12 @@ from hetsurgery.tracing.values import (
     Heads,
     Items,
     Param,
+    Pieces,
     ShapeOf,
     Value,
     channel_dims,
     remap,
+    remap_pieces,
     vars_of,
 )
 
@@ -53,6 +60,10 @@ def get_attr(lx: Lifter, node: fx.Node) -> Value:
 def getitem(lx: Lifter, node: fx.Node) -> Value:
     src, idx = node.args[0], node.args[1]
     v = value(lx, src)
+    if isinstance(idx, str):  # getattr(result, "values" | "indices") on what torch.max returns
+        idx = {"values": 0, "indices": 1}[idx]
+        if not isinstance(v, Items):
+            return lx.give_up([v], f"attribute {node.args[1]} read at node {node.name}")
     if isinstance(v, Items):
         return v.items[idx] if isinstance(idx, int) and -len(v.items) <= idx < len(v.items) else Free()
     if isinstance(v, ShapeOf):
@@ -63,20 +74,30 @@ def getitem(lx: Lifter, node: fx.Node) -> Value:
         out = shape(node)
         if out is not None and len(out) == len(v.shape) and _all_slices(idx):
             return Param(v.name, out)
+        if _by_untracked_tensor(lx, idx):  # a table read by index (a relative position bias): no channel axes
+            lx.fix_axes(v.name, range(len(v.shape)), f"an axis of a table read by index at node {node.name}")
+            return Free("read from a parameter by index")
         lx.distrust(v.name, f"indexed at node {node.name}")
         return Free("indexed parameter")
-    if isinstance(v, (Chan, Heads)):
+    if isinstance(v, (Chan, Heads, Pieces)):
         return _index_tensor(lx, node, v, idx, rank(src))
     return Free(v.why if isinstance(v, Free) else "constant")
 
 
 def shape_read(lx: Lifter, node: fx.Node) -> Value:
-    """``x.size()``, ``x.size(d)``, ``x.shape``, ``x.dim()``, ``x.dtype``: note when a width is read."""
+    """``x.size()``, ``x.size(d)``, ``x.shape``, ``x.dim()``, ``x.dtype``: note when a width is read.
+
+    ``x.new_zeros(...)`` and ``torch.zeros_like(x)`` read only sizes, dtype and device: their result holds no
+    channel's values.
+    """
     src = node.args[0]
     v = value(lx, src)
+    if isinstance(v, Pieces):  # which dim is read is not followed through pieces: keep every width
+        lx.fix_width(vars_of(v), f"the shape of pieces of a channel axis is read at node {node.name}")
+        return Free("size")
     if not isinstance(v, (Chan, Heads)):
         return Free(v.why if isinstance(v, Free) else "size")
-    attr = node.args[1] if node.op == "call_function" else node.target
+    attr = node.args[1] if node.target is builtins.getattr else node.target
     if node.op == "call_method" and attr == "size":
         d = arg(node, 1, "dim")
         if d is None:
@@ -91,8 +112,15 @@ def shape_read(lx: Lifter, node: fx.Node) -> Value:
 
 
 def unknown(lx: Lifter, node: fx.Node) -> Value:
-    """An op no rule knows: freeze every group it touches, distrust the parameters it reads."""
+    """An op no rule knows: passed through when the equivariance probe passes it (``tracing.probe``), else
+    freeze every group it touches and distrust the parameters it reads."""
+    passed, why = probe(lx, node)
+    if passed is not None:
+        return passed
     reason = f"touched by {describe(node, lx)}, which the channel rules do not know"
+    if lx.probes is not None and node in lx.probes:
+        reason += f" (not probed: {why})" if why.startswith("it reads") or why.startswith("the module") \
+            or why.startswith("its output") else f" (probe: {why})"
     values = [value(lx, a) for a in node.all_input_nodes]
     if node.op == "call_module":
         for p in lx.module_params(str(node.target)):
@@ -113,13 +141,20 @@ def _dims_read(idx: object, r: int) -> list[int]:
     return list(range(r))
 
 
+def _by_untracked_tensor(lx: Lifter, idx: object) -> bool:
+    """An index that is one tensor computed from no group (a buffer of positions)."""
+    return isinstance(idx, fx.Node) and not isinstance(lx.env[idx], (Chan, Heads, Pieces, Items, ShapeOf)) \
+        and isinstance(idx.meta.get("tensor_meta"), TensorMetadata)
+
+
 def _all_slices(idx: object) -> bool:
     items = idx if isinstance(idx, tuple) else (idx,)
     return all(isinstance(i, slice) or i is Ellipsis for i in items)
 
 
-def _index_tensor(lx: Lifter, node: fx.Node, v: Chan | Heads, idx: object, r: int) -> Value:
-    """Basic indexing: the channel dims must be taken whole (``:``)."""
+def _index_tensor(lx: Lifter, node: fx.Node, v: Chan | Heads | Pieces, idx: object, r: int) -> Value:
+    """Basic indexing: head and channel dims are taken whole (``:``), or a channel dim sliced with step 1 (the
+    channels in the slice, cut out of their groups), or a piece taken out of ``Pieces`` by its index."""
     items = list(idx) if isinstance(idx, tuple) else [idx]
     if any(isinstance(i, (fx.Node, torch.Tensor, list)) for i in items):
         return lx.give_up([v], f"advanced indexing at node {node.name}")
@@ -128,17 +163,40 @@ def _index_tensor(lx: Lifter, node: fx.Node, v: Chan | Heads, idx: object, r: in
         at = items.index(Ellipsis)
         items[at:at + 1] = [slice(None)] * (r - consumed)
     items += [slice(None)] * (r - sum(1 for i in items if i is not None))
+    src_items = [i for i in items if i is not None]
+    where = src_items[v.dim]
+    if isinstance(v, Pieces) and isinstance(where, int):  # one piece: its dims count the pieces' dim
+        return _index_tensor(lx, node, v.parts[where], _taking(items, v.dim), r)
+    if isinstance(v, Chan) and isinstance(where, slice) and where != slice(None):
+        lo, hi, step = where.indices(v.width)
+        piece = cut_channels(lx, v, lo, hi) if step == 1 and lo < hi else None
+        if piece is None:
+            return lx.give_up([v], f"indexing into the channel dim at node {node.name}")
+        v = piece
     mapping, src, dst = {}, 0, 0
     for i in items:
         if i is None:
             dst += 1
             continue
         if isinstance(i, slice):
-            if i == slice(None):
+            if i == slice(None) or (isinstance(v, Chan) and src == v.dim):
                 mapping[src] = dst
             dst += 1
         src += 1
-    moved = remap(v, mapping)
+    moved = remap_pieces(v, mapping) if isinstance(v, Pieces) else remap(v, mapping)
     if moved is None:
         return lx.give_up([v], f"indexing into the channel dim at node {node.name}")
     return moved
+
+
+def _taking(items: list[object], d: int) -> tuple[object, ...]:
+    """The index with the entry for source dim ``d`` replaced by ``0``: it takes the piece's only index."""
+    out, src = [], 0
+    for i in items:
+        if i is not None:
+            if src == d:
+                i = 0
+            src += 1
+        out.append(i)
+    return tuple(out)
+
