@@ -3,6 +3,7 @@ against every point it evaluated; a donor that computes the base's function neve
 
 from __future__ import annotations
 
+import itertools
 import pathlib
 
 import pytest
@@ -32,7 +33,10 @@ def _check(t: LambdaThreshold) -> None:
     above = [v for lam, v in t.probes if lam > t.threshold]
     assert not above or not t.within(above[0])
     lams = {lam for lam, _ in t.probes}
-    assert (set(t.curve.lambdas) <= lams and t.threshold * 20 / 21 in lams) or t.threshold == 0
+    assert set(t.curve.lambdas) <= lams
+    below = sorted(lam for lam in lams if lam <= t.threshold)
+    assert len(below) >= 21 or t.threshold == 0  # λ = 0 and at least 20 verification points
+    assert max(b - a for a, b in itertools.pairwise(below)) <= 0.005 + 1e-12 or t.threshold == 0
 
 
 def test_the_threshold_keeps_the_base_task_within_one_point(pair: tuple, tmp_path: pathlib.Path) -> None:
@@ -66,6 +70,7 @@ def test_a_donor_that_computes_the_base_never_breaks_it(pair: tuple) -> None:
     ({"metric": "f1"}, "metric must be one of accuracy, loss"),
     ({"tolerance": -1}, "tolerance must be a non-negative number"),
     ({"lambdas": (0.0, 1.5)}, "lambdas must lie in \\[0, 1\\]"),
+    ({"resolution": 0}, "resolution must be a positive spacing"),
     ({"layers": ["x"]}, "'x', which is not a unit of the base"),
 ])
 def test_bad_threshold_input(pair: tuple, kw: dict, says: str) -> None:

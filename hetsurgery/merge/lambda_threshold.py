@@ -4,9 +4,9 @@ MAL holds that a base absorbs a donor's units without losing its task while ``λ
 (linear mode connectivity between the base and the aligned donor); past it the task breaks down.
 ``find_lambda_threshold`` aligns the donor once, walks the grid ``λ ∈ {0, 0.05, …, 1}`` upwards, and bisects
 between the last grid point within ``tolerance`` of the base (``λ = 0``, the base itself) and the first one
-outside. Accuracy is a step function of ``λ`` and need not fall monotonically, so ``verify`` further points
-evenly spread below the threshold are evaluated too; where one falls outside, the threshold drops below it and
-is bisected again (up to three rounds). The threshold is the largest ``λ`` such that every ``λ`` evaluated up to
+outside. Accuracy is a step function of ``λ`` and need not fall monotonically, so further points evenly spread
+below the threshold are evaluated too (``verify`` of them at least, and no more than ``resolution`` apart);
+where one falls outside, the threshold drops below it and is bisected again (up to three rounds). The threshold is the largest ``λ`` such that every ``λ`` evaluated up to
 it is within tolerance: a statement about the points evaluated (``probes``), not a proof between them. It also
 gives the curve (loss and accuracy at every grid point), the loss barrier
 ``max_λ L(λ) − ½ (L(0) + L(1))``, and one picture of both.
@@ -22,6 +22,7 @@ gives the curve (loss and accuracy at every grid point), the loss barrier
 from __future__ import annotations
 
 import enum
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -46,6 +47,7 @@ from hetsurgery.tracing import trace
 
 SLACK = 1e-9  # float rounding of accuracies and losses never decides a comparison
 VERIFY = 20  # further λ evenly spread below a threshold found, evaluated before it is trusted
+RESOLUTION = 0.005  # ... and no more than this far apart (narrow dips of accuracy between them stay possible)
 VERIFY_ROUNDS = 3
 
 
@@ -84,7 +86,8 @@ class LambdaThreshold:
 def find_lambda_threshold(base: nn.Module, donor: nn.Module, data: Iterable, *, layers: Layers,
                           tolerance: float = 0.01, metric: str = "accuracy", calibration: Iterable | None = None,
                           align: str = "mal", depth: str | None = None, lambdas: Sequence[float] = LAMBDAS,
-                          refine: int = 6, verify: int = VERIFY, reset_bn: bool | int = True,
+                          refine: int = 6, verify: int = VERIFY, resolution: float = RESOLUTION,
+                          reset_bn: bool | int = True,
                           plot: str | os.PathLike[str] | None = None,
                           example_inputs: torch.Tensor | None = None, device: torch.device | str | None = None,
                           progress: bool = False, **align_options: object) -> LambdaThreshold:
@@ -92,7 +95,8 @@ def find_lambda_threshold(base: nn.Module, donor: nn.Module, data: Iterable, *, 
     labelled batches ``data``, stays within ``tolerance`` of the base model: accuracy (``metric="accuracy"``,
     ``0.01`` = one point) may drop, or loss (``"loss"``) rise, by at most that much at every grid point below.
 
-    ``refine`` bisection steps follow the grid, and ``verify`` points below the threshold check it (see above).
+    ``refine`` bisection steps follow the grid, and at least ``verify`` points below the threshold, at most
+    ``resolution`` apart, check it (see above).
     ``layers`` selects the base's units that absorb the donor, all with the same ``λ``. The donor is aligned
     once, as ``assemble`` does (``align``, ``depth``, their options), on ``calibration`` (default: ``data``),
     which also gives the BatchNorm statistics at every ``λ`` (``reset_bn``). ``plot`` names a PNG (or SVG)
@@ -107,6 +111,8 @@ def find_lambda_threshold(base: nn.Module, donor: nn.Module, data: Iterable, *, 
     for name, value in (("refine", refine), ("verify", verify)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise MergeInputError(f"{name} must be a whole number of points, not {value!r}")
+    if isinstance(resolution, bool) or not isinstance(resolution, (int, float)) or not resolution > 0:
+        raise MergeInputError(f"resolution must be a positive spacing of λ, not {resolution!r}")
     if align not in METHODS:
         raise MergeInputError(f"unknown alignment method {align!r}: use one of {', '.join(METHODS)}")
     check_options(align, align_options)
@@ -120,13 +126,14 @@ def find_lambda_threshold(base: nn.Module, donor: nn.Module, data: Iterable, *, 
                           device=device, progress=progress)
     samples = None if not reset_bn else (BN_RESET_SAMPLES if reset_bn is True else int(reset_bn))
     result = threshold_along(ready, list(units), data, tolerance=float(tolerance), metric=kind, lambdas=grid,
-                             refine=refine, verify=verify, calibration=calib, bn_samples=samples, device=device)
+                             refine=refine, verify=verify, resolution=float(resolution), calibration=calib,
+                             bn_samples=samples, device=device)
     return result if plot is None else replace(result, plot=plot_threshold(result, plot))
 
 
 def threshold_along(ready: AlignedDonor, units: Sequence[str], data: Iterable, *, tolerance: float = 0.01,
                     metric: Metric = Metric.ACCURACY, lambdas: Sequence[float] = LAMBDAS, refine: int = 6,
-                    verify: int = VERIFY, calibration: Iterable | None = None,
+                    verify: int = VERIFY, resolution: float = RESOLUTION, calibration: Iterable | None = None,
                     bn_samples: int | None = BN_RESET_SAMPLES, device: torch.device | str | None = None
                     ) -> LambdaThreshold:
     """``find_lambda_threshold`` for a donor already aligned (``prepare_donor``): the search alone, so that one
@@ -156,7 +163,8 @@ def threshold_along(ready: AlignedDonor, units: Sequence[str], data: Iterable, *
 
     lo = bisect()
     for _ in range(VERIFY_ROUNDS):  # accuracy is a step function of λ: look between the points seen so far too
-        for lam in (lo * (i + 1) / (verify + 1) for i in range(verify)):
+        n = max(verify, math.ceil(lo / resolution) - 1)
+        for lam in (lo * (i + 1) / (n + 1) for i in range(n)):
             evaluated.setdefault(lam, score_at(ready, units, lam, data, calibration, bn_samples, device))
         if edge()[0] == lo:
             break
