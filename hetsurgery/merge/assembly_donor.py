@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TypeVar
 
-import networkx as nx
 import torch
 from torch import nn
 
@@ -141,6 +140,8 @@ def reset_batchnorm_after(g: ModelGraph, units: Iterable[str], data: Iterable, s
                           device: torch.device | str | None) -> ModelGraph:
     """``g`` with the running statistics of every BatchNorm inside or after ``units`` recomputed on ``data``
     (its first ``samples`` examples); BatchNorms before them keep theirs."""
+    import networkx as nx  # imported here: importing hetsurgery loads no networkx
+
     flow = g.dataflow()
     start = {n for k in units for n in g.unit(k).nodes}
     reached = start.union(*(nx.descendants(flow, n) for n in start)) if start else set()
