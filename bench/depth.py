@@ -195,8 +195,8 @@ def _table_ten_laws(maps: list[tuple[int, ...]], cells: dict[tuple[tuple[int, ..
 
 # -- (c) cost -----------------------------------------------------------------------------------------------
 
-def cost_section(width: int, samples: int) -> str:
-    r = run({"kind": "depth", "width": width, "samples": samples, "repeats": 1})
+def cost_section(width: int, samples: int, repeats: int = 3) -> str:
+    r = run({"kind": "depth", "width": width, "samples": samples, "repeats": repeats})
     floor = r["forward"]["seconds"] + r["lap"]["seconds"]
     m = r["depth-zip"]
     return "\n".join([
@@ -205,8 +205,8 @@ def cost_section(width: int, samples: int) -> str:
         f"A ResNet-20 x{width} and a ResNet-32 x{width} (3x32x32 inputs, {r['parameters'] / 1e6:.1f} M and "
         f"{r['parameters_deep'] / 1e6:.1f} M parameters), untrained, {samples} calibration images in batches of 128; "
         "`merge(method=\"zip\", depth=\"lma\")`. The floor, measured in the same process: both models' forward "
-        "passes over the calibration images and the bare assignment solves of their shared groups. One run after a "
-        "warm-up merge of small models.",
+        "passes over the calibration images and the bare assignment solves of their shared groups. Medians of "
+        f"{repeats} runs, the contenders alternating, after a warm-up merge of small models.",
         "",
         "| run | seconds | total / floor | memory | stages (s) |",
         "|---|---|---|---|---|",

@@ -218,8 +218,9 @@ def hetero(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def depth(spec: dict[str, Any]) -> dict[str, Any]:
-    """A depth-heterogeneous zip merge (ResNet-20 and ResNet-32 of one width) and its floor, one run each after
-    a warm-up: the forward passes of both models, and the bare LAPs of the balanced pair's groups."""
+    """A depth-heterogeneous zip merge (ResNet-20 and ResNet-32 of one width) and its floor after a warm-up, the
+    median of ``repeats`` alternating runs each: the forward passes of both models, and the bare LAPs of the
+    balanced pair's groups."""
     baseline = warm_baseline()
     torch.manual_seed(0)
     a = hs.zoo.resnet20(spec["width"], in_channels=3).eval()
@@ -240,8 +241,12 @@ def depth(spec: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"width": spec["width"], "samples": spec["samples"], "params_mib": param_mib(a, b),
                            "baseline_mib": baseline, "parameters": sum(p.numel() for p in a.parameters()),
                            "parameters_deep": sum(p.numel() for p in b.parameters())}
-    for name, fn in contenders.items():
-        r = measure(fn)
+    runs: dict[str, list[Run]] = {name: [] for name in contenders}
+    for _ in range(spec["repeats"]):  # alternating, so that a slow spell of the machine hits every contender
+        for name, fn in contenders.items():
+            runs[name].append(measure(fn))
+    for name, rs in runs.items():
+        r = median(rs)
         out[name] = {"seconds": r.seconds, "peak_mib": r.peak_mib, "stages": r.detail.get("stages", {})}
     return out
 
