@@ -69,6 +69,20 @@ def test_a_deeper_copy_with_zero_residual_blocks_leaves_the_function_unchanged(d
     assert r.donors[0].depth is not None
 
 
+def test_a_transformer_absorbs_a_deeper_permuted_copy_of_itself_unchanged() -> None:
+    base = randomise(hs.zoo.transformer("manual", depth=2), 9)
+    g = hs.trace(base, IMAGES[:2])
+    donor = hs.to_module(permuted(InsertZeroResidual("stage0", (1,))(g), 10)).eval()
+    with torch.no_grad():
+        want = base(IMAGES)
+        for lam in (0.5, 1.0):
+            r = hs.assemble(base, [donor], [IMAGES], lam=lam, align="permute", depth="lma", reset_bn=False,
+                            progress=False)
+            assert rel_err(want, r.model(IMAGES)) <= 1e-4, lam
+    assert r.donors[0].passes[0]["pass"] == "remove-block"
+    assert sum(u.blended for u in r.units) >= 2  # the base's blocks did take the donor's weights
+
+
 def test_a_shallower_donor_gives_nothing_where_the_depth_plan_inserted_a_unit() -> None:
     base = randomise(hs.zoo.mlp([16, 16, 16]), 7)
     donor = randomise(hs.zoo.mlp([24]), 8)
