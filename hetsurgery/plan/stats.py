@@ -27,6 +27,8 @@ from hetsurgery.ir.batches import model_input
 from hetsurgery.plan.accumulate import BlockAccumulator, Scratch
 from hetsurgery.plan.joint import Observer, joint_module, site_view, sites_by_node
 
+TIE = 1e-5  # the weight of the signature among live features: it decides only between near-equal correlations
+
 
 def signature_agreement(sig: torch.Tensor) -> torch.Tensor:
     """``1 - normalised distance`` between rows of ``sig`` (``D x p``): 1 exactly for identical rows."""
@@ -76,12 +78,18 @@ class GroupStats:
         activation statistic. They score just below 1, and exactly 1 when their ``signature`` rows (the
         channels' own per-channel parameters, ``channel_signature``) agree too: a dead unit then pairs
         with its copy rather than with padding or another dead unit, and live pairs still come first.
+        Live features can tie too: two ReLUs that fire on one and the same sample only are perfectly
+        correlated, with each other and with both their copies. The signature breaks such ties as well
+        (``TIE`` times its agreement, far below any difference of correlation that carries information and
+        far above the float error of a correlation of 1), and correlations are clipped to ``[-1, 1]``.
         """
-        sim = self.corr()
+        sim = self.corr().clamp(-1.0, 1.0)
         both = self.constant_pairs()
         score = torch.full_like(sim, 1.0 - 1e-4)
         if signature is not None:
-            score = score + 1e-4 * signature_agreement(signature)
+            agreement = signature_agreement(signature)
+            score = score + 1e-4 * agreement
+            sim = sim + TIE * agreement
         return torch.where(both, score, sim)
 
     def second_moment(self) -> torch.Tensor:
