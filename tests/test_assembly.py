@@ -37,7 +37,8 @@ def test_lambda_zero_gives_the_base_exactly() -> None:
     assert [u.blended for u in r.units] == [False] * len(r.units)
 
 
-@pytest.mark.parametrize(("align", "extra"), [("mal", 5), ("mal", 0), ("permute", 0), ("zip", 0)])
+@pytest.mark.parametrize(("align", "extra"), [("mal", 5), ("mal", 0), ("mal-pad", 5), ("mal-pad", 0), ("permute", 0),
+                                             ("zip", 0)])
 def test_a_permuted_padded_copy_of_the_base_leaves_its_function_unchanged(align: str, extra: int) -> None:
     base = randomise(hs.zoo.mlp([16, 12, 8]), 3)
     donor = _padded_permuted_copy(base, extra, seed=4)

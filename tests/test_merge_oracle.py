@@ -41,7 +41,7 @@ def permuted_copy(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-@pytest.mark.parametrize("method", ["permute", "weight", "ot", "ot-weights", "zip"])
+@pytest.mark.parametrize("method", ["permute", "weight", "ot", "ot-weights", "zip", "mal", "mal-pad"])
 def test_merge_with_permuted_self_is_identity(name: str, method: str) -> None:
     model = randomise_calibrated(MODELS[name](), X, seed=1)
     options = {"cost": "weights"} if method == "ot-weights" else {}

@@ -7,7 +7,9 @@ zero), then the permutations maximise ``Σ ⟨W_base, P_out W_target P_inᵀ⟩`
 output side with that of its input side, so one LAP per group is not the optimum: "mal" alternates,
 re-solving each group's LAP with the others fixed (``weight_matching``) and keeping a new permutation
 only when it raises the objective, until a full round changes nothing; "mal-pad" is the simpler
-baseline, one LAP per group with everything else at identity. Both report the objective per group.
+baseline, one LAP per group, layer by layer, each on the weights whose other axes are already aligned (a
+layer's outputs on its incoming weights: the one-pass alignment of the layer-wise literature, exact on a
+permuted copy, blind to the outgoing weights the alternation also uses). Both report the objective per group.
 
 Our reading of the paper's "bidirectional alignment" and "alternating optimisation": only the MAL
 abstract and summaries were at hand when this was written. In the padded (square) space the two

@@ -5,7 +5,8 @@ a random order and solve each one's LAP with every other permutation fixed, unti
 no permutation. A new permutation is kept only when it raises ``J`` as computed exactly over the
 parameters the group touches (float32 products, float64 sums), so the reported ``J`` never decreases,
 not even by rounding, and the search cannot cycle. Scores are float32 GEMMs summed in float64. With
-``alternate=False`` every group is solved once with all others at identity.
+``alternate=False`` every group is solved once, layer by layer (``_layer_by_layer``): the one-pass LAP
+alignment that MAL's alternation improves on.
 
 Only the tensors in ``a`` are matched: callers pass parameters, not BatchNorm running statistics (as
 the paper does; statistics are recomputed after merging anyway).
@@ -47,7 +48,7 @@ def weight_matching(a: Params, b: Params, groups: Sequence[PermGroup], *, max_sw
     values = {name: _value(a, b, by_param, perms, name) for name in by_param}  # J per parameter, current perms
     objective = [sum(values.values())]
     if not alternate:
-        perms = {g.id: best_permutation(_score(g, a, b, by_param, perms), g.structure.size) for g in groups}
+        perms = _layer_by_layer(groups, a, b, by_param)
         objective.append(sum(_value(a, b, by_param, perms, name) for name in by_param))
         return _full(perms, groups), {"objective": objective, "sweeps": 1, "converged": False, "alternating": False}
     gen = torch.Generator().manual_seed(seed)
@@ -80,6 +81,20 @@ def weight_matching(a: Params, b: Params, groups: Sequence[PermGroup], *, max_sw
                      for gid, h in history.items()}
     return _full(perms, groups), {"objective": objective, "sweeps": len(objective) - 1, "converged": converged,
                                   "alternating": True, "groups": groups_report}
+
+
+def _layer_by_layer(groups: Sequence[PermGroup], a: Params, b: Params, by_param: BySlot) -> dict[int, torch.Tensor]:
+    """One LAP per group, in order, each scored on the slots whose other axes are settled: frozen, or a group
+    solved before it (a layer's outputs matched on its incoming weights, its inputs already permuted). A group
+    with no such slot is scored on all of its slots, the unsolved groups at identity."""
+    perms: dict[int, torch.Tensor] = {}
+    ids = {g.id for g in groups}
+    for grp in groups:
+        settled = {name: slots for name, slots in by_param.items()
+                   if all(gid == grp.id or gid in perms or gid not in ids for gid, _ in slots)}
+        usable = settled if any(s.param in settled for s in grp.slots) else by_param
+        perms[grp.id] = best_permutation(_score(grp, a, b, usable, perms), grp.structure.size)
+    return perms
 
 
 def _full(perms: Mapping[int, torch.Tensor], groups: Sequence[PermGroup]) -> dict[int, torch.Tensor]:
