@@ -132,7 +132,7 @@ def plan_mal(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequenc
             perms.append({gid: torch.arange(w) for gid, w in padded_width.items()})
             continue
         p, rep = weight_matching(learned(padded[anchor]), g.params, groups, max_sweeps=max_sweeps, seed=seed,
-                                 alternate=alternate)
+                                 alternate=alternate, from_layers=alternate)
         perms.append(p)
         reports.append(rep)
     out = {}

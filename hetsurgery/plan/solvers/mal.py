@@ -6,7 +6,8 @@ zero), then the permutations maximise ``Σ ⟨W_base, P_out W_target P_inᵀ⟩`
 (not BatchNorm running statistics) in the padded space. Every layer couples the permutation of its
 output side with that of its input side, so one LAP per group is not the optimum: "mal" alternates,
 re-solving each group's LAP with the others fixed (``weight_matching``) and keeping a new permutation
-only when it raises the objective, until a full round changes nothing; "mal-pad" is the simpler
+only when it raises the objective, until a full round changes nothing, starting from mal-pad's alignment
+(so it never ends below it); "mal-pad" is the simpler
 baseline, one LAP per group, layer by layer, each on the weights whose other axes are already aligned (a
 layer's outputs on its incoming weights: the one-pass alignment of the layer-wise literature, exact on a
 permuted copy, blind to the outgoing weights the alternation also uses). Both report the objective per group.
