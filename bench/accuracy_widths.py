@@ -22,7 +22,8 @@ def main(seeds: Sequence[int] = (0, 1, 2), epochs: int = 15) -> str:
              "Model A (task A) and model B (task B) share a topology but not their widths. Every merge keeps the "
              "wider model's widths (`width=\"max\"`): zip is elastic neuron zipping (alpha=0.5, beta=1.0), ot "
              "transports the narrower model onto the wider one's neurons (by activations, or by incoming weights), mal-pad zero-pads the narrower model and "
-             "solves one LAP per group, mal alternates LAPs until the objective stops improving (both on learned "
+             "solves one LAP per group, layer by layer, mal alternates LAPs from there until the objective stops "
+             "improving (both on learned "
              "parameters, not BatchNorm statistics). Same data, "
              f"training ({epochs} epochs) and metrics as above; seeds {', '.join(map(str, seeds))}; BatchNorm "
              "statistics are recomputed on 512 calibration images after every merge.", ""]
