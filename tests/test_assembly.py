@@ -70,6 +70,24 @@ def test_a_deeper_copy_with_zero_residual_blocks_leaves_the_function_unchanged(d
     assert r.donors[0].depth is not None
 
 
+def test_a_deeper_donor_keeps_its_strided_block_where_a_segment_starts_with_one() -> None:
+    base = randomise(hs.zoo.resnet((1, 1, 1)), 11)
+    g = hs.trace(base, IMAGES[:2])
+    deeper = Pipeline((InsertZeroResidual("stage0", (1, 1)), InsertZeroResidual("stage1", (1,))))(g)
+    donor = hs.to_module(permuted(deeper, 12)).eval()
+    with torch.no_grad():
+        want = base(IMAGES)
+        for lam in (0.5, 1.0):
+            r = hs.assemble(base, [donor], [IMAGES], lam=lam, depth="lma", reset_bn=False, progress=False)
+            assert rel_err(want, r.model(IMAGES)) <= 1e-4, lam
+    kept = {u.unit: u.how for u in r.units if u.how.startswith("kept")}
+    assert "changes the stream's shape" in kept["layer2_0_conv1"], kept
+    other = randomise(hs.zoo.resnet((3, 2, 1)), 13)  # a deeper donor that is no copy: two blocks removed at once
+    r = hs.assemble(base, [other], [IMAGES], lam=0.3, depth="lma", progress=False)
+    with torch.no_grad():
+        assert torch.isfinite(r.model(IMAGES)).all()
+
+
 def test_a_transformer_absorbs_a_deeper_permuted_copy_of_itself_unchanged() -> None:
     base = randomise(hs.zoo.transformer("manual", depth=2), 9)
     g = hs.trace(base, IMAGES[:2])

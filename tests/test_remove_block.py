@@ -34,6 +34,20 @@ def test_removing_an_inserted_zero_residual_block_gives_the_model_back(name: str
     assert back.passes[-1] == {"pass": "remove-block", "units": [new]}
 
 
+@pytest.mark.parametrize("backwards", [False, True])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_removing_consecutive_blocks_in_any_order(name: str, backwards: bool) -> None:
+    model = randomise(MODELS[name](), 3)
+    g = hs.trace(model, X[:2])
+    deeper = InsertZeroResidual("stage0", (1, 1, 2))(g)
+    new = [u.key for u in deeper.units if u.origin == "insert-zero-residual"]
+    assert len(new) == 3
+    back = RemoveBlock(tuple(reversed(new) if backwards else new))(deeper)  # each one reads the previous one's output
+    assert back.stage("stage0").units == g.stage("stage0").units
+    with torch.no_grad():
+        assert rel_err(model(X), hs.to_module(back)(X)) == 0.0
+
+
 def test_removing_a_real_block_changes_the_function_by_its_branch() -> None:
     model = randomise(hs.zoo.resnet((3, 1, 1)), 2)
     g = hs.trace(model, X[:2])

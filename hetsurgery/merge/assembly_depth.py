@@ -255,13 +255,19 @@ def _shrink(g: ModelGraph, stages: Sequence[StageAlignment], data: Iterable | No
                 g = _fuse(g, seg, data, opts)
                 sources[seg[-1]] = (seg, "fused")
             continue
-        share = branch_share(g, [u for seg in segments for u in seg], data if data is not None else
-                             [g.example_inputs[0]])
+        # a fixed block (strided, a projection shortcut) changes the stream's shape: it stays, the others go
+        free = [u for seg in segments for u in seg if g.unit(u).fixed is None]
+        share = branch_share(g, free, data if data is not None else [g.example_inputs[0]])
         for seg in segments:
-            keep = max(seg, key=lambda u: share[u])
+            fixed = [u for u in seg if g.unit(u).fixed is not None]
+            keep = fixed[0] if fixed else max(seg, key=lambda u: share[u])
             others = [u for u in seg if u != keep]
+            if any(g.unit(u).fixed is not None for u in others):
+                raise MergeInputError(f"{g.name} cannot be made as shallow as the base: its blocks {', '.join(fixed)} "
+                                      "change the stream's shape and would all have to stay in one unit of the base")
             removed += others
-            sources[keep] = ((keep,), "kept, removed " + ", ".join(f"{u} (branch {share[u]:.3g})" for u in others))
+            sources[keep] = ((keep,), ("kept (it changes the stream's shape), removed " if fixed else "kept, removed ")
+                             + ", ".join(f"{u} (branch {share[u]:.3g})" for u in others))
     if removed:
         try:
             g = Pipeline((RemoveBlock(tuple(removed)),))(g)

@@ -53,9 +53,13 @@ class RemoveBlock:
             if st.kind is UnitKind.BLOCK and not left:
                 raise PassError(f"{g.name}: removing {', '.join(st.units)} would empty stage {st.key}; keep one block")
         gm = editable(g)
-        for u in blocks:
-            exit_, entry = node_named(gm, u.exit), node_named(gm, u.entry)
-            exit_.replace_all_uses_with(entry)
+        order = {node.name: i for i, node in enumerate(gm.graph.nodes)}
+        blocks.sort(key=lambda u: order[u.exit])
+        bypass: dict[str, str] = {}  # a removed block's exit -> the node its readers read now
+        for u in blocks:  # in graph order: a block right after a removed one reads what that one read
+            entry = bypass.get(u.entry, u.entry)
+            node_named(gm, u.exit).replace_all_uses_with(node_named(gm, entry))
+            bypass[u.exit] = entry
         attrs = {str(node.target) for u in blocks for name in u.nodes
                  if (node := node_named(gm, name)).op == "get_attr"}
         for u in blocks:  # the block's nodes, last first (each one's readers are gone by then)
