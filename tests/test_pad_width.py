@@ -155,3 +155,16 @@ def test_golden_ir_before_and_after_zip_neurons() -> None:
     w = g.params["layers.0.weight"]
     torch.testing.assert_close(merged.params["layers.0.weight"][0], (w[0] + w[1]) / 2)
     torch.testing.assert_close(merged.params["layers.3.weight"][:, 0], g.params["layers.3.weight"].sum(1))
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_padding_every_group_at_once_equals_padding_one_after_another(name: str) -> None:
+    from hetsurgery.passes.pad_width import pad_groups
+
+    g = hs.trace(randomise(ZOO[name](), seed=3), DIGITS)
+    sizes = {grp.id: grp.size + 1 + grp.id % 3 for grp in g.groups if grp.pad_ok}
+    at_once = pad_groups(g, sizes)
+    one_by_one = Pipeline(tuple(PadWidth(gid, size) for gid, size in sizes.items()))(g)
+    assert at_once.params.keys() == one_by_one.params.keys()
+    assert all(torch.equal(at_once.params[k], one_by_one.params[k]) for k in at_once.params)
+    assert [grp.size for grp in at_once.groups] == [grp.size for grp in one_by_one.groups]

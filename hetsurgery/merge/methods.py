@@ -17,7 +17,7 @@ import torch
 from hetsurgery.errors import MergeInputError, PassError
 from hetsurgery.ir import Capability, ModelGraph
 from hetsurgery.merge.widths import WidthRule
-from hetsurgery.passes import PadWidth, Pipeline
+from hetsurgery.passes.pad_width import pad_groups
 from hetsurgery.plan.signature import joint_signature
 from hetsurgery.plan.solvers.mal import mal_match
 from hetsurgery.plan.solvers.ot import OTCost, OTSolver, as_solver, ot_match
@@ -119,9 +119,8 @@ def plan_mal(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequenc
     padded_width = {g.id: max(x.group(g.id).size for x in graphs) for g in graphs[0].permutable()}
     padded = []
     for g in graphs:
-        pads = tuple(PadWidth(gid, w) for gid, w in padded_width.items() if g.group(gid).size < w)
-        try:
-            padded.append(Pipeline(pads)(g))
+        try:  # every group at once: one new graph per model
+            padded.append(pad_groups(g, {gid: w for gid, w in padded_width.items() if g.group(gid).size < w}))
         except PassError as exc:
             raise MergeInputError(f"mal: {exc}") from exc
     groups = list(padded[anchor].permutable())

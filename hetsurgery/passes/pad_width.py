@@ -39,18 +39,28 @@ class PadWidth:
     exact: ClassVar[bool] = True
 
     def __call__(self, g: ModelGraph) -> ModelGraph:
-        grp = g.group(self.group)
+        return pad_groups(g, {self.group: self.size})
+
+
+def pad_groups(g: ModelGraph, sizes: Mapping[int, int]) -> ModelGraph:
+    """``PadWidth`` for several groups at once (``{group: size}``): one new graph, not one per group."""
+    groups = []
+    for gid, size in sizes.items():
+        grp = g.group(gid)
         if not grp.pad_ok:
             raise PassError(f"{g.name}: cannot pad group {grp.id} ({grp.label}): {grp.why_not(Capability.PAD)}. "
                             "Pick a group whose `pad` column in ModelGraph.summary() says y.")
-        if not isinstance(self.size, int) or isinstance(self.size, bool):
-            raise PassError(f"{g.name}: PadWidth takes a whole number of channels, not {self.size!r}")
-        if self.size < grp.size:
-            raise PassError(f"{g.name}: PadWidth only grows group {grp.id} ({grp.size} channels), not to {self.size}; "
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise PassError(f"{g.name}: PadWidth takes a whole number of channels, not {size!r}")
+        if size < grp.size:
+            raise PassError(f"{g.name}: PadWidth only grows group {grp.id} ({grp.size} channels), not to {size}; "
                             "use ZipNeurons to shrink it")
-        modules = dict(g.module.named_modules())
-        new = pad_params(g.params, [grp], {grp.id: self.size}, lambda param: _fill_for(modules, param))
-        return g.with_updates(new, resized_groups(g, {grp.id: self.size}))
+        groups.append(grp)
+    if not groups:
+        return g
+    modules = dict(g.module.named_modules())
+    new = pad_params(g.params, groups, dict(sizes), lambda param: _fill_for(modules, param))
+    return g.with_updates(new, resized_groups(g, dict(sizes)))
 
 
 def _fill_for(modules: Mapping[str, nn.Module], param: str) -> float:
