@@ -37,7 +37,7 @@ import torch
 from hetsurgery.errors import MergeInputError, PassError
 from hetsurgery.ir import ModelGraph, Site, UnitKind
 from hetsurgery.merge.correspond import on_anchor_names
-from hetsurgery.merge.depth import DepthOptions
+from hetsurgery.merge.depth import DepthOptions, check_pairable
 from hetsurgery.passes import FuseReluSegment, InsertIdentity, InsertZeroResidual, Pipeline, RemoveBlock
 from hetsurgery.plan.depth import (
     Balance,
@@ -85,7 +85,7 @@ class BalancedDonor:
 
 def check_same_depth(base: ModelGraph, donor: ModelGraph) -> None:
     """Without ``depth=`` every stage (and the units outside stages) must agree; say where they do not."""
-    _check_pairable(base, donor)
+    check_pairable([base, donor])
     differ = [f"{a.key}: {len(a)} {a.kind.value}s in the base, {len(b)} in {donor.name}"
               for a, b in zip(base.stages, donor.stages, strict=True) if len(a) != len(b)]
     if differ or len(base.units) != len(donor.units):
@@ -101,7 +101,7 @@ def balance_donor(base: ModelGraph, donor: ModelGraph, data: Iterable | None, op
     if opts is None:
         check_same_depth(base, donor)
         return _carried(base, donor, donor, _sources(donor, set()), None)
-    _check_pairable(base, donor)
+    check_pairable([base, donor])
     differ = [(a, b) for a, b in zip(base.stages, donor.stages, strict=True) if len(a) != len(b)]
     scores = _scores(base, donor, [a.key for a, _ in differ], data, opts, device)
     stages: list[StageAlignment] = []
@@ -121,15 +121,6 @@ def balance_donor(base: ModelGraph, donor: ModelGraph, data: Iterable | None, op
 def _sources(donor: ModelGraph, planned: set[str]) -> Sources:
     """Each donor unit as its own source, found by position or (``planned``) by the depth plan."""
     return {u.key: ((u.key,), "depth plan" if u.key in planned else "same position") for u in donor.units}
-
-
-def _check_pairable(base: ModelGraph, donor: ModelGraph) -> None:
-    kinds_a, kinds_b = [st.kind.value for st in base.stages], [st.kind.value for st in donor.stages]
-    if kinds_a != kinds_b:
-        raise MergeInputError(
-            f"the stages of {donor.name} ({', '.join(kinds_b) or 'none'}) cannot be paired with the base's "
-            f"({', '.join(kinds_a) or 'none'}): stage i of a donor meets stage i of the base (the runs between "
-            "poolings or stride changes, the residual streams), so both need the same number and kinds of stages")
 
 
 def _carried(base: ModelGraph, donor: ModelGraph, balanced: ModelGraph,

@@ -108,7 +108,7 @@ def check_depths(graphs: Sequence[ModelGraph]) -> None:
 def balance_depths(graphs: Sequence[ModelGraph], data: Iterable | None, opts: DepthOptions, *,
                    device: torch.device | str | None, progress: bool) -> Balanced:
     """Align every model's stages with the anchor's, balance them, and carry them onto the anchor's names."""
-    _check_pairable(graphs)
+    check_pairable(graphs)
     anchor = _anchor(graphs, opts.balance, opts.anchor)
     seconds = {}
     clock = time.perf_counter()
@@ -133,7 +133,8 @@ def _enum(kind: type[E], value: object, what: str) -> E:
         raise MergeInputError(f"{what} must be one of {', '.join(str(m.value) for m in kind)}, not {value!r}") from None
 
 
-def _check_pairable(graphs: Sequence[ModelGraph]) -> None:
+def check_pairable(graphs: Sequence[ModelGraph]) -> None:
+    """Stage ``i`` of every model meets stage ``i`` of the first: they need the same number and kinds of stages."""
     ref = graphs[0]
     for g in graphs[1:]:
         kinds_ref, kinds = [st.kind.value for st in ref.stages], [st.kind.value for st in g.stages]
