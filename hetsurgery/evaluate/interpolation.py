@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -86,10 +88,17 @@ def plot_curves(curves: Mapping[str, Curve], path: str | Path, title: str = "int
     ax_acc.set(xlabel="λ", ylabel="test accuracy")
     ax_loss.legend()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Write ``fig`` (format by suffix) under a temporary name, rename it into place, and close it."""
+    import matplotlib.pyplot as plt
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    tmp.replace(out)
+    return out

@@ -34,6 +34,7 @@ from torch import nn
 
 from hetsurgery.errors import MergeInputError
 from hetsurgery.evaluate import LAMBDAS, Curve, predictions
+from hetsurgery.evaluate.interpolation import save_figure
 from hetsurgery.ir import ModelGraph
 from hetsurgery.ir.lowering import to_module
 from hetsurgery.merge.assembly import Layers, select_units
@@ -257,10 +258,4 @@ def plot_threshold(t: LambdaThreshold, path: str | os.PathLike[str], title: str 
     ax_loss.set(xlabel="λ", ylabel="base task loss")
     ax_loss.legend(fontsize=8)
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    return save_figure(fig, path)
