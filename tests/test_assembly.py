@@ -153,3 +153,25 @@ def test_an_assembled_model_saves_as_a_package_with_its_record(tmp_path: pathlib
     with torch.no_grad():
         assert rel_err(r.model(X), hs.export.load(folder)(X)) <= 1e-6
     assert read_assembly(hs.export.save(hs.trace(base, X[:2]), tmp_path / "plain")) is None
+
+
+class _DictOut(torch.nn.Module):
+    """A model written here, not in the zoo, whose forward returns a dict."""
+
+    def __init__(self, classes: int = 5) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(64, 12), torch.nn.ReLU(), torch.nn.Linear(12, classes))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.body(x)}
+
+
+def test_a_model_returning_a_dict_absorbs_its_permuted_padded_copy_and_refuses_other_outputs() -> None:
+    base = _DictOut().eval()
+    donor = _padded_permuted_copy(base, 3, seed=14)
+    with torch.no_grad():
+        r = hs.assemble(base, [donor], [X], lam=0.6, progress=False)
+        assert rel_err(base(X)["logits"], r.model(X)["logits"]) <= 1e-4
+    with pytest.raises(hs.MergeInputError, match=r"outputs \{'logits': \(2, 7\)\} on the base's inputs, the base "
+                                                 r"\{'logits': \(2, 5\)\}"):
+        hs.assemble(base, [_DictOut(7)], [X], progress=False)

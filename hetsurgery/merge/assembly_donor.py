@@ -171,11 +171,18 @@ def _trace_donor(base: ModelGraph, donor: nn.Module, name: str) -> ModelGraph:
                               f"{' '.join(str(exc).split())[:200]}. A donor must take the base's input space") from exc
     with torch.no_grad():
         mine = to_module(base, share=True).eval()(*x)
-    if not isinstance(theirs, torch.Tensor) or tuple(theirs.shape) != tuple(mine.shape):
-        got = tuple(theirs.shape) if isinstance(theirs, torch.Tensor) else type(theirs).__name__
-        raise MergeInputError(f"{name} outputs {got} on the base's inputs, the base {tuple(mine.shape)}: a donor must "
+    got, want = _shapes(theirs), _shapes(mine)
+    if got != want:
+        raise MergeInputError(f"{name} outputs {got} on the base's inputs, the base {want}: a donor must "
                               "have the base's output space (the same classes); the base's output never changes")
     return trace(donor, x[0], name=name)
+
+
+def _shapes(out: object) -> object:
+    """A model output with every tensor replaced by its shape (dicts, tuples, lists, namedtuples kept)."""
+    from torch.utils._pytree import tree_map
+
+    return tree_map(lambda t: tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__, out)
 
 
 def _named(name: str, step: Callable[[], T]) -> T:
