@@ -114,3 +114,73 @@ def test_verify_compares_params_with_the_module() -> None:
     missing = replace(g, params={k: v for k, v in g.params.items() if k != "layers.2.bias"})
     with pytest.raises(hs.IRError, match=r"the module holds layers\.2\.bias, which params lacks"):
         missing.verify()
+
+
+
+# -- every entry point, with models in train mode ---------------------------------------------------------------
+# A model the user trains is in train mode, often with some layers in eval mode (a frozen BatchNorm): no entry
+# point may change a flag, a tensor or which tensors the model holds, and what it returns must own its tensors
+# (training the result one step leaves the user's models as they were).
+
+IMAGES = torch.randn(32, 1, 8, 8)
+VECTORS = torch.randn(32, 64)
+LABELLED = [(IMAGES, torch.randint(0, 10, (32,)))]
+Entry = Callable[[list[nn.Module]], "nn.Module | None"]
+
+
+def _train_mode(model: nn.Module) -> nn.Module:
+    """``model`` in train mode, its first BatchNorm in eval mode (mixed flags: a blanket ``.train()`` shows)."""
+    randomise(model, 3).train()
+    next(m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)).eval()
+    return model
+
+
+def _resnet(*blocks: int) -> nn.Module:
+    return _train_mode(hs.zoo.resnet(blocks, in_channels=1))
+
+
+def _mlp(*hidden: int) -> nn.Module:
+    return _train_mode(hs.zoo.mlp(hidden, batch_norm=True))
+
+
+def _threshold(ms: list[nn.Module]) -> None:
+    hs.find_lambda_threshold(ms[0], ms[1], LABELLED, layers="all", lambdas=(0.0, 0.5, 1.0), refine=1, verify=1)
+
+
+def _accuracy(ms: list[nn.Module]) -> None:
+    hs.evaluate.accuracy(ms[0], LABELLED)
+
+
+ENTRY_POINTS: dict[str, tuple[Callable[[], list[nn.Module]], Entry]] = {
+    "trace": (lambda: [_resnet(1, 1, 1)], lambda ms: hs.to_module(hs.trace(ms[0], IMAGES[:2]))),
+    "merge": (lambda: [_resnet(1, 1, 1), _resnet(1, 1, 1)],
+              lambda ms: hs.merge(ms, [IMAGES], method="zip", progress=False).model),
+    "merge-depth": (lambda: [_resnet(2, 1, 1), _resnet(1, 1, 1)],
+                    lambda ms: hs.merge(ms, [IMAGES], method="zip", depth="lma", progress=False).model),
+    "merge-fused": (lambda: [_mlp(16, 16, 16), _mlp(16, 16)],
+                    lambda ms: hs.merge(ms, [VECTORS], depth="cla", balance="merge", progress=False).model),
+    "align": (lambda: [_resnet(1, 1, 1), _resnet(1, 1, 1)], lambda ms: hs.align(ms, [IMAGES], progress=False)[1]),
+    "assemble": (lambda: [_resnet(1, 1, 1), _resnet(1, 1, 1)],
+                 lambda ms: hs.assemble(ms[0], ms[1:], [IMAGES], lam=0.5, progress=False).model),
+    "assemble-depth": (lambda: [_resnet(1, 1, 1), _resnet(2, 1, 1)],
+                       lambda ms: hs.assemble(ms[0], ms[1:], [IMAGES], lam=0.5, depth="lma", progress=False).model),
+    "find_lambda_threshold": (lambda: [_resnet(1, 1, 1), _resnet(1, 1, 1)], _threshold),
+    "evaluate.accuracy": (lambda: [_resnet(1, 1, 1)], _accuracy),
+}
+
+
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+def test_every_entry_point_leaves_train_mode_models_untouched(entry: str) -> None:
+    build, run = ENTRY_POINTS[entry]
+    models = build()
+    before = [_model_state(m) for m in models]
+    result = run(models)
+    for m, state in zip(models, before, strict=True):
+        _same_model(m, state)
+    if result is not None:  # the result owns its tensors: training it leaves the user's models alone
+        opt = torch.optim.SGD(result.parameters(), lr=0.1)
+        result.train()
+        result(VECTORS[:8] if entry == "merge-fused" else IMAGES[:8]).square().mean().backward()
+        opt.step()
+        for m, state in zip(models, before, strict=True):
+            _same_model(m, state)

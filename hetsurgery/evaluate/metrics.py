@@ -15,8 +15,8 @@ from torch import nn
 
 def predictions(model: nn.Module, data: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels over ``data`` (``(inputs, labels)`` batches), in eval mode without grad (the
-    model's own mode is restored afterwards)."""
-    was_training = model.training
+    train/eval flag of every layer is restored afterwards, mixed ones too)."""
+    flags = {m: m.training for m in model.modules()}
     model.eval()
     logits, labels = [], []
     try:
@@ -25,7 +25,8 @@ def predictions(model: nn.Module, data: Iterable) -> tuple[torch.Tensor, torch.T
                 logits.append(model(x))
                 labels.append(y)
     finally:
-        model.train(was_training)
+        for m, flag in flags.items():
+            m.training = flag
     return torch.cat(logits), torch.cat(labels)
 
 

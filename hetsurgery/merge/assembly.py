@@ -166,7 +166,15 @@ def assemble(base: nn.Module, donors: Sequence[nn.Module | Donor], data: Iterabl
             samples = BN_RESET_SAMPLES if reset_bn is True else int(reset_bn)
             g = reset_batchnorm_after(g, blended, data, samples, device)
         seconds["bn_reset"] += time.perf_counter() - clock
+    g = _owned(g, base)
     return AssemblyResult(to_module(g, share=True).eval(), g, tuple(units), tuple(records), seconds, bn)
+
+
+def _owned(g: ModelGraph, user: nn.Module) -> ModelGraph:
+    """``g`` holding copies of the tensors it still shares with the user's ``base`` (the units nothing blended):
+    the assembled model is the caller's to train, the base stays theirs."""
+    theirs = {t.data_ptr() for t in [*user.parameters(), *user.buffers()] if t.numel()}
+    return g.with_updates({n: t.clone() for n, t in g.params.items() if t.numel() and t.data_ptr() in theirs})
 
 
 def _name(d: Donor, k: int) -> str:

@@ -39,7 +39,7 @@ from hetsurgery.merge.assembly_depth import Counterpart, balance_donor
 from hetsurgery.merge.assembly_record import DonorRecord, UnitRecord
 from hetsurgery.merge.depth import DepthOptions
 from hetsurgery.passes import ResetBatchNorm
-from hetsurgery.tracing import trace
+from hetsurgery.tracing import structural_copy, trace
 
 T = TypeVar("T")
 
@@ -164,8 +164,8 @@ def _trace_donor(base: ModelGraph, donor: nn.Module, name: str) -> ModelGraph:
     x = base.example_inputs
     shape = tuple(x[0].shape) if x else None
     try:
-        with torch.no_grad():
-            theirs = donor.eval()(*x)
+        with torch.no_grad():  # on a copy of its structure: the user's donor keeps its train/eval flags
+            theirs = structural_copy(donor).eval()(*x)
     except Exception as exc:  # shape errors surface as RuntimeError, ValueError, IndexError, ...
         raise MergeInputError(f"{name} does not run on the base's inputs (shape {shape}): {type(exc).__name__}: "
                               f"{' '.join(str(exc).split())[:200]}. A donor must take the base's input space") from exc

@@ -15,7 +15,7 @@ def combine(graphs: Sequence[ModelGraph], plan: WidthPlan) -> dict[str, torch.Te
     """The merged parameters. Parameters with no produce-side slot are averaged with the plan's weights.
 
     Works one parameter at a time, so besides the result only one aligned tensor is alive at once.
-    Integer buffers (``num_batches_tracked``) come from the first model.
+    Integer buffers (``num_batches_tracked``) are copies of the first model's.
     """
     for name, slots in slots_by_param(graphs[0].groups).items():
         dims = {s.dim for _, s in slots if s.role is Role.PRODUCE}
@@ -27,7 +27,7 @@ def combine(graphs: Sequence[ModelGraph], plan: WidthPlan) -> dict[str, torch.Te
     out: dict[str, torch.Tensor] = {}
     for name, first in graphs[0].params.items():
         if not first.is_floating_point():
-            out[name] = first
+            out[name] = first.clone()  # the merged model owns it: training it never counts in a user's model
             continue
         total = None
         for k, g in enumerate(graphs):
