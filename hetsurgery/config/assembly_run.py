@@ -74,7 +74,8 @@ def run_assembly(config_path: Path, output: Path, *, progress: bool = True) -> A
         result = assemble(models[0], donors, calibration, layers=cfg.layers, lam=cfg.lam, align=cfg.align.method,
                           depth=None if d is None else d.method, depth_cost="cka" if d is None else d.cost,
                           estimator="sign_of_sum" if d is None else d.estimator, reset_bn=cfg.reset_bn,
-                          device=device_of(view), progress=progress, **cfg.align.options)
+                          device=device_of(view), progress=progress, base_name=cfg.base.name or "base",
+                          saveable=True, **cfg.align.options)
         steps.update()
         steps.set_postfix_str("evaluate")
         scores = scores_table(view, [*models, result.model], evaluation) if evaluation is not None else None

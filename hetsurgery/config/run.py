@@ -58,6 +58,7 @@ def run_merge(config_path: Path, output: Path, *, progress: bool = True) -> Merg
                        anchor=cfg.anchor, width=cfg.width.target, device=device_of(cfg), progress=progress,
                        depth=None if d is None else d.method, balance="add" if d is None else d.balance,
                        depth_cost="cka" if d is None else d.cost, estimator="sign_of_sum" if d is None else d.estimator,
+                       names=[s.name or f"models.{k} ({s.factory})" for k, s in enumerate(cfg.models)], saveable=True,
                        **cfg.width.options)
         steps.update()
         steps.set_postfix_str("evaluate")

@@ -45,7 +45,7 @@ from hetsurgery.ir.lowering import to_module
 from hetsurgery.merge.assembly_donor import prepare_donor, reset_batchnorm_after
 from hetsurgery.merge.assembly_record import DonorRecord, UnitRecord, record_dict, units_table
 from hetsurgery.merge.depth import DepthOptions
-from hetsurgery.merge.driver import BN_RESET_SAMPLES, default_device
+from hetsurgery.merge.driver import BN_RESET_SAMPLES, check_reset_bn, check_saveable, default_device
 from hetsurgery.merge.methods import METHODS
 from hetsurgery.merge.options import check_options
 from hetsurgery.tracing import trace
@@ -108,7 +108,8 @@ def assemble(base: nn.Module, donors: Sequence[nn.Module | Donor], data: Iterabl
              layers: Layers = "all", lam: Lam = 0.3, align: str = "mal", depth: str | None = None,
              depth_cost: str = "cka", estimator: str = "sign_of_sum", depth_samples: int | None = 512,
              reset_bn: bool | int = True, example_inputs: torch.Tensor | None = None, progress: bool = True,
-             device: torch.device | str | None = None, **align_options: object) -> AssemblyResult:
+             device: torch.device | str | None = None, base_name: str = "base", saveable: bool = False,
+             **align_options: object) -> AssemblyResult:
     """``base`` absorbs the selected units of each donor in turn, ``W ← (1 − λ) W_base + λ W_donor``.
 
     ``layers`` is ``"all"`` or a list of the base's unit keys (``hs.trace(base, x).units``); ``lam`` is a
@@ -120,9 +121,15 @@ def assemble(base: nn.Module, donors: Sequence[nn.Module | Donor], data: Iterabl
     "cla"`` (and data for its CKA; ``depth_cost="width"`` with CLA needs none). ``data`` yields calibration
     batches: the depth plan's similarities (first ``depth_samples``), data-driven alignment, the ReLU signs of
     fused layers, and the BatchNorm statistics after blending (``reset_bn``: ``True`` for 512 samples, a
-    number, or ``False`` to keep the blended statistics). Bad input raises ``MergeInputError`` before any
-    donor is touched.
+    number, or ``False`` to keep the blended statistics). ``base_name`` names the base in messages (a ``Donor``'s
+    ``name`` names a donor); ``saveable=True`` refuses a base that ``hetsurgery.export.save`` could not write as a
+    package before any donor is touched. Bad input raises ``MergeInputError`` before any donor is touched.
     """
+    check_reset_bn(reset_bn)
+    if not isinstance(base, nn.Module):
+        raise MergeInputError(f"the base is a {type(base).__name__} ({base!r:.60}), not an nn.Module")
+    if not isinstance(base_name, str) or not base_name:
+        raise MergeInputError(f"base_name must be a non-empty string, not {base_name!r}")
     depth_opts = DepthOptions.of(depth, "add", depth_cost, estimator, depth_samples)
     if align not in METHODS:
         raise MergeInputError(f"unknown alignment method {align!r}: use one of {', '.join(METHODS)}")
@@ -136,12 +143,14 @@ def assemble(base: nn.Module, donors: Sequence[nn.Module | Donor], data: Iterabl
     for k, d in enumerate(specs):
         if not isinstance(d.model, nn.Module):
             raise MergeInputError(f"donor {k} is a {type(d.model).__name__}, not an nn.Module")
-    _check_finite(base, "the base")
+    _check_finite(base, base_name)
     for k, d in enumerate(specs):
         _check_finite(d.model, _name(d, k))
     device = default_device(device)
     clock = time.perf_counter()
-    g = trace(base, example_inputs if example_inputs is not None else _first_batch(data), name="base")
+    g = trace(base, example_inputs if example_inputs is not None else _first_batch(data), name=base_name)
+    if saveable:
+        check_saveable([g])
     chosen = [select_units(g, d.layers if d.layers is not None else layers, d.lam if d.lam is not None else lam,
                          _name(d, k)) for k, d in enumerate(specs)]
     seconds = {"trace": time.perf_counter() - clock, "depth": 0.0, "align": 0.0, "blend": 0.0, "bn_reset": 0.0}

@@ -71,7 +71,8 @@ def align_to_base(base: ModelGraph, donor: ModelGraph, data: Iterable | None, me
     method_options: dict[str, Any] = dict(options)  # checked by the caller: only the method's own options
     planned = plan_merge([to_module(base, share=True).eval(), to_module(donor, share=True).eval()], data,
                          method=method, anchor=0, width=0 if spec.widths is not None else None,
-                         example_inputs=base.example_inputs[0], progress=progress, device=device, **method_options)
+                         example_inputs=base.example_inputs[0], progress=progress, device=device,
+                         names=(base.name, donor.name), **method_options)
     gb, gd = planned.graphs
     if set(gb.params) != set(gd.params):
         raise MergeInputError(f"{donor.name}: its tensors are not named as the base's after balancing "

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from hetsurgery.errors import MergeInputError
+from hetsurgery.export.saveable import why_not_saveable
 from hetsurgery.ir import ModelGraph, SlotMaps, slots_by_param, transform_params
 from hetsurgery.ir.batches import model_input
 from hetsurgery.ir.lowering import to_module
@@ -95,9 +96,11 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: st
                depth: str | None = None, balance: str = "add", depth_cost: str = "cka",
                estimator: str = "sign_of_sum", depth_samples: int | None = 512, depth_anchor: int | None = None,
                example_inputs: torch.Tensor | None = None, memory_budget: int | None = None, progress: bool = True,
-               device: torch.device | str | None = None, **method_options: object) -> Planned:
+               device: torch.device | str | None = None, names: Sequence[str] | None = None, saveable: bool = False,
+               **method_options: object) -> Planned:
     """Trace the models, align their depths, stream their statistics and solve the width plan (the stages of
     ``merge`` before combining)."""
+    labels = model_names(models, names)
     depth_opts = DepthOptions.of(depth, balance, depth_cost, estimator, depth_samples, depth_anchor)
     spec = METHODS.get(method)
     if spec is None:
@@ -113,13 +116,15 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: st
                          "times (tracing, statistics, BatchNorm reset): pass a list of batches or a DataLoader")
     check_options(method, method_options)
     w = _weights(weights, len(models))
-    for k, m in enumerate(models):
-        _check_finite(m, f"model {k} ({type(m).__name__})")
+    for m, label in zip(models, labels, strict=True):
+        _check_finite(m, label)
     seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
 
     clock = time.perf_counter()
     x = example_inputs if example_inputs is not None else _first_batch(data)
-    graphs = tuple(trace(m, x, name=f"model {k} ({type(m).__name__})") for k, m in enumerate(models))
+    graphs = tuple(trace(m, x, name=label) for m, label in zip(models, labels, strict=True))
+    if saveable:
+        check_saveable(graphs)
     seconds["trace"] = time.perf_counter() - clock
     balanced = None
     if depth_opts is None:
@@ -163,7 +168,7 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "
           depth: str | None = None, balance: str = "add", depth_cost: str = "cka", estimator: str = "sign_of_sum",
           depth_samples: int | None = 512, depth_anchor: int | None = None, example_inputs: torch.Tensor | None = None,
           memory_budget: int | None = None, progress: bool = True, device: torch.device | str | None = None,
-          **method_options: object) -> MergeResult:
+          names: Sequence[str] | None = None, saveable: bool = False, **method_options: object) -> MergeResult:
     """Merge ``models`` into one ``nn.Module`` without training; they may differ in width and, with ``depth``,
     in depth.
 
@@ -183,8 +188,11 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "
     then the widest, or the model ``depth_anchor`` names. The depth plan is ``result.depth`` and part of the
     report.
     ``reset_bn`` recomputes BatchNorm statistics on the first 512 calibration samples (``True``), on the
-    first ``N`` (an int), or not at all (``False``). The forward passes (statistics, BatchNorm reset) run
-    on ``device``: by default a CUDA GPU when one is present, else where the models are.
+    first ``N`` (a whole number), or not at all (``False``). The forward passes (statistics, BatchNorm reset)
+    run on ``device``: by default a CUDA GPU when one is present, else where the models are. ``names`` name the
+    models in messages and the report (default ``model 0 (ClassName)``, ...); ``saveable=True`` refuses, right
+    after tracing, models that ``hetsurgery.export.save`` could not write as a package (a forward calling
+    ``math.sqrt``, a layer of your own class), instead of failing when the merged model is saved.
 
     >>> import torch, hetsurgery as hs
     >>> a, b = hs.zoo.mlp([16]), hs.zoo.mlp([16])
@@ -192,10 +200,11 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "
     >>> r.model(torch.randn(3, 64)).shape
     torch.Size([3, 10])
     """
+    check_reset_bn(reset_bn)
     planned = plan_merge(models, data, method=method, weights=weights, anchor=anchor, width=width, depth=depth,
                          balance=balance, depth_cost=depth_cost, estimator=estimator, depth_samples=depth_samples,
-                         depth_anchor=depth_anchor, example_inputs=example_inputs,
-                         memory_budget=memory_budget, progress=progress, device=device, **method_options)
+                         depth_anchor=depth_anchor, example_inputs=example_inputs, memory_budget=memory_budget,
+                         progress=progress, device=device, names=names, saveable=saveable, **method_options)
     graphs, plan, seconds = planned.graphs, planned.plan, planned.seconds
 
     clock = time.perf_counter()
@@ -273,6 +282,51 @@ def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
         raise MergeInputError(f"weights must be {n} non-negative numbers with a positive sum, got {list(weights)}")
     total = float(sum(weights))
     return [float(x) / total for x in weights]
+
+
+def model_names(models: object, names: Sequence[str] | None) -> list[str]:
+    """What messages call each model: ``names`` (checked), else ``model k (ClassName)``; ``MergeInputError``
+    unless ``models`` is a list of ``nn.Module``s.
+
+    >>> model_names([nn.Linear(2, 2), nn.ReLU()], None)
+    ['model 0 (Linear)', 'model 1 (ReLU)']
+    >>> model_names([nn.Linear(2, 2), "b.pt"], None)
+    Traceback (most recent call last):
+    ...
+    hetsurgery.errors.MergeInputError: model 1 is a str ('b.pt'), not an nn.Module: build the model and load its weights first (hetsurgery.export.load_weights)
+    """
+    if isinstance(models, nn.Module) or not isinstance(models, Sequence) or isinstance(models, str):
+        raise MergeInputError(f"models must be a list of nn.Modules, not a {type(models).__name__}")
+    for k, m in enumerate(models):
+        if not isinstance(m, nn.Module):
+            raise MergeInputError(f"model {k} is a {type(m).__name__} ({m!r:.60}), not an nn.Module: build the model "
+                                  "and load its weights first (hetsurgery.export.load_weights)")
+    if names is None:
+        return [f"model {k} ({type(m).__name__})" for k, m in enumerate(models)]
+    if isinstance(names, str) or len(names) != len(models) or not all(isinstance(n, str) and n for n in names):
+        raise MergeInputError(f"names must be {len(models)} non-empty strings, one per model, not {names!r}")
+    return list(names)
+
+
+def check_reset_bn(reset_bn: object) -> None:
+    """``reset_bn`` is ``True``, ``False`` or a whole number of samples (at least 2).
+
+    >>> check_reset_bn(1.5)
+    Traceback (most recent call last):
+    ...
+    hetsurgery.errors.MergeInputError: reset_bn must be True, False or a whole number of samples (at least 2), not 1.5
+    """
+    if isinstance(reset_bn, bool) or (isinstance(reset_bn, int) and reset_bn >= 2):
+        return
+    raise MergeInputError(f"reset_bn must be True, False or a whole number of samples (at least 2), not {reset_bn!r}")
+
+
+def check_saveable(graphs: Sequence[ModelGraph]) -> None:
+    """``MergeInputError`` naming the model when a package could not hold it (``export.why_not_saveable``)."""
+    for g in graphs:
+        why = why_not_saveable(g)
+        if why is not None:
+            raise MergeInputError(f"{g.name} cannot be saved as a package, so neither can the merged model: {why}")
 
 
 def _check_finite(model: nn.Module, name: str) -> None:

@@ -41,7 +41,7 @@ from hetsurgery.merge.assembly import Layers, select_units
 from hetsurgery.merge.assembly_donor import AlignedDonor, prepare_donor, reset_batchnorm_after
 from hetsurgery.merge.assembly_record import UnitRecord
 from hetsurgery.merge.depth import DepthOptions
-from hetsurgery.merge.driver import BN_RESET_SAMPLES, default_device
+from hetsurgery.merge.driver import BN_RESET_SAMPLES, check_reset_bn, default_device
 from hetsurgery.merge.methods import METHODS
 from hetsurgery.merge.options import check_options
 from hetsurgery.tracing import trace
@@ -104,6 +104,7 @@ def find_lambda_threshold(base: nn.Module, donor: nn.Module, data: Iterable, *, 
     of the curve with the threshold.
     """
     kind = _metric(metric)
+    check_reset_bn(reset_bn)
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
         raise MergeInputError(f"tolerance must be a non-negative number, not {tolerance!r}")
     grid = sorted({0.0, *(float(x) for x in lambdas)})

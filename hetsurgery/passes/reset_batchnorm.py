@@ -57,6 +57,8 @@ class ResetBatchNorm:
                     if seen >= self.max_samples:
                         break
                     x = x[:self.max_samples - seen]
+                    if seen and x.shape[0] == 1:  # one sample alone is no batch to a BatchNorm1d: leave it out
+                        break
                 model(x.to(run_on))
                 seen += x.shape[0]
         if seen == 0:
