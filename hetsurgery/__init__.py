@@ -16,6 +16,7 @@ from hetsurgery.errors import (
     MergeInputError,
     PassError,
     TracingError,
+    UnalignedGroupWarning,
 )
 from hetsurgery.ir import Blocks, ModelGraph, OpKind, PermGroup, Role, Site, Slot
 from hetsurgery.ir.lowering import to_module
@@ -41,6 +42,7 @@ __all__ = [
     "Site",
     "Slot",
     "TracingError",
+    "UnalignedGroupWarning",
     "align",
     "assemble",
     "evaluate",

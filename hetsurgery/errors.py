@@ -37,3 +37,8 @@ class MergeInputError(MergeError, InvalidInput):
 
 class ExportError(HetsurgeryError):
     """Saving, loading or exporting a model failed (bad package, ONNX parity above tolerance)."""
+
+
+class UnalignedGroupWarning(UserWarning):
+    """A merge left a group of hidden channels as it was (frozen), so every method averaged it unaligned; the
+    message says why and what to do (``merge.driver.unaligned_groups``)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,9 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from hetsurgery.errors import MergeInputError
+from hetsurgery.errors import MergeInputError, UnalignedGroupWarning
 from hetsurgery.export.saveable import why_not_saveable
-from hetsurgery.ir import ModelGraph, SlotMaps, slots_by_param, transform_params
+from hetsurgery.ir import ModelGraph, Role, SlotMaps, slots_by_param, transform_params
 from hetsurgery.ir.batches import model_input
 from hetsurgery.ir.lowering import to_module
 from hetsurgery.merge.combine import combine
@@ -46,6 +47,7 @@ class MergeReport:
     groups: tuple[tuple[int, str, tuple[int, ...], int, str], ...]  # id, label, widths in, width out, how
     depth: DepthPlan | None = None
     fusions: tuple[FuseReport, ...] = ()
+    unaligned: tuple[str, ...] = ()  # why groups were left as they are (``unaligned_groups``), also warned
 
     @property
     def total_seconds(self) -> float:
@@ -61,6 +63,7 @@ class MergeReport:
         lines.append(f"{'group':>5} {'widths':>12} {'->':>2} {'out':>5}  how  label")
         for gid, label, widths, out, how in self.groups:
             lines.append(f"{gid:>5} {'/'.join(map(str, widths)):>12} -> {out:>5}  {how}  {label}")
+        lines += [f"warning: {text}" for text in self.unaligned]
         return "\n".join(lines)
 
 
@@ -89,6 +92,7 @@ class Planned:
     seconds: dict[str, float]
     depth: DepthPlan | None = None
     fusions: tuple[FuseReport, ...] = ()
+    unaligned: tuple[str, ...] = ()
 
 
 def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "zip",
@@ -158,9 +162,12 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: st
     plan = WidthPlan(method, tuple(w), anchor, dict(sorted(matches.items())),
                      {grp.id: grp.key for grp in graphs[anchor].groups if grp.id in matches})
     seconds["matching"] = time.perf_counter() - clock
+    unaligned = unaligned_groups(graphs[0], method)
+    for text in unaligned:
+        warnings.warn(text, UnalignedGroupWarning, stacklevel=3)
     if balanced is None:
-        return Planned(graphs, plan, seconds)
-    return Planned(graphs, plan, seconds, balanced.plan, balanced.fusions)
+        return Planned(graphs, plan, seconds, unaligned=unaligned)
+    return Planned(graphs, plan, seconds, balanced.plan, balanced.fusions, unaligned)
 
 
 def merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "zip",
@@ -219,8 +226,8 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "
 
     report = MergeReport(method, seconds, tuple(
         (grp.id, grp.label, tuple(g.group(grp.id).size for g in graphs), plan.groups[grp.id].size,
-         str(plan.groups[grp.id].info.get("kind", method))) for grp in graphs[0].groups), planned.depth,
-        planned.fusions)
+         "frozen" if not grp.perm_ok else str(plan.groups[grp.id].info.get("kind", method)))
+        for grp in graphs[0].groups), planned.depth, planned.fusions, planned.unaligned)
     # the merged tensors are new: the module takes them without a copy (so .model and .graph share them)
     return MergeResult(to_module(merged, share=True).eval(), plan, report, merged, planned.depth)
 
@@ -239,6 +246,45 @@ def align(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "
         params = transform_params(g.params, slots_by_param(g.groups), maps, names=g.params)
         out.append(to_module(_merged_graph(g, planned.plan, params)).eval())
     return out
+
+
+def unaligned_groups(g: ModelGraph, method: str) -> tuple[str, ...]:
+    """Why each frozen group of hidden channels (channels a layer writes: frozen by an op the rules cannot follow,
+    or by design while layers also read them, as features the model returns beside its logits) stays unaligned,
+    and what to do; none for ``average`` (it aligns nothing) or for the model's input and its final outputs
+    (their order is the data's and the labels', fixed by design).
+
+    >>> import torch, hetsurgery as hs
+    >>> class Both(torch.nn.Module):  # returns its hidden features beside the logits
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+    ...     def forward(self, x):
+    ...         h = torch.relu(self.a(x))
+    ...         return self.b(h), h
+    >>> print(unaligned_groups(hs.trace(Both(), torch.randn(2, 4)), "zip")[0])  # doctest: +ELLIPSIS
+    zip leaves group 0 (a, 8 channels) unaligned: it is frozen (model output), so every method averages ...
+    """
+    if method == "average":
+        return ()
+    out = []
+    for grp in g.groups:
+        read = bool(grp.slots_with(Role.CONSUME))
+        if grp.perm_ok or not grp.slots_with(Role.PRODUCE) or (grp.by_design and not read):
+            continue
+        advice = _OUTPUT_ADVICE if grp.by_design else _FROZEN_ADVICE
+        out.append(f"{method} leaves group {grp.id} ({grp.label}, {grp.size} channels) unaligned: it is frozen "
+                   f"({grp.frozen}), so every method averages its channels position by position, as plain averaging "
+                   f"does. {advice}")
+    return tuple(out)
+
+
+_OUTPUT_ADVICE = ("The models return these hidden features, and an output keeps its order: to align them, merge "
+                  "models whose forward returns only the outputs that must stay in place (a wrapper that drops the "
+                  "features, or a flag of your model); the merged weights keep your model's state_dict keys and "
+                  "load back into it.")
+_FROZEN_ADVICE = ("The channel rules cannot follow these channels through the op named there: write it with ops "
+                  "the rules know (the README lists them), so that the channels may move.")
 
 
 def _merged_graph(base: ModelGraph, plan: WidthPlan, params: Mapping[str, torch.Tensor]) -> ModelGraph:
