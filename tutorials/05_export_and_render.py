@@ -32,8 +32,9 @@ print(f"zip of MLP 64-64 and MLP 96-48: joint accuracy {score.joint:.3f}, per ta
       f"{score.per_task[1]:.3f}")
 
 # 2. A package is a folder: the generated code, the weights, the plan and a report. It is written beside its
-#    destination and renamed into place, after loading it back and comparing outputs.
-folder = export.save(merged.graph, out / "zip-mlp", plan=merged.plan, report=f"joint accuracy {score.joint:.3f}")
+#    destination and renamed into place, after loading it back and comparing outputs. MergeResult.save keeps the
+#    width plan, a depth plan and the passes that balanced each model (export.save takes any graph or module).
+folder = merged.save(out / "zip-mlp", report=f"joint accuracy {score.joint:.3f}")
 print("package:", sorted(p.name for p in folder.iterdir()))
 source = (folder / "model.py").read_text()
 print("model.py, the forward:\n" + source[source.index("    def forward"):source.index("\n\n\ndef load")])

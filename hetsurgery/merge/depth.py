@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TypeVar
 
@@ -121,6 +121,7 @@ def balance_depths(graphs: Sequence[ModelGraph], data: Iterable | None, opts: De
     balanced, reports = _balance(graphs, anchor, plan, data, opts)
     carried = tuple(g if k == anchor else on_anchor_names(balanced[anchor], g) for k, g in enumerate(balanced))
     seconds["balance"] = time.perf_counter() - clock
+    plan = replace(plan, models=tuple(replace(md, passes=balanced[md.model].passes) for md in plan.models))
     return Balanced(carried, plan, seconds, tuple(reports))
 
 

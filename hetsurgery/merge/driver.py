@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -81,6 +83,14 @@ class MergeResult:
     report: MergeReport
     graph: ModelGraph = field(repr=False)
     depth: DepthPlan | None = field(default=None, repr=False)
+
+    def save(self, folder: str | os.PathLike[str], *, report: object | None = None, name: str | None = None) -> Path:
+        """Write the merged model as a package (``hetsurgery.export.save``) keeping everything: the width plan, the
+        depth plan with the passes that balanced each model, and the report (``report``, else ``self.report``)."""
+        from hetsurgery.export import save
+
+        return save(self.graph, folder, plan=self.plan, report=report if report is not None else self.report,
+                    name=name, depth=self.depth)
 
 
 @dataclass(frozen=True)

@@ -171,10 +171,12 @@ def align_stage(stage_shallow: str, stage_deep: str, units_shallow: Sequence[str
 
 @dataclass(frozen=True)
 class ModelDepth:
-    """The stage alignments of one model to the anchor."""
+    """The stage alignments of one model to the anchor, and the structural passes that balanced it (specs, in the
+    order they ran: ``hetsurgery.passes.replay`` applies them to the model traced again)."""
 
     model: int
     stages: tuple[StageAlignment, ...]
+    passes: tuple[Mapping[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         for side in ("stage_shallow", "stage_deep"):
@@ -203,15 +205,20 @@ class DepthPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {"anchor": self.anchor,
-                "models": [{"model": md.model, "stages": [s.to_dict() for s in md.stages]} for md in self.models]}
+                "models": [{"model": md.model, "stages": [s.to_dict() for s in md.stages],
+                            "passes": [dict(p) for p in md.passes]} for md in self.models]}
 
     @staticmethod
     def from_dict(raw: Mapping[str, Any]) -> DepthPlan:
         _keys(raw, frozenset({"anchor", "models"}), frozenset(), "depth plan")
         models = []
         for md in raw["models"]:
-            _keys(md, frozenset({"model", "stages"}), frozenset(), "depth plan model")
-            models.append(ModelDepth(_int(md["model"]), tuple(StageAlignment.from_dict(s) for s in md["stages"])))
+            _keys(md, frozenset({"model", "stages"}), frozenset({"passes"}), "depth plan model")
+            passes = _tuple(md.get("passes", []))
+            if not all(isinstance(p, Mapping) and isinstance(p.get("pass"), str) for p in passes):
+                raise DepthError(f"depth plan model {md['model']!r}: passes must be pass specs with a \"pass\" name")
+            models.append(ModelDepth(_int(md["model"]), tuple(StageAlignment.from_dict(s) for s in md["stages"]),
+                                     tuple(dict(p) for p in passes)))
         return DepthPlan(_int(raw["anchor"]), tuple(models))
 
     def to_json(self) -> str:
