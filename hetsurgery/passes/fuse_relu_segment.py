@@ -21,9 +21,9 @@ After ``FuseReluSegment(("layers_0", "layers_2"), (d,))``::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import torch
 from torch import fx, nn
@@ -74,6 +74,12 @@ class FuseReluSegment:
         """The pass as JSON-able data (``hetsurgery.passes.replay`` makes it again)."""
         return {"pass": self.name, "units": list(self.units),
                 "signs": [torch.as_tensor(d, dtype=torch.float64).flatten().tolist() for d in self.signs]}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> Self:
+        """The pass ``spec()`` describes."""
+        return cls(tuple(str(u) for u in spec["units"]),
+                   tuple(torch.tensor(d, dtype=torch.float64) for d in spec["signs"]))
 
 
 def segment_units(g: ModelGraph, keys: Sequence[str]) -> list[Unit]:

@@ -23,9 +23,9 @@ import copy
 import itertools
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import torch
 from torch import fx, nn
@@ -62,6 +62,11 @@ class InsertIdentity:
     def spec(self) -> dict[str, Any]:
         """The pass as JSON-able data (``hetsurgery.passes.replay`` makes it again)."""
         return {"pass": self.name, "stage": self.stage, "positions": list(self.positions)}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> Self:
+        """The pass ``spec()`` describes."""
+        return cls(str(spec["stage"]), tuple(int(p) for p in spec["positions"]))
 
 
 def insertion_point(g: ModelGraph, st: Stage, position: int) -> str:

@@ -29,9 +29,9 @@ from __future__ import annotations
 import copy
 import operator
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import torch
 from torch import fx, nn
@@ -74,6 +74,11 @@ class InsertZeroResidual:
     def spec(self) -> dict[str, Any]:
         """The pass as JSON-able data (``hetsurgery.passes.replay`` makes it again)."""
         return {"pass": self.name, "stage": self.stage, "positions": list(self.positions)}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> Self:
+        """The pass ``spec()`` describes."""
+        return cls(str(spec["stage"]), tuple(int(p) for p in spec["positions"]))
 
 
 def _point_and_template(g: ModelGraph, st: Stage, units: list[Unit], p: int) -> tuple[str, Unit, bool]:

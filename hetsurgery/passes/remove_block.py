@@ -27,9 +27,9 @@ After ``RemoveBlock(("layer1_1_conv1",))``::
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from torch import fx
 
@@ -69,8 +69,13 @@ class RemoveBlock:
         return relift(gm, g, self.spec())
 
     def spec(self) -> dict[str, Any]:
-        """The pass as JSON-able data."""
+        """The pass as JSON-able data (``hetsurgery.passes.replay`` makes it again)."""
         return {"pass": self.name, "units": list(self.units)}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> Self:
+        """The pass ``spec()`` describes."""
+        return cls(tuple(str(u) for u in spec["units"]))
 
 
 def _removable(g: ModelGraph, key: str) -> Unit:

@@ -1,5 +1,9 @@
 """Structural passes as data: every structural pass has a ``spec()`` (a JSON-able dict with its ``"pass"``
-name and fields), ``from_spec`` makes the pass again and ``replay`` applies a list of specs to a graph.
+name and fields) and a ``from_spec`` that makes the pass again; ``replay`` applies a list of specs to a graph.
+
+The table of passes ``replay`` knows is made from the pass classes themselves (``STRUCTURAL``: each class
+under its ``name``), never kept by hand, so a structural pass cannot write a spec that ``replay`` does not
+read (a test checks that every pass class of ``hetsurgery.passes`` that has a ``spec`` is in it).
 
 A package's ``plan.json`` lists the structural passes that turned the traced model into the saved one;
 replaying them on the original model gives the saved structure again.
@@ -15,11 +19,9 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
-
-import torch
+from typing import Any, Protocol
 
 from hetsurgery.errors import PassError
 from hetsurgery.ir import ModelGraph
@@ -27,27 +29,29 @@ from hetsurgery.passes.base import Pass, Pipeline
 from hetsurgery.passes.fuse_relu_segment import FuseReluSegment
 from hetsurgery.passes.insert_identity import InsertIdentity
 from hetsurgery.passes.insert_zero_residual import InsertZeroResidual
+from hetsurgery.passes.remove_block import RemoveBlock
 
 
-def _positions(spec: Mapping[str, Any]) -> tuple[int, ...]:
-    return tuple(int(p) for p in spec["positions"])
+class Structural(Pass, Protocol):
+    """A pass that changes a graph's structure, and says so as data."""
+
+    def spec(self) -> dict[str, Any]: ...
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> Structural: ...
 
 
-STRUCTURAL: Mapping[str, Callable[[Mapping[str, Any]], Pass]] = MappingProxyType({
-    InsertIdentity.name: lambda s: InsertIdentity(str(s["stage"]), _positions(s)),
-    InsertZeroResidual.name: lambda s: InsertZeroResidual(str(s["stage"]), _positions(s)),
-    FuseReluSegment.name: lambda s: FuseReluSegment(tuple(str(u) for u in s["units"]),
-                                                    tuple(torch.tensor(d, dtype=torch.float64) for d in s["signs"])),
-})
+STRUCTURAL_PASSES: tuple[type[Structural], ...] = (InsertIdentity, InsertZeroResidual, FuseReluSegment, RemoveBlock)
+STRUCTURAL: Mapping[str, type[Structural]] = MappingProxyType({cls.name: cls for cls in STRUCTURAL_PASSES})
 
 
 def from_spec(spec: Mapping[str, Any]) -> Pass:
     """The pass a spec describes; ``PassError`` for an unknown pass or a malformed spec."""
-    make = STRUCTURAL.get(str(spec.get("pass")))
-    if make is None:
+    cls = STRUCTURAL.get(str(spec.get("pass")))
+    if cls is None:
         raise PassError(f"unknown structural pass {spec.get('pass')!r}: known are {', '.join(STRUCTURAL)}")
     try:
-        return make(spec)
+        return cls.from_spec(spec)
     except (KeyError, TypeError, ValueError) as exc:
         raise PassError(f"a {spec['pass']} spec is malformed ({type(exc).__name__}: {exc}): {dict(spec)}") from exc
 
