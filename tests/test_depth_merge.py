@@ -23,56 +23,82 @@ def _load_skipping(deep: nn.Module, shallow: nn.Module, rename: Callable[[str], 
     return shallow.eval()
 
 
-def _mlp_pair() -> tuple[nn.Module, nn.Module, torch.Tensor]:
-    """D′: an MLP whose third hidden layer computes the identity; S: the same MLP without it."""
+def _mlp_pair(at: int) -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    """D′: an MLP of four hidden layers whose hidden layer ``at`` computes the identity; S: the same MLP without it."""
     deep = randomise(hs.zoo.mlp([12, 12, 12, 12]), 1)
     with torch.no_grad():
-        deep.layers[4].weight.copy_(torch.eye(12))
-        deep.layers[4].bias.zero_()
+        deep.layers[2 * at].weight.copy_(torch.eye(12))
+        deep.layers[2 * at].bias.zero_()
 
     def rename(k: str) -> str:
         i, leaf = int(k.split(".")[1]), k.split(".")[2]
-        return f"layers.{i if i < 4 else i + 2}.{leaf}"
+        return f"layers.{i if i < 2 * at else i + 2}.{leaf}"
 
     return deep, _load_skipping(deep, hs.zoo.mlp([12, 12, 12]), rename), torch.randn(256, 64)
 
 
-def _resnet_pair() -> tuple[nn.Module, nn.Module, torch.Tensor]:
-    """D′: a ResNet whose second block of stage 1 has a zero branch; S: the ResNet without it."""
+def _resnet_pair(at: int) -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    """D′: a ResNet whose block ``at`` of stage 0 (of three) has a zero branch; S: the ResNet without it."""
     deep = randomise(hs.zoo.resnet((3, 2, 1)), 2)
     with torch.no_grad():
-        deep.layer1[1].bn2.weight.zero_()
-        deep.layer1[1].bn2.bias.zero_()
-    shallow = randomise(hs.zoo.resnet((2, 2, 1)), 3)
-    return deep, _load_skipping(deep, shallow, lambda k: "layer1.2." + k[9:] if k.startswith("layer1.1.") else k), \
-        torch.randn(256, 1, 8, 8)
+        deep.layer1[at].bn2.weight.zero_()
+        deep.layer1[at].bn2.bias.zero_()
+
+    def rename(k: str) -> str:
+        if not k.startswith("layer1."):
+            return k
+        i = int(k.split(".")[1])
+        return f"layer1.{i if i < at else i + 1}.{k[9:]}"
+
+    return deep, _load_skipping(deep, randomise(hs.zoo.resnet((2, 2, 1)), 3), rename), torch.randn(256, 1, 8, 8)
 
 
-def _transformer_pair() -> tuple[nn.Module, nn.Module, torch.Tensor]:
-    """D′: a transformer whose second block adds zero (both branches end in zeroed projections); S: without it."""
+def _transformer_pair(at: int) -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    """D′: a transformer whose block ``at`` (of three) adds zero (both branches end in zeroed projections); S:
+    without it."""
     deep = randomise(hs.zoo.transformer("manual", depth=3), 4)
     with torch.no_grad():
-        for p in (deep.blocks[1].attn.out.weight, deep.blocks[1].attn.out.bias, deep.blocks[1].fc2.weight,
-                  deep.blocks[1].fc2.bias):
+        for p in (deep.blocks[at].attn.out.weight, deep.blocks[at].attn.out.bias, deep.blocks[at].fc2.weight,
+                  deep.blocks[at].fc2.bias):
             p.zero_()
-    shallow = hs.zoo.transformer("manual", depth=2)
-    return deep, _load_skipping(deep, shallow, lambda k: "blocks.2." + k[9:] if k.startswith("blocks.1.") else k), \
-        torch.randn(256, 1, 8, 8)
+
+    def rename(k: str) -> str:
+        if not k.startswith("blocks."):
+            return k
+        i = int(k.split(".")[1])
+        return f"blocks.{i if i < at else i + 1}.{k[9:]}"
+
+    return deep, _load_skipping(deep, hs.zoo.transformer("manual", depth=2), rename), torch.randn(256, 1, 8, 8)
 
 
-@pytest.mark.parametrize("pair", [_mlp_pair, _resnet_pair, _transformer_pair], ids=["mlp", "resnet", "transformer"])
+def certificate_holds(method: str, at: int, deep_units: int) -> bool:
+    """Where the README says the self-merge certificate holds: the missing unit is never the first of its stage
+    (nothing is inserted in front of a stage's first unit), and for CLA, which fixes last↔last when the shallow
+    stage has two units or more, not the last either."""
+    return at != 0 and not (method == "cla" and at == deep_units - 1 and deep_units - 1 >= 2)
+
+
+CERTIFICATE_CASES = [(name, at) for name, ats in (("mlp", (1, 2, 3)), ("resnet", (0, 1, 2)), ("transformer", (0, 1, 2)))
+                     for at in ats]
+CERTIFICATE_PAIRS = {"mlp": (_mlp_pair, 4), "resnet": (_resnet_pair, 3), "transformer": (_transformer_pair, 3)}
+
+
+@pytest.mark.parametrize(("pair", "at"), CERTIFICATE_CASES)
 @pytest.mark.parametrize("method", METHODS)
-def test_self_merge_certificate(pair: Callable[[], tuple[nn.Module, nn.Module, torch.Tensor]], method: str) -> None:
-    """D′ has units that compute the identity; S is D′ without them, channels permuted. Balancing S by the depth
-    plan and merging it with D′ (permute, no BatchNorm reset) must give D′'s function back."""
-    deep, shallow, x = pair()
+def test_self_merge_certificate(pair: str, at: int, method: str) -> None:
+    """D′ has a unit that computes the identity; S is D′ without it, channels permuted. Balancing S by the depth
+    plan and merging it with D′ (permute, no BatchNorm reset) gives D′'s function back exactly where
+    ``certificate_holds`` says, and measurably not elsewhere (the gap is real, and documented)."""
+    make, deep_units = CERTIFICATE_PAIRS[pair]
+    deep, shallow, x = make(at)
     with torch.no_grad():
         assert rel_err(deep(x), shallow(x)) < 1e-5  # S computes what D′ computes
     s = hs.to_module(permuted(hs.trace(shallow, x[:2]), 5)).eval()
     result = hs.merge([deep, s], [x[:128], x[128:]], depth=method, balance="add", method="permute", reset_bn=False,
                       progress=False)
     with torch.no_grad():
-        assert rel_err(deep(x), result.model(x)) <= 1e-4
+        err = rel_err(deep(x), result.model(x))
+    assert (err <= 1e-4) if certificate_holds(method, at, deep_units) else (err > 1e-3), err
     assert result.depth is not None and result.depth.anchor == 0
     assert set(result.model.state_dict()) == set(deep.state_dict())  # the deeper model's topology and names
 

@@ -16,6 +16,12 @@
    estimated on the calibration data (an approximation, measured in the report).
 4. **Correspondence.** Each balanced model is carried onto the anchor's structure and names
    (``correspond.on_anchor_names``), unit by unit; the width methods then see models of one topology.
+
+**Where a self-merge is exact.** A model D′ merged (``balance="add"``, ``permute``, no BatchNorm reset) with a
+permuted copy of itself that lacks a unit computing the identity is D′ again when the plan puts the identity
+back where it was: SMA and LMA do unless the missing unit is a stage's first (a unit is never inserted in
+front of it); CLA also fixes last↔last (for two or more shallow units), so it does unless the missing unit is
+a stage's first or last (``tests/test_depth_merge.py::test_self_merge_certificate``).
 """
 
 from __future__ import annotations
