@@ -77,3 +77,21 @@ def test_bad_threshold_input(pair: tuple, kw: dict, says: str) -> None:
     base, donor, test, _ = pair
     with pytest.raises(hs.MergeInputError, match=says):
         hs.find_lambda_threshold(base, donor, test, **{"layers": "all", **kw})
+
+
+def test_a_copy_of_the_base_gives_a_flat_curve_with_the_default_batchnorm_reset() -> None:
+    """λ = 0 is evaluated with the same BatchNorm reset as every other λ: a donor that computes the base's
+    function gives one value along the whole curve (it jumped between 0 and 0.005 by the reset alone)."""
+    from helpers import randomise
+
+    from hetsurgery.passes import InsertZeroResidual
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 1, 8, 8)
+    data = [(x, torch.randint(0, 10, (64,)))]
+    base = randomise(hs.zoo.resnet((1, 1, 1)), 5)
+    donor = hs.to_module(permuted(InsertZeroResidual("stage0", (1,))(hs.trace(base, x[:2])), 6)).eval()
+    t = hs.find_lambda_threshold(base, donor, data, layers="all", metric="loss", tolerance=1e-4, depth="lma",
+                                 lambdas=(0.0, 0.005, 0.5, 1.0), refine=0, verify=2)
+    assert t.threshold == 1.0
+    assert all(abs(v - t.base_value) <= 1e-4 * abs(t.base_value) for _, v in t.probes)

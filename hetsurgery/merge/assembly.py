@@ -13,9 +13,13 @@ residual block, ``ModelGraph.units``, addressed by ``Unit.key``) and each donor,
 3. **Blend.** ``W ← (1 − λ) W_base + λ W_donor`` for every tensor of the unit (``assembly_donor``), BatchNorm
    running statistics at and after the blended units recomputed on ``data`` when it is given.
 
-``λ = 0`` gives the base back exactly; a donor that computes what the base computes (a permuted, padded or
-deeper copy of it) leaves its function unchanged for every ``λ``. Beyond a threshold the base's own task
-degrades (linear mode connectivity breaks): ``find_lambda_threshold`` finds it.
+``λ = 0`` gives the base back exactly. A donor that computes what the base computes (a permuted copy of it,
+a zero-padded one aligned by ``mal`` or ``mal-pad`` — ``zip`` dilutes live channels with the padding's dead
+ones —, a deeper one with zero-residual blocks) leaves its function unchanged for every ``λ`` as long as the
+BatchNorm statistics are blended too (``reset_bn=False``); with ``reset_bn`` they are recomputed on ``data``
+inside and after the blended units for every ``λ > 0``, which gives the base with those statistics recomputed
+(the base itself when its statistics are those of ``data``). Beyond a threshold the base's own task degrades
+(linear mode connectivity breaks): ``find_lambda_threshold`` finds it.
 
 >>> import torch, hetsurgery as hs
 >>> base, donor = hs.zoo.mlp([16, 16]), hs.zoo.mlp([24, 12])

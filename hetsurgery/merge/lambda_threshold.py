@@ -61,7 +61,8 @@ class Metric(enum.Enum):
 
 @dataclass(frozen=True)
 class LambdaThreshold:
-    """The largest ``λ`` found whose ``metric`` stays within ``tolerance`` of the base's (``base_value``), the
+    """The largest ``λ`` found whose ``metric`` stays within ``tolerance`` of the base's (``base_value``: at
+    ``λ = 0``, with the BatchNorm statistics recomputed as at every other ``λ`` when ``reset_bn`` asks), the
     curve along the grid, every ``(λ, metric)`` evaluated (grid and bisection, by ``λ``), the unit records of
     the selection, and the picture (``None`` unless asked for)."""
 
@@ -188,10 +189,11 @@ def score_at(ready: AlignedDonor, units: Iterable[str], lam: float, data: Iterab
 def blended_model(ready: AlignedDonor, units: Iterable[str], lam: float, calibration: Iterable | None = None,
                   bn_samples: int | None = None, device: torch.device | str | None = None) -> nn.Module:
     """The base with ``units`` blended by ``lam``, BatchNorm statistics inside and after them recomputed on the
-    first ``bn_samples`` of ``calibration`` when both are given. Without a reset it is the base's own module run
-    on the blended tensors (``torch.func.functional_call``): nothing is built per ``λ``."""
+    first ``bn_samples`` of ``calibration`` when both are given: at ``λ = 0`` too, so that the curve measures ``λ``
+    alone and does not jump between 0 and the first ``λ`` by the reset itself. Without a reset it is the base's
+    own module run on the blended tensors (``torch.func.functional_call``): nothing is built per ``λ``."""
     chosen = {u: lam for u in units}
-    blended = [u for u in chosen if lam > 0 and ready.counterparts[u].exists]
+    blended = [u for u in chosen if ready.counterparts[u].exists]
     if bn_samples is not None and calibration is not None and blended and _has_batchnorm(ready.base):
         g = reset_batchnorm_after(ready.blend(chosen), blended, calibration, bn_samples, device)
         return to_module(g, share=True).eval()
