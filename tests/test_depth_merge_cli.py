@@ -63,7 +63,8 @@ def test_the_depth_plan_and_its_cka_matrices_render_from_a_package(tmp_path: pat
 @pytest.mark.parametrize(("a", "b", "depth", "says"), [
     ({"factory": "hetsurgery.zoo:resnet", "kwargs": {"blocks_per_stage": [3, 1, 1]}},
      {"factory": "hetsurgery.zoo:resnet", "kwargs": {"blocks_per_stage": [2, 1, 1]}},
-     {"method": "lma", "balance": "merge"}, "stage of residual blocks: use balance='add'"),
+     {"method": "lma", "balance": "merge"}, "stage of residual blocks, and only Linear layers fuse (CLAFusion's merge "
+                                            "layers). balance='add' can"),
     ({"factory": "vgg", "kwargs": {"cfg": [8, 8, 8, "M", 8]}}, {"factory": "vgg", "kwargs": {"cfg": [8, 8, "M", 8]}},
      {"method": "cla", "balance": "merge"}, "only Linear layers and 1x1 convolutions"),
     ({"factory": "vgg", "kwargs": {"cfg": [8, "M", 8, "M", 8]}}, {"factory": "vgg", "kwargs": {"cfg": [8, "M", 8]}},

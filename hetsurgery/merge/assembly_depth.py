@@ -50,7 +50,7 @@ from hetsurgery.plan.depth import (
 )
 from hetsurgery.plan.depth.cka import width_cost
 from hetsurgery.plan.depth.depth_plan import Score
-from hetsurgery.plan.fuse_signs import estimate_signs
+from hetsurgery.plan.fuse_signs import estimate_signs, norm_scales
 from hetsurgery.plan.joint import site_view, tap_module
 
 Sources = dict[str, tuple[tuple[str, ...], str]]  # a unit of the balanced donor: its original units, how found
@@ -272,7 +272,8 @@ def _fuse(g: ModelGraph, units: tuple[str, ...], data: Iterable | None, opts: De
         raise MergeInputError(f"{g.name} is deeper than the base: its layers {', '.join(units)} are fused across their "
                               "ReLUs with signs estimated on data; give data")
     try:
-        return Pipeline((FuseReluSegment(units, estimate_signs(g, units, data, opts.estimator)),))(g)
+        return Pipeline((FuseReluSegment(units, estimate_signs(g, units, data, opts.estimator),
+                                         norm_scales(g, units, data)),))(g)
     except PassError as exc:
         raise MergeInputError(f"{g.name} is deeper than the base, and its layers {', '.join(units)} cannot be fused "
                               f"into one: {exc}") from exc

@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hetsurgery.errors import MergeInputError, PassError
-from hetsurgery.ir import ModelGraph, Site, UnitKind
+from hetsurgery.ir import Activation, ModelGraph, Site, UnitKind
 from hetsurgery.ir.batches import model_input
 from hetsurgery.merge.correspond import on_anchor_names
 from hetsurgery.merge.fusion import FuseReport, compare
@@ -44,7 +44,7 @@ from hetsurgery.passes import FuseReluSegment, InsertIdentity, InsertZeroResidua
 from hetsurgery.plan.depth import Balance, DepthMethod, DepthPlan, ModelDepth, StageAlignment, StreamingCKA
 from hetsurgery.plan.depth.cka import width_cost
 from hetsurgery.plan.depth.depth_plan import Score, align_stage
-from hetsurgery.plan.fuse_signs import Estimator, estimate_signs
+from hetsurgery.plan.fuse_signs import Estimator, estimate_signs, norm_scales
 from hetsurgery.plan.joint import site_view, tap_module
 
 COSTS = ("cka", "width")
@@ -116,6 +116,7 @@ def balance_depths(graphs: Sequence[ModelGraph], data: Iterable | None, opts: De
     """Align every model's stages with the anchor's, balance them, and carry them onto the anchor's names."""
     check_pairable(graphs)
     anchor = _anchor(graphs, opts.balance, opts.anchor)
+    check_balance(graphs, anchor, opts.balance)
     seconds = {}
     clock = time.perf_counter()
     scores = _similarities(graphs, anchor, data, opts, device=device, progress=progress)
@@ -308,6 +309,55 @@ def _balance(graphs: Sequence[ModelGraph], anchor: int, plan: DepthPlan, data: I
     return out, reports
 
 
+def check_balance(graphs: Sequence[ModelGraph], anchor: int, balance: Balance) -> None:
+    """Before any data is read: ``MergeInputError`` when ``balance`` cannot even out a stage whose depths differ
+    anywhere in it, saying once whether the other balance can (never one refusal pointing at the other)."""
+    for k, g in enumerate(graphs):
+        if k == anchor:
+            continue
+        for a, b in zip(graphs[anchor].stages, g.stages, strict=True):
+            if len(a) == len(b):
+                continue
+            (shallow, s_stage), (deep, d_stage) = sorted(((graphs[anchor], a), (g, b)), key=lambda x: len(x[1]))
+            why = {Balance.ADD: why_not_add(shallow, s_stage.key), Balance.MERGE: why_not_merge(deep, d_stage.key)}
+            if why[balance] is None:
+                continue
+            other = Balance.MERGE if balance is Balance.ADD else Balance.ADD
+            if why[other] is not None:
+                raise MergeInputError(f"neither balance can even out {a.key} of {shallow.name} and {deep.name}: "
+                                      f"balance='add' cannot, {why[Balance.ADD]}; balance='merge' cannot, "
+                                      f"{why[Balance.MERGE]}. These models cannot be aligned in depth")
+            can = ("it inserts identity units into the shallower model (exact)" if other is Balance.ADD else
+                   f"it fuses {deep.name}'s layers of {d_stage.key} across their activations, an approximation whose "
+                   "error on the calibration data the report gives" + _taken_as_relu(deep, d_stage.key))
+            raise MergeInputError(f"balance='{balance.value}' cannot even out {a.key} of {shallow.name} and "
+                                  f"{deep.name}: {why[balance]}. balance='{other.value}' can: {can}")
+
+
+def why_not_add(g: ModelGraph, stage: str) -> str | None:
+    """Why no unit can be inserted anywhere after the first of ``stage`` (``None``: somewhere it can)."""
+    st = g.stage(stage)
+    insert = InsertIdentity if st.kind is UnitKind.LAYER else InsertZeroResidual
+    reasons = [insert(stage, (p,)).why_not(g) for p in range(1, len(st) + 1)]
+    return None if any(r is None for r in reasons) else reasons[0]
+
+
+def why_not_merge(g: ModelGraph, stage: str) -> str | None:
+    """Why no two neighbouring units of ``stage`` can be fused (``None``: some can)."""
+    st = g.stage(stage)
+    if st.kind is UnitKind.BLOCK:
+        return (f"{stage} of {g.name} is a stage of residual blocks, and only Linear layers fuse (CLAFusion's "
+                "merge layers)")
+    reasons = [FuseReluSegment((u, v), ()).why_not(g) for u, v in zip(st.units, st.units[1:], strict=False)]
+    return None if any(r is None for r in reasons) else (reasons[0] if reasons else f"{stage} has one unit")
+
+
+def _taken_as_relu(g: ModelGraph, stage: str) -> str:
+    acts = {a for k in g.stage(stage).units for n in g.unit(k).nodes
+            if (a := g.facts[n].activation) not in (None, Activation.IDENTITY, Activation.RELU)}
+    return f" ({', '.join(sorted(a.value for a in acts))} taken as a ReLU)" if acts else ""
+
+
 def _insert(g: ModelGraph, stages: Sequence[StageAlignment]) -> ModelGraph:
     passes = []
     for sa in stages:
@@ -319,8 +369,8 @@ def _insert(g: ModelGraph, stages: Sequence[StageAlignment]) -> ModelGraph:
     try:
         return Pipeline(tuple(passes))(g)
     except PassError as exc:
-        raise MergeInputError(f"balance='add' cannot make {g.name} as deep as the anchor: {exc}. Try another depth "
-                              "method, or balance='merge' for Linear chains") from exc
+        raise MergeInputError(f"balance='add' cannot make {g.name} as deep as the anchor where the depth plan says: "
+                              f"{exc}. Try another depth method") from exc
 
 
 def _fuse(g: ModelGraph, stages: Sequence[StageAlignment], data: Iterable | None, estimator: Estimator
@@ -335,10 +385,11 @@ def _fuse(g: ModelGraph, stages: Sequence[StageAlignment], data: Iterable | None
             if data is None:
                 raise MergeInputError("balance='merge' estimates each fused ReLU from calibration data; give data")
             try:
-                fused = FuseReluSegment(units, estimate_signs(g, units, data, estimator))(g)
+                fused = FuseReluSegment(units, estimate_signs(g, units, data, estimator),
+                                        norm_scales(g, units, data))(g)
             except PassError as exc:
-                raise MergeInputError(f"balance='merge' cannot fuse {', '.join(units)} of {g.name}: {exc}. Use "
-                                      "balance='add'") from exc
+                raise MergeInputError(f"balance='merge' cannot fuse {', '.join(units)} of {g.name} where the depth "
+                                      f"plan says: {exc}. Try another depth method") from exc
             reports.append(compare(g, fused, data, units, estimator))
             g = fused
     return g, reports

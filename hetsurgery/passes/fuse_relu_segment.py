@@ -5,7 +5,12 @@ diagonal 0/1 matrix ``D = diag(step(z))``, which depends on the input. Fixing ``
 unit: ``y ≈ act₂(BN₂(W₂ D W₁ x + W₂ D b₁ + b₂))``. BatchNorms inside the segment are folded first (in
 eval mode a BatchNorm is affine). The pass applies a given ``d`` exactly; estimating it from calibration
 data (sign of the sum, majority vote, average of the signs) is ``hetsurgery.plan.fuse_signs``. The result
-approximates the segment: ``hetsurgery.merge.balance.fuse_relu_segment`` reports its error.
+approximates the segment: ``hetsurgery.merge.fusion.fuse_relu_segment`` reports its error.
+
+ReLU-like activations (GELU, SiLU, Mish, Hardswish, ReLU6: zero far below 0, the identity above it) are taken
+as a ReLU, ``D`` estimated the same way: a further approximation. A LayerNorm (or RMSNorm) over the channels
+inside the segment is taken as affine, ``γ ⊙ C z / s + β`` with ``C`` the centring (``I − 11ᵀ/d``; none for
+RMSNorm) and ``s`` the norm's scale on calibration data, given in ``scales`` (``fuse_signs.norm_scales``).
 
 Only Linear layers (and 1×1 convolutions with stride 1, no padding, no groups: matrices applied at every
 position) fuse; anything else is refused with the reason.
@@ -28,7 +33,7 @@ from typing import Any, ClassVar, Self
 import torch
 from torch import fx, nn
 
-from hetsurgery.errors import PassError
+from hetsurgery.errors import IRError, PassError
 from hetsurgery.ir import Activation, ModelGraph, OpKind, Unit, UnitKind
 from hetsurgery.passes.edit import ORIGIN_META, editable, node_named, relift
 from hetsurgery.passes.insert_identity import CONVS
@@ -37,12 +42,23 @@ from hetsurgery.passes.insert_identity import CONVS
 @dataclass(frozen=True, eq=False)
 class FuseReluSegment:
     """Fuse the layer units ``units`` (keys, consecutive in one stage) into the last of them; ``signs[i]`` is
-    the diagonal of ``D`` for the ReLU of ``units[i]`` (0/1 values, or fractions for ``average_sign``)."""
+    the diagonal of ``D`` for the ReLU of ``units[i]`` (0/1 values, or fractions for ``average_sign``) and
+    ``scales[i]`` the scale of its LayerNorm (``None`` for a unit without one; ``()``: no unit has one)."""
 
     units: tuple[str, ...]
     signs: tuple[torch.Tensor, ...]
+    scales: tuple[float | None, ...] = ()
     name: ClassVar[str] = "fuse-relu-segment"
     exact: ClassVar[bool] = False
+
+    def why_not(self, g: ModelGraph) -> str | None:
+        """Why the segment cannot fuse (``None``: it can), asked without signs or scales and without building."""
+        try:
+            for u in segment_units(g, self.units):
+                _layer(g.module, g, u)
+        except (PassError, IRError) as exc:
+            return str(exc)
+        return None
 
     def __call__(self, g: ModelGraph) -> ModelGraph:
         units = segment_units(g, self.units)
@@ -50,7 +66,8 @@ class FuseReluSegment:
             raise PassError(f"{g.name}: fusing {len(units)} units needs {len(units) - 1} sign vectors, got "
                             f"{len(self.signs)}")
         gm = editable(g)
-        layers = [_layer(gm, g, u) for u in units]
+        scales = self.scales or (None,) * (len(units) - 1)
+        layers = [_layer(gm, g, u, scale) for u, scale in zip(units, [*scales, None], strict=True)]
         weight, bias = layers[0].affine(with_norm=True)
         for i, (d, nxt) in enumerate(zip(self.signs, layers[1:], strict=True)):
             d = torch.as_tensor(d, dtype=torch.float64).flatten()
@@ -72,14 +89,16 @@ class FuseReluSegment:
 
     def spec(self) -> dict[str, Any]:
         """The pass as JSON-able data (``hetsurgery.passes.replay`` makes it again)."""
-        return {"pass": self.name, "units": list(self.units),
-                "signs": [torch.as_tensor(d, dtype=torch.float64).flatten().tolist() for d in self.signs]}
+        out: dict[str, Any] = {"pass": self.name, "units": list(self.units), "signs": [
+            torch.as_tensor(d, dtype=torch.float64).flatten().tolist() for d in self.signs]}
+        return {**out, "scales": list(self.scales)} if self.scales else out
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> Self:
         """The pass ``spec()`` describes."""
         return cls(tuple(str(u) for u in spec["units"]),
-                   tuple(torch.tensor(d, dtype=torch.float64) for d in spec["signs"]))
+                   tuple(torch.tensor(d, dtype=torch.float64) for d in spec["signs"]),
+                   tuple(None if x is None else float(x) for x in spec.get("scales", ())))
 
 
 def segment_units(g: ModelGraph, keys: Sequence[str]) -> list[Unit]:
@@ -98,27 +117,36 @@ def segment_units(g: ModelGraph, keys: Sequence[str]) -> list[Unit]:
                         f"({', '.join(stage.units)})")
     for u in units[:-1]:
         acts = [a for n in u.nodes if (a := g.facts[n].activation) is not None and a is not Activation.IDENTITY]
-        if acts != [Activation.RELU]:
+        if len(acts) != 1 or acts[0] not in RELU_LIKE:
             raise PassError(f"{g.name}: unit {u.key} ends in {', '.join(a.value for a in acts) or 'no activation'}; "
-                            "only a ReLU is a diagonal 0/1 matrix that a fused weight can hold")
+                            "only a ReLU (a diagonal 0/1 matrix that a fused weight can hold) or a ReLU-like "
+                            f"activation ({', '.join(a.value for a in RELU_LIKE if a is not Activation.RELU)}) fuses")
     return units
+
+
+# taken as a ReLU when fused: zero far below 0, the identity above it (the ReLU itself is exact per sample)
+RELU_LIKE = (Activation.RELU, Activation.RELU6, Activation.GELU, Activation.SILU, Activation.MISH,
+             Activation.HARDSWISH)
 
 
 @dataclass(frozen=True)
 class _Layer:
-    """A unit's Linear (or 1×1 conv) and BatchNorm, as matrices."""
+    """A unit's Linear (or 1×1 conv) and its BatchNorm, or its LayerNorm with the scale that makes it affine."""
 
     node: fx.Node
     layer: nn.Linear | nn.modules.conv._ConvNd
-    norm: nn.modules.batchnorm._BatchNorm | None
+    norm: nn.modules.batchnorm._BatchNorm | nn.LayerNorm | nn.RMSNorm | None
+    scale: float | None = None
 
     def affine(self, with_norm: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(A, c)``: the unit up to its activation is ``A x + c`` (float64)."""
+        """``(A, c)``: the unit up to its activation is ``A x + c`` (float64; a LayerNorm as ``_layer_norm``)."""
         w = self.layer.weight.detach().double().reshape(self.layer.weight.shape[0], -1)
         b = self.layer.bias.detach().double() if self.layer.bias is not None else torch.zeros(w.shape[0],
                                                                                              dtype=torch.float64)
         if not with_norm or self.norm is None:
             return w, b
+        if isinstance(self.norm, (nn.LayerNorm, nn.RMSNorm)):
+            return _layer_norm(self.norm, self.scale, w, b)
         n = self.norm
         mean = n.running_mean.double() if n.running_mean is not None else torch.zeros_like(b)
         var = n.running_var.double() if n.running_var is not None else torch.ones_like(b)
@@ -129,7 +157,21 @@ class _Layer:
         return scale[:, None] * w, scale * b + shift
 
 
-def _layer(gm: fx.GraphModule, g: ModelGraph, u: Unit) -> _Layer:
+def _layer_norm(n: nn.LayerNorm | nn.RMSNorm, scale: float | None, w: torch.Tensor, b: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` after ``w x + b`` taken as affine: ``γ ⊙ C (w x + b) / scale + β``."""
+    if scale is None:
+        raise PassError("a LayerNorm inside a fused segment needs its scale on calibration data "
+                        "(hetsurgery.plan.fuse_signs.norm_scales)")
+    if isinstance(n, nn.LayerNorm):  # the mean over the channels is subtracted: a linear map too
+        w, b = w - w.mean(0, keepdim=True), b - b.mean()
+    gamma = n.weight.detach().double() if n.weight is not None else torch.ones_like(b)
+    bias = getattr(n, "bias", None)  # RMSNorm has none
+    beta = bias.detach().double() if isinstance(bias, torch.Tensor) else torch.zeros_like(b)
+    return (gamma / scale)[:, None] * w, gamma / scale * b + beta
+
+
+def _layer(gm: fx.GraphModule, g: ModelGraph, u: Unit, scale: float | None = None) -> _Layer:
     node = node_named(gm, u.key)
     layer = gm.get_submodule(str(node.target))
     if isinstance(layer, nn.modules.conv._ConvNd):
@@ -141,11 +183,18 @@ def _layer(gm: fx.GraphModule, g: ModelGraph, u: Unit) -> _Layer:
                             "(matrices at every position) fuse")
     elif not isinstance(layer, nn.Linear):
         raise PassError(f"{g.name}: unit {u.key} is a {type(layer).__name__}; only Linear and 1x1 conv units fuse")
-    norms = [gm.get_submodule(str(node_named(gm, n).target)) for n in u.nodes
-             if g.facts[n].kind is OpKind.BATCH_NORM]
+    kinds = (OpKind.BATCH_NORM, OpKind.LAYER_NORM, OpKind.GROUP_NORM)
+    found = [node_named(gm, n) for n in u.nodes if g.facts[n].kind in kinds]
+    norms = [gm.get_submodule(str(n.target)) if n.op == "call_module" else None for n in found]
     if len(norms) > 1:
-        raise PassError(f"{g.name}: unit {u.key} has {len(norms)} BatchNorms; fusing folds at most one")
-    return _Layer(node, layer, norms[0] if norms else None)  # type: ignore[arg-type]
+        raise PassError(f"{g.name}: unit {u.key} has {len(norms)} normalisations; fusing folds at most one")
+    norm = norms[0] if norms else None
+    width = layer.weight.shape[0]
+    if found and not (isinstance(norm, nn.modules.batchnorm._BatchNorm) or (isinstance(
+            norm, (nn.LayerNorm, nn.RMSNorm)) and tuple(norm.normalized_shape) == (width,))):
+        raise PassError(f"{g.name}: unit {u.key} normalises with {found[0].target if norm is None else norm!r}; "
+                        "only a BatchNorm, or a LayerNorm or RMSNorm module over the channels alone, fuses")
+    return _Layer(node, layer, norm, scale)  # type: ignore[arg-type]
 
 
 def _install(gm: fx.GraphModule, last: _Layer, weight: torch.Tensor, bias: torch.Tensor) -> None:

@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Self
 import torch
 from torch import fx, nn
 
-from hetsurgery.errors import PassError
+from hetsurgery.errors import IRError, PassError
 from hetsurgery.ir import Activation, ModelGraph, NodeFacts, OpKind, Stage, Unit, UnitKind
 from hetsurgery.passes.edit import ORIGIN_META, add_module, editable, new_names, node_named, relift
 
@@ -46,18 +46,30 @@ class InsertIdentity:
     exact: ClassVar[bool] = True
 
     def __call__(self, g: ModelGraph) -> ModelGraph:
-        st = g.stage(self.stage)
-        if st.kind is not UnitKind.LAYER:
-            raise PassError(f"{g.name}: stage {st.key} is a stage of residual blocks; insert blocks with "
-                            "InsertZeroResidual")
-        units = [g.unit(k) for k in st.units]
-        plans = [(n, *_point_and_template(g, st, units, p)) for p, n in counted_positions(g, st, self.positions)]
+        plans = self._plans(g)
         gm = editable(g)
         for n, point, template in plans:
             at = node_named(gm, point)
             for _ in range(n):  # one after the other, so that their names count up in order
                 at = _insert_after(gm, g, at, g.facts[point], template)
         return relift(gm, g, self.spec())
+
+    def why_not(self, g: ModelGraph) -> str | None:
+        """Why the pass would refuse ``g`` (``None``: it applies), asked without building anything."""
+        try:
+            self._plans(g)
+        except (PassError, IRError) as exc:
+            return str(exc)
+        return None
+
+    def _plans(self, g: ModelGraph) -> list[tuple[int, str, Unit]]:
+        """Per position, how many units go there, the node they read and the unit they copy; ``PassError``."""
+        st = g.stage(self.stage)
+        if st.kind is not UnitKind.LAYER:
+            raise PassError(f"{g.name}: stage {st.key} is a stage of residual blocks; insert blocks with "
+                            "InsertZeroResidual")
+        units = [g.unit(k) for k in st.units]
+        return [(n, *_point_and_template(g, st, units, p)) for p, n in counted_positions(g, st, self.positions)]
 
     def spec(self) -> dict[str, Any]:
         """The pass as JSON-able data (``hetsurgery.passes.replay`` makes it again)."""
@@ -99,6 +111,10 @@ def _point_and_template(g: ModelGraph, st: Stage, units: list[Unit], p: int) -> 
     act = _activation(g, template)
     where = f"{g.name}: cannot insert an identity layer at position {p} of stage {st.key} (after node {point})"
     refuse_before_fixed(where, units, p)
+    norm = next((n for n in template.nodes if g.facts[n].kind in (OpKind.LAYER_NORM, OpKind.GROUP_NORM)), None)
+    if norm is not None:
+        raise PassError(f"{where}: the stage's units normalise every sample ({g.facts[norm].kind.value} {norm}), "
+                        "which no identity unit can do: an identity layer cannot be inserted here")
     if act is not None and not act.identity_on(facts.range):
         raise PassError(f"{where}: the stage's activation {act.value} is not the identity on the values there "
                         f"(they lie in {facts.range}); identity layers go after a ReLU-like activation")

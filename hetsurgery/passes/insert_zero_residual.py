@@ -36,7 +36,7 @@ from typing import Any, ClassVar, Self
 import torch
 from torch import fx, nn
 
-from hetsurgery.errors import PassError
+from hetsurgery.errors import IRError, PassError
 from hetsurgery.ir import Activation, ModelGraph, OpKind, Stage, Unit, UnitKind
 from hetsurgery.passes.edit import ORIGIN_META, add_module, editable, new_names, node_named, relift
 from hetsurgery.passes.insert_identity import counted_positions, insertion_point, refuse_before_fixed
@@ -59,17 +59,28 @@ class InsertZeroResidual:
     exact: ClassVar[bool] = True
 
     def __call__(self, g: ModelGraph) -> ModelGraph:
-        st = g.stage(self.stage)
-        if st.kind is not UnitKind.BLOCK:
-            raise PassError(f"{g.name}: stage {st.key} is a stage of layers; insert layers with InsertIdentity")
-        units = [g.unit(k) for k in st.units]
-        plans = [(n, *_point_and_template(g, st, units, p)) for p, n in counted_positions(g, st, self.positions)]
+        plans = self._plans(g)
         gm = editable(g)
         for n, point, template, derived in plans:
             at, width = node_named(gm, point), _width(g, point)
             for _ in range(n):  # one after the other, so that their names count up in order
                 at = _copy_block(gm, g, at, width, template, derived)
         return relift(gm, g, self.spec())
+
+    def why_not(self, g: ModelGraph) -> str | None:
+        """Why the pass would refuse ``g`` (``None``: it applies), asked without building anything."""
+        try:
+            self._plans(g)
+        except (PassError, IRError) as exc:
+            return str(exc)
+        return None
+
+    def _plans(self, g: ModelGraph) -> list[tuple[int, str, Unit, bool]]:
+        st = g.stage(self.stage)
+        if st.kind is not UnitKind.BLOCK:
+            raise PassError(f"{g.name}: stage {st.key} is a stage of layers; insert layers with InsertIdentity")
+        units = [g.unit(k) for k in st.units]
+        return [(n, *_point_and_template(g, st, units, p)) for p, n in counted_positions(g, st, self.positions)]
 
     def spec(self) -> dict[str, Any]:
         """The pass as JSON-able data (``hetsurgery.passes.replay`` makes it again)."""

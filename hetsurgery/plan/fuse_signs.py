@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from hetsurgery.errors import HetsurgeryError
-from hetsurgery.ir import ModelGraph, Site
+from hetsurgery.ir import ModelGraph, OpKind, Site
 from hetsurgery.ir.batches import model_input
 from hetsurgery.plan.joint import site_view, tap_module
 
@@ -85,3 +85,33 @@ def estimate_signs(g: ModelGraph, units: Sequence[str], data: Iterable, estimato
     if any(s is None for s in sums):
         raise HetsurgeryError(f"{g.name}: no calibration batches to estimate the ReLU signs from")
     return tuple(signs_from(s, estimator) for s in sums if s is not None)
+
+
+def norm_scales(g: ModelGraph, units: Sequence[str], data: Iterable) -> tuple[float | None, ...]:
+    """Per unit of ``units`` but the last: the scale ``s`` that makes its LayerNorm (or RMSNorm) over the channels
+    affine, ``LN(z) ≈ γ ⊙ C z / s + β``, the harmonic mean over ``data`` of each sample's ``σ(z)`` (so that
+    ``z / s`` is ``z / σ(z)`` on average); ``None`` for a unit without one. ``()`` when no unit has one."""
+    norms = [next((n for n in g.unit(k).nodes if g.facts[n].kind is OpKind.LAYER_NORM), None) for k in units[:-1]]
+    if not any(norms):
+        return ()
+    nodes = {n.name: n for n in g.module.graph.nodes}
+    inputs = [nodes[n].args[0].name if n is not None else None for n in norms]  # type: ignore[union-attr]
+    tap = tap_module(g, [n for n in inputs if n is not None])
+    inv = [0.0] * len(norms)
+    seen = [0] * len(norms)
+    with torch.no_grad():
+        for batch in data:
+            outs = iter(tap(model_input(batch)))
+            for i, n in enumerate(norms):
+                if n is None:
+                    continue
+                z = next(outs).double()
+                mod = g.module.get_submodule(str(nodes[n].target))
+                eps = getattr(mod, "eps", None) or torch.finfo(torch.float32).eps
+                spread = z.var(-1, unbiased=False) if isinstance(mod, torch.nn.LayerNorm) else z.square().mean(-1)
+                sigma = (spread + eps).sqrt()
+                inv[i] += float((1.0 / sigma).sum())
+                seen[i] += sigma.numel()
+    if any(n is not None and not k for n, k in zip(norms, seen, strict=True)):
+        raise HetsurgeryError(f"{g.name}: no calibration batches to estimate the LayerNorm scales from")
+    return tuple(None if n is None else seen[i] / inv[i] for i, n in enumerate(norms))

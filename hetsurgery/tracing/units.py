@@ -8,8 +8,8 @@
   stage*; a block that reads another group or shape than it writes (a strided block with a projection
   shortcut) is *fixed*. Halves that repeat with a period (a transformer's attention and MLP halves) are
   grouped into one unit by the smallest period of their op signatures.
-* **Layers.** A Linear or Conv outside every block, with the BatchNorm, activations and dropout that follow
-  it alone. Layers that read each other's outputs directly form a *layer stage*, cut where a conv changes
+* **Layers.** A Linear or Conv outside every block, with the normalisation (BatchNorm, LayerNorm, GroupNorm),
+  activations and dropout that follow it alone (so an MLP normalised between its layers is one stage too). Layers that read each other's outputs directly form a *layer stage*, cut where a conv changes
   the spatial size (that conv is fixed and starts the next stage). Layers that write the model output (the
   head) or a residual stream (a ResNet stem, a patch embedding) belong to no stage; a layer that reads the
   model input is fixed (nothing can be inserted before it).
@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # networkx is imported on the first trace, not by `import het
 ORIGIN_META = "hetsurgery.origin"  # node.meta key: the structural pass that inserted or fused the node
 _ROOT = "__root__"
 _ADD = frozenset({operator.add, operator.iadd, torch.add, "add", "add_"})
-_FOLLOWERS = frozenset({OpKind.BATCH_NORM, OpKind.ELEMENTWISE})
+_FOLLOWERS = frozenset({OpKind.BATCH_NORM, OpKind.LAYER_NORM, OpKind.GROUP_NORM, OpKind.ELEMENTWISE})
 _LAYERS = frozenset({OpKind.LINEAR, OpKind.CONV})
 _QUIET = frozenset({OpKind.GET_ATTR, OpKind.GETITEM, OpKind.SHAPE})  # not part of a block's op signature
 
