@@ -138,8 +138,8 @@ EQUAL = [BASE["models"][0], {**BASE["models"][1], "kwargs": {"hidden": [16, 16]}
     ({"width": {"method": "zip", "target": {0: 500}}}, "width 500 is outside 1..40"),
     ({"width": {"method": "permute", "target": "max"}, "models": EQUAL}, "width= works with zip, ot and mal"),
     ({"width": {"method": "weight", "target": 1}, "models": EQUAL}, "width= works with zip, ot and mal"),
-    ({"width": {"method": "permute"}}, "has width 16 in model 0 (MLP) and 24 in model 1 (MLP); it needs equal"),
-    ({"width": {"method": "average"}}, "has width 16 in model 0 (MLP) and 24 in model 1 (MLP); it needs equal"),
+    ({"width": {"method": "permute"}}, "has width 16 in A and 24 in B; it needs equal"),
+    ({"width": {"method": "average"}}, "has width 16 in A and 24 in B; it needs equal"),
 ])
 def test_widths_the_methods_refuse(edit: dict, message: str, world: World,
                                    capsys: pytest.CaptureFixture[str]) -> None:
