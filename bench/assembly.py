@@ -25,9 +25,9 @@ import hetsurgery as hs
 from bench.report import RESULTS, machine, write_section
 from hetsurgery.demo import calibration_set
 from hetsurgery.evaluate import LAMBDAS, task_scores
-from hetsurgery.merge.assembly_donor import AlignedDonor, prepare_donor
-from hetsurgery.merge.depth import DepthOptions
-from hetsurgery.merge.lambda_threshold import (
+from hetsurgery.merging.assembly_donor import AlignedDonor, prepare_donor
+from hetsurgery.merging.depth import DepthOptions
+from hetsurgery.merging.lambda_threshold import (
     RESOLUTION,
     VERIFY,
     blended_model,

@@ -226,7 +226,7 @@ def depth(spec: dict[str, Any]) -> dict[str, Any]:
     a = hs.zoo.resnet20(spec["width"], in_channels=3).eval()
     b = hs.zoo.resnet32(spec["width"], in_channels=3).eval()
     data = calibration(spec["samples"])
-    from hetsurgery.merge import plan_merge
+    from hetsurgery.merging import plan_merge
     from hetsurgery.plan.stats import collect_stats
 
     balanced = plan_merge([a, b], data[:2], method="permute", depth="lma", progress=False).graphs

@@ -20,7 +20,15 @@ from hetsurgery.errors import (
 )
 from hetsurgery.ir import Blocks, ModelGraph, OpKind, PermGroup, Role, Site, Slot
 from hetsurgery.ir.lowering import to_module
-from hetsurgery.merge import AssemblyResult, Donor, MergeResult, align, assemble, find_lambda_threshold, merge
+from hetsurgery.merging import (
+    AssemblyResult,
+    Donor,
+    MergeResult,
+    align,
+    assemble,
+    find_lambda_threshold,
+    merge,
+)
 from hetsurgery.tracing import trace
 
 __all__ = [

@@ -27,7 +27,7 @@ from torch.utils.data import Subset
 from hetsurgery import zoo
 from hetsurgery.evaluate import Ensemble, TaskScores, interpolate, plot_curves, task_scores
 from hetsurgery.export import ParityReport, Picture, render, save, to_onnx
-from hetsurgery.merge import MergeResult, align, merge
+from hetsurgery.merging import MergeResult, align, merge
 from hetsurgery.zoo.data import TASKS, digits, loader
 from hetsurgery.zoo.train import train
 

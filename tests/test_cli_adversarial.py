@@ -153,7 +153,7 @@ def test_evaluation_data_without_labels_is_refused_before_merging(world: World, 
     def no_merge(*args: object, **kwargs: object) -> None:
         raise AssertionError("the merge ran before the evaluation data was checked")
 
-    monkeypatch.setattr(importlib.import_module("hetsurgery.merge"), "merge", no_merge)
+    monkeypatch.setattr(importlib.import_module("hetsurgery.merging"), "merge", no_merge)
     err = merge_refused(world, capsys, {"evaluate": {"loader": f"{world.code}:bare_tensors"}})
     assert "evaluate: batch 0 holds inputs but no labels" in err
     err = merge_refused(world, capsys, {"evaluate": {"loader": f"{world.code}:float_labels"}})

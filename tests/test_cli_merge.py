@@ -152,8 +152,8 @@ def _spy(monkeypatch: pytest.MonkeyPatch, error: Exception) -> dict:
         seen.update(kwargs)
         raise error
 
-    # the package hetsurgery.merge, not the function of that name that hetsurgery exports
-    monkeypatch.setattr(importlib.import_module("hetsurgery.merge"), "merge", fake_merge)
+    # the package hetsurgery.merging, not the function of that name that hetsurgery exports
+    monkeypatch.setattr(importlib.import_module("hetsurgery.merging"), "merge", fake_merge)
     return seen
 
 

@@ -9,7 +9,7 @@ import torch
 
 from hetsurgery.demo import DemoResult, run_demo
 from hetsurgery.evaluate import interpolate
-from hetsurgery.merge import align
+from hetsurgery.merging import align
 from hetsurgery.zoo import mlp
 from hetsurgery.zoo.data import digits, loader
 from hetsurgery.zoo.train import train

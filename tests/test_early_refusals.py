@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import pathlib
-import sys
 
 import pytest
 import torch
@@ -105,7 +104,7 @@ def test_a_model_a_package_cannot_hold_is_refused_right_after_tracing_when_the_r
     def no_statistics(*args: object, **kwargs: object) -> None:
         raise AssertionError("the calibration statistics were collected before the refusal")
 
-    monkeypatch.setattr(sys.modules["hetsurgery.merge.driver"], "collect_stats", no_statistics)
+    monkeypatch.setattr("hetsurgery.merging.driver.collect_stats", no_statistics)
     with pytest.raises(hs.MergeInputError, match=r"^model 0 \(Scaled\) cannot be saved as a package, so neither can "
                                                  r"the merged model: node 'sqrt' calls math\.sqrt"):
         hs.merge([a, b], [X], saveable=True, progress=False)

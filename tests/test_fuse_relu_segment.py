@@ -11,7 +11,7 @@ from torch import nn
 
 import hetsurgery as hs
 from hetsurgery.evaluate import accuracy
-from hetsurgery.merge.fusion import fuse_relu_segment
+from hetsurgery.merging.fusion import fuse_relu_segment
 from hetsurgery.passes import FuseReluSegment
 from hetsurgery.plan.fuse_signs import Estimator, estimate_signs
 from hetsurgery.zoo.data import digits, loader

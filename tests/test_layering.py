@@ -1,8 +1,8 @@
 """The import layering of the package (DESIGN §2): a lower layer never imports a higher one.
 
-``ir <- tracing <- plan, passes <- export <- merge <- cli``. ``zoo`` and ``errors`` sit under everything
+``ir <- tracing <- plan, passes <- export <- merging <- cli``. ``zoo`` and ``errors`` sit under everything
 (``zoo`` imports nothing of hetsurgery); ``plan`` and ``passes`` are siblings that never import each
-other; ``evaluate`` scores merged models beside ``merge``; ``demo`` and ``config`` (the merge config and
+other; ``evaluate`` scores merged models beside ``merging``; ``demo`` and ``config`` (the merge config and
 its commands) drive it all for ``cli``. ``pytest -k layering`` runs this file.
 """
 
@@ -15,7 +15,7 @@ import pytest
 
 import hetsurgery as hs
 
-LAYERS = {"errors": 0, "zoo": 0, "ir": 1, "tracing": 2, "plan": 3, "passes": 3, "export": 4, "merge": 5,
+LAYERS = {"errors": 0, "zoo": 0, "ir": 1, "tracing": 2, "plan": 3, "passes": 3, "export": 4, "merging": 5,
           "evaluate": 5, "demo": 6, "config": 6, "cli": 7}
 TOP = 8  # hetsurgery/__init__.py re-exports every layer: importing it from inside pulls in all of them
 INDEPENDENT = {frozenset({"plan", "passes"})}  # siblings on one layer that never import each other
@@ -60,10 +60,10 @@ def _violations(source: str, rel: tuple[str, ...]) -> list[str]:
     return bad
 
 
-@pytest.mark.parametrize("source", ["from hetsurgery import merge", "from ..merge import merge",
-                                    "import hetsurgery.merge.driver as d", "from hetsurgery.merge import merge",
+@pytest.mark.parametrize("source", ["from hetsurgery import merge", "from ..merging import merge",
+                                    "import hetsurgery.merging.driver as d", "from hetsurgery.merging import merge",
                                     "from hetsurgery import trace", "import hetsurgery",
-                                    "def f():\n    from ...merge.driver import merge"])
+                                    "def f():\n    from ...merging.driver import merge"])
 def test_layering_check_catches_every_import_spelling(source: str) -> None:
     assert _violations(source, ("ir", "sub", "x.py")) if "..." in source else _violations(source, ("ir", "x.py"))
 
@@ -87,7 +87,7 @@ def test_layering_keeps_plan_and_passes_apart(source: str, rel: tuple[str, ...])
 
 def test_layering_lets_merge_use_both_plan_and_passes() -> None:
     assert not _violations("from hetsurgery.passes import PadWidth\nfrom hetsurgery.plan import WidthPlan",
-                           ("merge", "methods.py"))
+                           ("merging", "methods.py"))
     assert not _violations("from hetsurgery.ir import SlotMaps\nfrom hetsurgery.tracing import trace",
                            ("passes", "x.py"))
 
@@ -105,3 +105,11 @@ def test_layering_lower_layers_never_import_higher_ones() -> None:
         if rel[0].removesuffix(".py") in LAYERS:
             problems += _violations(path.read_text(), rel)
     assert not problems, "\n".join(problems)
+
+
+def test_the_merge_driver_is_reachable_beside_the_merge_function() -> None:
+    """``hetsurgery.merge`` is the function; the package that holds it is ``hetsurgery.merging`` (the function
+    shadowed a package of the same name: ``import hetsurgery.merge.driver as d`` failed)."""
+    import hetsurgery.merging.driver as d
+
+    assert hs.merge is d.merge and hs.merging.driver is d and callable(hs.merge)

@@ -86,7 +86,7 @@ def test_ot_maps_average_targets_and_split_sources() -> None:
 
 
 def test_every_ot_solver_and_cost_has_its_implementation() -> None:
-    from hetsurgery.merge.methods import OT_COSTS
+    from hetsurgery.merging.methods import OT_COSTS
     from hetsurgery.plan.solvers.ot import COUPLINGS, OTCost, OTSolver
 
     assert set(COUPLINGS) == set(OTSolver) and set(OT_COSTS) == set(OTCost)

@@ -17,7 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 HEAVY = ("onnx", "onnxruntime", "onnxscript", "matplotlib", "graphviz", "sklearn", "ot", "scipy.optimize", "networkx")
 PROBE = """
 import json, sys
-import hetsurgery, hetsurgery.cli, hetsurgery.config, hetsurgery.demo, hetsurgery.export, hetsurgery.merge
+import hetsurgery, hetsurgery.cli, hetsurgery.config, hetsurgery.demo, hetsurgery.export, hetsurgery.merging
 hetsurgery.cli.parser().format_help()
 print(json.dumps(sorted(m for m in {heavy} if m in sys.modules)))
 """

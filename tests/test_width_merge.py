@@ -106,7 +106,7 @@ def test_unequal_width_ot_and_zip_shapes_follow_the_width_option() -> None:
 
 
 def test_every_width_rule_picks_a_width() -> None:
-    from hetsurgery.merge.widths import PICK, WidthRule
+    from hetsurgery.merging.widths import PICK, WidthRule
 
     assert set(PICK) == set(WidthRule)
     assert {rule: PICK[rule]([4, 8, 6], 2) for rule in WidthRule} == \

@@ -17,7 +17,7 @@ import hetsurgery as hs
 from hetsurgery.evaluate import task_scores
 from hetsurgery.export import render
 from hetsurgery.export.depth_pictures import cka_heatmap
-from hetsurgery.merge.fusion import fuse_relu_segment
+from hetsurgery.merging.fusion import fuse_relu_segment
 from hetsurgery.passes import InsertIdentity, InsertZeroResidual, Pipeline
 from hetsurgery.zoo.data import TASKS, digits, loader
 from hetsurgery.zoo.train import train

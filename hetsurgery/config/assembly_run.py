@@ -26,7 +26,7 @@ from hetsurgery.config.schema import MergeConfig, ModelSpec
 from hetsurgery.errors import MergeInputError
 from hetsurgery.export import is_package, load_weights, save
 from hetsurgery.export.errors import InputError
-from hetsurgery.merge import AssemblyResult
+from hetsurgery.merging import AssemblyResult
 
 EXAMPLE_HEADER = """\
 # hetsurgery assemble CONFIG.yaml -o OUT: every key, with its meaning. Relative file names are read from
@@ -47,8 +47,8 @@ class AssemblyRun:
 
 def run_assembly(config_path: Path, output: Path, *, progress: bool = True) -> AssemblyRun:
     """Assemble the models of ``config_path`` into the package ``output``; ``InvalidInput`` before any work."""
-    from hetsurgery.merge import Donor, assemble
-    from hetsurgery.merge.options import check_options
+    from hetsurgery.merging import Donor, assemble
+    from hetsurgery.merging.options import check_options
 
     cfg = read_config(config_path, AssemblyConfig, "assemble")
     try:

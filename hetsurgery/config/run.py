@@ -22,7 +22,7 @@ from hetsurgery.config.schema import MergeConfig
 from hetsurgery.errors import MergeInputError
 from hetsurgery.export import is_package, save
 from hetsurgery.export.errors import InputError
-from hetsurgery.merge import MergeResult
+from hetsurgery.merging import MergeResult
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class MergeRun:
 
 def run_merge(config_path: Path, output: Path, *, progress: bool = True) -> MergeRun:
     """Merge the models of ``config_path`` into the package ``output``; ``InvalidInput`` before any work."""
-    from hetsurgery.merge import merge
+    from hetsurgery.merging import merge
 
     cfg = load_config(config_path)
     check_methods(cfg)
@@ -73,7 +73,7 @@ def run_merge(config_path: Path, output: Path, *, progress: bool = True) -> Merg
 
 def check_methods(cfg: MergeConfig) -> None:
     """Bad input before any work: unknown width options or values."""
-    from hetsurgery.merge.options import check_options
+    from hetsurgery.merging.options import check_options
 
     try:
         check_options(cfg.width.method, cfg.width.options)

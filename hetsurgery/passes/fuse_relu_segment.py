@@ -5,7 +5,7 @@ diagonal 0/1 matrix ``D = diag(step(z))``, which depends on the input. Fixing ``
 unit: ``y ≈ act₂(BN₂(W₂ D W₁ x + W₂ D b₁ + b₂))``. BatchNorms inside the segment are folded first (in
 eval mode a BatchNorm is affine). The pass applies a given ``d`` exactly; estimating it from calibration
 data (sign of the sum, majority vote, average of the signs) is ``hetsurgery.plan.fuse_signs``. The result
-approximates the segment: ``hetsurgery.merge.fusion.fuse_relu_segment`` reports its error.
+approximates the segment: ``hetsurgery.merging.fusion.fuse_relu_segment`` reports its error.
 
 ReLU-like activations (GELU, SiLU, Mish, Hardswish, ReLU6: zero far below 0, the identity above it) are taken
 as a ReLU, ``D`` estimated the same way: a further approximation. A LayerNorm (or RMSNorm) over the channels

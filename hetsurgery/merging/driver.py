@@ -19,13 +19,13 @@ from hetsurgery.export.saveable import why_not_saveable
 from hetsurgery.ir import ModelGraph, Role, SlotMaps, slots_by_param, transform_params
 from hetsurgery.ir.batches import model_input
 from hetsurgery.ir.lowering import to_module
-from hetsurgery.merge.combine import combine
-from hetsurgery.merge.depth import DepthOptions, balance_depths, check_depths
-from hetsurgery.merge.fusion import FuseReport
-from hetsurgery.merge.methods import METHODS, learned
-from hetsurgery.merge.options import check_options
-from hetsurgery.merge.topology import check_same_operations, check_same_topology
-from hetsurgery.merge.widths import Width, check_width_changes, resolve_widths
+from hetsurgery.merging.combine import combine
+from hetsurgery.merging.depth import DepthOptions, balance_depths, check_depths
+from hetsurgery.merging.fusion import FuseReport
+from hetsurgery.merging.methods import METHODS, learned
+from hetsurgery.merging.options import check_options
+from hetsurgery.merging.topology import check_same_operations, check_same_topology
+from hetsurgery.merging.widths import Width, check_width_changes, resolve_widths
 from hetsurgery.passes import ResetBatchNorm
 from hetsurgery.passes.resize import resized_groups
 from hetsurgery.plan.depth import DepthPlan

@@ -37,13 +37,13 @@ from hetsurgery.evaluate import LAMBDAS, Curve, predictions
 from hetsurgery.evaluate.interpolation import save_figure
 from hetsurgery.ir import ModelGraph
 from hetsurgery.ir.lowering import to_module
-from hetsurgery.merge.assembly import Layers, select_units
-from hetsurgery.merge.assembly_donor import AlignedDonor, prepare_donor, reset_batchnorm_after
-from hetsurgery.merge.assembly_record import UnitRecord
-from hetsurgery.merge.depth import DepthOptions
-from hetsurgery.merge.driver import BN_RESET_SAMPLES, check_reset_bn, default_device
-from hetsurgery.merge.methods import METHODS
-from hetsurgery.merge.options import check_options
+from hetsurgery.merging.assembly import Layers, select_units
+from hetsurgery.merging.assembly_donor import AlignedDonor, prepare_donor, reset_batchnorm_after
+from hetsurgery.merging.assembly_record import UnitRecord
+from hetsurgery.merging.depth import DepthOptions
+from hetsurgery.merging.driver import BN_RESET_SAMPLES, check_reset_bn, default_device
+from hetsurgery.merging.methods import METHODS
+from hetsurgery.merging.options import check_options
 from hetsurgery.tracing import trace
 
 SLACK = 1e-9  # float rounding of accuracies and losses never decides a comparison

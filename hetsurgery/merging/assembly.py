@@ -46,12 +46,12 @@ from torch import nn
 from hetsurgery.errors import MergeInputError
 from hetsurgery.ir import ModelGraph
 from hetsurgery.ir.lowering import to_module
-from hetsurgery.merge.assembly_donor import prepare_donor, reset_batchnorm_after
-from hetsurgery.merge.assembly_record import DonorRecord, UnitRecord, record_dict, units_table
-from hetsurgery.merge.depth import DepthOptions
-from hetsurgery.merge.driver import BN_RESET_SAMPLES, check_reset_bn, check_saveable, default_device
-from hetsurgery.merge.methods import METHODS
-from hetsurgery.merge.options import check_options
+from hetsurgery.merging.assembly_donor import prepare_donor, reset_batchnorm_after
+from hetsurgery.merging.assembly_record import DonorRecord, UnitRecord, record_dict, units_table
+from hetsurgery.merging.depth import DepthOptions
+from hetsurgery.merging.driver import BN_RESET_SAMPLES, check_reset_bn, check_saveable, default_device
+from hetsurgery.merging.methods import METHODS
+from hetsurgery.merging.options import check_options
 from hetsurgery.tracing import trace
 
 Layers = str | Sequence[str]  # "all" or unit keys of the base

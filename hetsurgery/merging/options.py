@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from hetsurgery.errors import MergeInputError
-from hetsurgery.merge.methods import METHODS
+from hetsurgery.merging.methods import METHODS
 from hetsurgery.plan.solvers.ot import OTCost, OTSolver
 
 

@@ -36,8 +36,8 @@ import torch
 
 from hetsurgery.errors import MergeInputError, PassError
 from hetsurgery.ir import ModelGraph, Site, UnitKind
-from hetsurgery.merge.correspond import on_anchor_names
-from hetsurgery.merge.depth import DepthOptions, check_pairable
+from hetsurgery.merging.correspond import on_anchor_names
+from hetsurgery.merging.depth import DepthOptions, check_pairable
 from hetsurgery.passes import FuseReluSegment, InsertIdentity, InsertZeroResidual, Pipeline, RemoveBlock
 from hetsurgery.plan.depth import (
     Balance,

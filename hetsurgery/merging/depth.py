@@ -38,8 +38,8 @@ from tqdm.auto import tqdm
 from hetsurgery.errors import MergeInputError, PassError
 from hetsurgery.ir import Activation, ModelGraph, Site, UnitKind
 from hetsurgery.ir.batches import model_input
-from hetsurgery.merge.correspond import on_anchor_names
-from hetsurgery.merge.fusion import FuseReport, compare
+from hetsurgery.merging.correspond import on_anchor_names
+from hetsurgery.merging.fusion import FuseReport, compare
 from hetsurgery.passes import FuseReluSegment, InsertIdentity, InsertZeroResidual, Pipeline
 from hetsurgery.plan.depth import Balance, DepthMethod, DepthPlan, ModelDepth, StageAlignment, StreamingCKA
 from hetsurgery.plan.depth.cka import width_cost

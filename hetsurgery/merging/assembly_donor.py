@@ -34,10 +34,10 @@ from hetsurgery.errors import MergeInputError
 from hetsurgery.ir import ModelGraph
 from hetsurgery.ir.graph import owner_of
 from hetsurgery.ir.lowering import to_module
-from hetsurgery.merge.assembly_align import Aligned, align_to_base, objective
-from hetsurgery.merge.assembly_depth import Counterpart, balance_donor
-from hetsurgery.merge.assembly_record import DonorRecord, UnitRecord
-from hetsurgery.merge.depth import DepthOptions
+from hetsurgery.merging.assembly_align import Aligned, align_to_base, objective
+from hetsurgery.merging.assembly_depth import Counterpart, balance_donor
+from hetsurgery.merging.assembly_record import DonorRecord, UnitRecord
+from hetsurgery.merging.depth import DepthOptions
 from hetsurgery.passes import ResetBatchNorm
 from hetsurgery.tracing import structural_copy, trace
 

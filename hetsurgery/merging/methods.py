@@ -16,7 +16,7 @@ import torch
 
 from hetsurgery.errors import MergeInputError, PassError
 from hetsurgery.ir import Capability, ModelGraph
-from hetsurgery.merge.widths import WidthRule
+from hetsurgery.merging.widths import WidthRule
 from hetsurgery.passes.pad_width import pad_groups
 from hetsurgery.plan.signature import joint_signature
 from hetsurgery.plan.solvers.mal import mal_match

@@ -33,8 +33,8 @@ import torch
 from hetsurgery.errors import MergeInputError
 from hetsurgery.ir import ModelGraph, SlotMaps, slots_by_param, transform_params
 from hetsurgery.ir.lowering import to_module
-from hetsurgery.merge.driver import plan_merge
-from hetsurgery.merge.methods import METHODS
+from hetsurgery.merging.driver import plan_merge
+from hetsurgery.merging.methods import METHODS
 from hetsurgery.plan.width_plan import GroupMatch, MatchKind, WidthPlan
 
 

@@ -1,9 +1,0 @@
-"""The merge driver: trace → statistics → plan → combine → BatchNorm reset; and assembly (MAL)."""
-
-from hetsurgery.merge.assembly import AssemblyResult, Donor, assemble
-from hetsurgery.merge.driver import MergeReport, MergeResult, Planned, align, merge, plan_merge
-from hetsurgery.merge.lambda_threshold import LambdaThreshold, find_lambda_threshold
-from hetsurgery.merge.methods import METHODS
-
-__all__ = ["METHODS", "AssemblyResult", "Donor", "LambdaThreshold", "MergeReport", "MergeResult", "Planned", "align",
-           "assemble", "find_lambda_threshold", "merge", "plan_merge"]
