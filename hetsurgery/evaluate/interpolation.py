@@ -75,12 +75,10 @@ def _reset_bn(model: nn.Module, data: Iterable) -> None:
 
 def plot_curves(curves: Mapping[str, Curve], path: str | Path, title: str = "interpolation") -> Path:
     """Loss and accuracy against λ for each named curve, one PNG (or SVG by suffix)."""
-    import matplotlib
+    from matplotlib.figure import Figure  # a Figure of its own: the caller's backend stays
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig = Figure(figsize=(9, 3.5))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     for name, c in curves.items():
         ax_loss.plot(c.lambdas, c.loss, marker=".", label=f"{name} (barrier {c.barrier:.3f})")
         ax_acc.plot(c.lambdas, c.accuracy, marker=".", label=name)
@@ -92,13 +90,11 @@ def plot_curves(curves: Mapping[str, Curve], path: str | Path, title: str = "int
 
 
 def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
-    """Write ``fig`` (format by suffix) under a temporary name, rename it into place, and close it."""
-    import matplotlib.pyplot as plt
-
+    """Write ``fig`` (a ``matplotlib.figure.Figure``, format by suffix) under a temporary name and rename it into
+    place."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
     fig.savefig(tmp, dpi=120)
-    plt.close(fig)
     tmp.replace(out)
     return out

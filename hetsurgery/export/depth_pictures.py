@@ -93,17 +93,15 @@ def _model(plan: DepthPlan, model: int | None) -> ModelDepth:
 
 def cka_heatmap(plan: DepthPlan, path: str | os.PathLike[str], model: int | None = None) -> Path:
     """The score matrix of every stage pair of model ``model`` with its map marked, as a PNG or SVG file."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # a Figure of its own: the caller's backend stays
 
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower()
     if fmt not in ("png", "svg"):
         raise InputError(f"cannot draw the CKA heatmap to {path.name}: use a .png or .svg file name")
     md = _model(plan, model)
-    fig, axes = plt.subplots(1, len(md.stages), figsize=(3.2 * len(md.stages) + 0.6, 3.2), squeeze=False)
+    fig = Figure(figsize=(3.2 * len(md.stages) + 0.6, 3.2))
+    axes = fig.subplots(1, len(md.stages), squeeze=False)
     try:
         for ax, st in zip(axes[0], md.stages, strict=True):
             image = ax.imshow(st.scores, cmap="viridis", aspect="auto")
@@ -117,6 +115,4 @@ def cka_heatmap(plan: DepthPlan, path: str | os.PathLike[str], model: int | None
             fig.savefig(tmp, format=fmt, dpi=150)
     except ValueError as exc:
         raise ExportError(f"drawing the CKA heatmap failed: {exc}") from exc
-    finally:
-        plt.close(fig)
     return path

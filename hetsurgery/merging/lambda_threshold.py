@@ -242,12 +242,10 @@ def _first_inputs(data: Iterable) -> torch.Tensor:
 
 def plot_threshold(t: LambdaThreshold, path: str | os.PathLike[str], title: str = "") -> Path:
     """The metric and the loss along ``λ``, the tolerance band and the threshold: one PNG (or SVG by suffix)."""
-    import matplotlib
+    from matplotlib.figure import Figure  # a Figure of its own: the caller's backend stays
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_m, ax_loss) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig = Figure(figsize=(9, 3.5))
+    ax_m, ax_loss = fig.subplots(1, 2)
     lams, values = zip(*t.probes, strict=True)
     ax_m.plot(lams, values, marker=".", label=t.metric.value)
     sign = -1 if t.metric is Metric.ACCURACY else 1
