@@ -30,7 +30,9 @@ from hetsurgery.ir.lowering import with_tensors
 from hetsurgery.tracing import lift_graph
 from hetsurgery.tracing.units import ORIGIN_META
 
-__all__ = ["ORIGIN_META", "add_module", "editable", "new_names", "node_named", "relift"]
+__all__ = ["CONVS", "ORIGIN_META", "add_module", "editable", "new_names", "node_named", "relift"]
+
+CONVS: dict[int, type[nn.Conv1d | nn.Conv2d | nn.Conv3d]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}  # by taps
 
 
 def editable(g: ModelGraph) -> fx.GraphModule:

@@ -35,8 +35,7 @@ from torch import fx, nn
 
 from hetsurgery.errors import IRError, PassError
 from hetsurgery.ir import Activation, ModelGraph, OpKind, Unit, UnitKind
-from hetsurgery.passes.edit import ORIGIN_META, editable, node_named, relift
-from hetsurgery.passes.insert_identity import CONVS
+from hetsurgery.passes.edit import CONVS, ORIGIN_META, editable, node_named, relift
 
 
 @dataclass(frozen=True, eq=False)

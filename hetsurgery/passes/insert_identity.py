@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
@@ -32,7 +31,8 @@ from torch import fx, nn
 
 from hetsurgery.errors import IRError, PassError
 from hetsurgery.ir import Activation, ModelGraph, NodeFacts, OpKind, Stage, Unit, UnitKind
-from hetsurgery.passes.edit import ORIGIN_META, add_module, editable, new_names, node_named, relift
+from hetsurgery.passes.edit import CONVS, ORIGIN_META, add_module, editable, new_names, node_named, relift
+from hetsurgery.passes.insertion import counted_positions, insertion_point, refuse_before_fixed
 
 
 @dataclass(frozen=True)
@@ -79,28 +79,6 @@ class InsertIdentity:
     def from_spec(cls, spec: Mapping[str, Any]) -> Self:
         """The pass ``spec()`` describes."""
         return cls(str(spec["stage"]), tuple(int(p) for p in spec["positions"]))
-
-
-def insertion_point(g: ModelGraph, st: Stage, position: int) -> str:
-    """The node whose output a unit inserted before position ``position`` of ``st`` would read."""
-    units = [g.unit(k) for k in st.units]
-    return units[position - 1].exit if position > 0 else units[0].entry
-
-
-def refuse_before_fixed(where: str, units: list[Unit], p: int) -> None:
-    """Nothing goes in front of a fixed first unit: it stays first and is aligned one to one."""
-    if p == 0 and units[0].fixed is not None:
-        raise PassError(f"{where}: the stage's first unit {units[0].key} is fixed ({units[0].fixed}); insert after it")
-
-
-def counted_positions(g: ModelGraph, st: Stage, positions: tuple[int, ...]) -> list[tuple[int, int]]:
-    """``(position, how many units go there)``, the last position first (inserting there moves nothing before
-    it); ``PassError`` for a position outside ``0 … len(st)``."""
-    for p in positions:
-        if not isinstance(p, int) or isinstance(p, bool) or not 0 <= p <= len(st):
-            raise PassError(f"{g.name}: stage {st.key} has {len(st)} units; positions go from 0 to {len(st)}, not "
-                            f"{p!r}")
-    return sorted(Counter(positions).items(), reverse=True)
 
 
 def _point_and_template(g: ModelGraph, st: Stage, units: list[Unit], p: int) -> tuple[str, Unit]:
@@ -161,9 +139,6 @@ def _insert_after(gm: fx.GraphModule, g: ModelGraph, point: fx.Node, facts: Node
     for user in users:
         user.replace_input_with(point, last)
     return last
-
-
-CONVS: dict[int, type[nn.Conv1d | nn.Conv2d | nn.Conv3d]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
 def _same_call(gm: fx.GraphModule, old: fx.Node, reading: fx.Node) -> fx.Node:

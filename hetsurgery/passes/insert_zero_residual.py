@@ -39,7 +39,7 @@ from torch import fx, nn
 from hetsurgery.errors import IRError, PassError
 from hetsurgery.ir import Activation, ModelGraph, OpKind, Stage, Unit, UnitKind
 from hetsurgery.passes.edit import ORIGIN_META, add_module, editable, new_names, node_named, relift
-from hetsurgery.passes.insert_identity import counted_positions, insertion_point, refuse_before_fixed
+from hetsurgery.passes.insertion import counted_positions, insertion_point, refuse_before_fixed
 from hetsurgery.tracing import OPKIND_META
 
 _ZERO_AT_ZERO = frozenset({OpKind.FLATTEN, OpKind.RESHAPE, OpKind.TRANSPOSE, OpKind.UNSQUEEZE, OpKind.GETITEM,
