@@ -87,7 +87,15 @@ def joint_module(graphs: Sequence[ModelGraph], site_nodes: set[str], observer: O
 
 
 def tap_module(g: ModelGraph, nodes: Sequence[str]) -> fx.GraphModule:
-    """A copy of ``g``'s module (sharing its tensors) that returns the outputs of ``nodes`` (for tests)."""
+    """A copy of ``g``'s module (sharing its tensors, in eval mode) that returns the outputs of ``nodes``, in that
+    order, and computes nothing after the last of them: how depth alignment reads unit features, the fusion reads
+    pre-activations and LayerNorm inputs, and assembly reads the streams around residual blocks.
+
+    >>> import torch, hetsurgery as hs
+    >>> g = hs.trace(hs.zoo.mlp([8, 4]), torch.randn(2, 64))
+    >>> [tuple(t.shape) for t in tap_module(g, ["layers_1", "layers_2"])(torch.randn(3, 64))]
+    [(3, 8), (3, 4)]
+    """
     gm = to_module(g, share=True)
     by_name = {n.name: n for n in gm.graph.nodes}
     out = next(n for n in gm.graph.nodes if n.op == "output")
