@@ -61,3 +61,22 @@ def test_unknown_group_is_an_ir_error() -> None:
     g = hs.trace(hs.zoo.mlp([8], in_features=4, num_classes=2), torch.randn(2, 4))
     with pytest.raises(hs.IRError, match="no group 7"):
         g.group(7)
+
+
+def test_updating_a_graph_runs_nothing_and_the_ir_value_does_not_import_lowering() -> None:
+    """``with_updates`` builds a structural copy holding the new tensors, widths too, without a forward pass
+    (it ran ShapeProp); ``ir/graph.py`` and ``ir/lowering.py`` no longer import each other."""
+    import ast
+    import pathlib
+
+    from hetsurgery.passes import PadWidth
+
+    g = hs.trace(hs.zoo.mlp([8, 8]), torch.randn(2, 64))
+    runs: list[int] = []
+    g.module.get_submodule("layers.0").register_forward_pre_hook(lambda *_: runs.append(1))
+    wider = PadWidth(0, 12)(g)
+    assert runs == [] and tuple(wider.params["layers.0.weight"].shape) == (12, 64)
+    assert hs.to_module(wider).get_submodule("layers.0").out_features == 12
+    source = (pathlib.Path(hs.__file__).parent / "ir" / "graph.py").read_text()
+    imported = {n.module for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom)}
+    assert "hetsurgery.ir.lowering" not in imported

@@ -25,8 +25,8 @@ from torch import fx
 from hetsurgery.errors import IRError
 from hetsurgery.ir.facts import NodeFacts
 from hetsurgery.ir.group import PermGroup
-from hetsurgery.ir.lowering import with_tensors
 from hetsurgery.ir.slots import Slot, overlaps
+from hetsurgery.ir.structure import with_tensors
 from hetsurgery.ir.units import Stage, Unit
 
 if TYPE_CHECKING:  # networkx is imported where a graph view is made, not by `import hetsurgery`
@@ -91,12 +91,12 @@ class ModelGraph:
         self, params: Mapping[str, torch.Tensor], groups: tuple[PermGroup, ...] | None = None
     ) -> ModelGraph:
         """A new graph with some parameters replaced (and optionally new groups); its module is a structural
-        copy holding the new tensors (the others shared), layers resized where the shapes changed."""
+        copy holding the new tensors (the others shared), layers resized where the shapes changed. Nothing runs:
+        the node metadata (``tensor_meta``, ``facts``) keep the shapes the graph was lifted with; lifting the
+        lowered module again (``lift_graph``) measures the new ones."""
         merged = dict(self.params)
         merged.update(params)
         module = with_tensors(self.module, merged, share=True)
-        if any(tuple(t.shape) != tuple(self.params[n].shape) for n, t in params.items()):
-            _refresh_shapes(module, self.example_inputs)
         return replace(self, module=module, params=MappingProxyType(merged),
                        groups=self.groups if groups is None else groups)
 
@@ -284,18 +284,3 @@ def _target_text(node: fx.Node) -> str:
     if node.op in ("call_module", "get_attr", "call_method"):
         return str(node.target)
     return getattr(node.target, "__qualname__", str(node.target))
-
-
-def _refresh_shapes(module: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
-    """Record the new shapes in every node's ``tensor_meta`` (one forward pass on the example inputs)."""
-    if not inputs:
-        return
-    from torch.fx.passes.shape_prop import ShapeProp
-
-    was = module.training
-    try:
-        module.eval()
-        with torch.no_grad():
-            ShapeProp(module).propagate(*inputs)
-    finally:
-        module.train(was)

@@ -1,20 +1,15 @@
 """Lowering: a ``ModelGraph`` back to a runnable ``GraphModule`` with its current parameters.
 
-Submodules whose parameters changed shape are resynchronised (``in_features``, ``groups``, …); the
-``state_dict`` keys stay those of the traced model.
+Submodules whose parameters changed shape are resynchronised (``in_features``, ``groups``, …, by
+``structure.with_tensors``); the ``state_dict`` keys stay those of the traced model.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from torch import fx
 
-import torch
-from torch import fx, nn
-
-if TYPE_CHECKING:
-    from hetsurgery.ir.graph import ModelGraph
+from hetsurgery.ir.graph import ModelGraph
+from hetsurgery.ir.structure import with_tensors
 
 
 def to_module(g: ModelGraph, *, share: bool = False) -> fx.GraphModule:
@@ -26,65 +21,3 @@ def to_module(g: ModelGraph, *, share: bool = False) -> fx.GraphModule:
     torch.Size([5, 3])
     """
     return with_tensors(g.module, g.params, share=share)
-
-
-def with_tensors(module: fx.GraphModule, tensors: Mapping[str, torch.Tensor], *, share: bool) -> fx.GraphModule:
-    """A structural copy of ``module`` (new submodules, a new graph) holding ``tensors`` under their names
-    (shared, or cloned unless ``share``); layers whose tensors changed shape are resynchronised."""
-    old = {**dict(module.named_parameters()), **dict(module.named_buffers())}
-    memo: dict[int, object] = {}
-    for name, tensor in old.items():
-        new = tensors[name].detach() if share else tensors[name].detach().clone()
-        memo[id(tensor)] = nn.Parameter(new, requires_grad=tensor.requires_grad) \
-            if isinstance(tensor, nn.Parameter) else new
-    gm = copy.deepcopy(module, memo)
-    for mod in gm.modules():
-        for klass, fix in _RESYNC.items():
-            if isinstance(mod, klass):
-                fix(mod)
-    return gm
-
-
-def _linear(m: nn.Linear) -> None:
-    m.out_features, m.in_features = m.weight.shape
-
-
-def _conv(m: nn.modules.conv._ConvNd) -> None:
-    out = m.weight.shape[0]
-    if m.groups == m.in_channels and m.groups > 1:  # depthwise: the groups follow the width
-        multiplier = m.out_channels // m.in_channels
-        m.in_channels = m.groups = out // multiplier
-    else:
-        m.in_channels = m.weight.shape[1] * m.groups
-    m.out_channels = out
-
-
-def _batch_norm(m: nn.modules.batchnorm._NormBase) -> None:
-    ref = m.weight if m.weight is not None else m.running_mean
-    if ref is not None:
-        m.num_features = ref.shape[0]
-
-
-def _layer_norm(m: nn.LayerNorm | nn.RMSNorm) -> None:
-    if m.weight is not None:
-        m.normalized_shape = tuple(m.weight.shape)
-
-
-def _group_norm(m: nn.GroupNorm) -> None:
-    if m.weight is not None:
-        m.num_channels = m.weight.shape[0]
-
-
-def _embedding(m: nn.Embedding) -> None:
-    m.num_embeddings, m.embedding_dim = m.weight.shape
-
-
-_RESYNC: dict[type, Callable] = {
-    nn.Linear: _linear,
-    nn.modules.conv._ConvNd: _conv,
-    nn.modules.batchnorm._NormBase: _batch_norm,
-    nn.LayerNorm: _layer_norm,
-    nn.RMSNorm: _layer_norm,
-    nn.GroupNorm: _group_norm,
-    nn.Embedding: _embedding,
-}

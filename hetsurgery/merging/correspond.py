@@ -25,7 +25,7 @@ from torch import fx
 
 from hetsurgery.errors import MergeInputError, PassError, TracingError
 from hetsurgery.ir import ModelGraph
-from hetsurgery.ir.lowering import with_tensors
+from hetsurgery.ir.structure import with_tensors
 from hetsurgery.merging.topology import signature
 from hetsurgery.passes import check_same_function
 from hetsurgery.tracing import lift_graph

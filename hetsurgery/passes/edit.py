@@ -26,7 +26,7 @@ from torch import fx, nn
 
 from hetsurgery.errors import PassError
 from hetsurgery.ir import ModelGraph
-from hetsurgery.ir.lowering import with_tensors
+from hetsurgery.ir.structure import with_tensors
 from hetsurgery.tracing import lift_graph
 from hetsurgery.tracing.units import ORIGIN_META
 
