@@ -126,12 +126,16 @@ def test_depth_and_width_heterogeneous_merges_run(name: str, depth: str, balance
     with torch.no_grad():
         y = r.model(x[:5])
     assert y.shape == (5, 10) and bool(torch.isfinite(y).all())
-    deep, shallow = (a, b) if balance == "add" else (b, a)
-    assert len(r.graph.units) == len(hs.trace(deep, x[:2]).units)  # the anchor's topology
+    anchor, other = (a, b) if balance == "add" else (b, a)  # add: the deepest is the anchor; merge: the shallowest
+    assert len(r.graph.units) == len(hs.trace(anchor, x[:2]).units)  # the anchor's topology
     assert r.depth is not None and all(sa.balance is Balance(balance) for md in r.depth.models for sa in md.stages)
     text = str(r.report)
     assert "depth plan (anchor: model" in text and "similarity" in text and "statistics" in text
-    assert shallow is not deep
+    balanced = r.depth.model(1 if balance == "add" else 0)  # the other model, balanced to the anchor's depth
+    kinds = {"add": {"insert-identity", "insert-zero-residual"}, "merge": {"fuse-relu-segment"}}[balance]
+    assert balanced.passes and {p["pass"] for p in balanced.passes} <= kinds
+    own = len(hs.trace(other, x[:2]).units)
+    assert own < len(r.graph.units) if balance == "add" else own > len(r.graph.units)
 
 
 def test_different_depths_without_depth_are_refused_with_the_stages_that_differ() -> None:
