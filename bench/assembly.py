@@ -23,11 +23,8 @@ from torch.utils.data import TensorDataset
 
 import hetsurgery as hs
 from bench.report import RESULTS, machine, write_section
-from hetsurgery.demo import calibration_set
-from hetsurgery.evaluate import LAMBDAS, task_scores
-from hetsurgery.merging.assembly_donor import AlignedDonor, prepare_donor
-from hetsurgery.merging.depth import DepthOptions
-from hetsurgery.merging.lambda_threshold import (
+from hetsurgery.assembly.donor import AlignedDonor, prepare_donor
+from hetsurgery.assembly.lambda_threshold import (
     RESOLUTION,
     VERIFY,
     blended_model,
@@ -35,6 +32,9 @@ from hetsurgery.merging.lambda_threshold import (
     score_at,
     threshold_along,
 )
+from hetsurgery.demo import calibration_set
+from hetsurgery.evaluate import LAMBDAS, task_scores
+from hetsurgery.merging.depth import DepthOptions
 from hetsurgery.zoo.data import digits, loader
 from hetsurgery.zoo.train import train
 

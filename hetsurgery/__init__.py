@@ -7,6 +7,7 @@ True
 """
 
 from hetsurgery import evaluate, zoo
+from hetsurgery.assembly import AssemblyResult, Donor, assemble, find_lambda_threshold
 from hetsurgery.errors import (
     ExportError,
     HetsurgeryError,
@@ -20,15 +21,7 @@ from hetsurgery.errors import (
 )
 from hetsurgery.ir import Blocks, ModelGraph, OpKind, PermGroup, Role, Site, Slot
 from hetsurgery.ir.lowering import to_module
-from hetsurgery.merging import (
-    AssemblyResult,
-    Donor,
-    MergeResult,
-    align,
-    assemble,
-    find_lambda_threshold,
-    merge,
-)
+from hetsurgery.merging import MergeResult, align, merge
 from hetsurgery.tracing import trace
 
 __all__ = [

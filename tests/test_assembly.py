@@ -80,7 +80,7 @@ def test_with_the_default_batchnorm_reset_a_deeper_copy_gives_the_base_with_its_
     """The README's condition: for every λ > 0 the default reset recomputes the statistics inside and after the
     blended units on the calibration data, so a copy of the base gives the base with those statistics recomputed;
     a base whose statistics are its calibration statistics comes back unchanged."""
-    from hetsurgery.merging.assembly_donor import reset_batchnorm_after
+    from hetsurgery.assembly.donor import reset_batchnorm_after
     from hetsurgery.passes import ResetBatchNorm
 
     base = randomise(hs.zoo.resnet((2, 1, 1)), 5)

@@ -81,7 +81,7 @@ def test_an_assembly_from_the_command_line_writes_a_package_with_its_record(tmp_
      "outputs (2, 5) on the base's inputs"),
     ({"donors.1.kwargs": {"hidden": [12], "in_features": 32}, "donors.1.weights": None},
      "donors.1 (mlp) does not run on inputs of shape"),
-    ({"depth": None}, "differs in depth from the base (stage0: 2 layers in the base, 3 in donors.1)"),
+    ({"depth": None}, "donors.1 differs in depth from B (stage0: 2 layers in B, 3 in donors.1)"),
     ({"align": {"method": "permute"}}, "needs equal widths for this method"),
     ({"align": {"options": {"sweeps": 3}}}, "align: method 'mal' takes no option 'sweeps'"),
     ({"donors.0.layer": "all"}, "donors.0.layer: unknown key (a typo?)"),

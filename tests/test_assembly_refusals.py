@@ -20,7 +20,7 @@ def _assemble(donor: torch.nn.Module | hs.Donor, **kw: object) -> hs.AssemblyRes
 @pytest.mark.parametrize(("donor", "kw", "says"), [
     (hs.zoo.mlp([16, 16], in_features=32), {}, "donor 0 \\(MLP\\) does not run on the base's inputs"),
     (hs.zoo.mlp([16, 16], num_classes=5), {}, "outputs \\(2, 5\\) on the base's inputs, the base \\(2, 10\\)"),
-    (hs.zoo.mlp([16]), {}, "differs in depth from the base \\(stage0: 2 layers in the base, 1 in donor 0 "
+    (hs.zoo.mlp([16]), {}, "differs in depth from base \\(stage0: 2 layers in base, 1 in donor 0 "
                            "\\(MLP\\)\\): give depth='lma', 'sma' or 'cla'"),
     (hs.zoo.mlp([16, 16]), {"layers": ["layers_1"]}, "layers names 'layers_1', which is not a unit of the base; "
                                                      "its units are layers_0, layers_2, layers_4"),
@@ -61,5 +61,5 @@ def test_other_refusals() -> None:
         nan.layers[0].weight[0, 0] = float("nan")
     with pytest.raises(hs.MergeInputError, match=r"donor 0 \(MLP\): layers\.0\.weight holds NaN or Inf"):
         hs.assemble(hs.zoo.mlp([16]), [nan], [X])
-    with pytest.raises(hs.MergeInputError, match="compares the units of the base and the donor on data; give data"):
+    with pytest.raises(hs.MergeInputError, match="compares the models' units on calibration data; give data"):
         hs.assemble(hs.zoo.mlp([16]), [hs.zoo.mlp([16, 16])], example_inputs=X[:2], depth="lma")

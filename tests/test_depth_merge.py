@@ -139,7 +139,7 @@ def test_depth_and_width_heterogeneous_merges_run(name: str, depth: str, balance
 
 
 def test_different_depths_without_depth_are_refused_with_the_stages_that_differ() -> None:
-    with pytest.raises(hs.MergeInputError, match=r"differ in depth \(stage0: 3 blocks in model 0 \(ResNet\), 2 in "
+    with pytest.raises(hs.MergeInputError, match=r"model 1 \(ResNet\) differs in depth from model 0 \(ResNet\) \(stage0: 3 blocks in model 0 \(ResNet\), 2 in "
                                                  r"model 1 \(ResNet\)\).*depth='cla', 'sma' or 'lma'"):
         hs.merge([hs.zoo.resnet((3, 2, 2)), hs.zoo.resnet((2, 2, 2))], [torch.randn(8, 1, 8, 8)], progress=False)
 

@@ -73,7 +73,7 @@ def test_messages_name_the_models_as_the_user_named_them() -> None:
     with pytest.raises(hs.MergeInputError, match=r"^teacher B: layers\.0\.weight holds NaN or Inf"):
         hs.merge([a, b], [X], names=["student A", "teacher B"], progress=False)
     deep, shallow = hs.zoo.mlp([8, 8, 8]), hs.zoo.mlp([8])
-    with pytest.raises(hs.MergeInputError, match=r"the models differ in depth \(stage0: 3 layers in deep one, 1 in "
+    with pytest.raises(hs.MergeInputError, match=r"shallow one differs in depth from deep one \(stage0: 3 layers in deep one, 1 in "
                                                  r"shallow one\)"):
         hs.merge([deep, shallow], [X], names=["deep one", "shallow one"], progress=False)
     with pytest.raises(hs.MergeInputError, match=r"^names must be 2 non-empty strings, one per model"):

@@ -11,7 +11,7 @@ import torch
 from helpers import permuted
 
 import hetsurgery as hs
-from hetsurgery.merging import LambdaThreshold
+from hetsurgery.assembly import LambdaThreshold
 from hetsurgery.zoo.data import TASKS, digits, loader
 from hetsurgery.zoo.train import train
 

@@ -1,9 +1,10 @@
 """The import layering of the package (DESIGN §2): a lower layer never imports a higher one.
 
-``ir <- tracing <- plan, passes <- export <- merging <- cli``. ``zoo`` and ``errors`` sit under everything
-(``zoo`` imports nothing of hetsurgery); ``plan`` and ``passes`` are siblings that never import each
-other; ``evaluate`` scores merged models beside ``merging``; ``demo`` and ``config`` (the merge config and
-its commands) drive it all for ``cli``. ``pytest -k layering`` runs this file.
+``ir <- tracing <- plan, passes <- export <- merging <- assembly <- cli``. ``zoo`` and ``errors`` sit under
+everything (``zoo`` imports nothing of hetsurgery); ``plan`` and ``passes`` are siblings that never import each
+other; ``evaluate`` scores merged models beside ``merging``; ``assembly`` (MAL, the λ threshold) balances and
+aligns donors with merging's code, so it sits above it and ``merging`` never imports it; ``demo`` and ``config``
+(the merge config and its commands) drive it all for ``cli``. ``pytest -k layering`` runs this file.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import pytest
 import hetsurgery as hs
 
 LAYERS = {"errors": 0, "zoo": 0, "ir": 1, "tracing": 2, "plan": 3, "passes": 3, "export": 4, "merging": 5,
-          "evaluate": 5, "demo": 6, "config": 6, "cli": 7}
-TOP = 8  # hetsurgery/__init__.py re-exports every layer: importing it from inside pulls in all of them
+          "evaluate": 5, "assembly": 6, "demo": 7, "config": 7, "cli": 8}
+TOP = 9  # hetsurgery/__init__.py re-exports every layer: importing it from inside pulls in all of them
 INDEPENDENT = {frozenset({"plan", "passes"})}  # siblings on one layer that never import each other
 ROOT = pathlib.Path(hs.__file__).parent
 
@@ -105,6 +106,11 @@ def test_layering_lower_layers_never_import_higher_ones() -> None:
         if rel[0].removesuffix(".py") in LAYERS:
             problems += _violations(path.read_text(), rel)
     assert not problems, "\n".join(problems)
+
+
+def test_merging_never_imports_assembly_which_sits_above_it() -> None:
+    assert _violations("from hetsurgery.assembly import assemble", ("merging", "driver.py"))
+    assert not _violations("from hetsurgery.merging.balance import insert_units", ("assembly", "depth.py"))
 
 
 def test_the_merge_driver_is_reachable_beside_the_merge_function() -> None:

@@ -88,7 +88,7 @@ def test_errors_name_the_problem() -> None:
         b.layer1[0].conv1.weight[0, 0, 0, 0] = math.nan
     with pytest.raises(hs.MergeError, match=r"model 1 \(ResNet\): layer1.0.conv1.weight holds NaN"):
         hs.merge([a, b], DATA, progress=False)
-    with pytest.raises(hs.MergeError, match=r"differ in depth \(stage0: 1 blocks in model 0.*depth='cla'"):
+    with pytest.raises(hs.MergeError, match=r"differs in depth from model 0 .*\(stage0: 1 blocks in model 0.*depth='cla'"):
         hs.merge([hs.zoo.resnet((1, 1, 1)), hs.zoo.resnet((2, 1, 1))], DATA, progress=False)
     with pytest.raises(hs.MergeError, match="needs equal widths"):
         hs.merge([hs.zoo.resnet((1, 1, 1), 1), hs.zoo.resnet((1, 1, 1), 2)], DATA, method="permute", progress=False)

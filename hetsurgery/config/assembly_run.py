@@ -16,6 +16,7 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
+from hetsurgery.assembly import AssemblyResult
 from hetsurgery.config.assembly_schema import AssemblyConfig
 from hetsurgery.config.batches import build_data
 from hetsurgery.config.build import build_model, check_input_shape, device_of, relative
@@ -26,7 +27,6 @@ from hetsurgery.config.schema import MergeConfig, ModelSpec
 from hetsurgery.errors import MergeInputError
 from hetsurgery.export import is_package, load_weights, save
 from hetsurgery.export.errors import InputError
-from hetsurgery.merging import AssemblyResult
 
 EXAMPLE_HEADER = """\
 # hetsurgery assemble CONFIG.yaml -o OUT: every key, with its meaning. Relative file names are read from
@@ -47,7 +47,7 @@ class AssemblyRun:
 
 def run_assembly(config_path: Path, output: Path, *, progress: bool = True) -> AssemblyRun:
     """Assemble the models of ``config_path`` into the package ``output``; ``InvalidInput`` before any work."""
-    from hetsurgery.merging import Donor, assemble
+    from hetsurgery.assembly import Donor, assemble
     from hetsurgery.merging.options import check_options
 
     cfg = read_config(config_path, AssemblyConfig, "assemble")

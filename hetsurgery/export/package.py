@@ -145,7 +145,7 @@ def plan_json(plan: WidthPlan | None, *, files: Mapping[str, str] | None = None,
     "graph.json": ...}}``; ``files`` is left out when ``None``. ``passes`` are the structural passes that turned
     the traced model into the saved structure, as specs ``hetsurgery.passes.replay`` applies again. An assembled
     model adds ``"assembly"``: which donor gave which unit, with which λ, how it was aligned
-    (``hetsurgery.merging.assembly``); ``read_assembly`` reads it back.
+    (``hetsurgery.assembly.assembler``); ``read_assembly`` reads it back.
     """
     doc: dict[str, Any] = {"format": PLAN_FORMAT, "width": None if plan is None else json.loads(plan.to_json()),
                            "depth": None if depth is None else depth.to_dict(), "passes": [dict(p) for p in passes]}

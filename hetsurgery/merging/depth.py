@@ -3,8 +3,7 @@
 1. **Similarity.** Every model runs once over the first ``depth_samples`` calibration samples (512 by
    default: linear CKA over every position of 512 images settles well before that, and the width plan's own
    pass over all the data is the expensive one) beside the anchor; linear CKA between each of its units and
-   each unit of the anchor's corresponding stage is streamed (``StreamingCKA``: no activation is stored).
-   CLA compares pre-activations (``Unit.pre``), SMA and LMA unit outputs (``Unit.exit``); CLA with
+   each unit of the anchor's corresponding stage is streamed (``similarity.stage_scores``); CLA with
    ``depth_cost="width"`` compares widths instead and needs no data.
 2. **Plan.** Stage ``i`` of a model is aligned with stage ``i`` of the anchor (CLA / SMA / LMA,
    ``plan.depth``). With ``balance="add"`` the anchor is the deepest model and the others get units
@@ -13,7 +12,8 @@
    loses the least when the others are carried onto its structure), then the first; ``depth_anchor=``
    names it instead (it must then be the deepest, or shallowest, in every stage).
 3. **Balance.** ``InsertIdentity`` / ``InsertZeroResidual`` (exact) or ``FuseReluSegment`` with signs
-   estimated on the calibration data (an approximation, measured in the report).
+   estimated on the calibration data (an approximation, measured in the report), through ``balance``, which
+   assembly uses too; whether the balance can work is asked first, before any data is read.
 4. **Correspondence.** Each balanced model is carried onto the anchor's structure and names
    (``correspond.on_anchor_names``), unit by unit; the width methods then see models of one topology.
 
@@ -33,19 +33,16 @@ from enum import Enum
 from typing import TypeVar
 
 import torch
-from tqdm.auto import tqdm
 
-from hetsurgery.errors import MergeInputError, PassError
-from hetsurgery.ir import Activation, ModelGraph, Site, UnitKind
-from hetsurgery.ir.batches import model_input
+from hetsurgery.errors import MergeInputError
+from hetsurgery.ir import ModelGraph
+from hetsurgery.merging.balance import check_balance, check_pairable, fuse_segment, insert_units
 from hetsurgery.merging.correspond import on_anchor_names
 from hetsurgery.merging.fusion import FuseReport, compare
-from hetsurgery.passes import FuseReluSegment, InsertIdentity, InsertZeroResidual, Pipeline
-from hetsurgery.plan.depth import Balance, DepthMethod, DepthPlan, ModelDepth, StageAlignment, StreamingCKA
-from hetsurgery.plan.depth.cka import width_cost
+from hetsurgery.merging.similarity import StagePair, stage_scores
+from hetsurgery.plan.depth import Balance, DepthMethod, DepthPlan, ModelDepth, StageAlignment
 from hetsurgery.plan.depth.depth_plan import Score, align_stage
-from hetsurgery.plan.fuse_signs import Estimator, estimate_signs, norm_scales
-from hetsurgery.plan.joint import site_view, tap_module
+from hetsurgery.plan.fuse_signs import Estimator
 
 COSTS = ("cka", "width")
 DEPTH_SAMPLES = 512
@@ -96,21 +93,6 @@ class Balanced:
     fusions: tuple[FuseReport, ...] = field(default=())
 
 
-def check_depths(graphs: Sequence[ModelGraph]) -> None:
-    """Without ``depth=`` the models must have the same units in every stage: say where they differ."""
-    ref = graphs[0]
-    for g in graphs[1:]:
-        shapes_ref = [(st.kind.value, len(st)) for st in ref.stages]
-        shapes = [(st.kind.value, len(st)) for st in g.stages]
-        if shapes != shapes_ref or len(g.units) != len(ref.units):
-            differ = [f"{a.key}: {len(a)} {a.kind.value}s in {ref.name}, {len(b)} in {g.name}"
-                      for a, b in zip(ref.stages, g.stages, strict=False) if len(a) != len(b)]
-            where = "; ".join(differ) or f"{len(ref.stages)} stages in {ref.name}, {len(g.stages)} in {g.name}"
-            raise MergeInputError(f"the models differ in depth ({where}): merge them with depth='cla', 'sma' or "
-                                  "'lma' (and balance='add' to insert units into the shallower model, or 'merge' to "
-                                  "fuse the deeper one's Linear layers)")
-
-
 def balance_depths(graphs: Sequence[ModelGraph], data: Iterable | None, opts: DepthOptions, *,
                    device: torch.device | str | None, progress: bool) -> Balanced:
     """Align every model's stages with the anchor's, balance them, and carry them onto the anchor's names."""
@@ -119,7 +101,10 @@ def balance_depths(graphs: Sequence[ModelGraph], data: Iterable | None, opts: De
     check_balance(graphs, anchor, opts.balance)
     seconds = {}
     clock = time.perf_counter()
-    scores = _similarities(graphs, anchor, data, opts, device=device, progress=progress)
+    others = [k for k in range(len(graphs)) if k != anchor]
+    pairs = [StagePair(*_roles(k, anchor, opts.balance), st.key, st.key) for k in others for st in graphs[k].stages]
+    matrices = iter(stage_scores(graphs, pairs, data, opts, device=device, progress=progress))
+    scores = {k: {st.key: next(matrices) for st in graphs[k].stages} for k in others}
     seconds["similarity"] = time.perf_counter() - clock
     clock = time.perf_counter()
     plan = _plan(graphs, anchor, scores, opts)
@@ -139,18 +124,6 @@ def _enum(kind: type[E], value: object, what: str) -> E:
         return kind(value)
     except ValueError:
         raise MergeInputError(f"{what} must be one of {', '.join(str(m.value) for m in kind)}, not {value!r}") from None
-
-
-def check_pairable(graphs: Sequence[ModelGraph]) -> None:
-    """Stage ``i`` of every model meets stage ``i`` of the first: they need the same number and kinds of stages."""
-    ref = graphs[0]
-    for g in graphs[1:]:
-        kinds_ref, kinds = [st.kind.value for st in ref.stages], [st.kind.value for st in g.stages]
-        if kinds != kinds_ref:
-            raise MergeInputError(
-                f"the stages of {g.name} ({', '.join(kinds) or 'none'}) cannot be paired with those of {ref.name} "
-                f"({', '.join(kinds_ref) or 'none'}): depth alignment pairs stage i with stage i (the runs between "
-                "poolings or stride changes, the residual streams), so both models need the same number and kinds")
 
 
 def _anchor(graphs: Sequence[ModelGraph], balance: Balance, given: int | None = None) -> int:
@@ -192,94 +165,6 @@ def _roles(k: int, anchor: int, balance: Balance) -> tuple[int, int]:
     return (k, anchor) if balance is Balance.ADD else (anchor, k)
 
 
-def _feature_node(opts: DepthOptions, g: ModelGraph, unit: str) -> str:
-    u = g.unit(unit)
-    return u.pre if opts.method is DepthMethod.CLA else u.exit
-
-
-def _similarities(graphs: Sequence[ModelGraph], anchor: int, data: Iterable | None, opts: DepthOptions, *,
-                  device: torch.device | str | None, progress: bool) -> dict[int, dict[str, torch.Tensor]]:
-    """Per other model ``k``, per stage key: the (shallow units x deep units) score matrix."""
-    others = [k for k in range(len(graphs)) if k != anchor]
-    if opts.cost == "width":
-        return {k: {st.key: _width_matrix(graphs, k, anchor, opts, st.key) for st in graphs[k].stages}
-                for k in others}
-    if data is None:
-        raise MergeInputError(f"depth={opts.method.value!r} compares the units on calibration data; give data (or "
-                              "use depth='cla' with depth_cost='width')")
-    cka = {k: StreamingCKA({st.key: _pair_units(graphs, k, anchor, opts, st.key) for st in graphs[k].stages})
-           for k in others}
-    taps = {k: _Tap.of(g, opts, device) for k, g in enumerate(graphs)}
-    target = device if device is not None else next(iter(graphs[0].params.values())).device
-    seen = 0
-    with torch.no_grad():
-        for batch in tqdm(data, desc="unit similarity", unit="batch", disable=not progress, leave=False):
-            if opts.samples is not None and seen >= opts.samples:
-                break
-            x = model_input(batch).to(target)
-            x = x if opts.samples is None else x[:opts.samples - seen]
-            seen += x.shape[0]
-            ref = taps[anchor].features(x)
-            for k in others:
-                own = taps[k].features(x)
-                shallow, _ = _roles(k, anchor, opts.balance)
-                cka[k].add(*((own, ref) if shallow == k else (ref, own)))
-    similarity = {k: {key: cka[k].matrix(key) for key in cka[k].pairs} for k in others}
-    if opts.method is DepthMethod.CLA:  # CLA minimises a cost
-        return {k: {key: 1.0 - m for key, m in per.items()} for k, per in similarity.items()}
-    return similarity
-
-
-def _pair_units(graphs: Sequence[ModelGraph], k: int, anchor: int, opts: DepthOptions, key: str
-                ) -> tuple[list[str], list[str]]:
-    shallow, deep = _roles(k, anchor, opts.balance)
-    return list(graphs[shallow].stage(key).units), list(graphs[deep].stage(key).units)
-
-
-def _width_matrix(graphs: Sequence[ModelGraph], k: int, anchor: int, opts: DepthOptions, key: str) -> torch.Tensor:
-    shallow, deep = _roles(k, anchor, opts.balance)
-
-    def widths(g: ModelGraph) -> list[int]:
-        out = []
-        for unit in g.stage(key).units:
-            f = g.facts[_feature_node(opts, g, unit)]
-            out.append(f.shape[f.channel_dim] if f.shape is not None and f.channel_dim is not None else 0)
-        return out
-
-    return torch.as_tensor(width_cost(widths(graphs[shallow]), widths(graphs[deep])), dtype=torch.float64)
-
-
-@dataclass(frozen=True)
-class _Tap:
-    """A copy of a model that returns the feature node of each of its staged units."""
-
-    module: torch.fx.GraphModule
-    nodes: tuple[str, ...]  # the feature node of each unit, in the module's output order
-    units: tuple[str, ...]
-    dims: tuple[int, ...]
-
-    @staticmethod
-    def of(g: ModelGraph, opts: DepthOptions, device: torch.device | str | None) -> _Tap:
-        units = tuple(u for st in g.stages for u in st.units)
-        nodes = tuple(_feature_node(opts, g, u) for u in units)
-        dims = tuple(_channel_dim(g, n) for n in nodes)
-        tap = tap_module(g, list(nodes))
-        return _Tap(tap.to(device) if device is not None else tap, nodes, units, dims)
-
-    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Each unit's features as an ``(A, C, M)`` view: every position (batch, pixels, tokens) is a sample."""
-        return {u: site_view(out, Site(n, d), out.shape[d])
-                for u, n, d, out in zip(self.units, self.nodes, self.dims, self.module(x), strict=True)}
-
-
-def _channel_dim(g: ModelGraph, node: str) -> int:
-    f = g.facts[node]
-    if f.channel_dim is not None:
-        return f.channel_dim
-    rank = len(f.shape or ())
-    return 1 if rank > 2 else max(rank - 1, 0)
-
-
 def _plan(graphs: Sequence[ModelGraph], anchor: int, scores: dict[int, dict[str, torch.Tensor]],
           opts: DepthOptions) -> DepthPlan:
     kind = Score.WIDTH if opts.cost == "width" else None
@@ -302,94 +187,16 @@ def _balance(graphs: Sequence[ModelGraph], anchor: int, plan: DepthPlan, data: I
     for md in plan.models:
         g = graphs[md.model]
         if opts.balance is Balance.ADD:
-            out[md.model] = _insert(g, md.stages)
-        else:
-            out[md.model], made = _fuse(g, md.stages, data, opts.estimator)
-            reports += made
+            out[md.model] = insert_units(g, md.stages, graphs[anchor].name)
+            continue
+        for sa in md.stages:
+            for fusion in sa.fusions:
+                units = tuple(sa.units_deep[j] for j in fusion.deep)
+                fused = fuse_segment(g, units, data, opts.estimator)
+                assert data is not None  # fuse_segment refuses without
+                reports.append(compare(g, fused, data, units, opts.estimator))
+                g = fused
+        out[md.model] = g
     return out, reports
 
 
-def check_balance(graphs: Sequence[ModelGraph], anchor: int, balance: Balance) -> None:
-    """Before any data is read: ``MergeInputError`` when ``balance`` cannot even out a stage whose depths differ
-    anywhere in it, saying once whether the other balance can (never one refusal pointing at the other)."""
-    for k, g in enumerate(graphs):
-        if k == anchor:
-            continue
-        for a, b in zip(graphs[anchor].stages, g.stages, strict=True):
-            if len(a) == len(b):
-                continue
-            (shallow, s_stage), (deep, d_stage) = sorted(((graphs[anchor], a), (g, b)), key=lambda x: len(x[1]))
-            why = {Balance.ADD: why_not_add(shallow, s_stage.key), Balance.MERGE: why_not_merge(deep, d_stage.key)}
-            if why[balance] is None:
-                continue
-            other = Balance.MERGE if balance is Balance.ADD else Balance.ADD
-            if why[other] is not None:
-                raise MergeInputError(f"neither balance can even out {a.key} of {shallow.name} and {deep.name}: "
-                                      f"balance='add' cannot, {why[Balance.ADD]}; balance='merge' cannot, "
-                                      f"{why[Balance.MERGE]}. These models cannot be aligned in depth")
-            can = ("it inserts identity units into the shallower model (exact)" if other is Balance.ADD else
-                   f"it fuses {deep.name}'s layers of {d_stage.key} across their activations, an approximation whose "
-                   "error on the calibration data the report gives" + _taken_as_relu(deep, d_stage.key))
-            raise MergeInputError(f"balance='{balance.value}' cannot even out {a.key} of {shallow.name} and "
-                                  f"{deep.name}: {why[balance]}. balance='{other.value}' can: {can}")
-
-
-def why_not_add(g: ModelGraph, stage: str) -> str | None:
-    """Why no unit can be inserted anywhere after the first of ``stage`` (``None``: somewhere it can)."""
-    st = g.stage(stage)
-    insert = InsertIdentity if st.kind is UnitKind.LAYER else InsertZeroResidual
-    reasons = [insert(stage, (p,)).why_not(g) for p in range(1, len(st) + 1)]
-    return None if any(r is None for r in reasons) else reasons[0]
-
-
-def why_not_merge(g: ModelGraph, stage: str) -> str | None:
-    """Why no two neighbouring units of ``stage`` can be fused (``None``: some can)."""
-    st = g.stage(stage)
-    if st.kind is UnitKind.BLOCK:
-        return (f"{stage} of {g.name} is a stage of residual blocks, and only Linear layers fuse (CLAFusion's "
-                "merge layers)")
-    reasons = [FuseReluSegment((u, v), ()).why_not(g) for u, v in zip(st.units, st.units[1:], strict=False)]
-    return None if any(r is None for r in reasons) else (reasons[0] if reasons else f"{stage} has one unit")
-
-
-def _taken_as_relu(g: ModelGraph, stage: str) -> str:
-    acts = {a for k in g.stage(stage).units for n in g.unit(k).nodes
-            if (a := g.facts[n].activation) not in (None, Activation.IDENTITY, Activation.RELU)}
-    return f" ({', '.join(sorted(a.value for a in acts))} taken as a ReLU)" if acts else ""
-
-
-def _insert(g: ModelGraph, stages: Sequence[StageAlignment]) -> ModelGraph:
-    passes = []
-    for sa in stages:
-        at = tuple(ins.after + 1 for ins in sa.insertions for _ in range(ins.count))
-        if at:
-            kind = g.stage(sa.stage_shallow).kind
-            passes.append(InsertIdentity(sa.stage_shallow, at) if kind is UnitKind.LAYER
-                          else InsertZeroResidual(sa.stage_shallow, at))
-    try:
-        return Pipeline(tuple(passes))(g)
-    except PassError as exc:
-        raise MergeInputError(f"balance='add' cannot make {g.name} as deep as the anchor where the depth plan says: "
-                              f"{exc}. Try another depth method") from exc
-
-
-def _fuse(g: ModelGraph, stages: Sequence[StageAlignment], data: Iterable | None, estimator: Estimator
-          ) -> tuple[ModelGraph, list[FuseReport]]:
-    reports = []
-    for sa in stages:
-        if sa.fusions and g.stage(sa.stage_deep).kind is UnitKind.BLOCK:
-            raise MergeInputError(f"balance='merge' fuses Linear layers across their ReLUs (CLAFusion's merge layers); "
-                                  f"{sa.stage_deep} of {g.name} is a stage of residual blocks: use balance='add'")
-        for fusion in sa.fusions:
-            units = tuple(sa.units_deep[j] for j in fusion.deep)
-            if data is None:
-                raise MergeInputError("balance='merge' estimates each fused ReLU from calibration data; give data")
-            try:
-                fused = FuseReluSegment(units, estimate_signs(g, units, data, estimator),
-                                        norm_scales(g, units, data))(g)
-            except PassError as exc:
-                raise MergeInputError(f"balance='merge' cannot fuse {', '.join(units)} of {g.name} where the depth "
-                                      f"plan says: {exc}. Try another depth method") from exc
-            reports.append(compare(g, fused, data, units, estimator))
-            g = fused
-    return g, reports

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import time
 import warnings
@@ -15,16 +14,26 @@ import torch
 from torch import nn
 
 from hetsurgery.errors import MergeInputError, UnalignedGroupWarning
-from hetsurgery.export.saveable import why_not_saveable
-from hetsurgery.ir import ModelGraph, Role, SlotMaps, slots_by_param, transform_params
-from hetsurgery.ir.batches import model_input
+from hetsurgery.ir import ModelGraph, SlotMaps, slots_by_param, transform_params
 from hetsurgery.ir.lowering import to_module
+from hetsurgery.merging.balance import check_same_depth
 from hetsurgery.merging.combine import combine
-from hetsurgery.merging.depth import DepthOptions, balance_depths, check_depths
+from hetsurgery.merging.depth import DepthOptions, balance_depths
 from hetsurgery.merging.fusion import FuseReport
+from hetsurgery.merging.inputs import (
+    BN_RESET_SAMPLES,
+    check_finite,
+    check_reset_bn,
+    check_saveable,
+    default_device,
+    first_batch,
+    merge_weights,
+    model_names,
+)
 from hetsurgery.merging.methods import METHODS, learned
 from hetsurgery.merging.options import check_options
 from hetsurgery.merging.topology import check_same_operations, check_same_topology
+from hetsurgery.merging.unaligned import unaligned_groups
 from hetsurgery.merging.widths import Width, check_width_changes, resolve_widths
 from hetsurgery.passes import ResetBatchNorm
 from hetsurgery.passes.resize import resized_groups
@@ -35,7 +44,6 @@ from hetsurgery.plan.width_plan import GroupMatch, WidthPlan
 from hetsurgery.tracing import trace
 
 STAGES = ("trace", "similarity", "depth_plan", "balance", "statistics", "matching", "combine", "bn_reset")
-BN_RESET_SAMPLES = 512  # BatchNorm statistics settle well within a few hundred images (see BENCHMARKS.md)
 
 
 @dataclass(frozen=True)
@@ -129,20 +137,20 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: st
         raise MergeInputError("the calibration data is a one-shot iterator (a generator?); merge reads it several "
                          "times (tracing, statistics, BatchNorm reset): pass a list of batches or a DataLoader")
     check_options(method, method_options)
-    w = _weights(weights, len(models))
+    w = merge_weights(weights, len(models))
     for m, label in zip(models, labels, strict=True):
-        _check_finite(m, label)
+        check_finite(m, label)
     seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
 
     clock = time.perf_counter()
-    x = example_inputs if example_inputs is not None else _first_batch(data)
+    x = example_inputs if example_inputs is not None else first_batch(data)
     graphs = tuple(trace(m, x, name=label) for m, label in zip(models, labels, strict=True))
     if saveable:
         check_saveable(graphs)
     seconds["trace"] = time.perf_counter() - clock
     balanced = None
     if depth_opts is None:
-        check_depths(graphs)
+        check_same_depth(graphs)
     else:
         balanced = balance_depths(graphs, data, depth_opts, device=default_device(device), progress=progress)
         graphs = balanced.graphs
@@ -258,45 +266,6 @@ def align(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "
     return out
 
 
-def unaligned_groups(g: ModelGraph, method: str) -> tuple[str, ...]:
-    """Why each frozen group of hidden channels (channels a layer writes: frozen by an op the rules cannot follow,
-    or by design while layers also read them, as features the model returns beside its logits) stays unaligned,
-    and what to do; none for ``average`` (it aligns nothing) or for the model's input and its final outputs
-    (their order is the data's and the labels', fixed by design).
-
-    >>> import torch, hetsurgery as hs
-    >>> class Both(torch.nn.Module):  # returns its hidden features beside the logits
-    ...     def __init__(self):
-    ...         super().__init__()
-    ...         self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
-    ...     def forward(self, x):
-    ...         h = torch.relu(self.a(x))
-    ...         return self.b(h), h
-    >>> print(unaligned_groups(hs.trace(Both(), torch.randn(2, 4)), "zip")[0])  # doctest: +ELLIPSIS
-    zip leaves group 0 (a, 8 channels) unaligned: it is frozen (model output), so every method averages ...
-    """
-    if method == "average":
-        return ()
-    out = []
-    for grp in g.groups:
-        read = bool(grp.slots_with(Role.CONSUME))
-        if grp.perm_ok or not grp.slots_with(Role.PRODUCE) or (grp.by_design and not read):
-            continue
-        advice = _OUTPUT_ADVICE if grp.by_design else _FROZEN_ADVICE
-        out.append(f"{method} leaves group {grp.id} ({grp.label}, {grp.size} channels) unaligned: it is frozen "
-                   f"({grp.frozen}), so every method averages its channels position by position, as plain averaging "
-                   f"does. {advice}")
-    return tuple(out)
-
-
-_OUTPUT_ADVICE = ("The models return these hidden features, and an output keeps its order: to align them, merge "
-                  "models whose forward returns only the outputs that must stay in place (a wrapper that drops the "
-                  "features, or a flag of your model); the merged weights keep your model's state_dict keys and "
-                  "load back into it.")
-_FROZEN_ADVICE = ("The channel rules cannot follow these channels through the op named there: write it with ops "
-                  "the rules know (the README lists them), so that the channels may move.")
-
-
 def _merged_graph(base: ModelGraph, plan: WidthPlan, params: Mapping[str, torch.Tensor]) -> ModelGraph:
     return base.with_updates(params, resized_groups(base, plan.widths()))
 
@@ -320,81 +289,3 @@ def _fill_unobserved(graphs: Sequence[ModelGraph], matches: Mapping[int, GroupMa
                      else weight_matching(ref, aligned(k), missing)[0])
     return {g.id: GroupMatch.from_perms(g.id, [p[g.id] for p in perms], w, {"note": "no observable features: "
                                         "matched by weights"}) for g in missing}
-
-
-def default_device(device: torch.device | str | None) -> torch.device | str | None:
-    """The device for forward passes: the one asked for, else CUDA when present, else the models' own."""
-    if device is not None:
-        return device
-    return "cuda" if torch.cuda.is_available() else None
-
-
-def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
-    if weights is None:
-        return [1.0 / n] * n
-    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
-                  for x in weights)
-    if len(weights) != n or not numbers or sum(weights) <= 0:
-        raise MergeInputError(f"weights must be {n} non-negative numbers with a positive sum, got {list(weights)}")
-    total = float(sum(weights))
-    return [float(x) / total for x in weights]
-
-
-def model_names(models: object, names: Sequence[str] | None) -> list[str]:
-    """What messages call each model: ``names`` (checked), else ``model k (ClassName)``; ``MergeInputError``
-    unless ``models`` is a list of ``nn.Module``s.
-
-    >>> model_names([nn.Linear(2, 2), nn.ReLU()], None)
-    ['model 0 (Linear)', 'model 1 (ReLU)']
-    >>> model_names([nn.Linear(2, 2), "b.pt"], None)
-    Traceback (most recent call last):
-    ...
-    hetsurgery.errors.MergeInputError: model 1 is a str ('b.pt'), not an nn.Module: build the model and load its weights first (hetsurgery.export.load_weights)
-    """
-    if isinstance(models, nn.Module) or not isinstance(models, Sequence) or isinstance(models, str):
-        raise MergeInputError(f"models must be a list of nn.Modules, not a {type(models).__name__}")
-    for k, m in enumerate(models):
-        if not isinstance(m, nn.Module):
-            raise MergeInputError(f"model {k} is a {type(m).__name__} ({m!r:.60}), not an nn.Module: build the model "
-                                  "and load its weights first (hetsurgery.export.load_weights)")
-    if names is None:
-        return [f"model {k} ({type(m).__name__})" for k, m in enumerate(models)]
-    if isinstance(names, str) or len(names) != len(models) or not all(isinstance(n, str) and n for n in names):
-        raise MergeInputError(f"names must be {len(models)} non-empty strings, one per model, not {names!r}")
-    return list(names)
-
-
-def check_reset_bn(reset_bn: object) -> None:
-    """``reset_bn`` is ``True``, ``False`` or a whole number of samples (at least 2).
-
-    >>> check_reset_bn(1.5)
-    Traceback (most recent call last):
-    ...
-    hetsurgery.errors.MergeInputError: reset_bn must be True, False or a whole number of samples (at least 2), not 1.5
-    """
-    if isinstance(reset_bn, bool) or (isinstance(reset_bn, int) and reset_bn >= 2):
-        return
-    raise MergeInputError(f"reset_bn must be True, False or a whole number of samples (at least 2), not {reset_bn!r}")
-
-
-def check_saveable(graphs: Sequence[ModelGraph]) -> None:
-    """``MergeInputError`` naming the model when a package could not hold it (``export.why_not_saveable``)."""
-    for g in graphs:
-        why = why_not_saveable(g)
-        if why is not None:
-            raise MergeInputError(f"{g.name} cannot be saved as a package, so neither can the merged model: {why}")
-
-
-def _check_finite(model: nn.Module, name: str) -> None:
-    for pname, t in [*model.named_parameters(), *model.named_buffers()]:
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise MergeInputError(f"{name}: {pname} holds NaN or Inf; fix or retrain the model before merging")
-
-
-def _first_batch(data: Iterable | None) -> torch.Tensor:
-    if data is None:
-        raise MergeInputError("give example_inputs= or calibration data to trace the models")
-    for batch in data:
-        x = model_input(batch)
-        return x[:2]
-    raise MergeInputError("the calibration data is empty")

@@ -4,7 +4,7 @@ A block computes ``exit = act(x + branch(x))`` from the value ``x`` its stream f
 every reader of its exit read ``x`` instead; its nodes, layers and tensors go. That is exact only when the
 branch is zero on the values it sees (a zero-residual block: ``act`` is then the identity on the stream, as
 ``InsertZeroResidual`` requires) and an approximation otherwise, so ``exact = False``: measure what it costs
-on data (``hetsurgery.merging.assembly_depth.branch_share`` gives each block's share of its stream on
+on data (``hetsurgery.assembly.depth.branch_share`` gives each block's share of its stream on
 calibration batches; a deeper donor balanced to a shallower base drops the blocks whose branches carry the least).
 
 A block that changes the shape (a strided block with a projection shortcut: ``Unit.fixed``) cannot be

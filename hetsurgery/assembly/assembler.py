@@ -43,13 +43,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from hetsurgery.assembly.donor import prepare_donor, reset_batchnorm_after
+from hetsurgery.assembly.record import DonorRecord, UnitRecord, record_dict, units_table
 from hetsurgery.errors import MergeInputError
 from hetsurgery.ir import ModelGraph
 from hetsurgery.ir.lowering import to_module
-from hetsurgery.merging.assembly_donor import prepare_donor, reset_batchnorm_after
-from hetsurgery.merging.assembly_record import DonorRecord, UnitRecord, record_dict, units_table
+from hetsurgery.merging import inputs
 from hetsurgery.merging.depth import DepthOptions
-from hetsurgery.merging.driver import BN_RESET_SAMPLES, check_reset_bn, check_saveable, default_device
 from hetsurgery.merging.methods import METHODS
 from hetsurgery.merging.options import check_options
 from hetsurgery.tracing import trace
@@ -129,7 +129,7 @@ def assemble(base: nn.Module, donors: Sequence[nn.Module | Donor], data: Iterabl
     ``name`` names a donor); ``saveable=True`` refuses a base that ``hetsurgery.export.save`` could not write as a
     package before any donor is touched. Bad input raises ``MergeInputError`` before any donor is touched.
     """
-    check_reset_bn(reset_bn)
+    inputs.check_reset_bn(reset_bn)
     if not isinstance(base, nn.Module):
         raise MergeInputError(f"the base is a {type(base).__name__} ({base!r:.60}), not an nn.Module")
     if not isinstance(base_name, str) or not base_name:
@@ -147,14 +147,14 @@ def assemble(base: nn.Module, donors: Sequence[nn.Module | Donor], data: Iterabl
     for k, d in enumerate(specs):
         if not isinstance(d.model, nn.Module):
             raise MergeInputError(f"donor {k} is a {type(d.model).__name__}, not an nn.Module")
-    _check_finite(base, base_name)
+    inputs.check_finite(base, base_name)
     for k, d in enumerate(specs):
-        _check_finite(d.model, _name(d, k))
-    device = default_device(device)
+        inputs.check_finite(d.model, _name(d, k))
+    device = inputs.default_device(device)
     clock = time.perf_counter()
-    g = trace(base, example_inputs if example_inputs is not None else _first_batch(data), name=base_name)
+    g = trace(base, example_inputs if example_inputs is not None else inputs.first_batch(data), name=base_name)
     if saveable:
-        check_saveable([g])
+        inputs.check_saveable([g])
     chosen = [select_units(g, d.layers if d.layers is not None else layers, d.lam if d.lam is not None else lam,
                          _name(d, k)) for k, d in enumerate(specs)]
     seconds = {"trace": time.perf_counter() - clock, "depth": 0.0, "align": 0.0, "blend": 0.0, "bn_reset": 0.0}
@@ -176,7 +176,7 @@ def assemble(base: nn.Module, donors: Sequence[nn.Module | Donor], data: Iterabl
         clock = time.perf_counter()
         blended = [r.unit for r in made if r.blended]
         if blended and reset_bn and data is not None:
-            samples = BN_RESET_SAMPLES if reset_bn is True else int(reset_bn)
+            samples = inputs.BN_RESET_SAMPLES if reset_bn is True else int(reset_bn)
             g = reset_batchnorm_after(g, blended, data, samples, device)
         seconds["bn_reset"] += time.perf_counter() - clock
     g = _owned(g, base)
@@ -237,20 +237,5 @@ def _bn_policy(reset_bn: bool | int, data: Iterable | None) -> str:
         return "blended with the same λ (reset_bn=False)"
     if data is None:
         return "blended with the same λ (no data to recompute them on)"
-    samples = BN_RESET_SAMPLES if reset_bn is True else int(reset_bn)
+    samples = inputs.BN_RESET_SAMPLES if reset_bn is True else int(reset_bn)
     return f"recomputed on the first {samples} calibration samples inside and after the blended units"
-
-
-def _check_finite(model: nn.Module, name: str) -> None:
-    for pname, t in [*model.named_parameters(), *model.named_buffers()]:
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise MergeInputError(f"{name}: {pname} holds NaN or Inf; fix or retrain the model first")
-
-
-def _first_batch(data: Iterable | None) -> torch.Tensor:
-    if data is None:
-        raise MergeInputError("give example_inputs= or calibration data to trace the models")
-    for batch in data:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return x[:2]
-    raise MergeInputError("the calibration data is empty")

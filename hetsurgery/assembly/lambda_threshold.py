@@ -32,16 +32,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hetsurgery.assembly.assembler import Layers, select_units
+from hetsurgery.assembly.donor import AlignedDonor, prepare_donor, reset_batchnorm_after
+from hetsurgery.assembly.record import UnitRecord
 from hetsurgery.errors import MergeInputError
 from hetsurgery.evaluate import LAMBDAS, Curve, predictions
 from hetsurgery.evaluate.interpolation import save_figure
 from hetsurgery.ir import ModelGraph
 from hetsurgery.ir.lowering import to_module
-from hetsurgery.merging.assembly import Layers, select_units
-from hetsurgery.merging.assembly_donor import AlignedDonor, prepare_donor, reset_batchnorm_after
-from hetsurgery.merging.assembly_record import UnitRecord
 from hetsurgery.merging.depth import DepthOptions
-from hetsurgery.merging.driver import BN_RESET_SAMPLES, check_reset_bn, default_device
+from hetsurgery.merging.inputs import BN_RESET_SAMPLES, check_reset_bn, default_device
 from hetsurgery.merging.methods import METHODS
 from hetsurgery.merging.options import check_options
 from hetsurgery.tracing import trace

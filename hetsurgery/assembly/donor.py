@@ -30,13 +30,13 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from hetsurgery.assembly.align import Aligned, align_to_base, objective
+from hetsurgery.assembly.depth import Counterpart, balance_donor
+from hetsurgery.assembly.record import DonorRecord, UnitRecord
 from hetsurgery.errors import MergeInputError
 from hetsurgery.ir import ModelGraph
 from hetsurgery.ir.graph import owner_of
 from hetsurgery.ir.lowering import to_module
-from hetsurgery.merging.assembly_align import Aligned, align_to_base, objective
-from hetsurgery.merging.assembly_depth import Counterpart, balance_donor
-from hetsurgery.merging.assembly_record import DonorRecord, UnitRecord
 from hetsurgery.merging.depth import DepthOptions
 from hetsurgery.passes import ResetBatchNorm
 from hetsurgery.tracing import structural_copy, trace

@@ -1,0 +1,129 @@
+"""How alike the units of two stages are: the score matrices a depth plan is solved on, for merge and assembly.
+
+Every graph runs once over the first ``samples`` calibration samples (``DepthOptions.samples``; all of them
+with ``None``), through a tap that returns each needed unit's features (``UnitTap``): CLA compares
+pre-activations (``Unit.pre``), SMA and LMA unit outputs (``Unit.exit``). Linear CKA between the units of each
+stage pair is streamed (``StreamingCKA``: no activation is stored). CLA minimises a cost, so its matrices are
+``1 − CKA``; with ``cost="width"`` they are CLAFusion's data-free width cost and no data is read.
+
+>>> import torch, hetsurgery as hs
+>>> from hetsurgery.merging.depth import DepthOptions
+>>> x = torch.randn(64, 64)
+>>> gs = [hs.trace(hs.zoo.mlp(h), x[:2]) for h in ([16, 16, 16], [16])]
+>>> opts = DepthOptions.of("lma", "add", "cka", "sign_of_sum")
+>>> [tuple(m.shape) for m in stage_scores(gs, [StagePair(1, 0, "stage0", "stage0")], [x], opts)]
+[(1, 3)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from tqdm.auto import tqdm
+
+from hetsurgery.errors import MergeInputError
+from hetsurgery.ir import ModelGraph, Site
+from hetsurgery.ir.batches import model_input
+from hetsurgery.plan.depth import DepthMethod, StreamingCKA
+from hetsurgery.plan.depth.cka import width_cost
+from hetsurgery.plan.joint import site_view, tap_module
+
+if TYPE_CHECKING:
+    from hetsurgery.merging.depth import DepthOptions
+
+
+@dataclass(frozen=True)
+class StagePair:
+    """Stage ``stage_shallow`` of ``graphs[shallow]`` (the rows) against ``stage_deep`` of ``graphs[deep]``."""
+
+    shallow: int
+    deep: int
+    stage_shallow: str
+    stage_deep: str
+
+
+def feature_node(g: ModelGraph, unit: str, method: DepthMethod) -> str:
+    """The node whose output stands for ``unit``: its pre-activation for CLA, its output for SMA and LMA."""
+    u = g.unit(unit)
+    return u.pre if method is DepthMethod.CLA else u.exit
+
+
+def channel_dim(g: ModelGraph, node: str) -> int:
+    """The channel dim of ``node``'s output (a feature map's dim 1, else the last) where the lifter left none."""
+    f = g.facts[node]
+    if f.channel_dim is not None:
+        return f.channel_dim
+    rank = len(f.shape or ())
+    return 1 if rank > 2 else max(rank - 1, 0)
+
+
+@dataclass(frozen=True)
+class UnitTap:
+    """A copy of a model that returns the feature node of each of ``units``, as ``(A, C, M)`` views."""
+
+    module: torch.fx.GraphModule
+    units: tuple[str, ...]
+    sites: tuple[Site, ...]
+
+    @staticmethod
+    def of(g: ModelGraph, units: Sequence[str], method: DepthMethod, device: torch.device | str | None) -> UnitTap:
+        nodes = [feature_node(g, u, method) for u in units]
+        tap = tap_module(g, nodes)
+        return UnitTap(tap.to(device) if device is not None else tap, tuple(units),
+                       tuple(Site(n, channel_dim(g, n)) for n in nodes))
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        outs = self.module(x)
+        return {u: site_view(out, s, out.shape[s.dim]) for u, s, out in zip(self.units, self.sites, outs, strict=True)}
+
+
+def stage_scores(graphs: Sequence[ModelGraph], pairs: Sequence[StagePair], data: Iterable | None,
+                 opts: DepthOptions, *, device: torch.device | str | None = None, progress: bool = False
+                 ) -> list[torch.Tensor]:
+    """Per pair, the ``(shallow units x deep units)`` score matrix, every graph run once per batch."""
+    units = [(graphs[p.shallow].stage(p.stage_shallow).units, graphs[p.deep].stage(p.stage_deep).units)
+             for p in pairs]
+    if opts.cost == "width":
+        return [torch.as_tensor(width_cost(_widths(graphs[p.shallow], s, opts.method),
+                                           _widths(graphs[p.deep], d, opts.method)), dtype=torch.float64)
+                for p, (s, d) in zip(pairs, units, strict=True)]
+    if not pairs:
+        return []
+    if data is None:
+        raise MergeInputError(f"depth={opts.method.value!r} compares the models' units on calibration data; give "
+                              "data (or use depth='cla' with depth_cost='width')")
+    # one accumulator per orientation (a stage key may be the rows of one pair and the columns of another)
+    by_side: dict[tuple[int, int], dict[str, tuple[Sequence[str], Sequence[str]]]] = {}
+    for i, (p, (s, d)) in enumerate(zip(pairs, units, strict=True)):
+        by_side.setdefault((p.shallow, p.deep), {})[str(i)] = (s, d)
+    cka = {side: StreamingCKA(keyed) for side, keyed in by_side.items()}
+    needed: dict[int, list[str]] = {}
+    for p, (s, d) in zip(pairs, units, strict=True):
+        needed.setdefault(p.shallow, []).extend(s)
+        needed.setdefault(p.deep, []).extend(d)
+    taps = {k: UnitTap.of(graphs[k], list(dict.fromkeys(us)), opts.method, device) for k, us in needed.items()}
+    target = device if device is not None else next(iter(graphs[0].params.values())).device
+    seen = 0
+    with torch.no_grad():
+        for batch in tqdm(data, desc="unit similarity", unit="batch", disable=not progress, leave=False):
+            if opts.samples is not None and seen >= opts.samples:
+                break
+            x = model_input(batch).to(target)
+            x = x if opts.samples is None else x[:opts.samples - seen]
+            seen += x.shape[0]
+            feats = {k: tap.features(x) for k, tap in taps.items()}
+            for (rows, cols), acc in cka.items():
+                acc.add(feats[rows], feats[cols])
+    out = [cka[(p.shallow, p.deep)].matrix(str(i)) for i, p in enumerate(pairs)]
+    return [1.0 - m for m in out] if opts.method is DepthMethod.CLA else out  # CLA minimises a cost
+
+
+def _widths(g: ModelGraph, units: Sequence[str], method: DepthMethod) -> list[int]:
+    out = []
+    for u in units:
+        f = g.facts[feature_node(g, u, method)]
+        out.append(f.shape[f.channel_dim] if f.shape is not None and f.channel_dim is not None else 0)
+    return out
