@@ -79,7 +79,7 @@ def test_a_layer_norm_is_fused_exactly_where_every_sample_has_the_same_spread(no
     with torch.no_grad():
         want, got = model(x), hs.to_module(fused)(x)
     assert ((want - got).abs().max() / want.abs().max()).item() <= 1e-5
-    assert FuseReluSegment.from_spec(fused.passes[-1]).scales == scales
+    assert FuseReluSegment.from_spec(fused.passes[-1].spec()).scales == scales
 
 
 def test_a_stage_neither_balance_can_even_out_says_so_once_for_both() -> None:

@@ -16,7 +16,7 @@ from helpers import randomise, rel_err
 
 import hetsurgery as hs
 from hetsurgery.export import read_package, render, save, to_onnx
-from hetsurgery.passes import InsertIdentity, InsertZeroResidual, Pipeline, replay
+from hetsurgery.passes import InsertIdentity, InsertZeroResidual, Pipeline, replay, specs
 
 X = torch.randn(3, 1, 8, 8)
 
@@ -65,7 +65,7 @@ def test_specs_replay_on_the_original_model() -> None:
     model = randomise(hs.zoo.mlp([8, 8]), 2)
     g = hs.trace(model, torch.randn(2, 64))
     edited = InsertIdentity("stage0", (1, 2))(InsertIdentity("stage0", (1,))(g))
-    again = replay(g, json.loads(json.dumps(list(edited.passes))))  # through JSON, as plan.json keeps them
+    again = replay(g, json.loads(json.dumps(specs(edited.passes))))  # through JSON, as plan.json keeps them
     assert again.dump() == edited.dump() and again.module.code == edited.module.code
 
 

@@ -31,7 +31,7 @@ def test_removing_an_inserted_zero_residual_block_gives_the_model_back(name: str
     assert set(back.params) == set(g.params)
     with torch.no_grad():
         assert rel_err(model(X), hs.to_module(back)(X)) == 0.0
-    assert back.passes[-1] == {"pass": "remove-block", "units": [new]}
+    assert back.passes[-1] == RemoveBlock((new,)) and back.passes[-1].spec() == {"pass": "remove-block", "units": [new]}
 
 
 @pytest.mark.parametrize("backwards", [False, True])

@@ -16,7 +16,7 @@ from helpers import randomise
 import hetsurgery as hs
 import hetsurgery.passes as passes_package
 from hetsurgery.export import read_package
-from hetsurgery.passes import FuseReluSegment, InsertIdentity, InsertZeroResidual, RemoveBlock, replay
+from hetsurgery.passes import FuseReluSegment, InsertIdentity, InsertZeroResidual, RemoveBlock, replay, specs
 from hetsurgery.passes.replay import STRUCTURAL
 
 IMAGES, VECTORS = torch.randn(2, 1, 8, 8), torch.randn(2, 64)
@@ -30,7 +30,7 @@ def _pass_classes() -> list[type]:
         module = inspect.getmodule(obj)
         for _, cls in inspect.getmembers(module, inspect.isclass):
             if cls.__module__.startswith("hetsurgery.passes.") and isinstance(vars(cls).get("name"), str) \
-                    and callable(vars(cls).get("__call__")):
+                    and any(callable(vars(cls).get(m)) for m in ("__call__", "rewrite")):
                 found[cls.__qualname__] = cls
     return list(found.values())
 
@@ -71,10 +71,29 @@ def test_every_structural_pass_replays_from_its_spec_through_json_and_a_package(
     model = factory()
     g = hs.trace(model, x)
     edited = build(g)(g)  # type: ignore[operator]
-    assert [p["pass"] for p in edited.passes] == [cls.name]
-    again = replay(hs.trace(model, x), json.loads(json.dumps(list(edited.passes))))
+    assert [type(p) for p in edited.passes] == [cls]  # the history holds the pass itself
+    again = replay(hs.trace(model, x), json.loads(json.dumps(specs(edited.passes))))
     assert again.dump() == edited.dump() and again.module.code == edited.module.code
     assert set(again.params) == set(edited.params)
     assert all(torch.equal(again.params[k], edited.params[k]) for k in edited.params)
     saved = read_package(hs.export.save(edited, tmp_path / "pkg")).passes
     assert replay(hs.trace(model, x), saved).dump() == edited.dump()
+
+
+def test_the_history_is_the_passes_recorded_in_one_place() -> None:
+    """Every pass class of the package goes through ``Recorded.__call__`` (none defines its own): a graph's
+    ``passes`` are the pass values, in order, whether a pass runs alone or in a Pipeline; the calibration data
+    a ResetBatchNorm read is not kept."""
+    from hetsurgery.passes import ApplyPermutation, PadWidth, Pipeline, ResetBatchNorm, random_permutations
+    from hetsurgery.passes.base import Recorded
+
+    for cls in _pass_classes():
+        if cls is not Pipeline:  # it runs passes, each of which records itself
+            assert issubclass(cls, Recorded) and "__call__" not in vars(cls), cls.__name__
+    g = hs.trace(randomise(hs.zoo.mlp([8, 8], batch_norm=True), 5), VECTORS)
+    perm, pad, deeper = ApplyPermutation(random_permutations(g, 1)), PadWidth(1, 10), InsertIdentity("stage0", (1,))
+    data = [torch.randn(16, 64)]
+    out = Pipeline((perm, pad, ResetBatchNorm(data, max_samples=16)))(deeper(g))
+    assert [type(p) for p in out.passes] == [InsertIdentity, ApplyPermutation, PadWidth, ResetBatchNorm]
+    assert out.passes[:3] == (deeper, perm, pad) and out.passes[3].max_samples == 16 and out.passes[3].data == ()
+    assert specs(out.passes) == [deeper.spec()] and g.passes == ()

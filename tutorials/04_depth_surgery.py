@@ -56,7 +56,7 @@ t = hs.trace(trained, test[0][0][:2])
 for estimator in ("sign_of_sum", "majority", "average_sign"):
     fused, report = fuse_relu_segment(t, ("layers_2", "layers_4"), test, estimator)
     print(report)
-print("the fused stage:", fused.stage("stage0").units, "- passes:", fused.passes[0]["pass"])
+print("the fused stage:", fused.stage("stage0").units, "- passes:", fused.passes[0].name)
 
 # 4. Merging models of different depth (and width): a deep narrow MLP trained on digits 0-4 and a shallow wide one
 #    on 5-9. The depth plan aligns their hidden layers on linear CKA (CLA, SMA or LMA), balances them (identity

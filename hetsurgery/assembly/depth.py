@@ -41,7 +41,7 @@ from hetsurgery.merging.balance import check_pairable, check_same_depth, fuse_se
 from hetsurgery.merging.correspond import on_anchor_names
 from hetsurgery.merging.depth import DepthOptions
 from hetsurgery.merging.similarity import StagePair, stage_scores
-from hetsurgery.passes import Pipeline, RemoveBlock
+from hetsurgery.passes import Pipeline, RemoveBlock, specs
 from hetsurgery.plan.depth import Balance, DepthPlan, ModelDepth, StageAlignment, align_stage
 from hetsurgery.plan.depth.depth_plan import Score
 from hetsurgery.plan.joint import tap_module
@@ -103,7 +103,7 @@ def balance_donor(base: ModelGraph, donor: ModelGraph, data: Iterable | None, op
 
 
 def _new_passes(donor: ModelGraph, balanced: ModelGraph) -> tuple[Mapping[str, Any], ...]:
-    return tuple(p for p in balanced.passes if p not in donor.passes)
+    return tuple(specs(balanced.passes[len(donor.passes):]))  # a history only grows
 
 
 def _sources(donor: ModelGraph, planned: set[str]) -> Sources:

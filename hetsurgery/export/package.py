@@ -41,6 +41,7 @@ from hetsurgery.export.report import report_markdown
 from hetsurgery.export.round_trip import check_round_trip
 from hetsurgery.ir import ModelGraph
 from hetsurgery.ir.lowering import to_module
+from hetsurgery.passes import specs as pass_specs
 from hetsurgery.plan.depth import DepthPlan
 from hetsurgery.plan.width_plan import WidthPlan
 
@@ -90,7 +91,7 @@ def save(model_or_graph: nn.Module | ModelGraph, folder: str | os.PathLike[str],
         (tmp / "graph.json").write_text(graph, encoding="utf-8")
         (tmp / "report.md").write_text(report_markdown(name, gm, layout, specs, plan, report), encoding="utf-8")
         files = {file: file_digest(tmp / file) for file in HASHED_FILES}
-        passes = model_or_graph.passes if isinstance(model_or_graph, ModelGraph) else ()
+        passes = pass_specs(model_or_graph.passes) if isinstance(model_or_graph, ModelGraph) else []
         (tmp / "plan.json").write_text(plan_json(plan, files=files, depth=depth, passes=passes, assembly=assembly),
                                        encoding="utf-8")
         check_round_trip(tmp, gm, inputs or list(random_inputs(specs)), name)

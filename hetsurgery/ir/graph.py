@@ -41,9 +41,9 @@ class ModelGraph:
     current value of every parameter and buffer under its ``state_dict`` name. ``fixed_axes`` are parameter
     axes that are not channels by design: kernel taps, an embedding's vocabulary, the features of the model
     input. ``facts`` holds, per fx node name, what the lifter learned (``NodeFacts``); ``units`` and
-    ``stages`` are the layers and residual blocks the depth passes work on; ``passes`` are the specs of the
-    structural passes applied since tracing (``hetsurgery.passes.replay`` applies them to the traced model
-    again).
+    ``stages`` are the layers and residual blocks the depth passes work on; ``passes`` are the passes applied
+    since tracing, in order, as the pass values themselves (recorded by ``hetsurgery.passes.base.Recorded``; the
+    structural ones' ``spec()``, ``hetsurgery.passes.specs``, replay on the traced model).
     """
 
     module: fx.GraphModule
@@ -55,7 +55,7 @@ class ModelGraph:
     facts: Mapping[str, NodeFacts] = field(default_factory=dict, repr=False)
     units: tuple[Unit, ...] = field(default=(), repr=False)
     stages: tuple[Stage, ...] = field(default=(), repr=False)
-    passes: tuple[Mapping[str, Any], ...] = field(default=(), repr=False)  # structural passes since tracing
+    passes: tuple[Any, ...] = field(default=(), repr=False)  # the passes applied since tracing (pass values)
 
     def __post_init__(self) -> None:
         for attr in ("params", "facts"):

@@ -40,6 +40,7 @@ from hetsurgery.merging.balance import check_balance, check_pairable, fuse_segme
 from hetsurgery.merging.correspond import on_anchor_names
 from hetsurgery.merging.fusion import FuseReport, compare
 from hetsurgery.merging.similarity import StagePair, stage_scores
+from hetsurgery.passes import specs
 from hetsurgery.plan.depth import Balance, DepthMethod, DepthPlan, ModelDepth, StageAlignment
 from hetsurgery.plan.depth.depth_plan import Score, align_stage
 from hetsurgery.plan.fuse_signs import Estimator
@@ -113,7 +114,8 @@ def balance_depths(graphs: Sequence[ModelGraph], data: Iterable | None, opts: De
     balanced, reports = _balance(graphs, anchor, plan, data, opts)
     carried = tuple(g if k == anchor else on_anchor_names(balanced[anchor], g) for k, g in enumerate(balanced))
     seconds["balance"] = time.perf_counter() - clock
-    plan = replace(plan, models=tuple(replace(md, passes=balanced[md.model].passes) for md in plan.models))
+    plan = replace(plan, models=tuple(replace(md, passes=tuple(specs(balanced[md.model].passes)))
+                                      for md in plan.models))
     return Balanced(carried, plan, seconds, tuple(reports))
 
 

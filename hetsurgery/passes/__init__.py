@@ -7,10 +7,10 @@ from hetsurgery.passes.insert_identity import InsertIdentity
 from hetsurgery.passes.insert_zero_residual import InsertZeroResidual
 from hetsurgery.passes.pad_width import PadWidth
 from hetsurgery.passes.remove_block import RemoveBlock
-from hetsurgery.passes.replay import from_spec, replay
+from hetsurgery.passes.replay import from_spec, replay, specs
 from hetsurgery.passes.reset_batchnorm import ResetBatchNorm
 from hetsurgery.passes.zip_neurons import ZipNeurons
 
 __all__ = ["ApplyPermutation", "FuseReluSegment", "InsertIdentity", "InsertZeroResidual", "PadWidth", "Pass",
            "Pipeline", "RemoveBlock", "ResetBatchNorm", "ZipNeurons", "check_same_function", "from_spec",
-           "random_permutations", "replay"]
+           "random_permutations", "replay", "specs"]

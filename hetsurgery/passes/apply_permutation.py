@@ -10,10 +10,11 @@ import torch
 
 from hetsurgery.errors import PassError
 from hetsurgery.ir import ModelGraph, PermGroup, SlotMaps, slots_by_param
+from hetsurgery.passes.base import Recorded
 
 
 @dataclass(frozen=True)
-class ApplyPermutation:
+class ApplyPermutation(Recorded):
     """Permute groups: new channel ``i`` of group ``g`` is old channel ``perms[g][i]``.
 
     Every slot moves (weights, biases, BatchNorm running statistics, concat offsets, flattened
@@ -32,7 +33,7 @@ class ApplyPermutation:
     name: ClassVar[str] = "apply-permutation"
     exact: ClassVar[bool] = True
 
-    def __call__(self, g: ModelGraph) -> ModelGraph:
+    def rewrite(self, g: ModelGraph) -> ModelGraph:
         perms: dict[int, torch.Tensor] = {}
         for gid, perm in self.perms.items():
             grp = g.group(gid)

@@ -1,10 +1,13 @@
-"""The pass convention and ``Pipeline``.
+"""The pass convention, the one place passes are recorded, and ``Pipeline``.
 
 A pass is a frozen dataclass with a ``name`` class variable and ``__call__(graph) -> graph`` that returns
 a new ``ModelGraph`` and never touches its input. A pass whose ``exact`` class variable is true promises
-to keep the model's function. ``Pipeline`` runs passes in order, verifies the graph after each one and
-checks each exact pass's promise on the graph's example inputs (outputs before and after, relative error
-at most ``EXACT_TOLERANCE``); a failure names the pass and the ones that ran before it.
+to keep the model's function. Every pass of this package derives from ``Recorded``: its ``__call__`` runs the
+pass's ``rewrite`` and appends the pass (its value) to the new graph's ``passes``, the history of what the graph
+went through, whether the pass is called alone or by a ``Pipeline``. ``Pipeline`` runs passes in order,
+verifies the graph after each one and checks each exact pass's promise on the graph's example inputs (outputs
+before and after, relative error at most ``EXACT_TOLERANCE``); a failure names the pass and the ones that ran
+before it.
 
 >>> import torch, hetsurgery
 >>> from hetsurgery.passes import ApplyPermutation, Pipeline
@@ -15,7 +18,7 @@ torch.Size([3, 4])
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
@@ -33,6 +36,29 @@ class Pass(Protocol):
     exact: ClassVar[bool]  # the pass keeps the model's function (Pipeline checks it)
 
     def __call__(self, g: ModelGraph) -> ModelGraph: ...
+
+
+class Recorded:
+    """The base of every pass: ``__call__`` rewrites the graph (the subclass's ``rewrite``) and records the pass in
+    the new graph's history, ``passes`` (here and nowhere else).
+
+    >>> import torch, hetsurgery as hs
+    >>> from hetsurgery.passes import ApplyPermutation, PadWidth
+    >>> g = hs.trace(hs.zoo.mlp([3], in_features=4, num_classes=2), torch.randn(1, 4))
+    >>> [p.name for p in PadWidth(0, 5)(ApplyPermutation({0: torch.tensor([2, 0, 1])})(g)).passes]
+    ['apply-permutation', 'pad-width']
+    """
+
+    def __call__(self, g: ModelGraph) -> ModelGraph:
+        out = self.rewrite(g)
+        return replace(out, passes=(*g.passes, self.recorded()))
+
+    def rewrite(self, g: ModelGraph) -> ModelGraph:
+        raise NotImplementedError
+
+    def recorded(self) -> Recorded:
+        """What the history keeps of this pass (itself; a pass holding calibration data keeps less)."""
+        return self
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,8 @@ New layers get readable qualified names: where the layers they copy sit in a num
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 from torch import fx, nn
 
@@ -40,14 +39,14 @@ def editable(g: ModelGraph) -> fx.GraphModule:
     return with_tensors(g.module, g.params, share=True)
 
 
-def relift(gm: fx.GraphModule, g: ModelGraph, spec: Mapping[str, Any]) -> ModelGraph:
+def relift(gm: fx.GraphModule, g: ModelGraph) -> ModelGraph:
     """Lift the edited ``gm`` again with ``g``'s example inputs and name (unused submodules dropped); the new
-    graph's ``passes`` are ``g``'s and the ``spec`` of the pass that made it."""
+    graph keeps ``g``'s history (``Recorded`` adds the pass that made it)."""
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
-    return replace(lift_graph(gm, g.example_inputs, g.name), passes=(*g.passes, dict(spec)))
+    return replace(lift_graph(gm, g.example_inputs, g.name), passes=g.passes)
 
 
 def node_named(gm: fx.GraphModule, name: str) -> fx.Node:

@@ -35,11 +35,12 @@ from torch import fx, nn
 
 from hetsurgery.errors import IRError, PassError
 from hetsurgery.ir import Activation, ModelGraph, OpKind, Unit, UnitKind
+from hetsurgery.passes.base import Recorded
 from hetsurgery.passes.edit import CONVS, ORIGIN_META, editable, node_named, relift
 
 
 @dataclass(frozen=True, eq=False)
-class FuseReluSegment:
+class FuseReluSegment(Recorded):
     """Fuse the layer units ``units`` (keys, consecutive in one stage) into the last of them; ``signs[i]`` is
     the diagonal of ``D`` for the ReLU of ``units[i]`` (0/1 values, or fractions for ``average_sign``) and
     ``scales[i]`` the scale of its LayerNorm (``None`` for a unit without one; ``()``: no unit has one)."""
@@ -59,7 +60,7 @@ class FuseReluSegment:
             return str(exc)
         return None
 
-    def __call__(self, g: ModelGraph) -> ModelGraph:
+    def rewrite(self, g: ModelGraph) -> ModelGraph:
         units = segment_units(g, self.units)
         if len(self.signs) != len(units) - 1:
             raise PassError(f"{g.name}: fusing {len(units)} units needs {len(units) - 1} sign vectors, got "
@@ -84,7 +85,7 @@ class FuseReluSegment:
         for u in reversed(units[:-1]):
             for name in reversed(u.nodes):
                 gm.graph.erase_node(node_named(gm, name))
-        return relift(gm, g, self.spec())
+        return relift(gm, g)
 
     def spec(self) -> dict[str, Any]:
         """The pass as JSON-able data (``hetsurgery.passes.replay`` makes it again)."""

@@ -31,12 +31,13 @@ from torch import fx, nn
 
 from hetsurgery.errors import IRError, PassError
 from hetsurgery.ir import Activation, ModelGraph, NodeFacts, OpKind, Stage, Unit, UnitKind
+from hetsurgery.passes.base import Recorded
 from hetsurgery.passes.edit import CONVS, ORIGIN_META, add_module, editable, new_names, node_named, relift
 from hetsurgery.passes.insertion import counted_positions, insertion_point, refuse_before_fixed
 
 
 @dataclass(frozen=True)
-class InsertIdentity:
+class InsertIdentity(Recorded):
     """Insert units computing the identity into layer stage ``stage`` before the units at ``positions``
     (``len(stage)`` appends after the last unit; a position given twice inserts two units)."""
 
@@ -45,14 +46,14 @@ class InsertIdentity:
     name: ClassVar[str] = "insert-identity"
     exact: ClassVar[bool] = True
 
-    def __call__(self, g: ModelGraph) -> ModelGraph:
+    def rewrite(self, g: ModelGraph) -> ModelGraph:
         plans = self._plans(g)
         gm = editable(g)
         for n, point, template in plans:
             at = node_named(gm, point)
             for _ in range(n):  # one after the other, so that their names count up in order
                 at = _insert_after(gm, g, at, g.facts[point], template)
-        return relift(gm, g, self.spec())
+        return relift(gm, g)
 
     def why_not(self, g: ModelGraph) -> str | None:
         """Why the pass would refuse ``g`` (``None``: it applies), asked without building anything."""

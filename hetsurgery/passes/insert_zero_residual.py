@@ -38,6 +38,7 @@ from torch import fx, nn
 
 from hetsurgery.errors import IRError, PassError
 from hetsurgery.ir import Activation, ModelGraph, OpKind, Stage, Unit, UnitKind
+from hetsurgery.passes.base import Recorded
 from hetsurgery.passes.edit import ORIGIN_META, add_module, editable, new_names, node_named, relift
 from hetsurgery.passes.insertion import counted_positions, insertion_point, refuse_before_fixed
 from hetsurgery.tracing import OPKIND_META
@@ -49,7 +50,7 @@ _ADD = frozenset({operator.add, operator.iadd, torch.add, "add", "add_"})
 
 
 @dataclass(frozen=True)
-class InsertZeroResidual:
+class InsertZeroResidual(Recorded):
     """Insert blocks whose residual branches are zero into block stage ``stage`` before the units at
     ``positions`` (``len(stage)`` appends; a position given twice inserts two blocks)."""
 
@@ -58,14 +59,14 @@ class InsertZeroResidual:
     name: ClassVar[str] = "insert-zero-residual"
     exact: ClassVar[bool] = True
 
-    def __call__(self, g: ModelGraph) -> ModelGraph:
+    def rewrite(self, g: ModelGraph) -> ModelGraph:
         plans = self._plans(g)
         gm = editable(g)
         for n, point, template, derived in plans:
             at, width = node_named(gm, point), _width(g, point)
             for _ in range(n):  # one after the other, so that their names count up in order
                 at = _copy_block(gm, g, at, width, template, derived)
-        return relift(gm, g, self.spec())
+        return relift(gm, g)
 
     def why_not(self, g: ModelGraph) -> str | None:
         """Why the pass would refuse ``g`` (``None``: it applies), asked without building anything."""

@@ -11,6 +11,7 @@ from torch import nn
 
 from hetsurgery.errors import PassError
 from hetsurgery.ir import Capability, ModelGraph, owner_of, pad_params
+from hetsurgery.passes.base import Recorded
 from hetsurgery.passes.resize import resized_groups
 
 # New BatchNorm channels see zeros and give zeros: scale, shift and mean 0 like every padded entry (zero
@@ -20,7 +21,7 @@ _NONZERO_FILL = MappingProxyType({"running_var": 1.0})
 
 
 @dataclass(frozen=True)
-class PadWidth:
+class PadWidth(Recorded):
     """Grow group ``group`` to ``size`` channels; the model computes exactly the same function.
 
     New producer rows and biases are zero, new consumer columns are zero, new BatchNorm channels are
@@ -38,7 +39,7 @@ class PadWidth:
     name: ClassVar[str] = "pad-width"
     exact: ClassVar[bool] = True
 
-    def __call__(self, g: ModelGraph) -> ModelGraph:
+    def rewrite(self, g: ModelGraph) -> ModelGraph:
         return pad_groups(g, {self.group: self.size})
 
 

@@ -35,18 +35,19 @@ from torch import fx
 
 from hetsurgery.errors import PassError
 from hetsurgery.ir import ModelGraph, Unit, UnitKind
+from hetsurgery.passes.base import Recorded
 from hetsurgery.passes.edit import editable, node_named, relift
 
 
 @dataclass(frozen=True)
-class RemoveBlock:
+class RemoveBlock(Recorded):
     """Remove the residual blocks ``units`` (unit keys): readers of each block's output read its input."""
 
     units: tuple[str, ...]
     name: ClassVar[str] = "remove-block"
     exact: ClassVar[bool] = False  # exact only where a block's branch is zero
 
-    def __call__(self, g: ModelGraph) -> ModelGraph:
+    def rewrite(self, g: ModelGraph) -> ModelGraph:
         blocks = [_removable(g, key) for key in dict.fromkeys(self.units)]
         for st in g.stages:
             left = [k for k in st.units if k not in self.units]
@@ -66,7 +67,7 @@ class RemoveBlock:
             for name in reversed(u.nodes):
                 gm.graph.erase_node(node_named(gm, name))
         _drop_attributes(gm, attrs)
-        return relift(gm, g, self.spec())
+        return relift(gm, g)
 
     def spec(self) -> dict[str, Any]:
         """The pass as JSON-able data (``hetsurgery.passes.replay`` makes it again)."""

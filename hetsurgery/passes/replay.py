@@ -12,14 +12,16 @@ replaying them on the original model gives the saved structure again.
 >>> g = hs.trace(hs.zoo.mlp([8, 8]), torch.randn(2, 64))
 >>> edited = InsertIdentity("stage0", (1,))(g)
 >>> edited.passes
-({'pass': 'insert-identity', 'stage': 'stage0', 'positions': [1]},)
->>> replay(g, edited.passes).dump() == edited.dump()
+(InsertIdentity(stage='stage0', positions=(1,)),)
+>>> specs(edited.passes)
+[{'pass': 'insert-identity', 'stage': 'stage0', 'positions': [1]}]
+>>> replay(g, specs(edited.passes)).dump() == edited.dump()
 True
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -43,6 +45,12 @@ class Structural(Pass, Protocol):
 
 STRUCTURAL_PASSES: tuple[type[Structural], ...] = (InsertIdentity, InsertZeroResidual, FuseReluSegment, RemoveBlock)
 STRUCTURAL: Mapping[str, type[Structural]] = MappingProxyType({cls.name: cls for cls in STRUCTURAL_PASSES})
+
+
+def specs(passes: Iterable[object]) -> list[dict[str, Any]]:
+    """The specs of the structural passes among ``passes`` (a graph's history), in order: what ``replay`` takes
+    and ``plan.json`` keeps (the other passes change values, not structure)."""
+    return [p.spec() for p in passes if isinstance(p, STRUCTURAL_PASSES)]
 
 
 def from_spec(spec: Mapping[str, Any]) -> Pass:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import torch
@@ -13,10 +13,11 @@ from hetsurgery.errors import PassError
 from hetsurgery.ir import ModelGraph
 from hetsurgery.ir.batches import model_input
 from hetsurgery.ir.lowering import to_module
+from hetsurgery.passes.base import Recorded
 
 
 @dataclass(frozen=True, eq=False)
-class ResetBatchNorm:
+class ResetBatchNorm(Recorded):
     """Replace ``running_mean`` / ``running_var`` by the exact averages over ``data`` (momentum None),
     or over its first ``max_samples`` examples.
 
@@ -32,7 +33,11 @@ class ResetBatchNorm:
     name: ClassVar[str] = "reset-batchnorm"
     exact: ClassVar[bool] = False
 
-    def __call__(self, g: ModelGraph) -> ModelGraph:
+    def recorded(self) -> ResetBatchNorm:
+        """The history keeps how many samples were used, not the calibration data itself."""
+        return replace(self, data=())
+
+    def rewrite(self, g: ModelGraph) -> ModelGraph:
         model = to_module(g, share=True).eval()  # weights are only read; statistics get fresh tensors below
         bns = {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
                and m.track_running_stats}

@@ -9,11 +9,12 @@ import torch
 
 from hetsurgery.errors import PassError
 from hetsurgery.ir import Capability, ModelGraph, SlotMaps, slots_by_param
+from hetsurgery.passes.base import Recorded
 from hetsurgery.passes.resize import resized_groups
 
 
 @dataclass(frozen=True, eq=False)
-class ZipNeurons:
+class ZipNeurons(Recorded):
     """Producer-side slots become ``M @ W``, consumer-side slots ``W @ U``; the group's width becomes ``r``.
 
     Exact when ``U M = I`` on the features that occur (a permutation, or dropping channels that are
@@ -29,7 +30,7 @@ class ZipNeurons:
     name: ClassVar[str] = "zip-neurons"
     exact: ClassVar[bool] = False
 
-    def __call__(self, g: ModelGraph) -> ModelGraph:
+    def rewrite(self, g: ModelGraph) -> ModelGraph:
         grp = g.group(self.group)
         r, d = self.merge.shape
         if not grp.zip_ok:
