@@ -47,13 +47,24 @@ def test_match_kinds_are_written_as_their_values_and_read_back_as_members() -> N
     plan = WidthPlan("permute", (0.5, 0.5), 0, {0: GroupMatch.identity(0, (3, 3), (0.5, 0.5)),
                                                   1: GroupMatch.from_perms(1, [torch.arange(2)] * 2, (0.5, 0.5))})
     text = plan.to_json()
-    assert [g["info"]["kind"] for g in json.loads(text)["groups"]] == ["identity", "permutation"]
-    assert [m.info["kind"] for m in WidthPlan.from_json(text).groups.values()] == [MatchKind.IDENTITY,
-                                                                                   MatchKind.PERMUTATION]
-    assert all(type(m.info["kind"]) is MatchKind for m in WidthPlan.from_json(text).groups.values())
+    assert [g["kind"] for g in json.loads(text)["groups"]] == ["identity", "permutation"]
+    assert [m.kind for m in WidthPlan.from_json(text).groups.values()] == [MatchKind.IDENTITY, MatchKind.PERMUTATION]
+    assert all(type(m.kind) is MatchKind and "kind" not in m.info for m in WidthPlan.from_json(text).groups.values())
     old = json.loads(text)  # a plan from elsewhere: a kind this version does not know stays as written
-    old["groups"][1]["info"]["kind"] = "cheese"
-    assert WidthPlan.from_json(json.dumps(old)).groups[1].info["kind"] == "cheese"
+    old["groups"][1]["kind"] = "cheese"
+    assert WidthPlan.from_json(json.dumps(old)).groups[1].kind == "cheese"
+    older = json.loads(text)  # plans written before the kind was a field kept it in info
+    for g in older["groups"]:
+        g["info"]["kind"] = g.pop("kind")
+    assert [m.kind for m in WidthPlan.from_json(json.dumps(older)).groups.values()] == [MatchKind.IDENTITY,
+                                                                                        MatchKind.PERMUTATION]
+
+
+def test_the_method_table_is_read_only() -> None:
+    from hetsurgery.merging import METHODS
+
+    with pytest.raises(TypeError):
+        METHODS["mine"] = METHODS["zip"]  # type: ignore[index]
 
 
 @pytest.mark.parametrize("method", ["average", "weight"])

@@ -50,8 +50,8 @@ def test_mal_with_a_widened_copy_gives_back_the_original(width: str | None) -> N
     assert [g.size for g in r.graph.groups] == [g.size for g in expect.groups]
     with torch.no_grad():
         assert rel_err(model(X), r.model(X)) <= 1e-4
-    report = r.plan.groups[0].info["models"][0]
-    assert report["converged"] and report["iterations"] >= 1 and len(report["objective"]) == report["iterations"]
+    report = r.plan.groups[0].mal[0]
+    assert report.converged and report.iterations >= 1 and len(report.objective) == report.iterations
 
 
 def test_mal_recovers_a_planted_map_and_its_objective_never_decreases() -> None:
@@ -80,9 +80,9 @@ def test_mal_alternating_objective_is_monotone_on_unrelated_models_and_beats_one
     a, b = pair[0](), pair[1]()
     plans = {m: hs.merge([a, b], None, method=m, example_inputs=X[:2], progress=False).plan
              for m in ("mal", "mal-pad")}
-    info = plans["mal"].groups[0].info["models"][0]
-    assert all(y >= x for x, y in itertools.pairwise(info["objective"]))
-    final = {m: p.groups[0].info["models"][0]["objective"][-1] for m, p in plans.items()}
+    report = plans["mal"].groups[0].mal[0]
+    assert report.alternating and all(y >= x for x, y in itertools.pairwise(report.objective))
+    final = {m: p.groups[0].mal[0].objective[-1] for m, p in plans.items()}
     assert final["mal"] >= final["mal-pad"]  # the alternation starts from the one pass and only climbs
 
 
@@ -99,7 +99,7 @@ def test_unequal_width_ot_and_zip_shapes_follow_the_width_option() -> None:
         assert [g.size for g in r.graph.groups][:2] == expect, (label, width)
         assert r.model(torch.randn(3, 64)).shape == (3, 10)
         for m in r.plan.groups.values():
-            if method == "ot" and m.info.get("kind") == "ot":  # sources split their outputs; targets average
+            if method == "ot" and m.kind == "ot":  # sources split their outputs; targets average
                 for t, w, mm in zip(m.unmerge, r.plan.weights, m.merge, strict=True):
                     torch.testing.assert_close(t.sum(1), torch.ones(t.shape[0], dtype=torch.float64))
                     torch.testing.assert_close(mm.sum(1), torch.full((mm.shape[0],), w, dtype=torch.float64))

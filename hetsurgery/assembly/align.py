@@ -103,10 +103,9 @@ def _normalised(merge: torch.Tensor) -> torch.Tensor:
 
 
 def _group(m: GroupMatch, key: str, base_width: int, donor_width: int) -> GroupAlignment:
-    if m.info.get("kind") is not MatchKind.MAL or not m.info.get("alternating"):
+    if m.kind is not MatchKind.MAL or not m.mal or not m.mal[0].alternating:
         return GroupAlignment(key, (base_width, donor_width), None, None)
-    report = m.info["models"][0]
-    return GroupAlignment(key, (base_width, donor_width), bool(report["converged"]), int(report["iterations"]))
+    return GroupAlignment(key, (base_width, donor_width), m.mal[0].converged, m.mal[0].iterations)
 
 
 def _on_base(params: Mapping[str, torch.Tensor], base: ModelGraph) -> dict[str, torch.Tensor]:

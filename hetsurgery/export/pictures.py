@@ -270,7 +270,7 @@ def width_plan_dot(plan: WidthPlan, group: int | None = None, names: Sequence[st
 
 def _plan_title(plan: WidthPlan, match: GroupMatch, labels: Sequence[str]) -> str:
     widths = " + ".join(f"{label} {m.shape[1]}" for label, m in zip(labels, match.merge, strict=True))
-    kind = str(match.info.get("kind", plan.method))
+    kind = str(match.kind or plan.method)
     how = plan.method if kind == plan.method else f"{plan.method} ({kind})"
     return f"group {match.group}: {how}, {widths} -> merged {match.size}"
 

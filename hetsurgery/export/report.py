@@ -46,5 +46,5 @@ def _plan_section(plan: WidthPlan | None) -> list[str]:
              "| group | widths in | merged width | how |", "|---:|---|---:|---|"]
     for gid, match in plan.groups.items():
         widths = " / ".join(str(m.shape[1]) for m in match.merge)
-        lines.append(f"| {gid} | {widths} | {match.size} | {match.info.get('kind', plan.method)} |")
+        lines.append(f"| {gid} | {widths} | {match.size} | {match.kind or plan.method} |")
     return [*lines, ""]

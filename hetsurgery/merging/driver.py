@@ -244,7 +244,7 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "
 
     report = MergeReport(method, seconds, tuple(
         (grp.id, grp.label, tuple(g.group(grp.id).size for g in graphs), plan.groups[grp.id].size,
-         "frozen" if not grp.perm_ok else str(plan.groups[grp.id].info.get("kind", method)))
+         "frozen" if not grp.perm_ok else str(plan.groups[grp.id].kind or method))
         for grp in graphs[0].groups), planned.depth, planned.fusions, planned.unaligned)
     # the merged tensors are new: the module takes them without a copy (so .model and .graph share them)
     return MergeResult(to_module(merged, share=True).eval(), plan, report, merged, planned.depth)

@@ -26,7 +26,7 @@ from hetsurgery.plan.solvers.permute import permute
 from hetsurgery.plan.solvers.weight import weight_matching
 from hetsurgery.plan.solvers.zip import zip_match
 from hetsurgery.plan.stats import GroupStats
-from hetsurgery.plan.width_plan import GroupMatch
+from hetsurgery.plan.width_plan import GroupMatch, MalReport
 
 Stats = Mapping[int, GroupStats]
 Targets = Mapping[int, int]
@@ -142,9 +142,8 @@ def plan_mal(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequenc
         if keep == -1:
             raise MergeInputError(f"group {gid}: mal keeps the padded width {w} or one model's width {widths}, "
                              f"not {targets[gid]}")
-        info = {"padded_width": w, "alternating": alternate,
-                "models": [_group_report(r, gid) for r in reports]}
-        out[gid] = mal_match(gid, [p[gid] for p in perms], widths, weights, keep=keep, info=info)
+        out[gid] = mal_match(gid, [p[gid] for p in perms], widths, weights, keep=keep,
+                             reports=[_group_report(r, gid, w) for r in reports])
     return out
 
 
@@ -155,12 +154,13 @@ def learned(g: ModelGraph) -> dict[str, torch.Tensor]:
     return {name: t for name, t in g.params.items() if name in names}
 
 
-def _group_report(report: dict, gid: int) -> dict:
-    """What MAL reports per group: iterations, the objective after each, convergence."""
+def _group_report(report: dict, gid: int, padded_width: int) -> MalReport:
+    """What MAL reports per group (weight matching's report read here, once): iterations, the objective after
+    each, convergence."""
     if not report["alternating"]:
-        return {"iterations": 1, "objective": report["objective"][1:], "converged": False}
+        return MalReport(padded_width, False, 1, tuple(report["objective"][1:]), False)
     g = report["groups"][gid]
-    return {"iterations": g["iterations"], "objective": g["objective"], "converged": g["converged"]}
+    return MalReport(padded_width, True, int(g["iterations"]), tuple(g["objective"]), bool(g["converged"]))
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ class Method:
         return self.needs_data and not any(options.get(key) == value for key, value in self.data_free_with)
 
 
-METHODS: dict[str, Method] = {
+METHODS: Mapping[str, Method] = MappingProxyType({
     "average": Method(needs_data=False, plan=plan_average, widths=None),
     "permute": Method(needs_data=True, plan=plan_permute, widths=None),
     "weight": Method(needs_data=False, plan=plan_weight, widths=None),
@@ -186,4 +186,4 @@ METHODS: dict[str, Method] = {
                   full_stats=True),
     "mal": Method(needs_data=False, plan=plan_mal, widths=Capability.PAD),
     "mal-pad": Method(needs_data=False, plan=partial(plan_mal, alternate=False), widths=Capability.PAD),
-}
+})

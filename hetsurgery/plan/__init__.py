@@ -11,7 +11,7 @@ Learning).
 >>> g = hs.trace(hs.zoo.mlp([4], in_features=3, num_classes=2), torch.randn(2, 3))
 >>> stats = plan.collect_stats([g, g], [torch.randn(16, 3)], progress=False)
 >>> match = plan.permute(0, stats[0], g.group(0).structure, (0.5, 0.5))
->>> match.info["kind"] is plan.MatchKind.PERMUTATION, match.info["perms"][1]
+>>> match.kind is plan.MatchKind.PERMUTATION, match.info["perms"][1]
 (True, [0, 1, 2, 3])
 """
 

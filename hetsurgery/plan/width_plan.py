@@ -26,7 +26,7 @@ from hetsurgery.ir.slot_maps import Map
 
 
 class MatchKind(enum.StrEnum):
-    """How a group was matched: ``GroupMatch.info["kind"]``, written to ``plan.json`` as its value."""
+    """How a group was matched: ``GroupMatch.kind``, written to ``plan.json`` as its value."""
 
     IDENTITY = "identity"  # each model's channels in their own order (frozen groups, plain averaging)
     PERMUTATION = "permutation"  # one permutation per model (permute, weight matching)
@@ -36,9 +36,35 @@ class MatchKind(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class MalReport:
+    """MAL's search in one group for one model against the anchor: the zero-padded width, whether it alternated
+    LAPs over both sides of every layer (``mal``) or solved one LAP per layer (``mal-pad``), the objective
+    ``Σ⟨W_anchor, W_model⟩`` after each iteration, and whether the alternation converged."""
+
+    padded_width: int
+    alternating: bool
+    iterations: int
+    objective: tuple[float, ...]
+    converged: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"padded_width": self.padded_width, "alternating": self.alternating, "iterations": self.iterations,
+                "objective": list(self.objective), "converged": self.converged}
+
+    @staticmethod
+    def from_dict(raw: Mapping[str, Any]) -> MalReport:
+        return MalReport(int(raw["padded_width"]), bool(raw["alternating"]), int(raw["iterations"]),
+                         tuple(float(x) for x in raw["objective"]), bool(raw["converged"]))
+
+
+@dataclass(frozen=True)
 class GroupMatch:
     """One group's alignment. Permutations are kept as index vectors (``perms``, ``scales``), anything
-    else as dense ``merges`` / ``unmerges``; ``merge`` / ``unmerge`` give the dense matrices either way."""
+    else as dense ``merges`` / ``unmerges``; ``merge`` / ``unmerge`` give the dense matrices either way.
+    ``kind`` says how it was matched (a ``MatchKind``; a kind written by another version stays its text; ``None``:
+    as the plan's method),
+    ``mal`` holds MAL's report per model other than the anchor, ``info`` method details for the record
+    (zip's clusters, weight matching's sweeps, notes)."""
 
     group: int
     size: int
@@ -47,18 +73,21 @@ class GroupMatch:
     info: Mapping[str, Any] = field(default_factory=dict)
     perms: tuple[torch.Tensor, ...] | None = None
     scales: tuple[float, ...] = ()
+    kind: MatchKind | str | None = None  # None: matched as the plan's method says
+    mal: tuple[MalReport, ...] = ()
 
     @staticmethod
     def identity(group: int, widths: Sequence[int], weights: Sequence[float]) -> GroupMatch:
         perms = [torch.arange(widths[0]) for _ in widths]
-        return GroupMatch.from_perms(group, perms, weights, {"kind": MatchKind.IDENTITY})
+        return replace(GroupMatch.from_perms(group, perms, weights), kind=MatchKind.IDENTITY)
 
     @staticmethod
     def from_perms(group: int, perms: Sequence[torch.Tensor], weights: Sequence[float],
                    info: Mapping[str, Any] | None = None) -> GroupMatch:
         """Merged channel ``i`` is channel ``perms[k][i]`` of model ``k``, averaged with ``weights``."""
-        return GroupMatch(group, perms[0].numel(), None, None, {"kind": MatchKind.PERMUTATION, **(info or {})},
-                          tuple(torch.as_tensor(p, dtype=torch.long) for p in perms), tuple(float(w) for w in weights))
+        return GroupMatch(group, perms[0].numel(), None, None, dict(info or {}),
+                          tuple(torch.as_tensor(p, dtype=torch.long) for p in perms), tuple(float(w) for w in weights),
+                          MatchKind.PERMUTATION)
 
     @property
     def merge(self) -> tuple[torch.Tensor, ...]:
@@ -138,17 +167,24 @@ class WidthPlan:
         groups = {}
         keys = {g["group"]: g["key"] for g in raw["groups"] if "key" in g}
         for g in raw["groups"]:
+            kind, mal = _kind(g.get("kind", g["info"].get("kind"))), tuple(MalReport.from_dict(r) for r in g.get("mal", ()))
+            info = {k: v for k, v in g["info"].items() if k != "kind"}  # plans before 0.2 kept the kind in info
             if "perms" in g:
-                groups[g["group"]] = GroupMatch(g["group"], g["size"], None, None, _info(g["info"]),
-                                                tuple(torch.tensor(p) for p in g["perms"]), tuple(g["scales"]))
+                groups[g["group"]] = GroupMatch(g["group"], g["size"], None, None, info,
+                                                tuple(torch.tensor(p) for p in g["perms"]), tuple(g["scales"]), kind,
+                                                mal)
             else:
                 groups[g["group"]] = GroupMatch(g["group"], g["size"], tuple(_dense(t) for t in g["merge"]),
-                                                tuple(_dense(t) for t in g["unmerge"]), _info(g["info"]))
+                                                tuple(_dense(t) for t in g["unmerge"]), info, kind=kind, mal=mal)
         return WidthPlan(raw["method"], tuple(raw["weights"]), raw["anchor"], groups, keys)
 
 
 def _group_json(m: GroupMatch) -> dict[str, Any]:
     out: dict[str, Any] = {"group": m.group, "size": m.size, "info": _jsonable(m.info)}
+    if m.kind is not None:
+        out["kind"] = str(m.kind)
+    if m.mal:
+        out["mal"] = [r.to_dict() for r in m.mal]
     if m.perms is not None:
         out.update(perms=[p.tolist() for p in m.perms], scales=list(m.scales))
     else:
@@ -172,11 +208,10 @@ def _dense(d: Mapping[str, Any]) -> torch.Tensor:
     return t
 
 
-def _info(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """A group's info read back: a kind this version knows becomes its ``MatchKind``, anything else stays."""
+def _kind(raw: object) -> MatchKind | str | None:
+    """A kind read back: one this version knows becomes its ``MatchKind``, anything else stays as written."""
     kinds = {kind.value: kind for kind in MatchKind}
-    kind = raw.get("kind")
-    return {**raw, "kind": kinds[kind]} if isinstance(kind, str) and kind in kinds else dict(raw)
+    return None if raw is None else kinds[raw] if isinstance(raw, str) and raw in kinds else str(raw)
 
 
 def _jsonable(x: Any) -> Any:

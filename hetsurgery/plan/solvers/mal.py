@@ -25,11 +25,11 @@ model really has (its width).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 
-from hetsurgery.plan.width_plan import GroupMatch, MatchKind
+from hetsurgery.plan.width_plan import GroupMatch, MalReport, MatchKind
 
 
 def placement(perm: torch.Tensor, width: int) -> torch.Tensor:
@@ -45,7 +45,7 @@ def placement(perm: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def mal_match(gid: int, perms: Sequence[torch.Tensor], widths: Sequence[int], weights: Sequence[float], *,
-              keep: int | None, info: Mapping[str, object]) -> GroupMatch:
+              keep: int | None, reports: Sequence[MalReport] = ()) -> GroupMatch:
     """The group's merge from padded-space permutations (one per model, the anchor's the identity).
 
     ``keep`` is ``None`` to keep every padded channel, or the index of the model whose real channels
@@ -56,4 +56,4 @@ def mal_match(gid: int, perms: Sequence[torch.Tensor], widths: Sequence[int], we
         rows = torch.nonzero(qs[keep].sum(1)).flatten()
         qs = [q[rows] for q in qs]
     return GroupMatch(gid, qs[0].shape[0], tuple(w * q for w, q in zip(weights, qs, strict=True)),
-                      tuple(q.T.contiguous() for q in qs), {"kind": MatchKind.MAL, **info})
+                      tuple(q.T.contiguous() for q in qs), kind=MatchKind.MAL, mal=tuple(reports))

@@ -162,7 +162,7 @@ def ot_match(gid: int, stats: GroupStats, blocks: Blocks, weights: Sequence[floa
                                                     solver, reg), weights[k])
         merges.append(merge)
         unmerges.append(unmerge)
-    return GroupMatch(gid, d0, tuple(merges), tuple(unmerges), {"kind": MatchKind.OT, "solver": solver.value})
+    return GroupMatch(gid, d0, tuple(merges), tuple(unmerges), {"solver": solver.value}, kind=MatchKind.OT)
 
 
 def blockwise_coupling(cost: torch.Tensor, blocks: int, solver: OTSolver | str, reg: float) -> torch.Tensor:

@@ -75,8 +75,8 @@ def ot_weight_matches(graphs: Sequence[ModelGraph], weights: Sequence[float], ta
             merges.append(merge)
             unmerges.append(unmerge)
         matches[grp.id] = GroupMatch(grp.id, rows[onto].shape[0], tuple(merges), tuple(unmerges),
-                                     {"kind": MatchKind.OT, "solver": solver.value, "cost": OTCost.WEIGHTS.value,
-                                      "onto": onto})
+                                     {"solver": solver.value, "cost": OTCost.WEIGHTS.value, "onto": onto},
+                                     kind=MatchKind.OT)
     return matches
 
 

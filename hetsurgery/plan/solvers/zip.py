@@ -172,5 +172,5 @@ def _from_clusters(gid: int, clusters: list[list[int]], widths: Sequence[int], w
     merges = tuple(m[a:b].T.contiguous() for a, b in spans)
     unmerges = tuple(p[a:b].contiguous() for a, b in spans)
     within = sum(1 for c in clusters if len(c) > len({int(origin[f]) for f in c}))
-    return GroupMatch(gid, r, merges, unmerges, {"kind": MatchKind.ZIP, "alpha": alpha, "beta": beta,
-                                                 "clusters": clusters, "within_model_clusters": within})
+    return GroupMatch(gid, r, merges, unmerges, {"alpha": alpha, "beta": beta, "clusters": clusters,
+                                                 "within_model_clusters": within}, kind=MatchKind.ZIP)
