@@ -34,7 +34,7 @@ from hetsurgery.assembly.lambda_threshold import (
 )
 from hetsurgery.demo import calibration_set
 from hetsurgery.evaluate import LAMBDAS, task_scores
-from hetsurgery.merging.depth import DepthOptions
+from hetsurgery.merging.depth_options import DepthOptions
 from hetsurgery.zoo.data import digits, loader
 from hetsurgery.zoo.train import train
 

@@ -50,6 +50,6 @@ for method, width in [("zip", "max"), ("zip", "min"), ("ot", "max"), ("mal-pad",
     print(f"{method + ' ' + width:<22} joint {task_scores(merged.model, test, TASKS).joint:.3f}  widths {widths}")
 
 # 4. MAL reports, per group, its alternating LAP solves.
-mal = hs.merge([a, b], calibration, method="mal", width="max", progress=False).plan.groups[0].info["models"][0]
-print(f"mal group 0: {mal['iterations']} updates, objective {mal['objective'][0]:.2f} -> {mal['objective'][-1]:.2f},"
-      f" converged {mal['converged']}")
+mal = hs.merge([a, b], calibration, method="mal", width="max", progress=False).plan.groups[0].mal[0]  # a MalReport
+print(f"mal group 0: {mal.iterations} updates, objective {mal.objective[0]:.2f} -> {mal.objective[-1]:.2f},"
+      f" converged {mal.converged}")

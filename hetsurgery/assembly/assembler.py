@@ -49,7 +49,7 @@ from hetsurgery.errors import MergeInputError
 from hetsurgery.ir import ModelGraph
 from hetsurgery.ir.lowering import to_module
 from hetsurgery.merging import inputs
-from hetsurgery.merging.depth import DepthOptions
+from hetsurgery.merging.depth_options import DepthOptions
 from hetsurgery.merging.methods import METHODS
 from hetsurgery.merging.options import check_options
 from hetsurgery.tracing import trace

@@ -22,7 +22,7 @@ which checks unit by unit that the two compute the same kind of thing.
 >>> base = hs.trace(hs.zoo.mlp([16, 16]), x[:2])
 >>> donor = hs.trace(hs.zoo.mlp([24, 24, 24]), x[:2])
 >>> b = balance_donor(base, donor, [x], DepthOptions.of("lma", "add", "cka", "sign_of_sum"), device=None)
->>> sorted(c.how for c in b.counterparts.values()), b.graph.params["layers.0.weight"].shape
+>>> sorted(c.how.value for c in b.counterparts.values()), b.graph.params["layers.0.weight"].shape
 (['depth plan', 'fused', 'same position'], torch.Size([24, 64]))
 """
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import torch
@@ -39,14 +40,26 @@ from hetsurgery.ir import ModelGraph, UnitKind
 from hetsurgery.ir.batches import model_input
 from hetsurgery.merging.balance import check_pairable, check_same_depth, fuse_segment, insert_units
 from hetsurgery.merging.correspond import on_anchor_names
-from hetsurgery.merging.depth import DepthOptions
+from hetsurgery.merging.depth_options import DepthCost, DepthOptions
 from hetsurgery.merging.similarity import StagePair, stage_scores
 from hetsurgery.passes import Pipeline, RemoveBlock, specs
 from hetsurgery.plan.depth import Balance, DepthPlan, ModelDepth, StageAlignment, align_stage
 from hetsurgery.plan.depth.depth_plan import Score
 from hetsurgery.plan.joint import tap_module
 
-Sources = dict[str, tuple[tuple[str, ...], str]]  # a unit of the balanced donor: its original units, how found
+
+class Found(Enum):
+    """How a base unit's counterpart in the donor was found."""
+
+    SAME_POSITION = "same position"  # the stage has as many units in both
+    DEPTH_PLAN = "depth plan"  # a depth plan paired it
+    FUSED = "fused"  # a segment of the donor's layers, fused into one
+    KEPT = "kept"  # one block of a segment of the donor's blocks, the others removed
+    INSERTED = "inserted"  # an identity unit the depth plan inserted: nothing to absorb
+
+
+# a unit of the balanced donor: its original units, how they were found, and what else happened (KEPT: removals)
+Sources = dict[str, tuple[tuple[str, ...], Found, str]]
 
 __all__ = ["BalancedDonor", "Counterpart", "DepthOptions", "balance_donor", "branch_share"]
 
@@ -58,7 +71,12 @@ class Counterpart:
 
     base: str
     donor: tuple[str, ...]
-    how: str  # "same position", "depth plan", "fused", "kept, removed …", "inserted"
+    how: Found
+    detail: str = ""  # KEPT: the blocks removed beside it, with their branch shares
+
+    def describe(self) -> str:
+        """``how`` in words, with ``detail``: ``kept, removed layer1_1_conv1 (branch 0)``."""
+        return self.how.value + self.detail
 
     @property
     def exists(self) -> bool:
@@ -91,7 +109,7 @@ def balance_donor(base: ModelGraph, donor: ModelGraph, data: Iterable | None, op
     sides = [((1, b), (0, a)) if len(b) < len(a) else ((0, a), (1, b)) for a, b in differ]
     pairs = [StagePair(s, d, s_st.key, d_st.key) for (s, s_st), (d, d_st) in sides]
     scores = stage_scores([base, donor], pairs, data, opts, device=device)
-    kind = Score.WIDTH if opts.cost == "width" else None
+    kind = Score.WIDTH if opts.cost is DepthCost.WIDTH else None
     stages = [align_stage(s_st.key, d_st.key, s_st.units, d_st.units, m, opts.method,
                           Balance.ADD if s == 1 else Balance.MERGE, kind)
               for ((s, s_st), (_, d_st)), m in zip(sides, scores, strict=True)]
@@ -108,7 +126,7 @@ def _new_passes(donor: ModelGraph, balanced: ModelGraph) -> tuple[Mapping[str, A
 
 def _sources(donor: ModelGraph, planned: set[str]) -> Sources:
     """Each donor unit as its own source, found by position or (``planned``) by the depth plan."""
-    return {u.key: ((u.key,), "depth plan" if u.key in planned else "same position") for u in donor.units}
+    return {u.key: ((u.key,), Found.DEPTH_PLAN if u.key in planned else Found.SAME_POSITION, "") for u in donor.units}
 
 
 def _carried(base: ModelGraph, donor: ModelGraph, balanced: ModelGraph,
@@ -116,8 +134,8 @@ def _carried(base: ModelGraph, donor: ModelGraph, balanced: ModelGraph,
     carried = on_anchor_names(base, balanced)  # pairs balanced.units[i] with base.units[i]
     counterparts = {}
     for mine, theirs in zip(base.units, balanced.units, strict=True):
-        keys, how = sources.get(theirs.key, ((), "inserted"))
-        counterparts[mine.key] = Counterpart(mine.key, keys, how)
+        keys, how, detail = sources.get(theirs.key, ((), Found.INSERTED, ""))
+        counterparts[mine.key] = Counterpart(mine.key, keys, how, detail)
     return BalancedDonor(carried, plan, counterparts, _new_passes(donor, balanced))
 
 
@@ -130,7 +148,7 @@ def _shrink(g: ModelGraph, stages: Sequence[StageAlignment], data: Iterable | No
         if g.stage(sa.stage_deep).kind is UnitKind.LAYER:
             for seg in segments:
                 g = fuse_segment(g, seg, data, opts.estimator)
-                sources[seg[-1]] = (seg, "fused")
+                sources[seg[-1]] = (seg, Found.FUSED, "")
             continue
         # a fixed block (strided, a projection shortcut) changes the stream's shape: it stays, the others go
         free = [u for seg in segments for u in seg if g.unit(u).fixed is None]
@@ -143,7 +161,7 @@ def _shrink(g: ModelGraph, stages: Sequence[StageAlignment], data: Iterable | No
                 raise MergeInputError(f"{g.name} cannot be made as shallow as the base: its blocks {', '.join(fixed)} "
                                       "change the stream's shape and would all have to stay in one unit of the base")
             removed += others
-            sources[keep] = ((keep,), ("kept (it changes the stream's shape), removed " if fixed else "kept, removed ")
+            sources[keep] = ((keep,), Found.KEPT, (" (it changes the stream's shape), removed " if fixed else ", removed ")
                              + ", ".join(f"{u} (branch {share[u]:.3g})" for u in others))
     if removed:
         try:

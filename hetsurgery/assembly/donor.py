@@ -37,7 +37,7 @@ from hetsurgery.errors import MergeInputError
 from hetsurgery.ir import ModelGraph
 from hetsurgery.ir.graph import owner_of
 from hetsurgery.ir.lowering import to_module
-from hetsurgery.merging.depth import DepthOptions
+from hetsurgery.merging.depth_options import DepthOptions
 from hetsurgery.passes import ResetBatchNorm
 from hetsurgery.tracing import structural_copy, trace
 
@@ -68,7 +68,7 @@ class AlignedDonor:
         conv = [a.converged for a in groups.values()]
         c = self.counterparts[unit]
         note = "" if c.exists else "no counterpart: the depth plan inserted an identity unit in the donor here"
-        return UnitRecord(self.record.index, unit, lam, c.donor, c.how,
+        return UnitRecord(self.record.index, unit, lam, c.donor, c.describe(),
                           tuple(a.widths for a in groups.values()),
                           objective(self.base.params, self.aligned.unaligned, learned),
                           objective(self.base.params, self.params, learned),

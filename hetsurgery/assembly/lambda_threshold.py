@@ -40,7 +40,7 @@ from hetsurgery.evaluate import LAMBDAS, Curve, predictions
 from hetsurgery.evaluate.interpolation import save_figure
 from hetsurgery.ir import ModelGraph
 from hetsurgery.ir.lowering import to_module
-from hetsurgery.merging.depth import DepthOptions
+from hetsurgery.merging.depth_options import DepthOptions
 from hetsurgery.merging.inputs import BN_RESET_SAMPLES, check_reset_bn, default_device
 from hetsurgery.merging.methods import METHODS
 from hetsurgery.merging.options import check_options

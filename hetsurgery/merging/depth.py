@@ -29,8 +29,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from enum import Enum
-from typing import TypeVar
 
 import torch
 
@@ -38,50 +36,12 @@ from hetsurgery.errors import MergeInputError
 from hetsurgery.ir import ModelGraph
 from hetsurgery.merging.balance import check_balance, check_pairable, fuse_segment, insert_units
 from hetsurgery.merging.correspond import on_anchor_names
+from hetsurgery.merging.depth_options import DepthCost, DepthOptions
 from hetsurgery.merging.fusion import FuseReport, compare
 from hetsurgery.merging.similarity import StagePair, stage_scores
 from hetsurgery.passes import specs
-from hetsurgery.plan.depth import Balance, DepthMethod, DepthPlan, ModelDepth, StageAlignment
+from hetsurgery.plan.depth import Balance, DepthPlan, ModelDepth, StageAlignment
 from hetsurgery.plan.depth.depth_plan import Score, align_stage
-from hetsurgery.plan.fuse_signs import Estimator
-
-COSTS = ("cka", "width")
-DEPTH_SAMPLES = 512
-E = TypeVar("E", bound=Enum)
-
-
-@dataclass(frozen=True)
-class DepthOptions:
-    method: DepthMethod
-    balance: Balance
-    cost: str = "cka"  # CLA only: "width" compares widths, without data
-    estimator: Estimator = Estimator.SIGN_OF_SUM  # balance="merge": how each fused ReLU's D is estimated
-    samples: int | None = DEPTH_SAMPLES  # calibration samples the unit similarities use (None: all)
-    anchor: int | None = None  # the model the others are balanced to (None: the deepest, then the widest)
-
-    @staticmethod
-    def of(depth: str | DepthMethod | None, balance: str | Balance, cost: str, estimator: str | Estimator,
-           samples: int | None = DEPTH_SAMPLES, anchor: int | None = None) -> DepthOptions | None:
-        """The options as given to ``merge``, checked (``MergeInputError`` naming the bad value)."""
-        if depth is None:
-            given = [f"{k}={v!r}" for k, v, default in (("balance", balance, "add"), ("depth_cost", cost, "cka"),
-                                                         ("estimator", estimator, "sign_of_sum")) if v != default]
-            if given:
-                raise MergeInputError(f"{', '.join(given)} only matter for models of different depth: give depth="
-                                      "'cla', 'sma' or 'lma' too")
-            return None
-        method = _enum(DepthMethod, depth, "depth")
-        bal = _enum(Balance, balance, "balance")
-        if cost not in COSTS:
-            raise MergeInputError(f"depth_cost must be one of {', '.join(COSTS)}, not {cost!r}")
-        if cost == "width" and method is not DepthMethod.CLA:
-            raise MergeInputError(f"depth_cost='width' is CLAFusion's data-free cost: use it with depth='cla', "
-                                  f"not {method.value!r}")
-        if samples is not None and (not isinstance(samples, int) or isinstance(samples, bool) or samples < 2):
-            raise MergeInputError(f"depth_samples must be a whole number of at least 2, or None, not {samples!r}")
-        if anchor is not None and (not isinstance(anchor, int) or isinstance(anchor, bool) or anchor < 0):
-            raise MergeInputError(f"depth_anchor must be a model index (0, 1, ...) or None, not {anchor!r}")
-        return DepthOptions(method, bal, cost, _enum(Estimator, estimator, "estimator"), samples, anchor)
 
 
 @dataclass(frozen=True)
@@ -117,15 +77,6 @@ def balance_depths(graphs: Sequence[ModelGraph], data: Iterable | None, opts: De
     plan = replace(plan, models=tuple(replace(md, passes=tuple(specs(balanced[md.model].passes)))
                                       for md in plan.models))
     return Balanced(carried, plan, seconds, tuple(reports))
-
-
-def _enum(kind: type[E], value: object, what: str) -> E:
-    if isinstance(value, kind):
-        return value
-    try:
-        return kind(value)
-    except ValueError:
-        raise MergeInputError(f"{what} must be one of {', '.join(str(m.value) for m in kind)}, not {value!r}") from None
 
 
 def _anchor(graphs: Sequence[ModelGraph], balance: Balance, given: int | None = None) -> int:
@@ -169,7 +120,7 @@ def _roles(k: int, anchor: int, balance: Balance) -> tuple[int, int]:
 
 def _plan(graphs: Sequence[ModelGraph], anchor: int, scores: dict[int, dict[str, torch.Tensor]],
           opts: DepthOptions) -> DepthPlan:
-    kind = Score.WIDTH if opts.cost == "width" else None
+    kind = Score.WIDTH if opts.cost is DepthCost.WIDTH else None
     models = []
     for k, per_stage in scores.items():
         shallow, deep = _roles(k, anchor, opts.balance)

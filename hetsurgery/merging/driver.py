@@ -18,7 +18,8 @@ from hetsurgery.ir import ModelGraph, SlotMaps, slots_by_param, transform_params
 from hetsurgery.ir.lowering import to_module
 from hetsurgery.merging.balance import check_same_depth
 from hetsurgery.merging.combine import combine
-from hetsurgery.merging.depth import DepthOptions, balance_depths
+from hetsurgery.merging.depth import balance_depths
+from hetsurgery.merging.depth_options import DepthOptions
 from hetsurgery.merging.fusion import FuseReport
 from hetsurgery.merging.inputs import (
     BN_RESET_SAMPLES,

@@ -7,7 +7,7 @@ stage pair is streamed (``StreamingCKA``: no activation is stored). CLA minimise
 ``1 − CKA``; with ``cost="width"`` they are CLAFusion's data-free width cost and no data is read.
 
 >>> import torch, hetsurgery as hs
->>> from hetsurgery.merging.depth import DepthOptions
+>>> from hetsurgery.merging.depth_options import DepthOptions
 >>> x = torch.randn(64, 64)
 >>> gs = [hs.trace(hs.zoo.mlp(h), x[:2]) for h in ([16, 16, 16], [16])]
 >>> opts = DepthOptions.of("lma", "add", "cka", "sign_of_sum")
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -27,12 +26,10 @@ from tqdm.auto import tqdm
 from hetsurgery.errors import MergeInputError
 from hetsurgery.ir import ModelGraph, Site
 from hetsurgery.ir.batches import model_input
+from hetsurgery.merging.depth_options import DepthCost, DepthOptions
 from hetsurgery.plan.depth import DepthMethod, StreamingCKA
 from hetsurgery.plan.depth.cka import width_cost
 from hetsurgery.plan.joint import site_view, tap_module
-
-if TYPE_CHECKING:
-    from hetsurgery.merging.depth import DepthOptions
 
 
 @dataclass(frozen=True)
@@ -86,7 +83,7 @@ def stage_scores(graphs: Sequence[ModelGraph], pairs: Sequence[StagePair], data:
     """Per pair, the ``(shallow units x deep units)`` score matrix, every graph run once per batch."""
     units = [(graphs[p.shallow].stage(p.stage_shallow).units, graphs[p.deep].stage(p.stage_deep).units)
              for p in pairs]
-    if opts.cost == "width":
+    if opts.cost is DepthCost.WIDTH:
         return [torch.as_tensor(width_cost(_widths(graphs[p.shallow], s, opts.method),
                                            _widths(graphs[p.deep], d, opts.method)), dtype=torch.float64)
                 for p, (s, d) in zip(pairs, units, strict=True)]
