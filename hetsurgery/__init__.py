@@ -7,7 +7,7 @@ True
 """
 
 from hetsurgery import evaluate, zoo
-from hetsurgery.assembly import AssemblyResult, Donor, assemble, find_lambda_threshold
+from hetsurgery.assembly import AssemblyOptions, AssemblyResult, Donor, assemble, find_lambda_threshold
 from hetsurgery.errors import (
     ExportError,
     HetsurgeryError,
@@ -21,10 +21,11 @@ from hetsurgery.errors import (
 )
 from hetsurgery.ir import Blocks, ModelGraph, OpKind, PermGroup, Role, Site, Slot
 from hetsurgery.ir.lowering import to_module
-from hetsurgery.merging import MergeResult, align, merge
+from hetsurgery.merging import MergeOptions, MergeResult, align, merge
 from hetsurgery.tracing import trace
 
 __all__ = [
+    "AssemblyOptions",
     "AssemblyResult",
     "Blocks",
     "Donor",
@@ -34,6 +35,7 @@ __all__ = [
     "InvalidInput",
     "MergeError",
     "MergeInputError",
+    "MergeOptions",
     "MergeResult",
     "ModelGraph",
     "OpKind",

@@ -180,3 +180,34 @@ def test_all_slots_at_once_equals_slot_by_slot(name: str) -> None:
         moved += not torch.equal(fast[name_], g.params[name_])
         assert fast[name_] is g.params[name_] or fast[name_].data_ptr() != g.params[name_].data_ptr()
     assert moved > len(by_param) // 2
+
+
+def test_merge_options_are_one_frozen_value_checked_once_and_keywords_still_work() -> None:
+    import dataclasses
+
+    torch.manual_seed(0)
+    a, b, x = hs.zoo.mlp([8, 8]), hs.zoo.mlp([8]), torch.randn(64, 64)
+    o = hs.MergeOptions.of(method="zip", alpha=0.25, depth="lma", progress=False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        o.method = "permute"  # type: ignore[misc]
+    by_value, by_keywords = hs.merge([a, b], [x], o), hs.merge([a, b], [x], method="zip", alpha=0.25, depth="lma",
+                                                               progress=False)
+    assert all(torch.equal(t, by_keywords.model.state_dict()[k]) for k, t in by_value.model.state_dict().items())
+    with pytest.raises(hs.MergeInputError, match="either as options= or as keywords, not both \\(method given"):
+        hs.merge([a, b], [x], o, method="permute")
+    for bad, says in (({"anchor": -1}, "anchor must be a model index"), ({"memory_budget": 0}, "memory_budget"),
+                      ({"progress": "yes"}, "progress must be True or False"), ({"beta": -1}, "option beta")):
+        with pytest.raises(hs.MergeInputError, match=says):
+            hs.MergeOptions.of(**bad)  # type: ignore[arg-type]
+    assert hs.align([a, b], [x], hs.MergeOptions.of(method="permute", depth="lma", progress=False))[0](x).shape == (64, 10)
+
+
+def test_assembly_options_are_one_frozen_value_too() -> None:
+    base, donor, x = hs.zoo.mlp([8, 8]), hs.zoo.mlp([12, 8]), torch.randn(64, 64)
+    o = hs.AssemblyOptions.of(layers=["layers_0"], lam=0.5, align="mal-pad", progress=False)
+    r = hs.assemble(base, [donor], [x], o)
+    assert [(u.unit, u.lam) for u in r.units] == [("layers_0", 0.5)]
+    with pytest.raises(hs.MergeInputError, match="either as options= or as keywords"):
+        hs.assemble(base, [donor], [x], o, lam=0.2)
+    with pytest.raises(hs.MergeInputError, match="layers must be 'all' or a list"):
+        hs.AssemblyOptions.of(layers="first")

@@ -4,5 +4,6 @@ and carried into the base's channels by merge's width methods."""
 
 from hetsurgery.assembly.assembler import AssemblyResult, Donor, assemble
 from hetsurgery.assembly.lambda_threshold import LambdaThreshold, find_lambda_threshold
+from hetsurgery.assembly.options import AssemblyOptions
 
-__all__ = ["AssemblyResult", "Donor", "LambdaThreshold", "assemble", "find_lambda_threshold"]
+__all__ = ["AssemblyOptions", "AssemblyResult", "Donor", "LambdaThreshold", "assemble", "find_lambda_threshold"]

@@ -32,7 +32,6 @@ torch.Size([3, 10])
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -40,22 +39,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from hetsurgery.assembly.donor import prepare_donor, reset_batchnorm_after
+from hetsurgery.assembly.options import AssemblyOptions, Lam, Layers, check_selection
 from hetsurgery.assembly.record import DonorRecord, UnitRecord, record_dict, units_table
 from hetsurgery.errors import MergeInputError
 from hetsurgery.ir import ModelGraph
 from hetsurgery.ir.lowering import to_module
 from hetsurgery.merging import inputs
-from hetsurgery.merging.depth_options import DepthOptions
-from hetsurgery.merging.methods import METHODS
-from hetsurgery.merging.options import check_options
 from hetsurgery.tracing import trace
-
-Layers = str | Sequence[str]  # "all" or unit keys of the base
-Lam = float | Mapping[str, float]  # one λ for every selected unit, or one per unit
 
 
 @dataclass(frozen=True)
@@ -108,12 +101,8 @@ class AssemblyResult:
                     assembly=self.to_dict())
 
 
-def assemble(base: nn.Module, donors: Sequence[nn.Module | Donor], data: Iterable | None = None, *,
-             layers: Layers = "all", lam: Lam = 0.3, align: str = "mal", depth: str | None = None,
-             depth_cost: str = "cka", estimator: str = "sign_of_sum", depth_samples: int | None = 512,
-             reset_bn: bool | int = True, example_inputs: torch.Tensor | None = None, progress: bool = True,
-             device: torch.device | str | None = None, base_name: str = "base", saveable: bool = False,
-             **align_options: object) -> AssemblyResult:
+def assemble(base: nn.Module, donors: Sequence[nn.Module | Donor], data: Iterable | None = None,
+             options: AssemblyOptions | None = None, **keywords: Any) -> AssemblyResult:
     """``base`` absorbs the selected units of each donor in turn, ``W ← (1 − λ) W_base + λ W_donor``.
 
     ``layers`` is ``"all"`` or a list of the base's unit keys (``hs.trace(base, x).units``); ``lam`` is a
@@ -127,17 +116,12 @@ def assemble(base: nn.Module, donors: Sequence[nn.Module | Donor], data: Iterabl
     fused layers, and the BatchNorm statistics after blending (``reset_bn``: ``True`` for 512 samples, a
     number, or ``False`` to keep the blended statistics). ``base_name`` names the base in messages (a ``Donor``'s
     ``name`` names a donor); ``saveable=True`` refuses a base that ``hetsurgery.export.save`` could not write as a
-    package before any donor is touched. Bad input raises ``MergeInputError`` before any donor is touched.
+    package before any donor is touched. Bad input raises ``MergeInputError`` before any donor is touched. The
+    options are keywords, checked once into an ``AssemblyOptions``, which may be passed instead (``options=``).
     """
-    inputs.check_reset_bn(reset_bn)
+    o = AssemblyOptions.given(options, keywords)
     if not isinstance(base, nn.Module):
         raise MergeInputError(f"the base is a {type(base).__name__} ({base!r:.60}), not an nn.Module")
-    if not isinstance(base_name, str) or not base_name:
-        raise MergeInputError(f"base_name must be a non-empty string, not {base_name!r}")
-    depth_opts = DepthOptions.of(depth, "add", depth_cost, estimator, depth_samples)
-    if align not in METHODS:
-        raise MergeInputError(f"unknown alignment method {align!r}: use one of {', '.join(METHODS)}")
-    check_options(align, align_options)
     if isinstance(donors, nn.Module) or not donors:
         raise MergeInputError("assemble needs a list of one or more donors (models or Donor(model, layers, lam))")
     if data is not None and iter(data) is data:
@@ -147,24 +131,25 @@ def assemble(base: nn.Module, donors: Sequence[nn.Module | Donor], data: Iterabl
     for k, d in enumerate(specs):
         if not isinstance(d.model, nn.Module):
             raise MergeInputError(f"donor {k} is a {type(d.model).__name__}, not an nn.Module")
-    inputs.check_finite(base, base_name)
+    inputs.check_finite(base, o.base_name)
     for k, d in enumerate(specs):
         inputs.check_finite(d.model, _name(d, k))
-    device = inputs.default_device(device)
+    device = inputs.default_device(o.device)
     clock = time.perf_counter()
-    g = trace(base, example_inputs if example_inputs is not None else inputs.first_batch(data), name=base_name)
-    if saveable:
+    x = o.example_inputs if o.example_inputs is not None else inputs.first_batch(data)
+    g = trace(base, x, name=o.base_name)
+    if o.saveable:
         inputs.check_saveable([g])
-    chosen = [select_units(g, d.layers if d.layers is not None else layers, d.lam if d.lam is not None else lam,
-                         _name(d, k)) for k, d in enumerate(specs)]
+    chosen = [select_units(g, d.layers if d.layers is not None else o.layers, d.lam if d.lam is not None else o.lam,
+                           _name(d, k)) for k, d in enumerate(specs)]
     seconds = {"trace": time.perf_counter() - clock, "depth": 0.0, "align": 0.0, "blend": 0.0, "bn_reset": 0.0}
     units: list[UnitRecord] = []
     records: list[DonorRecord] = []
-    bn = _bn_policy(reset_bn, data) if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in base.modules()) \
+    bn = _bn_policy(o.reset_bn, data) if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in base.modules()) \
         else ""
     for k, (d, selection) in enumerate(zip(specs, chosen, strict=True)):
-        ready = prepare_donor(g, d.model, data, index=k, name=_name(d, k), align=align, depth=depth_opts,
-                              options=align_options, device=device, progress=progress)
+        ready = prepare_donor(g, d.model, data, index=k, name=_name(d, k), align=o.align, depth=o.depth,
+                              options=o.align_options, device=device, progress=o.progress)
         for stage in ("trace", "depth", "align"):
             seconds[stage] += ready.record.seconds.get(stage, 0.0)
         records.append(ready.record)
@@ -175,8 +160,8 @@ def assemble(base: nn.Module, donors: Sequence[nn.Module | Donor], data: Iterabl
         seconds["blend"] += time.perf_counter() - clock
         clock = time.perf_counter()
         blended = [r.unit for r in made if r.blended]
-        if blended and reset_bn and data is not None:
-            samples = inputs.BN_RESET_SAMPLES if reset_bn is True else int(reset_bn)
+        if blended and o.reset_bn and data is not None:
+            samples = inputs.BN_RESET_SAMPLES if o.reset_bn is True else int(o.reset_bn)
             g = reset_batchnorm_after(g, blended, data, samples, device)
         seconds["bn_reset"] += time.perf_counter() - clock
     g = _owned(g, base)
@@ -197,15 +182,10 @@ def _name(d: Donor, k: int) -> str:
 def select_units(g: ModelGraph, layers: Layers, lam: Lam, who: str) -> dict[str, float]:
     """The units ``who`` gives to the base and their λ, checked: every key a unit of the base, λ in [0, 1]."""
     keys = [u.key for u in g.units]
-    if isinstance(layers, str) and layers != "all":
-        raise MergeInputError(f"{who}: layers must be 'all' or a list of the base's unit keys ({', '.join(keys)}), "
-                              f"not {layers!r}")
+    check_selection(layers, lam, who)
     if isinstance(lam, Mapping):
-        for unit, x in lam.items():
+        for unit in lam:
             _check_unit(unit, keys, who, "lam")
-            _check_lam(x, f"{who}: lam[{unit!r}]")
-    else:
-        _check_lam(lam, f"{who}: lam")
     if layers == "all":
         chosen = list(lam) if isinstance(lam, Mapping) else keys
     else:
@@ -225,11 +205,6 @@ def _check_unit(unit: object, keys: Sequence[str], who: str, what: str) -> None:
     if unit not in keys:
         raise MergeInputError(f"{who}: {what} names {unit!r}, which is not a unit of the base; its units are "
                               f"{', '.join(keys)} (hetsurgery inspect lists them)")
-
-
-def _check_lam(x: object, what: str) -> None:
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or not 0 <= x <= 1:
-        raise MergeInputError(f"{what} must be a number in [0, 1] (0 keeps the base, 1 takes the donor), not {x!r}")
 
 
 def _bn_policy(reset_bn: bool | int, data: Iterable | None) -> str:

@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hetsurgery.assembly.assembler import Layers, select_units
+from hetsurgery.assembly.assembler import select_units
 from hetsurgery.assembly.donor import AlignedDonor, prepare_donor, reset_batchnorm_after
+from hetsurgery.assembly.options import Layers
 from hetsurgery.assembly.record import UnitRecord
 from hetsurgery.errors import MergeInputError
 from hetsurgery.evaluate import LAMBDAS, Curve, predictions

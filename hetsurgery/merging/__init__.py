@@ -2,5 +2,6 @@
 
 from hetsurgery.merging.driver import MergeReport, MergeResult, Planned, align, merge, plan_merge
 from hetsurgery.merging.methods import METHODS
+from hetsurgery.merging.options import MergeOptions
 
-__all__ = ["METHODS", "MergeReport", "MergeResult", "Planned", "align", "merge", "plan_merge"]
+__all__ = ["METHODS", "MergeOptions", "MergeReport", "MergeResult", "Planned", "align", "merge", "plan_merge"]

@@ -19,12 +19,10 @@ from hetsurgery.ir.lowering import to_module
 from hetsurgery.merging.balance import check_same_depth
 from hetsurgery.merging.combine import combine
 from hetsurgery.merging.depth import balance_depths
-from hetsurgery.merging.depth_options import DepthOptions
 from hetsurgery.merging.fusion import FuseReport
 from hetsurgery.merging.inputs import (
     BN_RESET_SAMPLES,
     check_finite,
-    check_reset_bn,
     check_saveable,
     default_device,
     first_batch,
@@ -32,10 +30,10 @@ from hetsurgery.merging.inputs import (
     model_names,
 )
 from hetsurgery.merging.methods import METHODS, learned
-from hetsurgery.merging.options import check_options
+from hetsurgery.merging.options import MergeOptions
 from hetsurgery.merging.topology import check_same_operations, check_same_topology
 from hetsurgery.merging.unaligned import unaligned_groups
-from hetsurgery.merging.widths import Width, check_width_changes, resolve_widths
+from hetsurgery.merging.widths import check_width_changes, resolve_widths
 from hetsurgery.passes import ResetBatchNorm
 from hetsurgery.passes.resize import resized_groups
 from hetsurgery.plan.depth import DepthPlan
@@ -114,20 +112,15 @@ class Planned:
     unaligned: tuple[str, ...] = ()
 
 
-def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "zip",
-               weights: Sequence[float] | None = None, anchor: int = 0, width: Width = None,
-               depth: str | None = None, balance: str = "add", depth_cost: str = "cka",
-               estimator: str = "sign_of_sum", depth_samples: int | None = 512, depth_anchor: int | None = None,
-               example_inputs: torch.Tensor | None = None, memory_budget: int | None = None, progress: bool = True,
-               device: torch.device | str | None = None, names: Sequence[str] | None = None, saveable: bool = False,
-               **method_options: object) -> Planned:
+def plan_merge(models: Sequence[nn.Module], data: Iterable | None, options: MergeOptions | None = None,
+               **keywords: Any) -> Planned:
     """Trace the models, align their depths, stream their statistics and solve the width plan (the stages of
-    ``merge`` before combining)."""
-    labels = model_names(models, names)
-    depth_opts = DepthOptions.of(depth, balance, depth_cost, estimator, depth_samples, depth_anchor)
-    spec = METHODS.get(method)
-    if spec is None:
-        raise MergeInputError(f"unknown merge method {method!r}: use one of {', '.join(METHODS)}")
+    ``merge`` before combining); ``options`` (or ``merge``'s keywords) as for ``merge``."""
+    o = MergeOptions.given(options, keywords)
+    method, method_options, anchor, device, progress = o.method, dict(o.method_options), o.anchor, o.device, \
+        o.progress
+    labels = model_names(models, o.names)
+    spec = METHODS[method]  # known: MergeOptions.of checked it
     if len(models) < 2:
         raise MergeInputError(f"merge needs at least two models, got {len(models)}")
     if not 0 <= anchor < len(models):
@@ -137,37 +130,36 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: st
     if data is not None and iter(data) is data:
         raise MergeInputError("the calibration data is a one-shot iterator (a generator?); merge reads it several "
                          "times (tracing, statistics, BatchNorm reset): pass a list of batches or a DataLoader")
-    check_options(method, method_options)
-    w = merge_weights(weights, len(models))
+    w = merge_weights(o.weights, len(models))
     for m, label in zip(models, labels, strict=True):
         check_finite(m, label)
     seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
 
     clock = time.perf_counter()
-    x = example_inputs if example_inputs is not None else first_batch(data)
+    x = o.example_inputs if o.example_inputs is not None else first_batch(data)
     graphs = tuple(trace(m, x, name=label) for m, label in zip(models, labels, strict=True))
-    if saveable:
+    if o.saveable:
         check_saveable(graphs)
     seconds["trace"] = time.perf_counter() - clock
     balanced = None
-    if depth_opts is None:
+    if o.depth is None:
         check_same_depth(graphs)
     else:
-        balanced = balance_depths(graphs, data, depth_opts, device=default_device(device), progress=progress)
+        balanced = balance_depths(graphs, data, o.depth, device=default_device(device), progress=progress)
         graphs = balanced.graphs
         seconds.update(balanced.seconds)
     clock = time.perf_counter()
     check_same_topology(graphs, equal_widths=spec.widths is None)
-    if spec.widths is None and width is not None:
+    if spec.widths is None and o.width is not None:
         raise MergeInputError(f"method {method!r} keeps the models' common widths; width= works with zip, ot and mal")
-    targets = resolve_widths(graphs, width, spec.default_width, anchor)
+    targets = resolve_widths(graphs, o.width, spec.default_width, anchor)
     if spec.widths is not None:
         check_width_changes(graphs, targets, method, spec.widths)
     check_same_operations(graphs)
     seconds["trace"] += time.perf_counter() - clock
 
     clock = time.perf_counter()
-    stats = (collect_stats(graphs, data, full=spec.full_stats, memory_budget=memory_budget, progress=progress,
+    stats = (collect_stats(graphs, data, full=spec.full_stats, memory_budget=o.memory_budget, progress=progress,
                            device=default_device(device))
              if spec.wants_data(method_options) and data is not None else None)
     seconds["statistics"] = time.perf_counter() - clock
@@ -189,14 +181,11 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, *, method: st
     return Planned(graphs, plan, seconds, balanced.plan, balanced.fusions, unaligned)
 
 
-def merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "zip",
-          weights: Sequence[float] | None = None, reset_bn: bool | int = True, anchor: int = 0, width: Width = None,
-          depth: str | None = None, balance: str = "add", depth_cost: str = "cka", estimator: str = "sign_of_sum",
-          depth_samples: int | None = 512, depth_anchor: int | None = None, example_inputs: torch.Tensor | None = None,
-          memory_budget: int | None = None, progress: bool = True, device: torch.device | str | None = None,
-          names: Sequence[str] | None = None, saveable: bool = False, **method_options: object) -> MergeResult:
+def merge(models: Sequence[nn.Module], data: Iterable | None, options: MergeOptions | None = None,
+          **keywords: Any) -> MergeResult:
     """Merge ``models`` into one ``nn.Module`` without training; they may differ in width and, with ``depth``,
-    in depth.
+    in depth. The options below are keywords (``merge(models, data, method="zip", alpha=0.5)``), checked once
+    into a ``MergeOptions``, which may be passed instead (``options=MergeOptions.of(...)``, reusable).
 
     ``data`` yields calibration batches (tensors or ``(inputs, labels)``): it feeds the statistics of
     data-driven methods and the BatchNorm reset. ``method`` is ``average``, ``permute``, ``weight``,
@@ -226,39 +215,38 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "
     >>> r.model(torch.randn(3, 64)).shape
     torch.Size([3, 10])
     """
-    check_reset_bn(reset_bn)
-    planned = plan_merge(models, data, method=method, weights=weights, anchor=anchor, width=width, depth=depth,
-                         balance=balance, depth_cost=depth_cost, estimator=estimator, depth_samples=depth_samples,
-                         depth_anchor=depth_anchor, example_inputs=example_inputs, memory_budget=memory_budget,
-                         progress=progress, device=device, names=names, saveable=saveable, **method_options)
+    o = MergeOptions.given(options, keywords)
+    planned = plan_merge(models, data, o)
     graphs, plan, seconds = planned.graphs, planned.plan, planned.seconds
 
     clock = time.perf_counter()
-    merged = _merged_graph(graphs[anchor], plan, combine(graphs, plan))
+    merged = _merged_graph(graphs[o.anchor], plan, combine(graphs, plan))
     seconds["combine"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    if reset_bn and data is not None:
-        budget = BN_RESET_SAMPLES if reset_bn is True else int(reset_bn)
-        merged = ResetBatchNorm(data, max_samples=budget, device=default_device(device))(merged)
+    if o.reset_bn and data is not None:
+        budget = BN_RESET_SAMPLES if o.reset_bn is True else int(o.reset_bn)
+        merged = ResetBatchNorm(data, max_samples=budget, device=default_device(o.device))(merged)
     seconds["bn_reset"] = time.perf_counter() - clock
 
-    report = MergeReport(method, seconds, tuple(
+    report = MergeReport(o.method, seconds, tuple(
         (grp.id, grp.label, tuple(g.group(grp.id).size for g in graphs), plan.groups[grp.id].size,
-         "frozen" if not grp.perm_ok else str(plan.groups[grp.id].kind or method))
+         "frozen" if not grp.perm_ok else str(plan.groups[grp.id].kind or o.method))
         for grp in graphs[0].groups), planned.depth, planned.fusions, planned.unaligned)
     # the merged tensors are new: the module takes them without a copy (so .model and .graph share them)
     return MergeResult(to_module(merged, share=True).eval(), plan, report, merged, planned.depth)
 
 
-def align(models: Sequence[nn.Module], data: Iterable | None, *, method: str = "permute",
-          **options: Any) -> list[nn.Module]:
-    """Each model carried into the merged channel space (``M̃_k W U_k``), nothing combined.
+def align(models: Sequence[nn.Module], data: Iterable | None, options: MergeOptions | None = None,
+          **keywords: Any) -> list[nn.Module]:
+    """Each model carried into the merged channel space (``M̃_k W U_k``), nothing combined; ``options`` or
+    keywords as for ``merge``, the method ``permute`` unless given.
 
     With a permutation method this is each model permuted to line up with the anchor, the input of an
     interpolation curve.
     """
-    planned = plan_merge(models, data, method=method, **options)
+    o = MergeOptions.given(options, keywords if options is not None else {"method": "permute", **keywords})
+    planned = plan_merge(models, data, o)
     out: list[nn.Module] = []
     for k, g in enumerate(planned.graphs):
         maps = SlotMaps.of(planned.plan.groups, k, normalised=True)

@@ -1,4 +1,5 @@
-"""Checking a merge method's options before any work: names, types and ranges, in one place.
+"""The options of a merge, checked before any work: ``MergeOptions``, one frozen value, and the width method's
+own options (names, types and ranges), in one place.
 
 A method's options are the keyword-only parameters of its plan function (``merge.methods``); each value
 must have its default's type (an ``int`` passes for a ``float``, a ``bool`` never for a number) and,
@@ -14,12 +15,18 @@ from __future__ import annotations
 
 import enum
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+import torch
+
 from hetsurgery.errors import MergeInputError
+from hetsurgery.merging.depth_options import DepthOptions
+from hetsurgery.merging.inputs import check_reset_bn
 from hetsurgery.merging.methods import METHODS
+from hetsurgery.merging.widths import Width
 from hetsurgery.plan.solvers.ot import OTCost, OTSolver
 
 
@@ -73,3 +80,74 @@ def _is(value: object, kind: type) -> bool:
     if kind is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+
+
+@dataclass(frozen=True)
+class MergeOptions:
+    """Everything ``merge`` (``align``, ``plan_merge``) is asked besides the models and the data, as one frozen
+    value checked once, by ``of`` (which takes ``merge``'s keywords): the width ``method`` and its checked
+    ``method_options``, the ``DepthOptions`` (``None``: the models have one depth), the rest as ``merge`` documents
+    them. What needs the models (how many weights, which anchor, which widths) is checked when they are traced.
+
+    >>> MergeOptions.of(method="zip", alpha=0.25, depth="lma").method_options["alpha"]
+    0.25
+    >>> MergeOptions.of(method="zip", alpha=2)
+    Traceback (most recent call last):
+    ...
+    hetsurgery.errors.MergeInputError: method 'zip': option alpha must be in [0, 1], not 2
+    """
+
+    method: str = "zip"
+    method_options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    weights: tuple[float, ...] | None = None
+    reset_bn: bool | int = True
+    anchor: int = 0
+    width: Width = None
+    depth: DepthOptions | None = None
+    example_inputs: torch.Tensor | None = field(default=None, repr=False)
+    memory_budget: int | None = None
+    progress: bool = True
+    device: torch.device | str | None = None
+    names: tuple[str, ...] | None = None
+    saveable: bool = False
+
+    @staticmethod
+    def of(*, method: str = "zip", weights: Sequence[float] | None = None, reset_bn: bool | int = True,
+           anchor: int = 0, width: Width = None, depth: str | None = None, balance: str = "add",
+           depth_cost: str = "cka", estimator: str = "sign_of_sum", depth_samples: int | None = 512,
+           depth_anchor: int | None = None, example_inputs: torch.Tensor | None = None,
+           memory_budget: int | None = None, progress: bool = True, device: torch.device | str | None = None,
+           names: Sequence[str] | None = None, saveable: bool = False, **method_options: object) -> MergeOptions:
+        """The options as ``merge``'s keywords give them, checked (``MergeInputError`` naming the bad one)."""
+        depth_opts = DepthOptions.of(depth, balance, depth_cost, estimator, depth_samples, depth_anchor)
+        check_options(method, method_options)
+        check_reset_bn(reset_bn)
+        if isinstance(anchor, bool) or not isinstance(anchor, int) or anchor < 0:
+            raise MergeInputError(f"anchor must be a model index (0, 1, ...), not {anchor!r}")
+        if weights is not None and (isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence)):
+            raise MergeInputError(f"weights must be a list of numbers, one per model, not {weights!r}")
+        if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int)
+                                          or memory_budget < 1):
+            raise MergeInputError(f"memory_budget must be a positive number of bytes or None, not {memory_budget!r}")
+        for key, value in (("progress", progress), ("saveable", saveable)):
+            if not isinstance(value, bool):
+                raise MergeInputError(f"{key} must be True or False, not {value!r}")
+        if names is not None and (isinstance(names, str) or not all(isinstance(n, str) and n for n in names)):
+            raise MergeInputError(f"names must be non-empty strings, one per model, not {names!r}")
+        return MergeOptions(method, MappingProxyType(dict(method_options)),
+                            None if weights is None else tuple(weights), reset_bn, anchor, width, depth_opts,
+                            example_inputs, memory_budget, progress, device,
+                            None if names is None else tuple(names), saveable)
+
+    @staticmethod
+    def given(options: MergeOptions | None, keywords: Mapping[str, Any]) -> MergeOptions:
+        """``options`` as passed, or the value ``keywords`` make; never both."""
+        if options is None:
+            return MergeOptions.of(**keywords)
+        if not isinstance(options, MergeOptions):
+            raise MergeInputError(f"options must be a MergeOptions (MergeOptions.of(...)), not a "
+                                  f"{type(options).__name__}")
+        if keywords:
+            raise MergeInputError(f"give the merge options either as options= or as keywords, not both "
+                                  f"({', '.join(sorted(keywords))} given beside options=)")
+        return options
