@@ -31,10 +31,11 @@ from typing import Any
 import torch
 
 from hetsurgery.errors import MergeInputError
-from hetsurgery.ir import ModelGraph, SlotMaps, slots_by_param, transform_params
+from hetsurgery.ir import ModelGraph, slots_by_param
 from hetsurgery.ir.lowering import to_module
 from hetsurgery.merging.driver import plan_merge
 from hetsurgery.merging.methods import METHODS
+from hetsurgery.passes import MapGroups, Pipeline
 from hetsurgery.plan.width_plan import GroupMatch, MatchKind, WidthPlan
 
 
@@ -81,9 +82,8 @@ def align_to_base(base: ModelGraph, donor: ModelGraph, data: Iterable | None, me
     for gid, m in planned.plan.groups.items():
         produce[gid], consume[gid] = _into_base(m)
         naive[gid] = torch.eye(gb.group(gid).size, gd.group(gid).size, dtype=torch.float64)
-    by_param = slots_by_param(gd.groups)
-    params = transform_params(gd.params, by_param, SlotMaps(produce, consume), names=gd.params)
-    unaligned = transform_params(gd.params, by_param, SlotMaps(naive, naive), names=gd.params)
+    params = Pipeline((MapGroups(produce, consume),))(gd).params  # the donor carried into the base's channels
+    unaligned = MapGroups(naive, naive)(gd).params
     found = {gid: _group(m, gb.group(gid).key, gb.group(gid).size, gd.group(gid).size) for gid, m in planned.plan.groups.items()}
     groups = {name: tuple(found[gid] for gid in dict.fromkeys(gid for gid, _ in slots) if gb.group(gid).perm_ok)
               for name, slots in slots_by_param(gb.groups).items()}

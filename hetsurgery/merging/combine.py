@@ -1,39 +1,58 @@
-"""Combine aligned models: ``W* = Σ_k M_k^out W_k U_k^in`` for every parameter (DESIGN.md §5)."""
+"""Combine aligned models: ``W* = Σ_k M_k^out W_k U_k^in`` for every parameter (DESIGN.md §5).
+
+The plan is realised by passes: model ``k``'s part of it is ``MapGroups.carrying(plan.groups, k)``, the pass
+that carries its channels onto the merged ones with its weight folded into ``M_k``. The anchor is carried by a
+``Pipeline`` (its structure, widths and groups become the merged graph's, verified, and the pass is in its
+history); every other model is carried by the same pass one parameter at a time and added in, so besides the
+result only one carried tensor is alive at once.
+
+>>> import torch, hetsurgery as hs
+>>> from hetsurgery.plan.width_plan import GroupMatch, WidthPlan
+>>> gs = [hs.trace(hs.zoo.mlp([4]), torch.randn(2, 64)) for _ in range(2)]
+>>> perms = [torch.arange(4), torch.tensor([1, 0, 3, 2])]
+>>> plan = WidthPlan("permute", (0.5, 0.5), 0, {0: GroupMatch.from_perms(0, perms, (0.5, 0.5)),
+...                                             1: GroupMatch.identity(1, (10, 10), (0.5, 0.5))})
+>>> merged = combine(gs, plan)
+>>> want = (gs[0].params["layers.0.weight"] + gs[1].params["layers.0.weight"][[1, 0, 3, 2]]) / 2
+>>> torch.allclose(merged.params["layers.0.weight"], want), [p.name for p in merged.passes]
+(True, ['map-groups'])
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-
 from hetsurgery.errors import MergeError
-from hetsurgery.ir import ModelGraph, Role, SlotMaps, slots_by_param, transform_params
+from hetsurgery.ir import ModelGraph, Role, slots_by_param
+from hetsurgery.passes import MapGroups, Pipeline
 from hetsurgery.plan.width_plan import WidthPlan
 
 
-def combine(graphs: Sequence[ModelGraph], plan: WidthPlan) -> dict[str, torch.Tensor]:
-    """The merged parameters. Parameters with no produce-side slot are averaged with the plan's weights.
-
-    Works one parameter at a time, so besides the result only one aligned tensor is alive at once.
-    Integer buffers (``num_batches_tracked``) are copies of the first model's.
-    """
+def combine(graphs: Sequence[ModelGraph], plan: WidthPlan) -> ModelGraph:
+    """The merged graph: the anchor's structure at the plan's widths, holding ``Σ_k`` of every model carried.
+    Parameters with no produce-side slot are averaged with the plan's weights; integer buffers
+    (``num_batches_tracked``) are copies of the first model's."""
     for name, slots in slots_by_param(graphs[0].groups).items():
         dims = {s.dim for _, s in slots if s.role is Role.PRODUCE}
         if len(dims) > 1:
             raise MergeError(f"{graphs[0].name}: {name} has produce-side channels on dims {sorted(dims)}; "
                              "the merge weights would be applied twice")
-    maps = [SlotMaps.of(plan.groups, k) for k in range(len(graphs))]
-    by_param = [slots_by_param(g.groups) for g in graphs]  # each model's own offsets (concat layouts)
-    out: dict[str, torch.Tensor] = {}
+    carry = [MapGroups.carrying(plan.groups, k) for k in range(len(graphs))]
+    anchor = plan.anchor
+    merged = Pipeline((carry[anchor],))(graphs[anchor])
+    produced = [{name for name, slots in slots_by_param(g.groups).items()
+                 if any(s.role is Role.PRODUCE for _, s in slots)} for g in graphs]
+    maps = [c._slot_maps() for c in carry]
+    out = {}
     for name, first in graphs[0].params.items():
         if not first.is_floating_point():
             out[name] = first.clone()  # the merged model owns it: training it never counts in a user's model
             continue
         total = None
-        for k, g in enumerate(graphs):
-            t = transform_params(g.params, by_param[k], maps[k], names=[name])[name]
-            fresh = t is not g.params[name]  # never write into a model's own tensor
-            weight = 1.0 if any(s.role is Role.PRODUCE for _, s in by_param[k].get(name, ())) else plan.weights[k]
+        for k in [anchor, *(k for k in range(len(graphs)) if k != anchor)]:
+            t = merged.params[name] if k == anchor else carry[k].parameter(graphs[k], name, maps[k])
+            fresh = t is not graphs[k].params[name]  # never write into a model's own tensor
+            weight = 1.0 if name in produced[k] else plan.weights[k]
             if total is None:
                 total = t if fresh else t.clone()
                 if weight != 1.0:
@@ -43,4 +62,4 @@ def combine(graphs: Sequence[ModelGraph], plan: WidthPlan) -> dict[str, torch.Te
             del t  # freed before the next model's copy is made
         assert total is not None
         out[name] = total
-    return out
+    return merged.with_updates(out)

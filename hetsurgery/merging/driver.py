@@ -34,8 +34,7 @@ from hetsurgery.merging.options import MergeOptions
 from hetsurgery.merging.topology import check_same_operations, check_same_topology
 from hetsurgery.merging.unaligned import unaligned_groups
 from hetsurgery.merging.widths import check_width_changes, resolve_widths
-from hetsurgery.passes import ResetBatchNorm
-from hetsurgery.passes.resize import resized_groups
+from hetsurgery.passes import MapGroups, Pipeline, ResetBatchNorm
 from hetsurgery.plan.depth import DepthPlan
 from hetsurgery.plan.solvers.weight import weight_matching
 from hetsurgery.plan.stats import collect_stats
@@ -220,7 +219,7 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, options: MergeOpti
     graphs, plan, seconds = planned.graphs, planned.plan, planned.seconds
 
     clock = time.perf_counter()
-    merged = _merged_graph(graphs[o.anchor], plan, combine(graphs, plan))
+    merged = combine(graphs, plan)
     seconds["combine"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -247,16 +246,8 @@ def align(models: Sequence[nn.Module], data: Iterable | None, options: MergeOpti
     """
     o = MergeOptions.given(options, keywords if options is not None else {"method": "permute", **keywords})
     planned = plan_merge(models, data, o)
-    out: list[nn.Module] = []
-    for k, g in enumerate(planned.graphs):
-        maps = SlotMaps.of(planned.plan.groups, k, normalised=True)
-        params = transform_params(g.params, slots_by_param(g.groups), maps, names=g.params)
-        out.append(to_module(_merged_graph(g, planned.plan, params)).eval())
-    return out
-
-
-def _merged_graph(base: ModelGraph, plan: WidthPlan, params: Mapping[str, torch.Tensor]) -> ModelGraph:
-    return base.with_updates(params, resized_groups(base, plan.widths()))
+    return [to_module(Pipeline((MapGroups.carrying(planned.plan.groups, k, normalised=True),))(g)).eval()
+            for k, g in enumerate(planned.graphs)]
 
 
 def _fill_unobserved(graphs: Sequence[ModelGraph], matches: Mapping[int, GroupMatch], w: Sequence[float],

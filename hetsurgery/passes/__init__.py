@@ -5,12 +5,13 @@ from hetsurgery.passes.base import Pass, Pipeline, check_same_function
 from hetsurgery.passes.fuse_relu_segment import FuseReluSegment
 from hetsurgery.passes.insert_identity import InsertIdentity
 from hetsurgery.passes.insert_zero_residual import InsertZeroResidual
+from hetsurgery.passes.map_groups import MapGroups
 from hetsurgery.passes.pad_width import PadWidth
 from hetsurgery.passes.remove_block import RemoveBlock
 from hetsurgery.passes.replay import from_spec, replay, specs
 from hetsurgery.passes.reset_batchnorm import ResetBatchNorm
 from hetsurgery.passes.zip_neurons import ZipNeurons
 
-__all__ = ["ApplyPermutation", "FuseReluSegment", "InsertIdentity", "InsertZeroResidual", "PadWidth", "Pass",
+__all__ = ["ApplyPermutation", "FuseReluSegment", "InsertIdentity", "InsertZeroResidual", "MapGroups", "PadWidth", "Pass",
            "Pipeline", "RemoveBlock", "ResetBatchNorm", "ZipNeurons", "check_same_function", "from_spec",
            "random_permutations", "replay", "specs"]

@@ -1,4 +1,5 @@
-"""``ApplyPermutation``: reorder the channels of groups in every tensor that holds them."""
+"""``ApplyPermutation``: reorder the channels of groups in every tensor that holds them (a ``MapGroups`` of
+permutations, after checking that they are permutations that the groups allow)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import ClassVar
 import torch
 
 from hetsurgery.errors import PassError
-from hetsurgery.ir import ModelGraph, PermGroup, SlotMaps, slots_by_param
+from hetsurgery.ir import ModelGraph, PermGroup
 from hetsurgery.passes.base import Recorded
+from hetsurgery.passes.map_groups import MapGroups
 
 
 @dataclass(frozen=True)
@@ -39,9 +41,8 @@ class ApplyPermutation(Recorded):
             grp = g.group(gid)
             perms[gid] = _as_indices(g, grp, perm)
             check_permutation(g, grp, perms[gid])
-        maps = SlotMaps({gid: (p, 1.0) for gid, p in perms.items()}, {gid: (p, 1.0) for gid, p in perms.items()})
-        by_param = slots_by_param(g.group(gid) for gid in perms)  # every dtype moves, integer buffers too
-        return g.with_updates({name: maps.transform(g.params[name], slots) for name, slots in by_param.items()})
+        moves = {gid: (p, 1.0) for gid, p in perms.items()}
+        return MapGroups(moves, moves).rewrite(g)  # integer buffers move too
 
 
 def _as_indices(g: ModelGraph, grp: PermGroup, perm: object) -> torch.Tensor:

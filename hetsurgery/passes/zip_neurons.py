@@ -1,4 +1,5 @@
-"""``ZipNeurons``: apply a merge ``M`` (``r x d``) and unmerge ``U`` (``d x r``) to a group; width becomes ``r``."""
+"""``ZipNeurons``: apply a merge ``M`` (``r x d``) and unmerge ``U`` (``d x r``) to a group; width becomes ``r``.
+A ``MapGroups`` of one group, after checking that the group may be zipped."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from typing import ClassVar
 import torch
 
 from hetsurgery.errors import PassError
-from hetsurgery.ir import Capability, ModelGraph, SlotMaps, slots_by_param
+from hetsurgery.ir import Capability, ModelGraph
 from hetsurgery.passes.base import Recorded
-from hetsurgery.passes.resize import resized_groups
+from hetsurgery.passes.map_groups import MapGroups
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,6 +39,4 @@ class ZipNeurons(Recorded):
         if d != grp.size or tuple(self.unmerge.shape) != (d, r):
             raise PassError(f"{g.name}: group {grp.id} has {grp.size} channels; merge must be r x {grp.size} and "
                             f"unmerge {grp.size} x r, got {tuple(self.merge.shape)} and {tuple(self.unmerge.shape)}")
-        maps = SlotMaps({grp.id: self.merge}, {grp.id: self.unmerge.T})
-        new = {name: maps.transform(g.params[name], slots) for name, slots in slots_by_param([grp]).items()}
-        return g.with_updates(new, resized_groups(g, {grp.id: r}))
+        return MapGroups({grp.id: self.merge}, {grp.id: self.unmerge.T}).rewrite(g)
