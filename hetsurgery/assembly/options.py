@@ -25,7 +25,7 @@ from hetsurgery.errors import MergeInputError
 from hetsurgery.merging.depth_options import DepthOptions
 from hetsurgery.merging.inputs import check_reset_bn
 from hetsurgery.merging.methods import METHODS
-from hetsurgery.merging.options import check_options
+from hetsurgery.merging.options import check_options, options_given
 
 Layers = str | Sequence[str]  # "all" or unit keys of the base
 Lam = float | Mapping[str, float]  # one λ for every selected unit, or one per unit
@@ -73,15 +73,7 @@ class AssemblyOptions:
     @staticmethod
     def given(options: AssemblyOptions | None, keywords: Mapping[str, Any]) -> AssemblyOptions:
         """``options`` as passed, or the value ``keywords`` make; never both."""
-        if options is None:
-            return AssemblyOptions.of(**keywords)
-        if not isinstance(options, AssemblyOptions):
-            raise MergeInputError(f"options must be an AssemblyOptions (AssemblyOptions.of(...)), not a "
-                                  f"{type(options).__name__}")
-        if keywords:
-            raise MergeInputError(f"give the assembly options either as options= or as keywords, not both "
-                                  f"({', '.join(sorted(keywords))} given beside options=)")
-        return options
+        return options_given(AssemblyOptions, options, keywords, AssemblyOptions.of)
 
 
 def check_selection(layers: object, lam: object, who: str) -> None:

@@ -18,7 +18,7 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -142,12 +142,21 @@ class MergeOptions:
     @staticmethod
     def given(options: MergeOptions | None, keywords: Mapping[str, Any]) -> MergeOptions:
         """``options`` as passed, or the value ``keywords`` make; never both."""
-        if options is None:
-            return MergeOptions.of(**keywords)
-        if not isinstance(options, MergeOptions):
-            raise MergeInputError(f"options must be a MergeOptions (MergeOptions.of(...)), not a "
-                                  f"{type(options).__name__}")
-        if keywords:
-            raise MergeInputError(f"give the merge options either as options= or as keywords, not both "
-                                  f"({', '.join(sorted(keywords))} given beside options=)")
-        return options
+        return options_given(MergeOptions, options, keywords, MergeOptions.of)
+
+
+Opts = TypeVar("Opts")
+
+
+def options_given(kind: type[Opts], options: Opts | None, keywords: Mapping[str, Any], make: Callable[..., Opts]
+                  ) -> Opts:
+    """An options value as a call gives it: ``options`` (a ``kind``), or ``make(**keywords)``; never both."""
+    if options is None:
+        return make(**keywords)
+    if not isinstance(options, kind):
+        raise MergeInputError(f"options must be a {kind.__name__} ({kind.__name__}.of(...)), not a "
+                              f"{type(options).__name__}")
+    if keywords:
+        raise MergeInputError(f"give the options either as options= or as keywords, not both "
+                              f"({', '.join(sorted(keywords))} given beside options=)")
+    return options
