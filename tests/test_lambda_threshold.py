@@ -92,6 +92,6 @@ def test_a_copy_of_the_base_gives_a_flat_curve_with_the_default_batchnorm_reset(
     base = randomise(hs.zoo.resnet((1, 1, 1)), 5)
     donor = hs.to_module(permuted(InsertZeroResidual("stage0", (1,))(hs.trace(base, x[:2])), 6)).eval()
     t = hs.find_lambda_threshold(base, donor, data, layers="all", metric="loss", tolerance=1e-4, depth="lma",
-                                 lambdas=(0.0, 0.005, 0.5, 1.0), refine=0, verify=2)
+                                 lambdas=(0.0, 0.005, 0.5, 1.0), refine=0, verify=2, resolution=0.25)
     assert t.threshold == 1.0
     assert all(abs(v - t.base_value) <= 1e-4 * abs(t.base_value) for _, v in t.probes)
