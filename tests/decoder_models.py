@@ -169,3 +169,37 @@ class Conv1DStack(nn.Module):
         x = x + self.c_proj(a)
         x = x + self.c_out(F.gelu(self.c_fc(self.ln(x)), approximate="tanh"))
         return F.linear(self.ln_f(x), self.wte.weight)
+
+
+class PostNormLayer(nn.Module):
+    """A BERT layer: ``LayerNorm(x + attention(x))``, then ``LayerNorm(x + mlp(x))`` (post-norm)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.out = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, d = x.shape
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = (t.view(b, s, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, s, d)
+        x = self.ln1(x + self.out(a))
+        return self.ln2(x + self.fc2(F.gelu(self.fc1(x))))
+
+
+class PostNormEncoder(nn.Module):
+    def __init__(self, vocab: int = 40, dim: int = 16, heads: int = 2, depth: int = 2) -> None:
+        super().__init__()
+        self.embed, self.pos = nn.Embedding(vocab, dim), nn.Embedding(16, dim)
+        self.ln = nn.LayerNorm(dim)
+        self.layers = nn.ModuleList(PostNormLayer(dim, heads) for _ in range(depth))
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.ln(self.embed(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device)))
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(x[:, 0])

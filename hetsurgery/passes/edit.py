@@ -40,7 +40,12 @@ def editable(g: ModelGraph) -> fx.GraphModule:
 
 def relift(gm: fx.GraphModule, g: ModelGraph, spec: Mapping[str, Any]) -> ModelGraph:
     """Lift the edited ``gm`` again with ``g``'s example inputs and name (unused submodules dropped); the new
-    graph's ``passes`` are ``g``'s and the ``spec`` of the pass that made it."""
+    graph's ``passes`` are ``g``'s and the ``spec`` of the pass that made it. New nodes may read values computed
+    after the place they were inserted at (a rotary table computed from the stream's size): the nodes are put
+    back in an order where every value exists before it is read, moving as few as possible."""
+    from torch.fx.passes.tools_common import stable_topological_sort
+
+    stable_topological_sort(gm)
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.delete_all_unused_submodules()
