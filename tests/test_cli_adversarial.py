@@ -297,9 +297,12 @@ def package(world: World) -> pathlib.Path:
 def test_export_and_render_write_only_new_files_into_a_package(package: pathlib.Path, world: World,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     outside = "choose a path outside the package"
-    for argv, message in ((["export", str(package), "-o", str(package / "model.py")], outside),
+    (world.root / "folder.onnx").mkdir()
+    for argv, message in ((["export", str(package), "-o", str(package / "model.py")], "does not end in .onnx"),
+                          (["export", str(package), "-o", str(package / "plan.onnx")], outside),
                           (["export", str(package), "-o", str(package / "other.onnx")], outside),
-                          (["export", str(package), "-o", str(world.neighbour)], "is a folder; give a file name"),
+                          (["export", str(package), "-o", str(world.root / "folder.onnx")],
+                           "is a folder; give a file name"),
                           (["render", str(package), "-o", str(package / "model.svg")], outside),
                           (["render", str(package), "-o", str(package / "sub" / "g.svg")], outside)):
         assert message in refused(argv, world, capsys)
