@@ -1,8 +1,10 @@
 """``render`` and ``export`` as functions: pick the output, check it against the inputs, then do the work.
 
 Their default outputs are new files in the package they read (``PACKAGE/graph.svg``,
-``PACKAGE/plan-group-N.svg``, ``PACKAGE/model.onnx``); any other output inside the package is refused,
-and so is an output over one of the run's inputs (see ``hetsurgery.config.paths``).
+``PACKAGE/plan-group-N.svg``, ``PACKAGE/depth-plan.svg``, ``PACKAGE/cka.png``, ``PACKAGE/model.onnx``); any
+other output inside the package is refused, and so is an output over one of the run's inputs (see
+``hetsurgery.config.paths``) and, without ``force``, an existing file that lies in no package (see
+``hetsurgery.export.outputs``). Every check runs before any work.
 """
 
 from __future__ import annotations
@@ -32,11 +34,24 @@ def draw(model: str, output: str | None, *, kwargs: Sequence[str] = (), input_sh
     ``render`` also gives is silenced: the caller shows the note once).
     """
     check_picture_options(group=group, depth=depth, cka=cka, names=names, plan_model=plan_model)
+    if output is not None:
+        _check_format(output, cka)  # a bad suffix before any work
+    package = Path(model) if is_package(model) else None
+    if package is None and (depth or cka):
+        raise InputError(f"--depth and --cka draw a package's depth plan: give a package folder, not {model!r}")
+    if package is None and group is not None:
+        raise InputError(f"--group draws a width plan: give a package folder with a plan.json, not {model!r}")
+    default = default_picture(model, group=group, depth=depth, cka=cka)
+    out = Path(output) if output is not None else default
+    inputs = code_inputs(model, Path.cwd(), "the factory") if package is None else []
+    check_file_output(_written(out, cka), inputs, package, _written(default, cka), force=force)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        if depth or cka:
-            return _draw_depth(model, output, names, cka, plan_model, force)
-        return _draw(model, output, kwargs, input_shape, group, names, trust_code, force)
+        if package is not None and (depth or cka):
+            return _draw_depth(package, out, names, cka, plan_model)
+        if package is not None and group is not None:
+            return _draw_group(package, out, group, names)
+        return render(model_graph(model, kwargs, input_shape, trust_code=trust_code), out)
 
 
 def check_picture_options(*, group: int | None, depth: bool, cka: bool, names: Sequence[str] | None,
@@ -52,46 +67,41 @@ def check_picture_options(*, group: int | None, depth: bool, cka: bool, names: S
         raise InputError("--plan-model picks the model of a depth plan: give it with --depth or --cka")
 
 
-def _draw_depth(model: str, output: str | None, names: Sequence[str] | None, cka: bool, plan_model: int | None,
-                force: bool) -> Picture:
-    if output is not None:
-        _check_format(output, cka)  # a bad suffix before any work
-    if not is_package(model):
-        raise InputError(f"--depth and --cka draw a package's depth plan: give a package folder, not {model!r}")
-    package = Path(model)
-    default = package / ("cka.png" if cka else "depth-plan.svg")
-    out = Path(output or default)
-    check_file_output(out if cka else written_path(out), [], package, default, force=force)
+def default_picture(model: str, *, group: int | None = None, depth: bool = False, cka: bool = False) -> Path:
+    """Where ``draw`` writes without an output: a new file in the package, or ``MODEL.svg`` here."""
+    if cka or depth or group is not None:
+        return Path(model) / ("cka.png" if cka else "depth-plan.svg" if depth else f"plan-group-{group}.svg")
+    return Path(model) / "graph.svg" if is_package(model) else Path(f"{model.replace(':', '-')}.svg")
+
+
+def picture_file(model: str, output: str | None, *, group: int | None = None, depth: bool = False,
+                 cka: bool = False) -> Path:
+    """The file ``draw`` writes (its ``.gv`` source instead of a picture when Graphviz's ``dot`` is missing)."""
+    return _written(Path(output) if output is not None else default_picture(model, group=group, depth=depth,
+                                                                            cka=cka), cka)
+
+
+def _written(path: Path, cka: bool) -> Path:
+    return path if cka else written_path(path)  # the CKA heatmap is drawn by matplotlib, not by dot
+
+
+def _draw_depth(package: Path, out: Path, names: Sequence[str] | None, cka: bool, plan_model: int | None
+                ) -> Picture:
     plan = read_depth(package)
     if plan is None:
-        raise InputError(f"{model} was saved without a depth plan (its models had the same depth)")
+        raise InputError(f"{package} was saved without a depth plan (its models had the same depth)")
     if cka:
         return Picture(cka_heatmap(plan, out, model=plan_model), rendered=True)
     return render(plan, out, model=plan_model, names=names)
 
 
-def _draw(model: str, output: str | None, kwargs: Sequence[str], input_shape: str, group: int | None,
-          names: Sequence[str] | None, trust_code: bool, force: bool) -> Picture:
-    if output is not None:
-        picture_format(output)  # refuse a bad suffix before any work
-    package = Path(model) if is_package(model) else None
-    if group is not None:
-        if package is None:
-            raise InputError(f"--group draws a width plan: give a package folder with a plan.json, not {model!r}")
-        default = package / f"plan-group-{group}.svg"
-        out = Path(output or default)
-        check_file_output(written_path(out), [], package, default, force=force)
-        plan = read_plan(package)
-        if plan is None:
-            raise InputError(f"{model} was saved without a plan")
-        if group not in plan.groups:
-            raise InputError(f"the plan has no group {group}; it has {', '.join(map(str, plan.groups))}")
-        return render(plan, out, group=group, names=names)
-    default = package / "graph.svg" if package is not None else Path(f"{model.replace(':', '-')}.svg")
-    out = Path(output or default)
-    check_file_output(written_path(out), code_inputs(model, Path.cwd(), "the factory"), package,
-                      written_path(default), force=force)
-    return render(model_graph(model, kwargs, input_shape, trust_code=trust_code), out)
+def _draw_group(package: Path, out: Path, group: int, names: Sequence[str] | None) -> Picture:
+    plan = read_plan(package)
+    if plan is None:
+        raise InputError(f"{package} was saved without a plan")
+    if group not in plan.groups:
+        raise InputError(f"the plan has no group {group}; it has {', '.join(map(str, plan.groups))}")
+    return render(plan, out, group=group, names=names)
 
 
 def _check_format(output: str, cka: bool) -> None:

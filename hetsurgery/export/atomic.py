@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from hetsurgery.export.commit import exchange, uninterrupted
+from hetsurgery.export.commit import exchange, replace_files, uninterrupted
 from hetsurgery.export.errors import InputError
 from hetsurgery.export.outputs import FolderKind, check_folder
 
@@ -35,7 +35,7 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     with parent_folders(path):
         try:
             yield tmp
-            os.replace(tmp, path)
+            replace_files([(tmp, path)])
         except OSError as exc:
             if exc.filename in (str(tmp), tmp):  # the folder refuses new files: a bad choice of output path
                 raise InputError(f"cannot write {path}: {exc.strerror or exc} in {path.parent}; choose an output "
