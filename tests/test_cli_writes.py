@@ -104,7 +104,8 @@ def refused(site: Site, argv: list[str], capsys: pytest.CaptureFixture[str], *fr
 
 @contextlib.contextmanager
 def locked(folder: pathlib.Path) -> Iterator[None]:
-    """``folder`` refuses every change: immutable (chattr +i, root included) or, for a user, read-only."""
+    """``folder`` (or a file) refuses every change: immutable (chattr +i, root included) or, for a user,
+    read-only."""
     if shutil.which("chattr") and subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0:
         try:
             yield
@@ -167,6 +168,13 @@ def test_an_immutable_package_is_refused_before_any_work(command: str, site: Sit
     argv = site.argv(command, out) if command != "render" else ["render", str(site.pkg), "--quiet"]
     with locked(site.pkg):
         refused(site, argv, capsys, "read-only or immutable")
+
+
+def test_a_package_with_an_immutable_file_is_not_replaced(site: Site, no_work: None,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The old package could not be removed once the new one is in place: refused before any work."""
+    with locked(site.pkg / "report.md"):
+        refused(site, site.argv("merge", site.pkg), capsys, "report.md in it is read-only or immutable")
 
 
 @pytest.mark.parametrize(("argv", "says"), [

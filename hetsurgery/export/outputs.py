@@ -58,8 +58,10 @@ def check_folder(path: Path, kind: FolderKind | None = None) -> None:
             noun = kind.noun if kind else "folder hetsurgery wrote"
             raise InputError(f"{path} exists and is not empty, and is not a {noun} ({reason}); only a {noun} is "
                              "replaced and other files are never deleted: choose a new or empty folder")
-        if not _writable(path):
-            raise InputError(f"cannot replace {path}: it is read-only or immutable; choose another output folder")
+        stuck = next((p for p in (path, *sorted(path.rglob("*"))) if not _writable(p)), None)
+        if stuck is not None:  # the old folder could not be removed after the new one is in place
+            what = "it is" if stuck == path else f"{stuck.relative_to(path)} in it is"
+            raise InputError(f"cannot replace {path}: {what} read-only or immutable; choose another output folder")
     _writable_home(path)
 
 
