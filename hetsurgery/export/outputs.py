@@ -53,7 +53,7 @@ def check_folder(path: Path, kind: FolderKind | None = None) -> None:
         if not path.is_dir():
             raise InputError(f"{path} exists and is not a folder; choose a new or empty folder for the "
                              f"{kind.noun if kind else 'output'}")
-        reason = None if not any(path.iterdir()) else kind.why_not(path) if kind else "it is not empty"
+        reason = _not_replaceable(path, kind)
         if reason is not None:
             noun = kind.noun if kind else "folder hetsurgery wrote"
             raise InputError(f"{path} exists and is not empty, and is not a {noun} ({reason}); only a {noun} is "
@@ -87,6 +87,13 @@ def check_file(path: Path, *, force: bool) -> None:
                          "overwrite it, or another output path")
     if path.exists() and not _writable(path):
         raise InputError(f"cannot write {path}: it is read-only or immutable; choose another output path")
+
+
+def _not_replaceable(folder: Path, kind: FolderKind | None) -> str | None:
+    """Why the existing ``folder`` may not be replaced (``None``: it is empty, or of ``kind``)."""
+    if not any(folder.iterdir()):
+        return None
+    return kind.why_not(folder) if kind is not None else "it is not empty"
 
 
 def _not_a_link(path: Path, what: str) -> None:
