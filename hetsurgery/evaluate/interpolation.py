@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hetsurgery.evaluate.metrics import predictions
+from hetsurgery.export.atomic import atomic_file
 from hetsurgery.ir.batches import model_input
 
 LAMBDAS = tuple(i / 20 for i in range(21))
@@ -96,9 +97,9 @@ def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
     import matplotlib.pyplot as plt
 
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        with atomic_file(out) as tmp:
+            fig.savefig(tmp, format=out.suffix.lstrip(".").lower() or None, dpi=120)
+    finally:
+        plt.close(fig)
     return out

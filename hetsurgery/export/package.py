@@ -35,7 +35,8 @@ from hetsurgery.export.codegen import InputSpec, dtype_name, layout_of, model_so
 from hetsurgery.export.errors import InputError
 from hetsurgery.export.graph_data import graph_document, graph_json
 from hetsurgery.export.integrity import check_finite, file_digest
-from hetsurgery.export.package_files import HASHED_FILES, is_package, not_a_package
+from hetsurgery.export.outputs import PACKAGE, check_folder
+from hetsurgery.export.package_files import HASHED_FILES, not_a_package
 from hetsurgery.export.reading import from_data, from_model_py, plan_file, random_inputs
 from hetsurgery.export.report import report_markdown
 from hetsurgery.export.round_trip import check_round_trip
@@ -71,17 +72,18 @@ def save(model_or_graph: nn.Module | ModelGraph, folder: str | os.PathLike[str],
     kept verbatim (a ``MergeReport``). ``example_inputs`` default to the ones the graph was traced with.
     ``plan.json`` keeps the width ``plan``, the ``depth`` plan, a graph's structural ``passes`` and, for an
     assembled model, the ``assembly`` record (``AssemblyResult.to_dict()``).
-    An existing package at ``folder`` is replaced and an empty folder written into; any other folder is
-    refused with ``InputError`` before anything is written (see ``package_files``).
+    An existing package at ``folder`` is replaced and an empty folder written into; any other folder, a
+    symbolic link and a place that cannot be written are refused with ``InputError`` before anything is
+    written (``hetsurgery.export.outputs``).
     """
-    _refuse_foreign(Path(folder))
+    check_folder(Path(folder), PACKAGE)  # before any work; atomic_folder checks again at the end
     gm, inputs, name = _lowered(model_or_graph, example_inputs, name)
     specs = [(tuple(x.shape), dtype_name(x.dtype)) for x in inputs] or _placeholder_specs(gm)
     layout = layout_of(gm)
     check_finite(layout.stored, f"{name}: nothing was written")
     source = model_source(gm, layout, specs, f"{name}: a model package written by hetsurgery.")
     graph = graph_json(graph_document(gm, layout, specs))
-    with atomic_folder(folder, may_replace=is_package) as tmp:
+    with atomic_folder(folder, PACKAGE) as tmp:
         (tmp / "model.py").write_text(source, encoding="utf-8")
         safetensors.torch.save_file(dict(layout.stored), str(tmp / "model.safetensors"),
                                     metadata={"format": "pt", "name": name, "written_by": versions()})
@@ -206,19 +208,6 @@ def _package_folder(folder: str | os.PathLike[str]) -> Path:
         raise InputError(f"{folder} is not a hetsurgery model package: {reason}. Write one with "
                          "hetsurgery.export.save or `hetsurgery merge CONFIG.yaml -o FOLDER`.")
     return folder
-
-
-def _refuse_foreign(folder: Path) -> None:
-    """``InputError`` unless ``folder`` is new, an empty folder or a package: save never deletes other files."""
-    if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
-        return
-    if not folder.is_dir():
-        raise InputError(f"{folder} exists and is not a folder; choose a new or empty folder for the package")
-    reason = not_a_package(folder)
-    if reason is not None:
-        raise InputError(f"{folder} exists and is not empty, and is not a hetsurgery package ({reason}); saving "
-                         "replaces only a package folder and never deletes other files. Choose a new or empty "
-                         "folder.")
 
 
 def _lowered(obj: nn.Module | ModelGraph, example_inputs: Sequence[torch.Tensor] | torch.Tensor | None,
