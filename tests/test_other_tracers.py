@@ -54,7 +54,8 @@ def test_a_graph_from_a_custom_tracer_with_a_leaf_and_concrete_args() -> None:
 
 def test_a_tiny_bert_traced_by_hugging_face() -> None:
     transformers = pytest.importorskip("transformers")
-    from transformers.utils.fx import symbolic_trace
+    symbolic_trace = pytest.importorskip("transformers.utils.fx", reason="transformers 5 removed transformers.utils.fx; "
+                                         "trace Hugging Face models with hs.trace (torch.export)").symbolic_trace
 
     config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                                      intermediate_size=32, max_position_embeddings=16, num_labels=3)

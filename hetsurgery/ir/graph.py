@@ -24,6 +24,7 @@ from torch import fx
 
 from hetsurgery.errors import IRError
 from hetsurgery.ir.facts import NodeFacts
+from hetsurgery.ir.front_end import FrontEnd
 from hetsurgery.ir.group import PermGroup
 from hetsurgery.ir.lowering import with_tensors
 from hetsurgery.ir.slots import Slot, overlaps
@@ -43,7 +44,7 @@ class ModelGraph:
     input. ``facts`` holds, per fx node name, what the lifter learned (``NodeFacts``); ``units`` and
     ``stages`` are the layers and residual blocks the depth passes work on; ``passes`` are the specs of the
     structural passes applied since tracing (``hetsurgery.passes.replay`` applies them to the traced model
-    again).
+    again). ``front_end`` says which front end traced the model and why (``FrontEnd``).
     """
 
     module: fx.GraphModule
@@ -56,6 +57,7 @@ class ModelGraph:
     units: tuple[Unit, ...] = field(default=(), repr=False)
     stages: tuple[Stage, ...] = field(default=(), repr=False)
     passes: tuple[Mapping[str, Any], ...] = field(default=(), repr=False)  # structural passes since tracing
+    front_end: FrontEnd = field(default=FrontEnd(), repr=False)  # how the model became this fx graph
 
     def __post_init__(self) -> None:
         for attr in ("params", "facts"):
@@ -149,10 +151,12 @@ class ModelGraph:
         return dg
 
     def summary(self) -> str:
-        """A table of the groups: id, size, structure, slots, what they admit, and why frozen."""
+        """A table of the groups: id, size, structure, slots, what they admit, and why frozen (after a line on
+        the front end, unless torch.fx traced the model as it is)."""
         head = f"{'id':>4} {'size':>6} {'blocks':>8} {'slots':>5} {'pad':>3} {'zip':>3}  label / frozen reason"
         lines = [f"ModelGraph {self.name}: {len(self.groups)} groups, "
-                 f"{sum(g.perm_ok for g in self.groups)} permutable, coverage {self.coverage():.3f}", head]
+                 f"{sum(g.perm_ok for g in self.groups)} permutable, coverage {self.coverage():.3f}",
+                 *([] if self.front_end.plain else [str(self.front_end)]), head]
         for g in self.groups:
             flags = f"{'y' if g.pad_ok else '-':>3} {'y' if g.zip_ok else '-':>3}"
             why = f"  [frozen: {g.frozen}]" if g.frozen else ""
