@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hetsurgery.evaluate.metrics import predictions
-from hetsurgery.ir.batches import model_input
+from hetsurgery.ir.batches import input_names, model_input
 
 LAMBDAS = tuple(i / 20 for i in range(21))
 
@@ -69,7 +69,7 @@ def _reset_bn(model: nn.Module, data: Iterable) -> None:
         m.train()
     with torch.no_grad():
         for batch in data:
-            model(model_input(batch))
+            model(*model_input(batch, input_names(model)))
     model.eval()
 
 

@@ -68,12 +68,14 @@ class Example:
                                                "of a traceable output)"))
         return self
 
-    def named(self, forward: Callable[..., Any]) -> dict[str, Any]:
+    def named(self, forward: Callable[..., Any], name: str = "the model") -> dict[str, Any]:
         """The inputs by the forward's parameter names (``TracingError`` when they do not bind)."""
         try:
             bound = inspect.signature(forward).bind_partial(*self.args, **self.kwargs)
         except TypeError as exc:
-            raise TracingError(f"the example inputs do not fit the model's forward{_signature(forward)}: {exc}") from None
+            given = ", ".join([*(f"{len(self.args)} positional" for _ in self.args[:1]), *self.kwargs])
+            raise TracingError(f"{name}: the example inputs ({given}) do not fit its forward{_signature(forward)}: "
+                               f"{exc}; give the inputs forward takes, by position or by name") from None
         out: dict[str, Any] = {}
         for name, value in bound.arguments.items():
             kind = bound.signature.parameters[name].kind

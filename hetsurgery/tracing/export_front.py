@@ -24,7 +24,7 @@ import dataclasses
 import inspect
 import operator
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import fx, nn
@@ -35,7 +35,7 @@ from torch.fx.node import map_aggregate, map_arg
 
 from hetsurgery.errors import TracingError
 from hetsurgery.tracing.aten_table import ATEN, Drop, bind
-from hetsurgery.tracing.export_layers import LAYERS, layer_class, module_class, module_path
+from hetsurgery.tracing.export_layers import LAYERS, module_path
 
 _HOP = torch._ops.HigherOrderOperator
 _INLINED = "inlined"  # the notes say which higher-order ops were inlined
@@ -67,7 +67,7 @@ def export_program(root: nn.Module, args: tuple[Any, ...], kwargs: Mapping[str, 
         try:
             ep = torch.export.export(root, args, dict(kwargs), dynamic_shapes=_auto_dims(root, args, kwargs),
                                      strict=False)
-        except Exception as dynamic:  # noqa: BLE001 - export raises many types for one cause
+        except Exception as dynamic:  # export raises many types for one cause
             try:
                 ep = torch.export.export(root, args, dict(kwargs), strict=False)
             except Exception as exc:
@@ -216,7 +216,7 @@ class _Normaliser:
             return self.graph.call_function(context, tuple(children))  # a namedtuple
         if dataclasses.is_dataclass(kind) and isinstance(context, (list, tuple)) \
                 and all(isinstance(k, str) for k in context):
-            return self.graph.call_function(kind, (), dict(zip(context, children, strict=True)))  # a ModelOutput
+            return self.graph.call_function(cast(Any, kind), (), dict(zip(context, children, strict=True)))  # ModelOutput
         raise TracingError(f"{self.name}: the model returns a {getattr(kind, '__qualname__', kind)}, a container "
                            "hetsurgery cannot rebuild; return tensors in tuples, lists, dicts, namedtuples or "
                            "dataclasses")

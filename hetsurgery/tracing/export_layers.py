@@ -54,7 +54,7 @@ class Layer:
     classes: tuple[type[nn.Module], ...]
     input: str
     tensors: tuple[tuple[str, str], ...]
-    attrs: Callable[[Bound, nn.Module], bool]
+    attrs: Callable[[Bound, Any], bool]  # (call, module): the module's attributes are the call's
     build: Callable[[Bound, type[nn.Module]], nn.Module | None]
 
     def matches(self, mod: nn.Module, bound: Bound) -> bool:
@@ -74,7 +74,7 @@ def _linear() -> Layer:
 def _conv(k: int) -> Layer:
     base: type[nn.Module] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[k]
 
-    def same(b: Bound, m: nn.Module) -> bool:
+    def same(b: Bound, m: Any) -> bool:
         pad = b["padding"] if isinstance(b["padding"], str) else _ints(b["padding"], k)
         return (m.padding_mode == "zeros" and tuple(m.stride) == _ints(b["stride"], k) and m.padding == pad
                 and tuple(m.dilation) == _ints(b["dilation"], k) and m.groups == b["groups"])
@@ -125,8 +125,8 @@ def _group_norm() -> Layer:
 
 
 def _batch_norm() -> Layer:
-    def same(b: Bound, m: nn.Module) -> bool:  # eval mode: the running statistics normalise
-        return not b["training"] and m.track_running_stats and m.eps == b["eps"]
+    def same(b: Bound, m: Any) -> bool:  # eval mode: the running statistics normalise
+        return not b["training"] and bool(m.track_running_stats) and m.eps == b["eps"]
 
     def build(b: Bound, cls: type[nn.Module]) -> nn.Module | None:
         mean = b.get("running_mean")

@@ -7,7 +7,7 @@ import os
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import fx, nn
@@ -99,10 +99,11 @@ def trace(
         raise TracingError(f"{name}: give example_inputs (a batch of the inputs the model takes)")
     example = Example.of(example_inputs)
     if isinstance(model, fx.GraphModule):
-        root = structural_copy(model)
+        root = cast(fx.GraphModule, structural_copy(model))
         inputs = _ordered(example, root, placeholder_names(root), name)
         g = lift_graph(inline_wrapped(root, inputs, name), inputs, name, probe=probe)
         return replace(g, front_end=FrontEnd(FrontEndKind.GRAPH, "given an fx.GraphModule"))
+    example.named(model.forward, name)  # inputs that do not fit are the caller's to fix, whatever the front end
     example = example.defaults_for(model)
     if frontend == "export":
         return _exported(model, example, name, probe, "asked for")
@@ -195,7 +196,7 @@ def _ordered(example: Example, root: nn.Module, names: Sequence[str], name: str)
     """The example's tensors in the order of the graph's placeholders."""
     if not example.keyword:
         return tuple(example.args)
-    named = example.named(root.forward)
+    named = example.named(root.forward, name)
     missing = [n for n in names if n not in named]
     if missing:
         raise TracingError(f"{name}: the graph takes {', '.join(names)}; the example inputs do not give "
