@@ -14,12 +14,12 @@ stays as it is (it runs; the channel rules then name it as an op they do not kno
 >>> g = fx.Graph()
 >>> x = g.placeholder("x")
 >>> aten = torch.ops.aten
->>> out = ATEN[aten.mean.dim].emit(g, bind(aten.mean.dim, (x, [-1], True), {}), 3, aten.mean.dim)
+>>> out = ATEN[aten.mean.dim].emit(g, bind(aten.mean.dim, (x, [-1], True), {}), x, aten.mean.dim)
 >>> out.op, out.target.__name__, out.args
 ('call_function', 'mean', (x, [-1], True))
->>> ATEN[aten.add.Tensor].emit(g, bind(aten.add.Tensor, (x, x), {}), 3, aten.add.Tensor).target
+>>> ATEN[aten.add.Tensor].emit(g, bind(aten.add.Tensor, (x, x), {}), x, aten.add.Tensor).target
 <built-in function add>
->>> out = ATEN[aten.add.Tensor].emit(g, bind(aten.add.Tensor, (x, x), {"alpha": 2}), 3, aten.add.Tensor)
+>>> out = ATEN[aten.add.Tensor].emit(g, bind(aten.add.Tensor, (x, x), {"alpha": 2}), x, aten.add.Tensor)
 >>> out.target.__module__, out.kwargs
 ('torch', {'alpha': 2})
 """
@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import fx
+from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
 aten = torch.ops.aten
 
@@ -79,9 +80,9 @@ def _equal(a: Any, b: Any) -> bool:
 class Rewrite:
     """How one aten overload is written at torch level."""
 
-    def emit(self, graph: fx.Graph, bound: Bound, rank: int, op: torch._ops.OpOverload) -> Any:
-        """The new node (or value) for the call; ``None`` when the rewrite declines. ``rank``: the first
-        tensor argument's number of dims."""
+    def emit(self, graph: fx.Graph, bound: Bound, node: fx.Node, op: torch._ops.OpOverload) -> Any:
+        """The new node (or value) for the call of ``op`` that the exported graph's ``node`` makes (its
+        metadata gives the argument shapes); ``None`` when the rewrite declines."""
         raise NotImplementedError
 
 
@@ -112,7 +113,7 @@ class Function(_Call):
 
     target: Callable[..., Any] = torch.clone
 
-    def emit(self, graph: fx.Graph, bound: Bound, rank: int, op: torch._ops.OpOverload) -> Any:
+    def emit(self, graph: fx.Graph, bound: Bound, node: fx.Node, op: torch._ops.OpOverload) -> Any:
         given = self.arguments(bound, op)
         return None if given is None else graph.call_function(self.target, *given)
 
@@ -123,7 +124,7 @@ class Method(_Call):
 
     name: str = "clone"
 
-    def emit(self, graph: fx.Graph, bound: Bound, rank: int, op: torch._ops.OpOverload) -> Any:
+    def emit(self, graph: fx.Graph, bound: Bound, node: fx.Node, op: torch._ops.OpOverload) -> Any:
         given = self.arguments(bound, op)
         return None if given is None else graph.call_method(self.name, *given)
 
@@ -142,9 +143,9 @@ class Choice(Rewrite):
 
     options: tuple[Rewrite, ...]
 
-    def emit(self, graph: fx.Graph, bound: Bound, rank: int, op: torch._ops.OpOverload) -> Any:
+    def emit(self, graph: fx.Graph, bound: Bound, node: fx.Node, op: torch._ops.OpOverload) -> Any:
         for option in self.options:
-            out = option.emit(graph, bound, rank, op)
+            out = option.emit(graph, bound, node, op)
             if out is not None:
                 return out
         return None
@@ -152,19 +153,20 @@ class Choice(Rewrite):
 
 @dataclass(frozen=True)
 class Custom(Rewrite):
-    """A rewrite that needs more than renaming: ``build(graph, bound, rank)``."""
+    """A rewrite that needs more than renaming: ``build(graph, bound, shape)``, ``shape`` the first argument's
+    (its dims ``SymInt`` where they are dynamic)."""
 
-    build: Callable[[fx.Graph, Bound, int], Any]
+    build: Callable[[fx.Graph, Bound, tuple[Any, ...]], Any]
 
-    def emit(self, graph: fx.Graph, bound: Bound, rank: int, op: torch._ops.OpOverload) -> Any:
-        return self.build(graph, bound, rank)
+    def emit(self, graph: fx.Graph, bound: Bound, node: fx.Node, op: torch._ops.OpOverload) -> Any:
+        return self.build(graph, bound, input_shape(node))
 
 
 @dataclass(frozen=True)
 class Same(Rewrite):
     """The call's value is its first argument (``alias``: a view of the whole tensor)."""
 
-    def emit(self, graph: fx.Graph, bound: Bound, rank: int, op: torch._ops.OpOverload) -> Any:
+    def emit(self, graph: fx.Graph, bound: Bound, node: fx.Node, op: torch._ops.OpOverload) -> Any:
         return bound["self"]
 
 
@@ -172,41 +174,59 @@ class Same(Rewrite):
 class Drop(Rewrite):
     """A check export inserts (dtype asserts, range constraints): nothing in the model reads it."""
 
-    def emit(self, graph: fx.Graph, bound: Bound, rank: int, op: torch._ops.OpOverload) -> Any:
+    def emit(self, graph: fx.Graph, bound: Bound, node: fx.Node, op: torch._ops.OpOverload) -> Any:
         return None
+
+
+def input_shape(node: fx.Node) -> tuple[Any, ...]:
+    """The shape of the call's first tensor argument (``()`` when none is a tensor)."""
+    for a in node.all_input_nodes:
+        val = a.meta.get("val")
+        if isinstance(val, torch.Tensor):
+            return tuple(val.shape)
+    return ()
 
 
 def _norm(d: int, rank: int) -> int:
     return d + rank if d < 0 else d
 
 
-def _slice(graph: fx.Graph, b: Bound, rank: int) -> Any:
+def _slice(graph: fx.Graph, b: Bound, shape: tuple[Any, ...]) -> Any:
     """``slice(x, dim, start, end, step)`` -> ``x[:, start:end:step]`` (``x`` itself for ``x[:]``)."""
     start = None if b.get("start") in (None, 0) else b["start"]
     end = None if isinstance(b.get("end"), int) and b["end"] >= _LAST else b.get("end")
     step = None if b.get("step", 1) == 1 else b["step"]
     if (start, end, step) == (None, None, None):
         return b["self"]
-    index = (*(slice(None),) * _norm(b.get("dim", 0), rank), slice(start, end, step))
+    index = (*(slice(None),) * _norm(b.get("dim", 0), len(shape)), slice(start, end, step))
     return graph.call_function(operator.getitem, (b["self"], index))
 
 
-def _select(graph: fx.Graph, b: Bound, rank: int) -> fx.Node:
+def _select(graph: fx.Graph, b: Bound, shape: tuple[Any, ...]) -> fx.Node:
     """``select(x, dim, i)`` -> ``x[:, i]``."""
-    return graph.call_function(operator.getitem, (b["self"], (*(slice(None),) * _norm(b["dim"], rank), b["index"])))
+    index = (*(slice(None),) * _norm(b["dim"], len(shape)), b["index"])
+    return graph.call_function(operator.getitem, (b["self"], index))
 
 
-def _index(graph: fx.Graph, b: Bound, rank: int) -> fx.Node:
+def _unflatten(graph: fx.Graph, b: Bound, shape: tuple[Any, ...]) -> fx.Node:
+    """``unflatten(x, dim, sizes)`` -> ``x.view(n, l, *sizes)``, a dynamic dim read as ``x.size(d)``."""
+    d = _norm(b["dim"], len(shape))
+    dims = [int(s) if is_concrete_int(s) else graph.call_method("size", (b["self"], i))
+            for i, s in enumerate(shape) if i != d]
+    return graph.call_method("view", (b["self"], [*dims[:d], *b["sizes"], *dims[d:]]))
+
+
+def _index(graph: fx.Graph, b: Bound, shape: tuple[Any, ...]) -> fx.Node:
     """``index(x, [None, i])`` -> ``x[:, i]`` (aten's ``None`` takes a dim whole)."""
     items = tuple(slice(None) if i is None else i for i in b["indices"])
     return graph.call_function(operator.getitem, (b["self"], items[0] if len(items) == 1 else items))
 
 
-def _einsum(graph: fx.Graph, b: Bound, rank: int) -> fx.Node | None:
+def _einsum(graph: fx.Graph, b: Bound, shape: tuple[Any, ...]) -> fx.Node | None:
     return graph.call_function(torch.einsum, (b["equation"], *b["tensors"])) if b.get("path") is None else None
 
 
-def _embedding(graph: fx.Graph, b: Bound, rank: int) -> fx.Node:
+def _embedding(graph: fx.Graph, b: Bound, shape: tuple[Any, ...]) -> fx.Node:
     """``embedding(weight, indices, padding_idx)`` -> ``F.embedding(indices, weight, padding_idx)``."""
     pad = b.get("padding_idx", -1)
     return graph.call_function(F.embedding, (b["indices"], b["weight"]) + (() if pad == -1 else (pad,)))
@@ -214,7 +234,7 @@ def _embedding(graph: fx.Graph, b: Bound, rank: int) -> fx.Node:
 
 def _softmax(target: Callable[..., Any]) -> Custom:
     """``_softmax(x, dim, half_to_float=False)`` -> ``torch.softmax(x, dim)``."""
-    return Custom(lambda g, b, r: None if b["half_to_float"] else g.call_function(target, (b["self"], b["dim"])))
+    return Custom(lambda g, b, s: None if b["half_to_float"] else g.call_function(target, (b["self"], b["dim"])))
 
 
 _SIZES = ("size",)
@@ -238,7 +258,7 @@ ATEN: Mapping[torch._ops.OpOverload, Rewrite] = MappingProxyType({
     aten.squeeze.dims: method("squeeze", "dim"), aten.flatten.using_ints: function(torch.flatten, "self", "start_dim", "end_dim"),
     aten.split.Tensor: method("split", "split_size", "dim"), aten.split_with_sizes.default: method("split", "split_sizes", "dim"),
     aten.chunk.default: method("chunk", "chunks", "dim"), aten.unbind.int: function(torch.unbind, "self", "dim"),
-    aten.narrow.default: method("narrow", "dim", "start", "length"),
+    aten.narrow.default: method("narrow", "dim", "start", "length"), aten.unflatten.int: Custom(_unflatten),
     aten.slice.Tensor: Custom(_slice), aten.select.int: Custom(_select), aten.index.Tensor: Custom(_index),
     aten.cat.default: function(torch.cat, "tensors", "dim"), aten.stack.default: function(torch.stack, "tensors", "dim"),
     aten.sym_size.int: method("size", "dim"), aten.repeat.default: method("repeat", "repeats"),

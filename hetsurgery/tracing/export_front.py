@@ -10,7 +10,8 @@ module holding the model's tensors under their own names:
   call ``aten_table.ATEN`` names; overloads outside both tables stay as they are (they run, and the channel
   rules name them as ops they do not know);
 - ``wrap_with_set_grad_enabled`` and ``wrap_with_autocast`` with autocast off are inlined (exact for
-  inference); any other higher-order op stays a call of its subgraph, which the rules name;
+  inference); any other higher-order op (``flat_apply`` in transformers 4.57's vmapped masks) stays a call,
+  its subgraph or constants held by the root as ``_export_<name>``; the rules name it where it meets a channel;
 - the inputs are placeholders named after the forward's parameters (constants such as ``use_cache=False``
   are baked in); the output is rebuilt in the model's own structure (a ``ModelOutput``, a dict, a tuple).
 
@@ -49,10 +50,11 @@ class _Attr:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Sub:
-    """The subgraph of a higher-order op."""
+class _Held:
+    """What the exported graph module holds besides its tensors: a higher-order op's subgraph, or a constant
+    one of its calls takes (the ``TreeSpec`` of ``flat_apply``)."""
 
-    module: fx.GraphModule
+    value: Any
     target: str
 
 
@@ -85,8 +87,8 @@ def _auto_dims(root: nn.Module, args: tuple[Any, ...], kwargs: Mapping[str, Any]
 
 
 def _auto(v: Any) -> Any:
-    if isinstance(v, torch.Tensor):
-        return {d: torch.export.Dim.AUTO for d in range(v.dim())} or None
+    if isinstance(v, torch.Tensor):  # a dim of size 1 is specialised whatever is asked (torch warns then)
+        return {d: torch.export.Dim.AUTO for d in range(v.dim()) if v.shape[d] > 1} or None
     if isinstance(v, (tuple, list)):
         return type(v)(_auto(x) for x in v)
     if isinstance(v, dict):
@@ -151,7 +153,7 @@ class _Normaliser:
         gm = fx.GraphModule(self.root, self.graph, type(self.root).__name__)
         _keep_kinds(gm, self.root, self.constants)
         notes = [f"{_INLINED} {n}× {op} (exact for inference)" for op, n in self.inlined.items()]
-        notes += [f"kept higher-order op {k} as a call of its subgraph" for k in self.kept]
+        notes += [f"kept higher-order op {k} as it is" for k in self.kept]
         return gm, tuple(notes)
 
     # -- inputs and outputs ----------------------------------------------------------------------
@@ -229,7 +231,7 @@ class _Normaliser:
             if node.op == "output":
                 return map_arg(node.args[0], env.__getitem__)
             if node.op == "get_attr":
-                env[node] = _Sub(getattr(owner, str(node.target)), str(node.target))
+                env[node] = _Held(getattr(owner, str(node.target)), str(node.target))
                 continue
             args, kwargs = map_arg((node.args, node.kwargs), env.__getitem__)
             env[node] = self._call(node, args, kwargs)
@@ -250,7 +252,7 @@ class _Normaliser:
             if isinstance(rewrite, Drop):
                 return None
             if rewrite is not None:
-                out = rewrite.emit(self.graph, {k: self._value(v) for k, v in bound.items()}, _rank(node), target)
+                out = rewrite.emit(self.graph, {k: self._value(v) for k, v in bound.items()}, node, target)
                 if out is not None:
                     self._note_size(node, out)
                     return out
@@ -274,7 +276,7 @@ class _Normaliser:
         except AttributeError:
             return None
         tensors = {k: self._tensor(v) for k, v in bound.items()}
-        if not layer.matches(mod, tensors) or isinstance(bound[layer.input], (_Attr, _Sub)):
+        if not layer.matches(mod, tensors) or isinstance(bound[layer.input], (_Attr, _Held)):
             return None
         return self.graph.call_module(path, (self._value(bound[layer.input]),))
 
@@ -285,11 +287,11 @@ class _Normaliser:
             inline = 1
         elif hop is torch.ops.higher_order.wrap_with_autocast and not args[2]:  # (device, dtype, enabled, cache, ...)
             inline = 4
-        if inline is not None and not kwargs and isinstance(args[inline], _Sub):
-            sub: _Sub = args[inline]
-            holes = [n for n in sub.module.graph.nodes if n.op == "placeholder"]
+        sub = args[inline] if inline is not None and not kwargs else None
+        if isinstance(sub, _Held) and isinstance(sub.value, fx.GraphModule):
+            holes = [n for n in sub.value.graph.nodes if n.op == "placeholder"]
             self.inlined[str(getattr(hop, "__name__", hop))] += 1
-            return self._run(sub.module.graph, dict(zip(holes, args[inline + 1:], strict=True)), sub.module)
+            return self._run(sub.value.graph, dict(zip(holes, args[inline + 1:], strict=True)), sub.value)
         self.kept.append(f"{getattr(hop, '__name__', hop)} at node {node.name}")
         return self.graph.create_node("call_function", hop, self._value(args), self._value(kwargs), node.name)
 
@@ -297,17 +299,23 @@ class _Normaliser:
     def _value(self, a: Any) -> Any:
         """``a`` with every lazily read tensor and subgraph turned into a ``get_attr`` node."""
         return map_aggregate(a, lambda x: self._attr(x.target) if isinstance(x, _Attr) else
-                             self._sub(x) if isinstance(x, _Sub) else x)
+                             self._held(x) if isinstance(x, _Held) else x)
 
     def _attr(self, target: str) -> fx.Node:
         if target not in self.attrs:
             self.attrs[target] = self.graph.get_attr(target)
         return self.attrs[target]
 
-    def _sub(self, sub: _Sub) -> fx.Node:
-        path = f"_export_{sub.target}"
+    def _held(self, held: _Held) -> fx.Node:
+        """A ``get_attr`` of what the exported graph module held, put on the root as ``_export_<its name>``."""
+        path = f"_export_{held.target.replace('.', '_')}"
         if not _has(self.root, path):
-            self.root.add_module(path, sub.module)
+            if isinstance(held.value, nn.Module):
+                self.root.add_module(path, held.value)
+            else:
+                setattr(self.root, path, held.value)
+                if isinstance(held.value, torch.Tensor):
+                    self.constants.append(path)
         return self._attr(path)
 
     def _tensor(self, v: Any) -> Any:
@@ -320,15 +328,6 @@ class _Normaliser:
 
 def _children(spec: Any) -> list[Any]:
     return list(spec.children()) if callable(getattr(spec, "children", None)) else list(spec.children_specs)
-
-
-def _rank(node: fx.Node) -> int:
-    """The number of dims of the call's first tensor argument (0 when none is a tensor)."""
-    for a in node.all_input_nodes:
-        val = a.meta.get("val")
-        if isinstance(val, torch.Tensor):
-            return val.dim()
-    return 0
 
 
 def _has(root: nn.Module, path: str) -> bool:

@@ -102,7 +102,7 @@ def trace(
         root = cast(fx.GraphModule, structural_copy(model))
         inputs = _ordered(example, root, placeholder_names(root), name)
         g = lift_graph(inline_wrapped(root, inputs, name), inputs, name, probe=probe)
-        return replace(g, front_end=FrontEnd(FrontEndKind.GRAPH, "given an fx.GraphModule"))
+        return replace(g, front_end=FrontEnd(FrontEndKind.GRAPH))
     example.named(model.forward, name)  # inputs that do not fit are the caller's to fix, whatever the front end
     example = example.defaults_for(model)
     if frontend == "export":
@@ -111,7 +111,7 @@ def trace(
         return _fx(model, example, leaf_modules, concrete_args, name, probe)
     except TracingError as failed:
         if frontend == "fx":
-            raise
+            raise TracingError(str(failed)) from failed.__cause__
         line = failed.line if isinstance(failed, _FxFailed) else _one_line(str(failed))
         try:
             return _exported(model, example, name, probe, f"torch.fx failed: {line}")
