@@ -24,7 +24,8 @@ import collections
 import dataclasses
 import inspect
 import operator
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any, cast
 
 import torch
@@ -282,13 +283,10 @@ class _Normaliser:
 
     def _higher_order(self, node: fx.Node, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         hop = node.target
-        inline = None
-        if hop is torch.ops.higher_order.wrap_with_set_grad_enabled:  # (enabled, subgraph, *inputs)
-            inline = 1
-        elif hop is torch.ops.higher_order.wrap_with_autocast and not args[2]:  # (device, dtype, enabled, cache, ...)
-            inline = 4
-        sub = args[inline] if inline is not None and not kwargs else None
-        if isinstance(sub, _Held) and isinstance(sub.value, fx.GraphModule):
+        where = _INLINE.get(hop)
+        inline = where(args) if where is not None and not kwargs else None
+        sub = args[inline] if inline is not None else None
+        if inline is not None and isinstance(sub, _Held) and isinstance(sub.value, fx.GraphModule):
             holes = [n for n in sub.value.graph.nodes if n.op == "placeholder"]
             self.inlined[str(getattr(hop, "__name__", hop))] += 1
             return self._run(sub.value.graph, dict(zip(holes, args[inline + 1:], strict=True)), sub.value)
@@ -324,6 +322,13 @@ class _Normaliser:
             return v
         owner, _, leaf = v.target.rpartition(".")
         return getattr(self.root.get_submodule(owner), leaf)
+
+
+# the higher-order ops whose subgraph is inlined, exactly for inference: where their subgraph argument is
+_INLINE: Mapping[Any, Callable[[tuple[Any, ...]], int | None]] = MappingProxyType({
+    torch.ops.higher_order.wrap_with_set_grad_enabled: lambda args: 1,  # (enabled, subgraph, *inputs)
+    torch.ops.higher_order.wrap_with_autocast: lambda args: None if args[2] else 4,  # (device, dtype, enabled, ...)
+})
 
 
 def _children(spec: Any) -> list[Any]:
