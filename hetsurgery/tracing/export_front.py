@@ -12,6 +12,8 @@ module holding the model's tensors under their own names:
 - ``wrap_with_set_grad_enabled`` and ``wrap_with_autocast`` with autocast off are inlined (exact for
   inference); any other higher-order op (``flat_apply`` in transformers 4.57's vmapped masks) stays a call,
   its subgraph or constants held by the root as ``_export_<name>``; the rules name it where it meets a channel;
+- tensor constants the forward made are written back as ``torch.tensor([...])`` when small, else kept as
+  buffers (outside the ``state_dict``) of the module that made them;
 - the inputs are placeholders named after the forward's parameters (constants such as ``use_cache=False``
   are baked in); the output is rebuilt in the model's own structure (a ``ModelOutput``, a dict, a tuple).
 
@@ -38,9 +40,11 @@ from torch.fx.node import map_aggregate, map_arg
 from hetsurgery.errors import TracingError
 from hetsurgery.tracing.aten_table import ATEN, Drop, bind
 from hetsurgery.tracing.export_layers import LAYERS, module_path
+from hetsurgery.tracing.export_vmap import outline_vmaps
 
 _HOP = torch._ops.HigherOrderOperator
 _INLINED = "inlined"  # the notes say which higher-order ops were inlined
+_LITERAL = 16  # lifted constants of at most this many elements are written as torch.tensor([...]) calls
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +52,14 @@ class _Attr:
     """A tensor of the root read by ``get_attr`` (made only where something other than a layer call reads it)."""
 
     target: str
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Literal:
+    """A small tensor constant the forward made from Python numbers (``torch.tensor(1.0)``): written back as
+    ``torch.tensor([...])`` where it is read."""
+
+    value: torch.Tensor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +153,7 @@ class _Normaliser:
         self.graph = fx.Graph()
         self.attrs: dict[str, fx.Node] = {}
         self.sizes: set[fx.Node] = set()  # nodes computing sizes: dropped when nothing reads them
-        self.constants: list[str] = []  # where the lifted tensor constants were put on the root
+        self.constants: list[str] = []  # notes: the lifted tensor constants kept as buffers
         self.inlined: collections.Counter[str] = collections.Counter()
         self.kept: list[str] = []
 
@@ -151,9 +163,8 @@ class _Normaliser:
         for node in reversed(list(self.graph.nodes)):
             if not node.users and (node.op == "get_attr" or node in self.sizes):
                 self.graph.erase_node(node)
-        gm = fx.GraphModule(self.root, self.graph, type(self.root).__name__)
-        _keep_kinds(gm, self.root, self.constants)
-        notes = [f"{_INLINED} {n}× {op} (exact for inference)" for op, n in self.inlined.items()]
+        gm = outline_vmaps(fx.GraphModule(self.root, self.graph, type(self.root).__name__))
+        notes = [*self.constants, *(f"{_INLINED} {n}× {op} (exact for inference)" for op, n in self.inlined.items())]
         notes += [f"kept higher-order op {k} as it is" for k in self.kept]
         return gm, tuple(notes)
 
@@ -168,7 +179,8 @@ class _Normaliser:
             if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER):
                 env[node] = _Attr(str(spec.target))
             elif spec.kind is InputKind.CONSTANT_TENSOR:
-                env[node] = _Attr(self._home(node, str(spec.target)))
+                value = self.ep.constants[str(spec.target)]
+                env[node] = _Literal(value) if value.numel() <= _LITERAL else _Attr(self._home(node, str(spec.target)))
             elif spec.kind is InputKind.USER_INPUT:
                 val = node.meta.get("val")
                 if isinstance(val, torch.Tensor):
@@ -183,14 +195,15 @@ class _Normaliser:
         return env
 
     def _home(self, node: fx.Node, target: str) -> str:
-        """Put a lifted tensor constant on the module whose forward made it, under export's name for it."""
+        """Put a lifted tensor constant on the module whose forward made it, under export's name for it, as a
+        buffer outside the ``state_dict`` (like the ``_tensor_constant``s of torch.fx)."""
         owner = next((p for u in node.users if (p := module_path(u))), "")
         leaf = target.replace(".", "_")
         path = f"{owner}.{leaf}" if owner else leaf
         while _has(self.root, path):
             path += "_"
         _put(self.root, path, self.ep.constants[target])
-        self.constants.append(path)
+        self.constants.append(f"lifted constant {target} kept as buffer {path}")
         return path
 
     def _output(self, flat: Any) -> None:
@@ -296,8 +309,17 @@ class _Normaliser:
     # -- values ----------------------------------------------------------------------------------
     def _value(self, a: Any) -> Any:
         """``a`` with every lazily read tensor and subgraph turned into a ``get_attr`` node."""
-        return map_aggregate(a, lambda x: self._attr(x.target) if isinstance(x, _Attr) else
-                             self._held(x) if isinstance(x, _Held) else x)
+        return map_aggregate(a, self._one)
+
+    def _one(self, x: Any) -> Any:
+        if isinstance(x, _Attr):
+            return self._attr(x.target)
+        if isinstance(x, _Held):
+            return self._held(x)
+        if isinstance(x, _Literal):
+            t = x.value
+            return self.graph.call_function(torch.tensor, (t.tolist(),), {"dtype": t.dtype, "device": t.device})
+        return x
 
     def _attr(self, target: str) -> fx.Node:
         if target not in self.attrs:
@@ -310,10 +332,10 @@ class _Normaliser:
         if not _has(self.root, path):
             if isinstance(held.value, nn.Module):
                 self.root.add_module(path, held.value)
+            elif isinstance(held.value, torch.Tensor):
+                self.root.register_buffer(path, held.value, persistent=False)
             else:
                 setattr(self.root, path, held.value)
-                if isinstance(held.value, torch.Tensor):
-                    self.constants.append(path)
         return self._attr(path)
 
     def _tensor(self, v: Any) -> Any:
@@ -344,30 +366,11 @@ def _has(root: nn.Module, path: str) -> bool:
 
 
 def _put(root: nn.Module, path: str, value: torch.Tensor) -> None:
-    """A plain tensor attribute (neither parameter nor buffer) at ``path``, creating empty modules on the way."""
+    """A buffer outside the ``state_dict`` at ``path``, creating empty modules on the way."""
     *parts, leaf = path.split(".")
     mod = root
     for part in parts:
         if not hasattr(mod, part):
             mod.add_module(part, nn.Module())
         mod = getattr(mod, part)
-    setattr(mod, leaf, value)
-
-
-def _keep_kinds(gm: fx.GraphModule, root: nn.Module, constants: list[str]) -> None:
-    """``fx.GraphModule`` registers every tensor a ``get_attr`` reads as a persistent buffer: buffers that are
-    not persistent in ``root`` (a rotary embedding's ``inv_freq``) are made so again, and lifted constants
-    plain attributes again (they are neither parameters nor part of the ``state_dict``)."""
-    persistent = set(root.state_dict(keep_vars=True))
-    for name, _ in list(root.named_buffers(remove_duplicate=False)):
-        if name not in persistent and _has(gm, name):
-            owner, _, leaf = name.rpartition(".")
-            mod = gm.get_submodule(owner)
-            if leaf in mod._buffers:
-                mod.register_buffer(leaf, mod._buffers[leaf], persistent=False)
-    for path in constants:
-        owner, _, leaf = path.rpartition(".")
-        mod = gm.get_submodule(owner)
-        value = mod._buffers.pop(leaf, None)
-        if value is not None:
-            setattr(mod, leaf, value)
+    mod.register_buffer(leaf, value, persistent=False)

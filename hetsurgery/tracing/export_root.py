@@ -46,7 +46,7 @@ def program_root(ep: ExportedProgram) -> nn.Module:
             owner.register_parameter(leaf, t)
         else:
             owner.register_buffer(leaf, t, persistent=persistent)
-    return root
+    return root.eval()  # the program is one forward in one mode: its BatchNorm calls read the running statistics
 
 
 def _layers(gm: fx.GraphModule, by_arg: Mapping[str, torch.Tensor],
