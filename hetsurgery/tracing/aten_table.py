@@ -35,7 +35,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import fx
-from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
 aten = torch.ops.aten
 
@@ -178,6 +177,14 @@ class Drop(Rewrite):
         return None
 
 
+def static_int(size: Any) -> int | None:
+    """A dim's size when it is a number (an int, or a ``SymInt`` export pinned to one); ``None`` when dynamic."""
+    if isinstance(size, int):
+        return size
+    node = getattr(size, "node", None)
+    return node.maybe_as_int() if node is not None else None
+
+
 def input_shape(node: fx.Node) -> tuple[Any, ...]:
     """The shape of the call's first tensor argument (``()`` when none is a tensor)."""
     for a in node.all_input_nodes:
@@ -211,7 +218,7 @@ def _select(graph: fx.Graph, b: Bound, shape: tuple[Any, ...]) -> fx.Node:
 def _unflatten(graph: fx.Graph, b: Bound, shape: tuple[Any, ...]) -> fx.Node:
     """``unflatten(x, dim, sizes)`` -> ``x.view(n, l, *sizes)``, a dynamic dim read as ``x.size(d)``."""
     d = _norm(b["dim"], len(shape))
-    dims = [int(s) if is_concrete_int(s) else graph.call_method("size", (b["self"], i))
+    dims = [static_int(s) if static_int(s) is not None else graph.call_method("size", (b["self"], i))
             for i, s in enumerate(shape) if i != d]
     return graph.call_method("view", (b["self"], [*dims[:d], *b["sizes"], *dims[d:]]))
 

@@ -34,11 +34,10 @@ import torch
 from torch import fx, nn
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind, OutputKind
-from torch.fx.experimental.symbolic_shapes import is_concrete_int
 from torch.fx.node import map_aggregate, map_arg
 
 from hetsurgery.errors import TracingError
-from hetsurgery.tracing.aten_table import ATEN, Drop, bind
+from hetsurgery.tracing.aten_table import ATEN, Drop, bind, static_int
 from hetsurgery.tracing.export_layers import LAYERS, module_path
 from hetsurgery.tracing.export_vmap import outline_vmaps
 
@@ -121,7 +120,7 @@ def dynamic_dims(ep: ExportedProgram, inputs: Mapping[str, torch.Tensor]) -> tup
         val = node.meta.get("val")
         if node.op != "placeholder" or node.name not in inputs or not isinstance(val, torch.Tensor):
             continue
-        symbolic = [d for d, s in enumerate(val.shape) if not is_concrete_int(s)]
+        symbolic = [d for d, s in enumerate(val.shape) if static_int(s) is None]
         if symbolic:
             dims.append(f"{node.name} {', '.join(map(str, symbolic))}")
         if val.dim() and 0 not in symbolic and inputs[node.name].shape[0] == 1:
