@@ -42,7 +42,6 @@ from hetsurgery.tracing.export_layers import LAYERS, module_path
 from hetsurgery.tracing.export_vmap import outline_vmaps
 
 _HOP = torch._ops.HigherOrderOperator
-_INLINED = "inlined"  # the notes say which higher-order ops were inlined
 _LITERAL = 16  # lifted constants of at most this many elements are written as torch.tensor([...]) calls
 
 
@@ -163,7 +162,7 @@ class _Normaliser:
             if not node.users and (node.op == "get_attr" or node in self.sizes):
                 self.graph.erase_node(node)
         gm = outline_vmaps(fx.GraphModule(self.root, self.graph, type(self.root).__name__))
-        notes = [*self.constants, *(f"{_INLINED} {n}× {op} (exact for inference)" for op, n in self.inlined.items())]
+        notes = [*self.constants, *(f"inlined {n}× {op} (exact for inference)" for op, n in self.inlined.items())]
         notes += [f"kept higher-order op {k} as it is" for k in self.kept]
         return gm, tuple(notes)
 
@@ -289,7 +288,7 @@ class _Normaliser:
         except AttributeError:
             return None
         tensors = {k: self._tensor(v) for k, v in bound.items()}
-        if not layer.matches(mod, tensors) or isinstance(bound[layer.input], (_Attr, _Held)):
+        if not layer.matches(mod, tensors) or isinstance(bound[layer.input], (_Attr, _Held, _Literal)):
             return None
         return self.graph.call_module(path, (self._value(bound[layer.input]),))
 
