@@ -1,7 +1,8 @@
 """Hugging Face models through the torch.export front end: tiny random models built from configs (nothing is
 downloaded) of nine families trace (torch.fx fails on each, torch.export takes over and the graph says why),
-keep their parameter names, compute the model's output on batches of another size and length, lift from an
-``ExportedProgram`` to the same groups, leave the model as it was, merge from dict batches and export to ONNX.
+keep their parameter names, compute the model's output on batches of another size and length (also with every
+permutable group permuted), lift from an ``ExportedProgram`` to the same groups, leave the model as it was,
+merge from dict batches and export to ONNX.
 
 Coverage is not asserted here beyond "the export path finds groups": rotary embeddings, grouped-query
 attention and GPT-2's Conv1D freeze groups until their channel rules land; each family's first summary lines
@@ -23,6 +24,7 @@ from torch import nn
 import hetsurgery as hs
 from hetsurgery.export import to_onnx
 from hetsurgery.ir import FrontEndKind
+from hetsurgery.passes import ApplyPermutation, random_permutations
 
 transformers = pytest.importorskip("transformers")
 T = transformers
@@ -100,8 +102,10 @@ def test_each_family_traces_through_torch_export_and_computes_the_models_output(
     assert set(g.params) <= own_names(model)
     assert g.groups and (g.coverage() > 0 or "torch.addmm" in g.summary())  # GPT-2's Conv1D: named until its rule
     other = inputs(family, 3, 5, seed=1)  # another batch size and sequence length than the example's
+    moved = hs.to_module(ApplyPermutation(random_permutations(g, 3))(g))  # every permutable group
     with torch.no_grad():
         want, got = run(model, other), hs.to_module(g)(**other)
+        assert rel_err(main_output(want), main_output(moved(**other))) <= 1e-5
     assert type(got) is type(want) and list(got.keys()) == list(want.keys())
     assert rel_err(main_output(want), main_output(got)) <= 1e-5
 
