@@ -125,6 +125,23 @@ def test_keyword_inputs_through_fx_fix_the_others_at_their_defaults() -> None:
         assert rel_err(model(ids, scale=2.0)[0], hs.to_module(scaled)(ids)[0]) <= 1e-6
 
 
+def test_concrete_args_away_from_their_defaults_trace_with_positional_inputs() -> None:
+    class Pool(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(1, 4, 3), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor, pool: str = "mean") -> torch.Tensor:
+            h = self.conv(x)
+            return self.fc(h.mean((2, 3)) if pool == "mean" else h.amax((2, 3)))
+
+    model, x = Pool().eval(), torch.randn(2, 1, 6, 6)
+    g = hs.trace(model, x, concrete_args={"pool": "max"})  # fx's assert on the fixed value no longer fires
+    assert [n.name for n in g.module.graph.nodes if n.op == "placeholder"] == ["x"]
+    with torch.no_grad():
+        assert rel_err(model(x, pool="max"), hs.to_module(g)(x)) <= 1e-6
+
+
 def test_keyword_inputs_through_export_are_named_inputs_of_the_graph() -> None:
     model = randomise(Masked())
     g = hs.trace(model, {"ids": _ids(2, 5), "mask": torch.ones(2, 5), "scale": 0.5}, frontend="export")
