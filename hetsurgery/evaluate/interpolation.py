@@ -18,7 +18,7 @@ from torch import nn
 
 from hetsurgery.evaluate.metrics import predictions
 from hetsurgery.export.atomic import atomic_file
-from hetsurgery.ir.batches import model_input
+from hetsurgery.ir.batches import input_names, model_input
 
 LAMBDAS = tuple(i / 20 for i in range(21))
 
@@ -70,7 +70,7 @@ def _reset_bn(model: nn.Module, data: Iterable) -> None:
         m.train()
     with torch.no_grad():
         for batch in data:
-            model(model_input(batch))
+            model(*model_input(batch, input_names(model)))
     model.eval()
 
 

@@ -24,6 +24,7 @@ from torch import fx
 
 from hetsurgery.errors import IRError
 from hetsurgery.ir.facts import NodeFacts
+from hetsurgery.ir.front_end import FrontEnd
 from hetsurgery.ir.group import PermGroup
 from hetsurgery.ir.lowering import with_tensors
 from hetsurgery.ir.slots import Slot, overlaps
@@ -43,7 +44,7 @@ class ModelGraph:
     input. ``facts`` holds, per fx node name, what the lifter learned (``NodeFacts``); ``units`` and
     ``stages`` are the layers and residual blocks the depth passes work on; ``passes`` are the specs of the
     structural passes applied since tracing (``hetsurgery.passes.replay`` applies them to the traced model
-    again).
+    again). ``front_end`` says which front end traced the model and why (``FrontEnd``).
     """
 
     module: fx.GraphModule
@@ -58,6 +59,7 @@ class ModelGraph:
     passes: tuple[Mapping[str, Any], ...] = field(default=(), repr=False)  # structural passes since tracing
     distrusted: Mapping[str, str] = field(default_factory=dict, repr=False)  # parameter -> a use no rule follows
     axis_notes: Mapping[tuple[str, int], str] = field(default_factory=dict, repr=False)  # why an axis has no group
+    front_end: FrontEnd = field(default=FrontEnd(), repr=False)  # how the model became this fx graph
 
     def __post_init__(self) -> None:
         for attr in ("params", "facts", "distrusted", "axis_notes"):
@@ -151,11 +153,13 @@ class ModelGraph:
         return dg
 
     def summary(self) -> str:
-        """A table of the groups: id, size, structure, slots, what they admit, and why frozen."""
+        """A table of the groups: id, size, structure, slots, what they admit, and why frozen (after a line on
+        the front end, unless torch.fx traced the model as it is), then every parameter not covered and why."""
         w = max([8, *(len(str(g.structure)) for g in self.groups)])
         head = f"{'id':>4} {'size':>6} {'blocks':>{w}} {'slots':>5} {'pad':>3} {'zip':>3}  label / frozen reason"
         lines = [f"ModelGraph {self.name}: {len(self.groups)} groups, "
-                 f"{sum(g.perm_ok for g in self.groups)} permutable, coverage {self.coverage():.3f}", head]
+                 f"{sum(g.perm_ok for g in self.groups)} permutable, coverage {self.coverage():.3f}",
+                 *([] if self.front_end.plain else [str(self.front_end)]), head]
         missing = self.uncovered()
         for g in self.groups:
             flags = f"{'y' if g.pad_ok else '-':>3} {'y' if g.zip_ok else '-':>3}"

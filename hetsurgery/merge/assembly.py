@@ -41,6 +41,7 @@ from torch import nn
 
 from hetsurgery.errors import MergeInputError
 from hetsurgery.ir import ModelGraph
+from hetsurgery.ir.batches import example_of
 from hetsurgery.ir.lowering import to_module
 from hetsurgery.merge.assembly_donor import prepare_donor, reset_batchnorm_after
 from hetsurgery.merge.assembly_record import DonorRecord, UnitRecord, record_dict, units_table
@@ -226,10 +227,9 @@ def _check_finite(model: nn.Module, name: str) -> None:
             raise MergeInputError(f"{name}: {pname} holds NaN or Inf; fix or retrain the model first")
 
 
-def _first_batch(data: Iterable | None) -> torch.Tensor:
+def _first_batch(data: Iterable | None) -> torch.Tensor | dict[str, object]:
     if data is None:
         raise MergeInputError("give example_inputs= or calibration data to trace the models")
     for batch in data:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return x[:2]
+        return example_of(batch)
     raise MergeInputError("the calibration data is empty")

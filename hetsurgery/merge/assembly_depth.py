@@ -36,6 +36,7 @@ import torch
 
 from hetsurgery.errors import MergeInputError, PassError
 from hetsurgery.ir import ModelGraph, Site, UnitKind
+from hetsurgery.ir.batches import Inputs, input_names, model_input
 from hetsurgery.merge.correspond import on_anchor_names
 from hetsurgery.merge.depth import DepthOptions, check_pairable
 from hetsurgery.passes import FuseReluSegment, InsertIdentity, InsertZeroResidual, Pipeline, RemoveBlock
@@ -188,9 +189,9 @@ def _features(base: ModelGraph, donor: ModelGraph, keys: Sequence[str], data: It
         for batch in data:
             if opts.samples is not None and seen >= opts.samples:
                 return
-            x = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(target)
+            x = model_input(batch, input_names(taps[0].module)).to(target)
             x = x if opts.samples is None else x[:opts.samples - seen]
-            seen += x.shape[0]
+            seen += x.samples
             yield taps[0].features(x), taps[1].features(x)
 
 
@@ -209,8 +210,8 @@ class _Tap:
         tap = tap_module(g, nodes)
         return _Tap(tap.to(device) if device is not None else tap, tuple(units), sites)
 
-    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        outs = self.module(x)
+    def features(self, x: Inputs) -> dict[str, torch.Tensor]:
+        outs = self.module(*x)
         return {u: site_view(out, s, out.shape[s.dim]) for u, s, out in zip(self.units, self.sites, outs, strict=True)}
 
 
@@ -297,7 +298,7 @@ def branch_share(g: ModelGraph, keys: Sequence[str], data: Iterable) -> dict[str
     norm = torch.zeros(len(units), dtype=torch.float64)
     with torch.no_grad():
         for batch in data:
-            outs = tap(batch[0] if isinstance(batch, (tuple, list)) else batch)
+            outs = tap(*model_input(batch, input_names(tap)))
             for i in range(len(units)):
                 entry, exit_ = outs[2 * i].double(), outs[2 * i + 1].double()
                 diff[i] += (exit_ - entry).square().sum()

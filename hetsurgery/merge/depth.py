@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from hetsurgery.errors import MergeInputError, PassError
 from hetsurgery.ir import ModelGraph, Site, UnitKind
-from hetsurgery.ir.batches import model_input
+from hetsurgery.ir.batches import Inputs, input_names, model_input
 from hetsurgery.merge.correspond import on_anchor_names
 from hetsurgery.merge.fusion import FuseReport, compare
 from hetsurgery.passes import FuseReluSegment, InsertIdentity, InsertZeroResidual, Pipeline
@@ -208,9 +208,9 @@ def _similarities(graphs: Sequence[ModelGraph], anchor: int, data: Iterable | No
         for batch in tqdm(data, desc="unit similarity", unit="batch", disable=not progress, leave=False):
             if opts.samples is not None and seen >= opts.samples:
                 break
-            x = model_input(batch).to(target)
+            x = model_input(batch, input_names(taps[anchor].module)).to(target)
             x = x if opts.samples is None else x[:opts.samples - seen]
-            seen += x.shape[0]
+            seen += x.samples
             ref = taps[anchor].features(x)
             for k in others:
                 own = taps[k].features(x)
@@ -258,10 +258,10 @@ class _Tap:
         tap = tap_module(g, list(nodes))
         return _Tap(tap.to(device) if device is not None else tap, nodes, units, dims)
 
-    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def features(self, x: Inputs) -> dict[str, torch.Tensor]:
         """Each unit's features as an ``(A, C, M)`` view: every position (batch, pixels, tokens) is a sample."""
         return {u: site_view(out, Site(n, d), out.shape[d])
-                for u, n, d, out in zip(self.units, self.nodes, self.dims, self.module(x), strict=True)}
+                for u, n, d, out in zip(self.units, self.nodes, self.dims, self.module(*x), strict=True)}
 
 
 def _channel_dim(g: ModelGraph, node: str) -> int:

@@ -13,7 +13,7 @@ from torch import nn
 
 from hetsurgery.errors import MergeInputError
 from hetsurgery.ir import ModelGraph, SlotMaps, slots_by_param, transform_params
-from hetsurgery.ir.batches import model_input
+from hetsurgery.ir.batches import example_of
 from hetsurgery.ir.lowering import to_module
 from hetsurgery.merge.combine import combine
 from hetsurgery.merge.depth import DepthOptions, balance_depths, check_depths
@@ -281,10 +281,9 @@ def _check_finite(model: nn.Module, name: str) -> None:
             raise MergeInputError(f"{name}: {pname} holds NaN or Inf; fix or retrain the model before merging")
 
 
-def _first_batch(data: Iterable | None) -> torch.Tensor:
+def _first_batch(data: Iterable | None) -> torch.Tensor | dict[str, object]:
     if data is None:
         raise MergeInputError("give example_inputs= or calibration data to trace the models")
     for batch in data:
-        x = model_input(batch)
-        return x[:2]
+        return example_of(batch)
     raise MergeInputError("the calibration data is empty")

@@ -50,7 +50,7 @@ def relift(gm: fx.GraphModule, g: ModelGraph, spec: Mapping[str, Any]) -> ModelG
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
-    return replace(lift_graph(gm, g.example_inputs, g.name), passes=(*g.passes, dict(spec)))
+    return replace(lift_graph(gm, g.example_inputs, g.name), passes=(*g.passes, dict(spec)), front_end=g.front_end)
 
 
 def node_named(gm: fx.GraphModule, name: str) -> fx.Node:

@@ -11,7 +11,7 @@ from torch import nn
 
 from hetsurgery.errors import PassError
 from hetsurgery.ir import ModelGraph
-from hetsurgery.ir.batches import model_input
+from hetsurgery.ir.batches import input_names, model_input
 from hetsurgery.ir.lowering import to_module
 
 
@@ -52,13 +52,13 @@ class ResetBatchNorm:
         seen = 0
         with torch.no_grad():
             for batch in self.data:
-                x = model_input(batch)
+                x = model_input(batch, input_names(model))
                 if self.max_samples is not None:
                     if seen >= self.max_samples:
                         break
                     x = x[:self.max_samples - seen]
-                model(x.to(run_on))
-                seen += x.shape[0]
+                model(*x.to(run_on))
+                seen += x.samples
         if seen == 0:
             raise PassError(f"{g.name}: ResetBatchNorm got no calibration batches")
         updates = {}
