@@ -326,6 +326,8 @@ class Lifter:
         for members in classes.values():
             counts = {groups[g].structure.count for g in members}
             why_not = [r for g in members for x in atoms_of[g] for r in x.stuck]
+            why_not += [f"the heads it moves with (group {g}) are frozen: {groups[g].frozen}" for g in members
+                        if groups[g].frozen is not None]
             heads = all(any(x.heads for x in atoms_of[g]) for g in members)
             moves = heads and not why_not and len(counts) == 1 and counts != {1}
             for g in members:

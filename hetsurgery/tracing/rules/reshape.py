@@ -243,9 +243,7 @@ def _regroup_heads(lx: Lifter, node: fx.Node, x: Heads, a: tuple[int, ...],
     if gi_b[:1] == [x.block_dim] and len(gi_b) == 2 and gi_b[1] in copies and len(gj_b) == 1 and gi_d == [x.dim] \
             and len(gj_d) == 1:  # repeat_kv: (heads, copies) -> heads * copies, each head repeated in a row
         return replace(x, block_dim=gj_b[0], dim=gj_d[0], repeat=x.repeat * a[gi_b[1]])
-    if x.repeat > 1:
-        return None
-    if gi_b == gi_d and len(gj_b) == 1 and gi_b[:2] == [x.dim, x.block_dim]:  # channel shuffle: heads interleave
+    if gi_b == gi_d and len(gj_b) == 1 and gi_b[:2] == [x.dim, x.block_dim] and x.repeat == 1:  # channel shuffle
         parts = tuple(Chan(x.dim, (Seg(lx.sub_var(x.var, h * x.size, (h + 1) * x.size), x.size),))
                       for h in range(x.count))
         return _merge_pieces(lx, node, Pieces(x.block_dim, parts), gi_b, gj_b[0], a)
