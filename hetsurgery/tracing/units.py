@@ -110,8 +110,9 @@ def _residual_halves(g: ModelGraph, flow: nx.DiGraph, order: dict[str, int]) -> 
 
 def _input_dependent(flow: nx.DiGraph) -> set[str]:
     """The nodes whose values depend on the model input's values: what depends on its shape only (positions
-    from ``x.shape[1]``, a rotary table, a causal mask) is a constant here, shared by every block."""
-    starts = [n for n, d in flow.nodes(data=True) if d["op"] == "placeholder"]
+    from ``x.shape[1]``, a rotary table, a causal mask) is a constant here, shared by every block, and so is what
+    depends only on inputs that no layer reads as its data (an attention mask)."""
+    starts = _data_inputs(flow)
     out, todo = set(starts), list(starts)
     while todo:
         n = todo.pop()
@@ -122,6 +123,28 @@ def _input_dependent(flow: nx.DiGraph) -> set[str]:
                 out.add(succ)
                 todo.append(succ)
     return {n for n in out if flow.nodes[n]["op"] != "output"}
+
+
+def _data_inputs(flow: nx.DiGraph) -> list[str]:
+    """The model inputs whose values a layer reads as its data: through nodes that carry no group, the first
+    argument of a node that writes one (an embedding's ids, a conv's pixels; not an attention's mask). All the
+    inputs when none is."""
+    inputs = [n for n, d in flow.nodes(data=True) if d["op"] == "placeholder"]
+    out = []
+    for p in inputs:
+        seen, todo = {p}, [p]
+        while todo:
+            n = todo.pop()
+            for succ in flow.successors(n):
+                if flow.nodes[succ]["writes"] and flow.nodes[succ]["kind"] is not OpKind.SHAPE:
+                    if _first_input(flow, succ) == n:
+                        out.append(p)
+                        todo = []
+                        break
+                elif succ not in seen and flow.nodes[succ]["kind"] is not OpKind.SHAPE:
+                    seen.add(succ)
+                    todo.append(succ)
+    return out or inputs
 
 
 def _is_residual_add(g: ModelGraph, flow: nx.DiGraph, name: str) -> bool:
