@@ -80,6 +80,7 @@ def _residual_halves(g: ModelGraph, flow: nx.DiGraph, order: dict[str, int]) -> 
 
     live = _input_dependent(flow)
     dag = flow.subgraph(live).copy()
+    dag.remove_edges_from([(n, s) for n in live if flow.nodes[n]["kind"] is OpKind.SHAPE for s in flow.successors(n)])
     dag.add_edges_from((_ROOT, n) for n in live if flow.nodes[n]["op"] == "placeholder")
     idom = nx.immediate_dominators(dag, _ROOT) if live else {}
     halves = []
