@@ -102,7 +102,7 @@ def _layer_count(weights: Mapping[str, torch.Tensor], like: nn.Module) -> int | 
     n = getattr(getattr(like, "config", None), "num_hidden_layers", None)
     if n is None:
         return None
-    for container in _containers(like.state_dict()):
+    for container in _containers(like.state_dict()).items():
         if len(container[1]) == n:
             return len(_containers(weights).get(container[0], set()))
     return None
