@@ -84,7 +84,11 @@ def _updated_config(config: Any, weights: Mapping[str, torch.Tensor], like: nn.M
     new = copy.deepcopy(config)
     layers = _layer_count(weights, like)
     if layers is not None and hasattr(new, "num_hidden_layers"):
+        old = new.num_hidden_layers
         new.num_hidden_layers = layers
+        for key, value in new.to_dict().items():  # per-layer settings (Qwen2's layer_types): one per layer
+            if isinstance(value, list) and len(value) == old and old and hasattr(new, key):
+                setattr(new, key, [value[min(i, old - 1)] for i in range(layers)])
     sizes: dict[int, int] = {}
     ref = like.state_dict()
     for name, t in weights.items():
