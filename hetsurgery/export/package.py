@@ -32,6 +32,7 @@ from torch import fx, nn
 from hetsurgery.errors import ExportError
 from hetsurgery.export.atomic import atomic_folder
 from hetsurgery.export.codegen import InputSpec, dtype_name, layout_of, model_source, versions
+from hetsurgery.export.containers import plain_outputs
 from hetsurgery.export.errors import InputError
 from hetsurgery.export.graph_data import graph_document, graph_json
 from hetsurgery.export.integrity import check_finite, file_digest
@@ -214,9 +215,9 @@ def _lowered(obj: nn.Module | ModelGraph, example_inputs: Sequence[torch.Tensor]
              name: str | None) -> tuple[fx.GraphModule, list[torch.Tensor], str]:
     given = [example_inputs] if isinstance(example_inputs, torch.Tensor) else list(example_inputs or [])
     if isinstance(obj, ModelGraph):
-        return to_module(obj), given or list(obj.example_inputs), name or obj.name
+        return plain_outputs(to_module(obj)), given or list(obj.example_inputs), name or obj.name
     if isinstance(obj, fx.GraphModule):
-        return obj, given, name or type(obj).__name__
+        return plain_outputs(obj), given, name or type(obj).__name__
     if isinstance(obj, nn.Module):
         try:
             gm = fx.symbolic_trace(obj)

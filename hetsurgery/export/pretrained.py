@@ -60,8 +60,24 @@ def to_pretrained(g: ModelGraph, like: nn.Module) -> nn.Module:
             model = type(like)(config)
     _check_names(g, model, weights)
     model.load_state_dict(weights, strict=True, assign=config is not None)
+    _unsaved_buffers(model, like)
     _tie_again(model)
     return model.eval()
+
+
+def _unsaved_buffers(model: nn.Module, like: nn.Module) -> None:
+    """Buffers the class makes itself and does not save (a rotary table) were built on the meta device: take
+    ``like``'s (the config that computes them is the same)."""
+    theirs = dict(like.named_buffers())
+    for name, buf in list(model.named_buffers()):
+        if buf.is_meta:
+            mine = theirs.get(name)
+            if mine is None or mine.shape != buf.shape:
+                raise ExportError(f"{type(model).__name__}: buffer {name} is not saved with the weights and "
+                                  f"{type(like).__name__} has none of its shape to take")
+            owner, _, leaf = name.rpartition(".")
+            module = model.get_submodule(owner) if owner else model
+            module.register_buffer(leaf, mine.detach().clone(), persistent=leaf not in module._non_persistent_buffers_set)
 
 
 def _as_saved_by(like: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -26,6 +26,7 @@ class OpKind(enum.Enum):
     ELEMENTWISE = "elementwise"  # activations, dropout, identity, casts: channel-wise, finite at 0
     SPATIAL = "spatial"  # pooling and resizing over the dims after the channel dim
     BINARY = "binary"  # add/sub/mul/div/max/min of tensors, with broadcasting
+    WHERE = "where"  # torch.where(cond, a, b): a or b, element by element, chosen by a mask
     CONCAT = "concat"  # torch.cat
     SPLIT = "split"  # chunk / split / tensor_split / unbind / narrow
     ROLL = "roll"  # torch.roll: a cyclic shift along dims

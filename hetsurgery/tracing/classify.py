@@ -49,7 +49,7 @@ FUNCTIONS: dict[object, OpKind] = {
     torch.cat: K.CONCAT, torch.concat: K.CONCAT,
     **dict.fromkeys([torch.chunk, torch.split, torch.tensor_split, torch.unbind, torch.narrow], K.SPLIT),
     torch.roll: K.ROLL, torch.einsum: K.EINSUM, F.linear: K.FUNCTIONAL_LINEAR, F.normalize: K.NORMALIZE,
-    torch.addmm: K.ADDMM, torch.repeat_interleave: K.REPEAT,
+    torch.addmm: K.ADDMM, torch.repeat_interleave: K.REPEAT, torch.where: K.WHERE,
     **dict.fromkeys([F.layer_norm, F.rms_norm], K.LAYER_NORM),
     **dict.fromkeys([torch.max, torch.min, torch.argmax, torch.argmin], K.EXTREMUM),
     **dict.fromkeys([torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like], K.SHAPE),

@@ -55,9 +55,10 @@ _ALWAYS = (OpKind.PLACEHOLDER, OpKind.OUTPUT, OpKind.GET_ATTR)
 _PIECES_KNOWN = frozenset({OpKind.OUTPUT, OpKind.ELEMENTWISE, OpKind.TRANSPOSE, OpKind.UNSQUEEZE, OpKind.RESHAPE,
                            OpKind.FLATTEN, OpKind.GETITEM, OpKind.SPLIT, OpKind.SHAPE, OpKind.CONTAINER})
 # the rules that follow part of every head (``HeadSlice``, a rotary embedding's halves); others give up on it
-_SLICES_KNOWN = frozenset({OpKind.ELEMENTWISE, OpKind.BINARY, OpKind.CONCAT})
+_SLICES_KNOWN = frozenset({OpKind.ELEMENTWISE, OpKind.BINARY, OpKind.WHERE, OpKind.CONCAT})
 # the rules that follow attention weights (``HeadIndex``); after any other op their heads stay in place
-_WEIGHTS_KNOWN = frozenset({OpKind.ELEMENTWISE, OpKind.BINARY, OpKind.SOFTMAX, OpKind.MATMUL, OpKind.ATTENTION,
+_WEIGHTS_KNOWN = frozenset({OpKind.ELEMENTWISE, OpKind.BINARY, OpKind.WHERE, OpKind.SOFTMAX, OpKind.MATMUL,
+                            OpKind.ATTENTION,
                             OpKind.OUTPUT, OpKind.CONTAINER, OpKind.SHAPE})
 
 

@@ -43,6 +43,7 @@ _ADD = frozenset({operator.add, operator.iadd, torch.add, "add", "add_"})
 _FOLLOWERS = frozenset({OpKind.BATCH_NORM, OpKind.ELEMENTWISE})
 _LAYERS = frozenset({OpKind.LINEAR, OpKind.CONV})
 _WEIGHTED = frozenset({*_LAYERS, OpKind.FUNCTIONAL_LINEAR, OpKind.ADDMM, OpKind.MULTIHEAD_ATTENTION})
+_READS_DATA = frozenset({*_WEIGHTED, OpKind.EMBEDDING, OpKind.BATCH_NORM, OpKind.LAYER_NORM, OpKind.GROUP_NORM})
 _QUIET = frozenset({OpKind.GET_ATTR, OpKind.GETITEM, OpKind.SHAPE})  # not part of a block's op signature
 
 
@@ -128,8 +129,8 @@ def _input_dependent(flow: nx.DiGraph) -> set[str]:
 
 def _data_inputs(flow: nx.DiGraph) -> list[str]:
     """The model inputs whose values a layer reads as its data: through nodes that carry no group, the first
-    argument of a node that writes one (an embedding's ids, a conv's pixels; not an attention's mask). All the
-    inputs when none is."""
+    argument of a layer (an embedding's ids, a conv's pixels; not an attention's mask, not the condition of a
+    ``where``). All the inputs when none is."""
     inputs = [n for n, d in flow.nodes(data=True) if d["op"] == "placeholder"]
     out = []
     for p in inputs:
@@ -138,7 +139,7 @@ def _data_inputs(flow: nx.DiGraph) -> list[str]:
             n = todo.pop()
             for succ in flow.successors(n):
                 if flow.nodes[succ]["writes"] and flow.nodes[succ]["kind"] is not OpKind.SHAPE:
-                    if _first_input(flow, succ) == n:
+                    if flow.nodes[succ]["kind"] in _READS_DATA and _first_input(flow, succ) == n:
                         out.append(p)
                         todo = []
                         break

@@ -43,6 +43,7 @@ RULES: dict[OpKind, Rule] = {
     OpKind.ELEMENTWISE: pointwise.elementwise,
     OpKind.SPATIAL: pointwise.spatial,
     OpKind.BINARY: pointwise.binary,
+    OpKind.WHERE: pointwise.where,
     OpKind.CONCAT: pointwise.concat,
     OpKind.SPLIT: split.split,
     OpKind.ROLL: shifts.roll,

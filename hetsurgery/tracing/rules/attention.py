@@ -19,6 +19,7 @@ from torch import fx, nn
 from hetsurgery.ir import Role, Slot
 from hetsurgery.tracing.lifter import Lifter, free_of
 from hetsurgery.tracing.rules.args import arg, rank, shape, value
+from hetsurgery.tracing.rules.pointwise import per_head_bias
 from hetsurgery.tracing.values import (
     Chan,
     Free,
@@ -119,9 +120,11 @@ def scaled_dot_product_attention(lx: Lifter, node: fx.Node) -> Value:
     q, k, v = (value(lx, s) for s in srcs)
     mask_src = arg(node, 3, "attn_mask")
     mask = value(lx, mask_src)
-    if isinstance(mask, (Chan, Heads, HeadSlice, HeadIndex, Param)):
-        lx.give_up([mask], f"attention mask that carries channels at node {node.name}")
     r = rank(srcs[0])
+    bias = isinstance(mask, Chan) and isinstance(q, Heads) and \
+        per_head_bias(lx, node, HeadIndex(q.block_dim, q.var, q.extent), mask.moved(mask.dim + r - rank(mask_src)))
+    if isinstance(mask, (Chan, Heads, HeadSlice, HeadIndex, Param)) and not bias:
+        lx.give_up([mask], f"attention mask that carries channels at node {node.name}")
     if arg(node, 7, "enable_gqa", False) and isinstance(k, Heads) and isinstance(v, Heads) and isinstance(q, Heads):
         k, v = _repeated_for(q, k), _repeated_for(q, v)  # F.sdpa(..., enable_gqa=True) repeats them itself
     if isinstance(q, (Chan, Heads)) or isinstance(k, (Chan, Heads)):
@@ -134,7 +137,7 @@ def scaled_dot_product_attention(lx: Lifter, node: fx.Node) -> Value:
         return lx.give_up([q, k, v], f"attention on parameters at node {node.name}")
     if isinstance(q, Heads):
         weights = HeadIndex(q.block_dim, q.var, q.extent)
-        if _per_head(mask_src, q.block_dim, r):
+        if _per_head(mask_src, q.block_dim, r) and not bias:
             lx.stick(vars_of(q), f"a mask that differs between heads at node {node.name}")
         if isinstance(v, Heads):
             return _weighted_values(lx, node, weights, v, r, rank(srcs[2]), rank(node))

@@ -109,6 +109,34 @@ def binary(lx: Lifter, node: fx.Node) -> Value:
     return result
 
 
+def where(lx: Lifter, node: fx.Node) -> Value:
+    """``torch.where(cond, a, b)``: ``a`` and ``b`` join as in arithmetic; the mask must not carry channels, and
+    must be the same along every channel dim (extent 1, or an ``expand``ed copy: T5 masks its per-head bias)."""
+    cond_src, a, b = arg(node, 0, "condition"), arg(node, 1, "input"), arg(node, 2, "other")
+    cond = value(lx, cond_src)
+    operands = [(x, value(lx, x)) for x in (a, b)]
+    result = join_aligned(lx, node, operands, rank(node))
+    dims = channel_dims(result) if isinstance(result, (Chan, Heads)) else \
+        (result.dim,) if isinstance(result, HeadIndex) else ()
+    if not isinstance(cond, Free) or not _same_along(cond_src, rank(node), dims):
+        if isinstance(result, HeadIndex):
+            lx.stick([result.var], f"a mask that differs between heads at node {node.name}")
+            return result
+        return lx.give_up([cond, result], f"a mask that differs along the channels at node {node.name}")
+    return result
+
+
+def _same_along(src: Any, out_rank: int, dims: tuple[int, ...]) -> bool:
+    """Whether tensor ``src`` takes one value along each of ``dims`` (of a result of rank ``out_rank``)."""
+    s = shape(src)
+    if s is None:
+        return True
+    meta = src.meta.get("tensor_meta") if isinstance(src, fx.Node) else None
+    stride = getattr(meta, "stride", None) or (1,) * len(s)
+    lead = out_rank - len(s)
+    return all(d - lead < 0 or s[d - lead] == 1 or stride[d - lead] == 0 for d in dims)
+
+
 def join_aligned(lx: Lifter, node: fx.Node, operands: list[tuple[Any, Any]], out_rank: int) -> Value:
     """Join tensors that broadcast against each other; parameters among them become slots."""
     if any(isinstance(v, HeadSlice) for _, v in operands):
@@ -199,14 +227,8 @@ def _weights_arithmetic(lx: Lifter, node: fx.Node, operands: list[tuple[Any, Any
     for src, v in operands:
         if isinstance(v, HeadIndex) or not isinstance(src, fx.Node):  # a number (a scale) is the same for all
             continue
-        if isinstance(v, Chan):
-            c = v.moved(v.dim + out_rank - rank(src))
-            if c.dim == ref.dim and len(c.segs) == 1 and c.segs[0].layout == (ref.count, 1, 1, 0, 0):
-                var = c.segs[0].var  # one channel per head: it moves with the heads
-                lx.constrain_blocks(var, 1)
-                lx.attend([var])
-                lx.tie_heads(ref.var, var, node)
-                continue
+        if isinstance(v, Chan) and per_head_bias(lx, node, ref, v.moved(v.dim + out_rank - rank(src))):
+            continue
         s = v.shape if isinstance(v, Param) else shape(src)
         d = ref.dim - (out_rank - len(s)) if s is not None else -1
         varies = s is not None and 0 <= d < len(s) and s[d] > 1
@@ -216,6 +238,18 @@ def _weights_arithmetic(lx: Lifter, node: fx.Node, operands: list[tuple[Any, Any
             lx.stick([ref.var], f"a tensor that differs between heads is combined with attention weights at node "
                                 f"{node.name}")
     return ref
+
+
+def per_head_bias(lx: Lifter, node: fx.Node, weights: HeadIndex, c: Chan) -> bool:
+    """A group of one channel per head along the weights' head dim (T5's relative position bias) moves with the
+    heads: tied to them. ``False`` when ``c`` is not laid out that way."""
+    if c.dim != weights.dim or len(c.segs) != 1 or c.segs[0].layout != (weights.count, 1, 1, 0, 0):
+        return False
+    var = c.segs[0].var
+    lx.constrain_blocks(var, 1)
+    lx.attend([var])
+    lx.tie_heads(weights.var, var, node)
+    return True
 
 
 def shift_index(w: HeadIndex, delta: int) -> HeadIndex:
