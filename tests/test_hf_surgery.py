@@ -97,6 +97,10 @@ def test_a_head_permuted_copy_merges_back_exactly(family: str) -> None:
 def test_an_exported_graph_saves_as_a_package_that_loads_without_transformers(tmp_path: pathlib.Path) -> None:
     model = tiny("llama")
     g = hs.trace(model, inputs("llama", 2, 6))
+    if any("vmap" in n for n, _ in g.module.named_modules()):  # transformers 4.57's masks run under torch.vmap
+        with pytest.raises(hs.ExportError, match=r"torch\.vmap"):
+            export.save(g, tmp_path / "pkg")
+        return
     export.save(g, tmp_path / "pkg")
     loaded = export.load(tmp_path / "pkg")
     x = inputs("llama", 2, 6, seed=5)

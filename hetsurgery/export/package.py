@@ -45,6 +45,7 @@ from hetsurgery.ir import ModelGraph
 from hetsurgery.ir.lowering import to_module
 from hetsurgery.plan.depth import DepthPlan
 from hetsurgery.plan.width_plan import WidthPlan
+from hetsurgery.tracing.export_vmap import VMAP_REGION
 
 PLAN_FORMAT = "hetsurgery-plan/2"
 
@@ -79,6 +80,7 @@ def save(model_or_graph: nn.Module | ModelGraph, folder: str | os.PathLike[str],
     """
     check_folder(Path(folder), PACKAGE)  # before any work; atomic_folder checks again at the end
     gm, inputs, name = _lowered(model_or_graph, example_inputs, name)
+    _refuse_vmap_regions(gm, name)
     specs = [(tuple(x.shape), dtype_name(x.dtype)) for x in inputs] or _placeholder_specs(gm)
     layout = layout_of(gm)
     check_finite(layout.stored, f"{name}: nothing was written")
@@ -227,6 +229,15 @@ def _lowered(obj: nn.Module | ModelGraph, example_inputs: Sequence[torch.Tensor]
                               ) from exc
         return gm, given, name or type(obj).__name__
     raise ExportError(f"save takes an nn.Module or a ModelGraph, not a {type(obj).__name__}")
+
+
+def _refuse_vmap_regions(gm: fx.GraphModule, name: str) -> None:
+    """A region run under ``torch.vmap`` (transformers 4.57 builds attention masks so) is code no package holds."""
+    regions = [n for n, m in gm.named_modules() if isinstance(m, fx.GraphModule) and m.meta.get(VMAP_REGION)]
+    if regions:
+        raise ExportError(f"{name}: part of the forward runs under torch.vmap ({', '.join(regions)}: how transformers "
+                          "4.57 builds attention masks), which a package cannot hold; export it to ONNX "
+                          "(hetsurgery.export.to_onnx), or trace it with transformers 5, whose masks are plain ops")
 
 
 def _placeholder_specs(gm: fx.GraphModule) -> list[InputSpec]:

@@ -69,9 +69,10 @@ def _unsaved_buffers(model: nn.Module, like: nn.Module) -> None:
     """Buffers the class makes itself and does not save (a rotary table) were built on the meta device: take
     ``like``'s (the config that computes them is the same)."""
     theirs = dict(like.named_buffers())
+    by_pattern = {_NUMBERED.sub(r"\1.*.\3", n): b for n, b in theirs.items()}
     for name, buf in list(model.named_buffers()):
-        if buf.is_meta:
-            mine = theirs.get(name)
+        if buf.is_meta:  # a layer's own buffer, or (an inserted layer) that of another layer of its container
+            mine = theirs.get(name, by_pattern.get(_NUMBERED.sub(r"\1.*.\3", name)))
             if mine is None or mine.shape != buf.shape:
                 raise ExportError(f"{type(model).__name__}: buffer {name} is not saved with the weights and "
                                   f"{type(like).__name__} has none of its shape to take")

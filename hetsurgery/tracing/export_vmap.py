@@ -33,6 +33,7 @@ import operator
 import torch._functorch.predispatch as predispatch
 from torch import fx, nn
 
+VMAP_REGION = "hetsurgery_vmap_region"  # attribute of the submodules holding a vmap region
 _ENTER = predispatch._vmap_increment_nesting
 _LEAVE = predispatch._vmap_decrement_nesting
 
@@ -76,7 +77,9 @@ def _outline(gm: fx.GraphModule, region: list[fx.Node], name: str) -> None:
             setattr(holder, str(n.target), getattr(gm, str(n.target)))
         env[n] = sub.node_copy(n, env.__getitem__)
     sub.output(tuple(env[o] for o in outputs))
-    gm.add_submodule(name, fx.GraphModule(holder, sub, name))
+    module = fx.GraphModule(holder, sub, name)
+    module.meta[VMAP_REGION] = True  # meta survives the deep copies attributes do not
+    gm.add_submodule(name, module)
     with gm.graph.inserting_before(region[0]):
         call = gm.graph.call_module(name, tuple(inputs))
         items = [gm.graph.call_function(operator.getitem, (call, k)) for k in range(len(outputs))]

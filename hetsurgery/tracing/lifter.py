@@ -57,7 +57,7 @@ class Lifter:
         self.producer_sites: list[tuple[int, Site]] = []
         self.fixed_axes: dict[tuple[str, int], str] = {}  # axis -> what fixes it ("the vocabulary axis of ...")
         self.untrusted_params: dict[str, str] = {}
-        self.constants: dict[str, str] = {}  # parameter -> the node that computed a group-free value from it
+        self.constants: dict[str, str] = {}  # parameter -> how a group-free value was computed from it
         self.axis_notes: dict[tuple[str, int], str] = {}  # why an axis got no channels (for ``uncovered``)
         self.ties: list[tuple[int, int, str]] = []  # variables whose heads move together, the node that ties them
         self.repeats: list[tuple[int, int, int, int, str]] = []  # (query var, key var, repeat, head size, node)
@@ -211,16 +211,16 @@ class Lifter:
         """``params`` were combined into a value that depends on no group: unless some other use needs them, their
         axes are not channels (``constant_axes``)."""
         for p in params:
-            self.constants.setdefault(self.canonical.get(p, p), node.name)
+            self.constants.setdefault(self.canonical.get(p, p), f"computed at node {node.name}")
 
     def constant_axes(self) -> None:
         """Fix every axis of the parameters used only as constants (no slot, not distrusted): called after
         ``groups()``."""
         slotted = {s.param for _, s in self.slots}
-        for p, node in self.constants.items():
+        for p, how in self.constants.items():
             if p not in slotted and p not in self.untrusted_params:
-                self.fix_axes(p, range(self.tensors[p].dim()), f"an axis of a constant computed at node {node}, "
-                                                                "which no channel passes through")
+                self.fix_axes(p, range(self.tensors[p].dim()), f"an axis of a constant ({how}), which no channel "
+                                                                "passes through")
 
     def note_axis(self, param: str, dim: int, why: str) -> None:
         """Say why axis ``dim`` of ``param`` has no channels (its input carries none: the output of a give-up)."""
@@ -231,7 +231,17 @@ class Lifter:
         self.untrusted_params.setdefault(self.canonical.get(param, param), reason)
 
     def give_up(self, values: Sequence[object], reason: str) -> Free:
-        """Freeze everything ``values`` carry; the result depends on no free group."""
+        """Freeze everything ``values`` carry; the result depends on no free group.
+
+        Without channels or the model input among ``values`` (parameters reshaped or combined with positions:
+        a rotary table from ``inv_freq``) nothing is frozen: the parameters are constants so far, and the result
+        carries them, so that a later use that needs their channels distrusts them then."""
+        params = [p for v in values for p in params_in(v)]
+        if not any(vars_of(v) for v in values) and not any(isinstance(v, Free) and v.why == MODEL_INPUT
+                                                            for v in values):
+            for p in params:
+                self.constants.setdefault(self.canonical.get(p, p), reason)
+            return Free(f"output of {reason}", tuple(dict.fromkeys(params)))
         for v in values:
             self.freeze(vars_of(v), reason)
             for p in params_in(v):

@@ -41,7 +41,7 @@ def output(lx: Lifter, node: fx.Node) -> Value:
     for src in node.all_input_nodes:
         v = lx.env[src]
         for p in params_in(v):
-            lx.distrust(p, "returned as a model output")
+            lx.distrust(p, "returned as a model output" + (f" ({v.why})" if isinstance(v, Free) else ""))
         weights = _weights_in(v)
         if weights:  # returned attention weights show the order of the heads, not channels
             lx.stick([w.var for w in weights], f"attention weights returned as a model output ({src.name})")
