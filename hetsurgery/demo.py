@@ -10,6 +10,7 @@ experiment interpolates two MLPs trained on all digits, before and after permuta
 the loss barrier. Every merged model is saved as a package (``out/<method>/``: model.py,
 model.safetensors, plan.json, report.md) and exported to ONNX with an onnxruntime parity check
 (``out/<method>/model.onnx``); the merged graph and one group's width plans are drawn in ``out/pictures/``.
+``out/hetsurgery-outputs.json`` lists every file: the mark of a folder the demo may replace.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -26,7 +27,8 @@ from torch.utils.data import Subset
 
 from hetsurgery import zoo
 from hetsurgery.evaluate import Ensemble, TaskScores, interpolate, plot_curves, task_scores
-from hetsurgery.export import ParityReport, Picture, render, save, to_onnx
+from hetsurgery.export import ParityReport, Picture, atomic_folder, render, save, to_onnx
+from hetsurgery.export.manifest import write_manifest, written_by
 from hetsurgery.merging import MergeResult, align, merge
 from hetsurgery.zoo.data import TASKS, digits, loader
 from hetsurgery.zoo.train import train
@@ -34,6 +36,7 @@ from hetsurgery.zoo.train import train
 METHODS = ("average", "permute", "weight", "ot", "zip")
 DEPTH_PAIR = ((64, 64, 64, 64), (128, 96))  # deep and narrow on task A, shallow and wide on task B
 DEPTH_MERGES = (("lma", "add"), ("sma", "add"), ("cla", "merge"))
+DEMO_FOLDER = written_by("demo")  # the only folder the demo replaces
 
 
 @dataclass
@@ -85,7 +88,21 @@ def train_pair(factory: Callable[[], nn.Module], epochs: int, seed: int, progres
 
 def run_demo(out: str | Path = "hetsurgery-out", *, quick: bool = False, seed: int = 0, progress: bool = True,
              echo: Callable[[str], None] = print) -> DemoResult:
+    """Train, merge, evaluate, save, export and draw into the folder ``out``, written whole at the end.
+
+    ``out`` must be new, empty, or a folder an earlier demo wrote (its ``hetsurgery-outputs.json`` lists every
+    file in it); anything else is refused with ``InputError`` before any training. The folder is built as a
+    hidden sibling and exchanged with the old one at the end: an error or Ctrl-C leaves ``out`` as it was.
+    """
     out = Path(out)
+    with atomic_folder(out, DEMO_FOLDER) as tmp:
+        result = _run(tmp, quick, seed, progress, echo)
+        write_manifest(tmp, "demo")
+    return replace(result, paths={what: out / p.relative_to(tmp) for what, p in result.paths.items()},
+                   parity={m: replace(r, path=out / r.path.relative_to(tmp)) for m, r in result.parity.items()})
+
+
+def _run(out: Path, quick: bool, seed: int, progress: bool, echo: Callable[[str], None]) -> DemoResult:
     factory = (lambda: zoo.resnet((1, 1, 1))) if quick else zoo.resnet20
     epochs = 8 if quick else 15
     echo(f"training model A (digits 0-4) and model B (digits 5-9): {'ResNet-8' if quick else 'ResNet-20'}, "

@@ -251,7 +251,7 @@ def test_render_and_export_refuse_outputs_they_cannot_write(package: pathlib.Pat
     for argv in (["render", str(package), "-o", str(tmp_path / "afile" / "graph.svg")],
                  ["export", str(package), "-o", str(tmp_path / "afile" / "m.onnx"), "--quiet"]):
         assert main(argv) == 2
-        assert "afile failed (File exists); choose an output path" in capsys.readouterr().err
+        assert "afile is a file, not a folder; choose an output path" in capsys.readouterr().err
 
 
 def test_an_occupied_output_folder_is_refused(workdir: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:

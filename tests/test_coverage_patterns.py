@@ -39,17 +39,19 @@ def _groups_on(g: hs.ModelGraph, param: str, dim: int = 0) -> list[hs.PermGroup]
     return [grp for grp in g.groups if any(s.param == param and s.dim == dim for s in grp.slots)]
 
 
-@pytest.mark.parametrize(("model", "qkv"), [(om.ChunkViT(), "blocks.0.attn.qkv.weight"),
-                                            (om.FusedQKVViT(), "blocks.0.attn.qkv.weight"),
-                                            (om.TinyMaxViT(), "block_attn.attn.to_qkv.weight")])
-def test_a_fused_qkv_becomes_head_groups_at_their_offsets(model: nn.Module, qkv: str) -> None:
-    # chunk (or reshape + unbind) cuts the 3d outputs in three; q and k meet in q·k and join, v stays apart
+@pytest.mark.parametrize(("model", "qkv", "moves"), [(om.ChunkViT(), "blocks.0.attn.qkv.weight", True),
+                                                     (om.FusedQKVViT(), "blocks.0.attn.qkv.weight", True),
+                                                     (om.TinyMaxViT(), "block_attn.attn.to_qkv.weight", False)])
+def test_a_fused_qkv_becomes_head_groups_at_their_offsets(model: nn.Module, qkv: str, moves: bool) -> None:
+    # chunk (or reshape + unbind) cuts the 3d outputs in three; q and k meet in q·k and join, v stays apart;
+    # whole heads move where an attention ties q·k to v head by head (MaxViT's einsum adds a per-head bias)
     g = hs.trace(model, X)
     qk, v = _groups_on(g, qkv)
     assert sorted(s.offset for s in qk.slots if s.param == qkv) == [0, qk.size]
     assert [s.offset for s in v.slots if s.param == qkv] == [2 * qk.size]
     for grp in (qk, v):
-        assert grp.perm_ok and grp.structure == hs.Blocks(2, 8) and not grp.pad_ok and not grp.zip_ok
+        assert grp.perm_ok and grp.structure == hs.Blocks(2, 8, moves=moves) and not grp.pad_ok and not grp.zip_ok
+    assert qk.heads_with == ((v.id,) if moves else ())
 
 
 def test_a_gated_mlp_joins_value_and_gate() -> None:

@@ -7,7 +7,7 @@ import pathlib
 import pytest
 import torch
 
-from hetsurgery.demo import DemoResult, run_demo
+from hetsurgery.demo import DEMO_FOLDER, DemoResult, run_demo
 from hetsurgery.evaluate import interpolate
 from hetsurgery.merging import align
 from hetsurgery.zoo import mlp
@@ -31,6 +31,14 @@ def test_demo_writes_the_interpolation_plot(demo: DemoResult) -> None:
     path = demo.paths["interpolation plot"]
     assert pathlib.Path(path).read_bytes().startswith(b"\x89PNG")
     assert demo.barrier["permute-aligned"] < demo.barrier["unaligned"]
+
+
+def test_the_demo_folder_is_marked_as_the_demo_s_and_holds_every_path_it_reports(demo: DemoResult) -> None:
+    folder = pathlib.Path(demo.paths["interpolation plot"]).parent
+    assert DEMO_FOLDER.why_not(folder) is None  # a later demo may replace it
+    assert all(pathlib.Path(p).exists() and folder in pathlib.Path(p).parents for p in demo.paths.values())
+    assert all(r.path.is_file() and folder in r.path.parents for r in demo.parity.values())
+    assert not [p.name for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}.")]  # no temporary
 
 
 def test_permute_alignment_lowers_the_mlp_loss_barrier() -> None:

@@ -78,7 +78,8 @@ def test_zip_with_a_zero_weight_keeps_the_live_model_whole_at_its_width() -> Non
         assert math.isfinite(err) and (err <= 1e-5) == exact, (width, err)
 
 
-def test_dict_batches_are_refused_with_the_reason_before_a_model_runs() -> None:
+def test_dict_batches_that_do_not_name_the_model_inputs_are_refused_with_the_reason_before_a_model_runs() -> None:
     batches = [{"pixel_values": torch.randn(4, 64), "labels": torch.zeros(4, dtype=torch.long)}]
-    with pytest.raises(hs.InvalidInput, match=r"a calibration batch is a dict \(keys: pixel_values, labels\)"):
+    with pytest.raises(hs.InvalidInput, match=r"model 0 \(MLP\): the example inputs \(pixel_values\) do not fit its "
+                                              r"forward\(x: 'torch.Tensor'\).*unexpected keyword argument 'pixel_values'"):
         hs.merge([hs.zoo.mlp([8]), hs.zoo.mlp([8])], batches, method="zip", progress=False)

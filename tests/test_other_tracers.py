@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 import torch
 from helpers import randomise, rel_err
 from torch import fx, nn
 
 import hetsurgery as hs
+from hetsurgery.export import to_onnx
 from hetsurgery.passes import ApplyPermutation, random_permutations
 
 
@@ -54,7 +57,8 @@ def test_a_graph_from_a_custom_tracer_with_a_leaf_and_concrete_args() -> None:
 
 def test_a_tiny_bert_traced_by_hugging_face() -> None:
     transformers = pytest.importorskip("transformers")
-    from transformers.utils.fx import symbolic_trace
+    symbolic_trace = pytest.importorskip("transformers.utils.fx", reason="transformers 5 removed transformers.utils.fx; "
+                                         "trace Hugging Face models with hs.trace (torch.export)").symbolic_trace
 
     config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                                      intermediate_size=32, max_position_embeddings=16, num_labels=3)
@@ -68,7 +72,23 @@ def test_a_tiny_bert_traced_by_hugging_face() -> None:
     moved = hs.to_module(ApplyPermutation(random_permutations(g, 1))(g))
     with torch.no_grad():
         assert rel_err(gm(ids, mask)["logits"], moved(ids, mask)["logits"]) <= 1e-5
-    heads = [grp for grp in g.groups if grp.structure == hs.Blocks(2, 8)]
+    heads = [grp for grp in g.groups if grp.structure == hs.Blocks(2, 8, moves=True)]
     assert len(heads) == 4 and all(grp.perm_ok for grp in heads)  # q/k and v of each layer
     stream = next(grp for grp in g.groups if hs.Slot("bert.embeddings.word_embeddings.weight", 1) in grp.slots)
     assert stream.perm_ok and not stream.pad_ok  # LayerNorm over the hidden size
+
+
+def test_a_tiny_bert_traced_by_hugging_face_exports_to_onnx_with_parity(tmp_path: pathlib.Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    symbolic_trace = pytest.importorskip("transformers.utils.fx", reason="transformers 5 removed transformers.utils.fx"
+                                         ).symbolic_trace
+    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=16, num_labels=3)
+    torch.manual_seed(0)
+    gm = symbolic_trace(transformers.BertForSequenceClassification(config).eval(),
+                        input_names=["input_ids", "attention_mask"])
+    ids = torch.randint(0, 50, (3, 7), generator=torch.Generator().manual_seed(0))
+    g = hs.trace(gm, {"input_ids": ids, "attention_mask": torch.ones(3, 7, dtype=torch.long)})
+    assert g.front_end.kind is hs.ir.FrontEndKind.GRAPH
+    report = to_onnx(g, g.example_inputs, tmp_path / "bert.onnx")
+    assert report.passed and report.checked, str(report)

@@ -1,8 +1,8 @@
 """Startup: `import hetsurgery` and the command line leave the heavy optional packages unimported.
 
-ONNX, onnxruntime, onnxscript, matplotlib, graphviz, scikit-learn and POT cost seconds to import; they
-are imported where they are used, so `import hetsurgery` and `hetsurgery --help` cost little more than
-`import torch` (measured by `python -m bench startup`).
+ONNX, onnxruntime, onnxscript, matplotlib, graphviz, scikit-learn, POT and transformers (an optional extra)
+cost seconds to import; they are imported where they are used, so `import hetsurgery` and `hetsurgery --help`
+cost little more than `import torch` (measured by `python -m bench startup`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-HEAVY = ("onnx", "onnxruntime", "onnxscript", "matplotlib", "graphviz", "sklearn", "ot", "scipy.optimize", "networkx")
+HEAVY = ("onnx", "onnxruntime", "onnxscript", "matplotlib", "graphviz", "sklearn", "ot", "scipy.optimize", "networkx",
+         "transformers")
 PROBE = """
 import json, sys
 import hetsurgery, hetsurgery.cli, hetsurgery.config, hetsurgery.demo, hetsurgery.export, hetsurgery.merging

@@ -37,7 +37,7 @@ import torch
 
 from hetsurgery.errors import MergeInputError, PassError
 from hetsurgery.ir import ModelGraph, UnitKind
-from hetsurgery.ir.batches import model_input
+from hetsurgery.ir.batches import input_names, model_input
 from hetsurgery.merging.balance import check_pairable, check_same_depth, fuse_segment, insert_units
 from hetsurgery.merging.correspond import on_anchor_names
 from hetsurgery.merging.depth_options import DepthCost, DepthOptions
@@ -190,7 +190,7 @@ def branch_share(g: ModelGraph, keys: Sequence[str], data: Iterable) -> dict[str
     norm = torch.zeros(len(units), dtype=torch.float64)
     with torch.no_grad():
         for batch in data:
-            outs = tap(model_input(batch))
+            outs = tap(*model_input(batch, input_names(tap)))
             for i in range(len(units)):
                 entry, exit_ = outs[2 * i].double(), outs[2 * i + 1].double()
                 diff[i] += (exit_ - entry).square().sum()

@@ -40,6 +40,7 @@ from hetsurgery.errors import MergeInputError
 from hetsurgery.evaluate import LAMBDAS, Curve, predictions
 from hetsurgery.evaluate.interpolation import save_figure
 from hetsurgery.ir import ModelGraph
+from hetsurgery.ir.batches import example_of
 from hetsurgery.ir.lowering import to_module
 from hetsurgery.merging.depth_options import DepthOptions
 from hetsurgery.merging.inputs import BN_RESET_SAMPLES, check_reset_bn, default_device
@@ -233,11 +234,11 @@ def _value(point: tuple[float, float], kind: Metric) -> float:
     return point[1] if kind is Metric.ACCURACY else point[0]
 
 
-def _first_inputs(data: Iterable) -> torch.Tensor:
+def _first_inputs(data: Iterable) -> torch.Tensor | dict[str, object]:
     for batch in data:
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
             raise MergeInputError("find_lambda_threshold scores the base's task: data must yield (inputs, labels)")
-        return batch[0][:2]
+        return example_of(batch)
     raise MergeInputError("the data is empty")
 
 

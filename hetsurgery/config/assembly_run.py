@@ -20,13 +20,14 @@ from hetsurgery.assembly import AssemblyResult
 from hetsurgery.config.assembly_schema import AssemblyConfig
 from hetsurgery.config.batches import build_data
 from hetsurgery.config.build import build_model, check_input_shape, device_of, relative
+from hetsurgery.config.calibration import check_batchnorm, check_needs, data_needs, random_example
 from hetsurgery.config.load import read_config
 from hetsurgery.config.paths import Input, check_output, code_inputs
 from hetsurgery.config.report import scores_table
 from hetsurgery.config.schema import MergeConfig, ModelSpec
 from hetsurgery.errors import MergeInputError
-from hetsurgery.export import is_package, load_weights, save
-from hetsurgery.export.errors import InputError
+from hetsurgery.export import load_weights, save
+from hetsurgery.export.outputs import PACKAGE, check_folder
 
 EXAMPLE_HEADER = """\
 # hetsurgery assemble CONFIG.yaml -o OUT: every key, with its meaning. Relative file names are read from
@@ -55,27 +56,34 @@ def run_assembly(config_path: Path, output: Path, *, progress: bool = True) -> A
         check_options(cfg.align.method, cfg.align.options)
     except MergeInputError as exc:
         raise MergeInputError(f"align: {exc}") from exc
+    d = cfg.depth
+    check_needs(config_path, cfg.calibration, data_needs(
+        cfg.align.method, cfg.align.options, None if d is None else d.method, "cka" if d is None else d.cost,
+        section="align"))
     check_output(output, assembly_inputs(cfg, config_path))
-    if output.exists() and not (output.is_dir() and (is_package(output) or not any(output.iterdir()))):
-        raise InputError(f"{output} exists and is not a hetsurgery package; choose a new output folder")
+    check_folder(output, PACKAGE)
     folder, view = config_path.parent, _merge_view(cfg)
     steps = tqdm(total=4, desc="assemble", unit="step", disable=not progress, leave=False)
     with steps:
         steps.set_postfix_str("models and data")
-        models = [_build(spec, where, k, cfg, folder) for k, (where, spec) in enumerate(_specs(cfg))]
-        calibration = build_data(cfg.calibration, view, folder, "calibration")
+        specs = _specs(cfg)
+        models = [_build(spec, where, k, cfg, folder) for k, (where, spec) in enumerate(specs)]
+        check_batchnorm(config_path, cfg.calibration, cfg.reset_bn,
+                        [(f"{where} ({spec.name or spec.factory})", m) for (where, spec), m in zip(specs, models,
+                                                                                                    strict=True)])
+        calibration = build_data(cfg.calibration, view, folder, "calibration") if cfg.calibration is not None else None
         evaluation = build_data(cfg.evaluate, view, folder, "evaluate") if cfg.evaluate is not None else None
         steps.update()
         steps.set_postfix_str(f"assemble ({cfg.align.method})")
         torch.manual_seed(cfg.seed)
-        d = cfg.depth
+        example = random_example(cfg.input_shape, device_of(view)) if calibration is None else None
         donors = [Donor(m, layers=spec.layers, lam=spec.lam, name=spec.name or f"donors.{k}")
                   for k, (m, spec) in enumerate(zip(models[1:], cfg.donors, strict=True))]
         result = assemble(models[0], donors, calibration, layers=cfg.layers, lam=cfg.lam, align=cfg.align.method,
                           depth=None if d is None else d.method, depth_cost="cka" if d is None else d.cost,
                           estimator="sign_of_sum" if d is None else d.estimator, reset_bn=cfg.reset_bn,
-                          device=device_of(view), progress=progress, base_name=cfg.base.name or "base",
-                          saveable=True, **cfg.align.options)
+                          example_inputs=example, device=device_of(view), progress=progress,
+                          base_name=cfg.base.name or "base", saveable=True, **cfg.align.options)
         steps.update()
         steps.set_postfix_str("evaluate")
         scores = scores_table(view, [*models, result.model], evaluation) if evaluation is not None else None

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
-from hetsurgery.config.schema import DataSpec, EvaluationSpec, ModelSpec
+from hetsurgery.config.schema import CALIBRATION_EXAMPLE, DataSpec, EvaluationSpec, ModelSpec
 
 Lambda = Annotated[float, Field(ge=0, le=1)]
 
@@ -86,8 +86,10 @@ class AssemblyConfig(_Strict):
         "the donors, absorbed one after another"))
     input_shape: tuple[PositiveInt, ...] = Field(examples=[[1, 8, 8]], description=(
         "one example's shape, without the batch dimension"), json_schema_extra={"accepts": "a list of sizes"})
-    calibration: DataSpec = Field(default_factory=DataSpec, description=(
-        "the data the depth plans, data-driven alignment, fused ReLUs and BatchNorm statistics use"))
+    calibration: DataSpec | None = Field(default=None, examples=[CALIBRATION_EXAMPLE], description=(
+        "the data the depth plans, data-driven alignment, fused ReLUs and BatchNorm statistics use; required "
+        "unless all of them are data-free (align: mal or mal-pad, no BatchNorm statistics recomputed)"),
+        json_schema_extra={"template": "shown"})
     align: AlignSpec = Field(default_factory=AlignSpec, description="how each donor's channels meet the base's")
     depth: AssemblyDepthSpec | None = Field(default=None, description=(
         "depth alignment, for donors whose depth differs from the base's"))

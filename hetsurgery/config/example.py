@@ -2,7 +2,8 @@
 
 Each key is preceded by its description. A key that is required or has a default is written with its
 example (or default) value; an optional key without a default, and an optional section, is written
-commented out with an example. The template loads as it is (the weights files it names must exist to
+commented out with an example, unless the schema marks it ``"template": "shown"`` (the calibration data,
+which most methods need). The template loads as it is (the weights files it names must exist to
 merge). Nothing here names a key by hand, so the template cannot drift from the schema.
 
 >>> text = example_config()
@@ -50,7 +51,7 @@ def _entry(name: str, field: FieldInfo, given: dict[str, Any] | None, indent: in
     actual = given.get(name) if given is not None else _default(field)
     value = actual if actual not in (None, {}, []) or not field.examples else field.examples[0]
     sub = model_in(field.annotation)
-    absent = off or (actual is None and not field.is_required())
+    absent = off or (actual is None and not field.is_required() and not _shown(field))
     if sub is None:
         return _comment(field, indent), [_line(f"{name}: {json.dumps(value, default=str)}", indent, absent)]
     if typing.get_origin(field.annotation) is not list:
@@ -67,6 +68,12 @@ def _entry(name: str, field: FieldInfo, given: dict[str, Any] | None, indent: in
             comments, lines = _entry(key, f, item, indent + 4, absent)
             body += comments + lines
     return _comment(field, indent), body
+
+
+def _shown(field: FieldInfo) -> bool:
+    """An optional section the template writes switched on (``json_schema_extra={"template": "shown"}``)."""
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and extra.get("template") == "shown"
 
 
 def _example(field: FieldInfo) -> Any:

@@ -23,6 +23,7 @@ from pathlib import Path
 from hetsurgery.config.build import importable_from, relative
 from hetsurgery.config.schema import MergeConfig
 from hetsurgery.export.errors import InputError
+from hetsurgery.export.outputs import check_file
 from hetsurgery.export.package_files import SAVED_FILES
 
 OWN_FILES = frozenset(SAVED_FILES)  # a package's own files: never written over by a command
@@ -48,21 +49,22 @@ def check_output(output: Path, inputs: Iterable[Input]) -> None:
                              "choose an output path outside the run's inputs")
 
 
-def check_file_output(output: Path, inputs: Iterable[Input], package: Path | None, default: Path | None) -> None:
-    """The rules for a file that ``export`` or ``render`` writes.
+def check_file_output(output: Path, inputs: Iterable[Input], package: Path | None, default: Path | None, *,
+                      force: bool = False) -> None:
+    """The rules for a file that ``export`` or ``render`` writes, checked before any work.
 
-    ``output`` must not be a folder, nor touch ``inputs``; inside ``package`` (the package being read)
-    only ``default`` (the documented new file) may be written, and never one of the package's own files.
+    ``output`` must not touch ``inputs``; inside ``package`` (the package being read) only ``default`` (the
+    documented new file) may be written, never one of the package's own files; and everywhere the rule of
+    ``hetsurgery.export.outputs.check_file`` holds (no existing file outside a package unless ``force``).
     """
-    if output.is_dir():
-        raise InputError(f"the output {output} is a folder; give a file name")
+    check_file(output, force=force)
     if package is not None and output.resolve().is_relative_to(package.resolve()):
         if default is None or output.resolve() != default.resolve() or output.name in OWN_FILES:
             hint = f"leave out -o to write {default}, or " if default is not None else ""
             raise InputError(f"the output {output} lies inside the package {package} that this run reads; "
                              f"{hint}choose a path outside the package")
-        return
-    check_output(output, [*inputs, *([Input(package, "the package")] if package is not None else [])])
+    else:
+        check_output(output, [*inputs, *([Input(package, "the package")] if package is not None else [])])
 
 
 def merge_inputs(cfg: MergeConfig, config_path: Path) -> list[Input]:

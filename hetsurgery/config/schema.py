@@ -3,9 +3,12 @@
 Every section forbids unknown keys, so a typo is an error that names it. The descriptions and examples
 are the documentation: ``hetsurgery merge --example-config`` prints them as a commented template.
 
->>> cfg = MergeConfig.model_validate({"models": [{"factory": "mlp"}, {"factory": "mlp"}], "input_shape": [64]})
+>>> cfg = MergeConfig.model_validate({"models": [{"factory": "mlp"}, {"factory": "mlp"}], "input_shape": [64],
+...                                   "calibration": {"dataset": "digits"}})
 >>> cfg.width.method, cfg.calibration.dataset, cfg.calibration.every
 ('zip', 'digits', 2)
+
+Without ``calibration:`` there is no data (``None``): only data-free methods run (``config.calibration``).
 """
 
 from __future__ import annotations
@@ -110,6 +113,7 @@ class DepthSpec(_Strict):
         "balance merge: how each fused ReLU's diagonal is estimated"))
 
 
+CALIBRATION_EXAMPLE = {"dataset": "digits", "kwargs": {}, "batch_size": 128, "every": 2}
 _MODELS_EXAMPLE = [
     {"factory": "hetsurgery.zoo:mlp", "kwargs": {"hidden": [64, 64]}, "weights": "a.safetensors", "name": "A"},
     {"factory": "hetsurgery.zoo:mlp", "kwargs": {"hidden": [128, 96]}, "weights": "b.pt", "name": "B"},
@@ -123,7 +127,10 @@ class MergeConfig(_Strict):
                                     "two or more")
     input_shape: tuple[PositiveInt, ...] = Field(examples=[[1, 8, 8]], description=(
         "one example's shape, without the batch dimension"), json_schema_extra={"accepts": "a list of sizes"})
-    calibration: DataSpec = Field(default_factory=DataSpec, description="the data the merge measures activations on")
+    calibration: DataSpec | None = Field(default=None, examples=[CALIBRATION_EXAMPLE], description=(
+        "the data the merge measures activations on; required unless the method is data-free (average, weight, "
+        "mal, mal-pad, ot with cost: weights) and no BatchNorm statistics are recomputed"),
+        json_schema_extra={"template": "shown"})
     width: WidthSpec = Field(default_factory=WidthSpec, description="how the models' channels are aligned and merged")
     depth: DepthSpec | None = Field(default=None, description="depth alignment, for models of different depth")
     merge_weights: list[NonNegativeFloat] | None = Field(default=None, examples=[[0.5, 0.5]], description=(

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hetsurgery.evaluate.metrics import predictions
-from hetsurgery.ir.batches import model_input
+from hetsurgery.export.atomic import atomic_file
+from hetsurgery.ir.batches import input_names, model_input
 
 LAMBDAS = tuple(i / 20 for i in range(21))
 
@@ -69,7 +70,7 @@ def _reset_bn(model: nn.Module, data: Iterable) -> None:
         m.train()
     with torch.no_grad():
         for batch in data:
-            model(model_input(batch))
+            model(*model_input(batch, input_names(model)))
     model.eval()
 
 
@@ -93,8 +94,6 @@ def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
     """Write ``fig`` (a ``matplotlib.figure.Figure``, format by suffix) under a temporary name and rename it into
     place."""
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(out)
+    with atomic_file(out) as tmp:
+        fig.savefig(tmp, format=out.suffix.lstrip(".").lower() or None, dpi=120)
     return out

@@ -15,7 +15,6 @@ from hetsurgery.export.errors import InputError
 from hetsurgery.export.onnx import ParityReport, to_onnx
 from hetsurgery.export.package import (
     Package,
-    is_package,
     load,
     read_assembly,
     read_depth,
@@ -23,6 +22,7 @@ from hetsurgery.export.package import (
     read_plan,
     save,
 )
+from hetsurgery.export.package_files import is_package
 from hetsurgery.export.pictures import BUILDERS, Picture, render, to_dot
 from hetsurgery.ir.lowering import to_module
 

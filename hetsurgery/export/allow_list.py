@@ -52,7 +52,7 @@ _OPERATORS = frozenset({
     "irshift", "is_", "is_not", "isub", "itruediv", "ixor", "le", "lshift", "lt", "matmul", "mod", "mul", "ne",
     "neg", "not_", "or_", "pos", "pow", "rshift", "setitem", "sub", "truediv", "truth", "xor",
 })  # not attrgetter, methodcaller or call: they reach any attribute or call any object
-_BUILTINS = frozenset({"getattr"})  # fx writes ``x.shape`` as getattr(x, "shape")
+_BUILTINS = frozenset({"getattr", "dict", "tuple"})  # fx writes ``x.shape`` as getattr(x, "shape"); outputs
 # functions outside the namespaces that fx writes for asserts in a traced forward
 _ASSERTS: Mapping[str, Callable[..., Any]] = types.MappingProxyType({
     "torch._assert": torch._assert,

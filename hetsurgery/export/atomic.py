@@ -1,8 +1,9 @@
 """Write files and folders so that a failure leaves nothing half written.
 
 A file is written under a temporary name in its own folder and renamed with ``os.replace``; a folder is
-built as a hidden sibling and renamed into place at the end. Missing parent folders are created, and
-removed again when the write fails.
+built as a hidden sibling and exchanged with the old one at the end (``commit``: Ctrl-C cannot split the
+exchange nor the removal of the old folder). Missing parent folders are created, and removed again when
+the write fails.
 
 >>> import pathlib, tempfile
 >>> root = pathlib.Path(tempfile.mkdtemp())
@@ -18,10 +19,12 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
+from hetsurgery.export.commit import exchange, replace_files, uninterrupted
 from hetsurgery.export.errors import InputError
+from hetsurgery.export.outputs import FolderKind, check_folder
 
 
 @contextlib.contextmanager
@@ -32,7 +35,7 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     with parent_folders(path):
         try:
             yield tmp
-            os.replace(tmp, path)
+            replace_files([(tmp, path)])
         except OSError as exc:
             if exc.filename in (str(tmp), tmp):  # the folder refuses new files: a bad choice of output path
                 raise InputError(f"cannot write {path}: {exc.strerror or exc} in {path.parent}; choose an output "
@@ -55,24 +58,25 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_folder(path: str | os.PathLike[str], *, may_replace: Callable[[Path], bool] = lambda p: False
-                  ) -> Iterator[Path]:
+def atomic_folder(path: str | os.PathLike[str], kind: FolderKind | None = None) -> Iterator[Path]:
     """Yield an empty hidden sibling folder; on success it becomes ``path``, on failure it is deleted.
 
-    An existing ``path`` is replaced only when it is empty or ``may_replace(path)`` says so (a folder of
-    unrelated files is never deleted); otherwise ``InputError`` is raised before anything is written.
+    An existing ``path`` is replaced only when it is empty or a folder of ``kind`` (a package, say): a folder
+    of other files is never deleted. ``hetsurgery.export.outputs.check_folder`` refuses anything else with
+    ``InputError`` before anything is written. The old folder and the new one are exchanged in one step,
+    Ctrl-C held (``commit``).
     """
     path = Path(path)
-    if path.exists() and not _replaceable(path, may_replace):
-        raise InputError(f"{path} exists and is not empty; choose another output folder or remove it")
+    check_folder(path, kind)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     with parent_folders(path):
         make_folder(tmp, path)
         try:
             yield tmp
-            _swap_in(tmp, path, may_replace)
+            _swap_in(tmp, path, kind)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            with uninterrupted():
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -89,9 +93,10 @@ def parent_folders(path: Path) -> Iterator[None]:
             created.append(folder)
         yield
     except BaseException:
-        for folder in reversed(created):  # deepest first; a folder someone filled meanwhile stays
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        with uninterrupted():
+            for folder in reversed(created):  # deepest first; a folder someone filled meanwhile stays
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
         raise
 
 
@@ -104,17 +109,16 @@ def make_folder(folder: Path, target: Path) -> None:
                          "choose an output path in a folder you can write to") from exc
 
 
-def _replaceable(path: Path, may_replace: Callable[[Path], bool]) -> bool:
-    return path.is_dir() and (not any(path.iterdir()) or may_replace(path))
-
-
-def _swap_in(tmp: Path, path: Path, may_replace: Callable[[Path], bool]) -> None:
-    if not path.exists():
-        os.rename(tmp, path)
-        return
-    if not _replaceable(path, may_replace):  # it changed while we were writing
-        raise InputError(f"{path} appeared while writing and is not empty; nothing was replaced")
-    old = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
-    os.rename(path, old)
-    os.rename(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+def _swap_in(tmp: Path, path: Path, kind: FolderKind | None) -> None:
+    """``tmp`` becomes ``path``; an old folder at ``path`` is exchanged with it in one step, then deleted."""
+    with uninterrupted():
+        if not path.exists():
+            os.rename(tmp, path)
+            return
+        try:
+            check_folder(path, kind)
+        except InputError as exc:  # it changed while we were writing
+            raise InputError(f"{path} changed while writing and is no longer replaceable; nothing was replaced "
+                             f"({exc})") from exc
+        exchange(tmp, path)
+        shutil.rmtree(tmp)  # the old folder, now at the temporary name

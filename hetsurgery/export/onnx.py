@@ -28,6 +28,7 @@ from torch import nn
 
 from hetsurgery.errors import ExportError
 from hetsurgery.export.atomic import make_folder, parent_folders
+from hetsurgery.export.commit import replace_files, uninterrupted
 from hetsurgery.ir import ModelGraph
 from hetsurgery.ir.lowering import to_module
 
@@ -180,16 +181,17 @@ def _export(module: nn.Module, inputs: tuple[torch.Tensor, ...], opset: int, dyn
 
 @contextlib.contextmanager
 def _staging(path: Path) -> Iterator[Path]:
-    """A temporary folder beside ``path`` holding a file of the same name; its files replace the targets."""
+    """A temporary folder beside ``path`` holding a file of the same name; its files replace the targets
+    together (the model, and its .data file when it is large): Ctrl-C cannot leave one old and one new."""
     folder = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     with parent_folders(path):
         make_folder(folder, path)
         try:
             yield folder / path.name
-            for item in folder.iterdir():  # the model, and its .data file when it is large
-                os.replace(item, path.with_name(item.name))
+            replace_files([(item, path.with_name(item.name)) for item in folder.iterdir()])
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            with uninterrupted():
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def _save(program: torch.onnx.ONNXProgram, path: Path) -> None:

@@ -32,10 +32,12 @@ from torch import fx, nn
 from hetsurgery.errors import ExportError
 from hetsurgery.export.atomic import atomic_folder
 from hetsurgery.export.codegen import InputSpec, dtype_name, layout_of, model_source, versions
+from hetsurgery.export.containers import plain_outputs
 from hetsurgery.export.errors import InputError
 from hetsurgery.export.graph_data import graph_document, graph_json
 from hetsurgery.export.integrity import check_finite, file_digest
-from hetsurgery.export.package_files import HASHED_FILES, is_package, not_a_package
+from hetsurgery.export.outputs import PACKAGE, check_folder
+from hetsurgery.export.package_files import HASHED_FILES, not_a_package
 from hetsurgery.export.reading import from_data, from_model_py, plan_file, random_inputs
 from hetsurgery.export.report import report_markdown
 from hetsurgery.export.round_trip import check_round_trip
@@ -44,6 +46,7 @@ from hetsurgery.ir.lowering import to_module
 from hetsurgery.passes import specs as pass_specs
 from hetsurgery.plan.depth import DepthPlan
 from hetsurgery.plan.width_plan import WidthPlan
+from hetsurgery.tracing.export_vmap import VMAP_REGION
 
 PLAN_FORMAT = "hetsurgery-plan/2"
 
@@ -72,17 +75,19 @@ def save(model_or_graph: nn.Module | ModelGraph, folder: str | os.PathLike[str],
     kept verbatim (a ``MergeReport``). ``example_inputs`` default to the ones the graph was traced with.
     ``plan.json`` keeps the width ``plan``, the ``depth`` plan, a graph's structural ``passes`` and, for an
     assembled model, the ``assembly`` record (``AssemblyResult.to_dict()``).
-    An existing package at ``folder`` is replaced and an empty folder written into; any other folder is
-    refused with ``InputError`` before anything is written (see ``package_files``).
+    An existing package at ``folder`` is replaced and an empty folder written into; any other folder, a
+    symbolic link and a place that cannot be written are refused with ``InputError`` before anything is
+    written (``hetsurgery.export.outputs``).
     """
-    _refuse_foreign(Path(folder))
+    check_folder(Path(folder), PACKAGE)  # before any work; atomic_folder checks again at the end
     gm, inputs, name = _lowered(model_or_graph, example_inputs, name)
+    _refuse_vmap_regions(gm, name)
     specs = [(tuple(x.shape), dtype_name(x.dtype)) for x in inputs] or _placeholder_specs(gm)
     layout = layout_of(gm)
     check_finite(layout.stored, f"{name}: nothing was written")
     source = model_source(gm, layout, specs, f"{name}: a model package written by hetsurgery.")
     graph = graph_json(graph_document(gm, layout, specs))
-    with atomic_folder(folder, may_replace=is_package) as tmp:
+    with atomic_folder(folder, PACKAGE) as tmp:
         (tmp / "model.py").write_text(source, encoding="utf-8")
         safetensors.torch.save_file(dict(layout.stored), str(tmp / "model.safetensors"),
                                     metadata={"format": "pt", "name": name, "written_by": versions()})
@@ -209,26 +214,13 @@ def _package_folder(folder: str | os.PathLike[str]) -> Path:
     return folder
 
 
-def _refuse_foreign(folder: Path) -> None:
-    """``InputError`` unless ``folder`` is new, an empty folder or a package: save never deletes other files."""
-    if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
-        return
-    if not folder.is_dir():
-        raise InputError(f"{folder} exists and is not a folder; choose a new or empty folder for the package")
-    reason = not_a_package(folder)
-    if reason is not None:
-        raise InputError(f"{folder} exists and is not empty, and is not a hetsurgery package ({reason}); saving "
-                         "replaces only a package folder and never deletes other files. Choose a new or empty "
-                         "folder.")
-
-
 def _lowered(obj: nn.Module | ModelGraph, example_inputs: Sequence[torch.Tensor] | torch.Tensor | None,
              name: str | None) -> tuple[fx.GraphModule, list[torch.Tensor], str]:
     given = [example_inputs] if isinstance(example_inputs, torch.Tensor) else list(example_inputs or [])
     if isinstance(obj, ModelGraph):
-        return to_module(obj), given or list(obj.example_inputs), name or obj.name
+        return plain_outputs(to_module(obj)), given or list(obj.example_inputs), name or obj.name
     if isinstance(obj, fx.GraphModule):
-        return obj, given, name or type(obj).__name__
+        return plain_outputs(obj), given, name or type(obj).__name__
     if isinstance(obj, nn.Module):
         try:
             gm = fx.symbolic_trace(obj)
@@ -238,6 +230,15 @@ def _lowered(obj: nn.Module | ModelGraph, example_inputs: Sequence[torch.Tensor]
                               ) from exc
         return gm, given, name or type(obj).__name__
     raise ExportError(f"save takes an nn.Module or a ModelGraph, not a {type(obj).__name__}")
+
+
+def _refuse_vmap_regions(gm: fx.GraphModule, name: str) -> None:
+    """A region run under ``torch.vmap`` (transformers 4.57 builds attention masks so) is code no package holds."""
+    regions = [n for n, m in gm.named_modules() if isinstance(m, fx.GraphModule) and m.meta.get(VMAP_REGION)]
+    if regions:
+        raise ExportError(f"{name}: part of the forward runs under torch.vmap ({', '.join(regions)}: how transformers "
+                          "4.57 builds attention masks), which a package cannot hold; export it to ONNX "
+                          "(hetsurgery.export.to_onnx), or trace it with transformers 5, whose masks are plain ops")
 
 
 def _placeholder_specs(gm: fx.GraphModule) -> list[InputSpec]:

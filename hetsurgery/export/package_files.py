@@ -82,8 +82,13 @@ def foreign_entries(folder: Path) -> list[str]:
     return sorted(foreign)
 
 
+def is_added_file(name: str) -> bool:
+    """Whether our commands may add a file of this name to a package (``model.onnx``, ``graph.svg``, ...)."""
+    return name in ADDED_FILES or PICTURE.fullmatch(name) is not None
+
+
 def _package_file(name: str) -> bool:
-    return name in SAVED_FILES or name in ADDED_FILES or PICTURE.fullmatch(name) is not None
+    return name in SAVED_FILES or is_added_file(name)
 
 
 def _foreign_bytecode(folder: Path) -> list[str]:

@@ -88,6 +88,14 @@ def picture_format(path: str | os.PathLike[str]) -> str:
     return fmt
 
 
+def written_path(path: str | os.PathLike[str]) -> Path:
+    """The file ``render`` writes for ``path``: ``path`` itself, or its ``.gv`` source when ``dot`` is missing."""
+    path = Path(path)
+    if picture_format(path) in FORMATS and shutil.which("dot") is None:
+        return path.with_suffix(".gv")
+    return path
+
+
 def to_dot(obj: ModelGraph | WidthPlan | DepthPlan, **options: Any) -> graphviz.Digraph:
     """The DOT graph of ``obj`` (see ``BUILDERS`` for what can be drawn)."""
     builder = next((b for kind, b in BUILDERS.items() if isinstance(obj, kind)), None)

@@ -24,6 +24,7 @@ from torch import fx
 
 from hetsurgery.errors import IRError
 from hetsurgery.ir.facts import NodeFacts
+from hetsurgery.ir.front_end import FrontEnd
 from hetsurgery.ir.group import PermGroup
 from hetsurgery.ir.slots import Slot, overlaps
 from hetsurgery.ir.structure import with_tensors
@@ -43,7 +44,9 @@ class ModelGraph:
     input. ``facts`` holds, per fx node name, what the lifter learned (``NodeFacts``); ``units`` and
     ``stages`` are the layers and residual blocks the depth passes work on; ``passes`` are the passes applied
     since tracing, in order, as the pass values themselves (recorded by ``hetsurgery.passes.base.Recorded``; the
-    structural ones' ``spec()``, ``hetsurgery.passes.specs``, replay on the traced model).
+    structural ones' ``spec()``, ``hetsurgery.passes.specs``, replay on the traced model). ``front_end`` says
+    which front end traced the model and why (``FrontEnd``); ``distrusted`` and ``axis_notes`` say why what is
+    not covered is not (``uncovered``).
     """
 
     module: fx.GraphModule
@@ -56,9 +59,12 @@ class ModelGraph:
     units: tuple[Unit, ...] = field(default=(), repr=False)
     stages: tuple[Stage, ...] = field(default=(), repr=False)
     passes: tuple[Any, ...] = field(default=(), repr=False)  # the passes applied since tracing (pass values)
+    distrusted: Mapping[str, str] = field(default_factory=dict, repr=False)  # parameter -> a use no rule follows
+    axis_notes: Mapping[tuple[str, int], str] = field(default_factory=dict, repr=False)  # why an axis has no group
+    front_end: FrontEnd = field(default=FrontEnd(), repr=False)  # how the model became this fx graph
 
     def __post_init__(self) -> None:
-        for attr in ("params", "facts"):
+        for attr in ("params", "facts", "distrusted", "axis_notes"):
             value = getattr(self, attr)
             if not isinstance(value, MappingProxyType):
                 object.__setattr__(self, attr, MappingProxyType(dict(value)))
@@ -149,14 +155,22 @@ class ModelGraph:
         return dg
 
     def summary(self) -> str:
-        """A table of the groups: id, size, structure, slots, what they admit, and why frozen."""
-        head = f"{'id':>4} {'size':>6} {'blocks':>8} {'slots':>5} {'pad':>3} {'zip':>3}  label / frozen reason"
+        """A table of the groups: id, size, structure, slots, what they admit, and why frozen (after a line on
+        the front end, unless torch.fx traced the model as it is), then every parameter not covered and why."""
+        w = max([8, *(len(str(g.structure)) for g in self.groups)])
+        head = f"{'id':>4} {'size':>6} {'blocks':>{w}} {'slots':>5} {'pad':>3} {'zip':>3}  label / frozen reason"
         lines = [f"ModelGraph {self.name}: {len(self.groups)} groups, "
-                 f"{sum(g.perm_ok for g in self.groups)} permutable, coverage {self.coverage():.3f}", head]
+                 f"{sum(g.perm_ok for g in self.groups)} permutable, coverage {self.coverage():.3f}",
+                 *([] if self.front_end.plain else [str(self.front_end)]), head]
+        missing = self.uncovered()
         for g in self.groups:
             flags = f"{'y' if g.pad_ok else '-':>3} {'y' if g.zip_ok else '-':>3}"
             why = f"  [frozen: {g.frozen}]" if g.frozen else ""
-            lines.append(f"{g.id:>4} {g.size:>6} {g.structure!s:>8} {len(g.slots):>5} {flags}  {g.label}{why}")
+            tied = f" (heads move with {', '.join(map(str, g.heads_with))})" if g.heads_with else ""
+            lines.append(f"{g.id:>4} {g.size:>6} {g.structure!s:>{w}} {len(g.slots):>5} {flags}  {g.label}{tied}{why}")
+        if missing:
+            lines.append(f"{len(missing)} parameters not covered:")
+            lines += [f"  {name}: {why}" for name, why in missing.items()]
         return "\n".join(lines + self._units_summary())
 
     def _units_summary(self) -> list[str]:
@@ -182,13 +196,14 @@ class ModelGraph:
             out.append(f"group {g.id} size={g.size} blocks={g.structure}{state} label={g.label}")
             for s in sorted(g.slots, key=Slot.sort_key):
                 extra = "".join(f" {k}={v}" for k, v in (("offset", s.offset), ("inner", s.inner),
-                                                          ("chunks", s.chunks), ("stride", s.stride))
+                                                          ("chunks", s.chunks), ("stride", s.stride),
+                                                          ("run", s.run), ("skip", s.skip))
                                 if v not in (0, 1))
                 out.append(f"  {s.role.value:<7} {s.param}[{s.dim}]{extra}")
         return "\n".join(out)
 
     def coverage(self) -> float:
-        """Fraction of parameter elements whose every axis is understood.
+        """Fraction of parameter elements whose every axis is understood (and used in a way the rules follow).
 
         An axis is understood when it is not a channel by design (kernel taps, vocabulary, size 1, the
         model input's features) or when every index along it belongs to a group that is permutable or
@@ -200,10 +215,50 @@ class ModelGraph:
             if not t.is_floating_point():
                 continue
             total += t.numel()
-            if all(t.shape[d] == 1 or (name, d) in self.fixed_axes
+            if name not in self.distrusted and all(t.shape[d] == 1 or (name, d) in self.fixed_axes
                    or covered.get((name, d), 0) >= t.shape[d] for d in range(t.dim())):
                 good += t.numel()
         return good / total if total else 1.0
+
+    def uncovered(self) -> dict[str, str]:
+        """Why each parameter ``coverage`` does not count is not understood, in parameter order: the use no rule
+        follows (the node and the op), the frozen group that holds one of its axes, or the axis no rule gave
+        a meaning (with the nodes that read the parameter).
+
+        >>> import torch, hetsurgery as hs
+        >>> hs.trace(hs.zoo.mlp([8], in_features=4, num_classes=3), torch.randn(2, 4)).uncovered()
+        {}
+        """
+        covered = _covered_indices(self)
+        frozen: dict[tuple[str, int], str] = {}
+        for grp in self.groups:
+            if grp.frozen is not None and not grp.by_design:
+                for s in grp.slots:
+                    frozen.setdefault((s.param, s.dim), f"group {grp.id} ({grp.label}) is frozen: {grp.frozen}")
+        out = {}
+        for name, t in self.params.items():
+            if not t.is_floating_point():
+                continue
+            bad = [d for d in range(t.dim()) if t.shape[d] != 1 and (name, d) not in self.fixed_axes
+                   and covered.get((name, d), 0) < t.shape[d]]
+            if not bad and name not in self.distrusted:
+                continue
+            why = self.distrusted.get(name) or next((frozen[(name, d)] for d in bad if (name, d) in frozen), None) \
+                or next((f"dim {d}: {self.axis_notes[(name, d)]}" for d in bad if (name, d) in self.axis_notes), None)
+            out[name] = why or (f"no channel rule gives dim {bad[0]} a meaning (read at "
+                                f"{', '.join(self._readers(name)) or 'no node'})")
+        return out
+
+    def _readers(self, param: str) -> list[str]:
+        """The fx nodes that read ``param``: its ``get_attr`` nodes' users, or the module that owns it."""
+        owner = owner_of(param)
+        out = []
+        for node in self.module.graph.nodes:
+            if node.op == "get_attr" and node.target == param:
+                out += [f"node {u.name}" for u in node.users]
+            elif node.op == "call_module" and node.target == owner:
+                out.append(f"node {node.name}")
+        return list(dict.fromkeys(out))[:3]
 
     # -- checks -------------------------------------------------------------------------------
     def verify(self) -> None:

@@ -44,6 +44,7 @@ class PermGroup:
     label: str = ""
     producers: tuple[str, ...] = field(default=())  # fx nodes that create the group's features
     key: str = ""  # stable under structural edits (ids are positions): the first producer, "#i" for its i-th group
+    heads_with: tuple[int, ...] = ()  # with ``structure.moves``: the groups whose heads move with this one's
 
     @property
     def perm_ok(self) -> bool:
@@ -71,7 +72,7 @@ class PermGroup:
 
     def resized(self, size: int) -> PermGroup:
         """The same group at a new width (a free group stays free)."""
-        return replace(self, size=size, structure=Blocks(1, size))
+        return replace(self, size=size, structure=Blocks(1, size), heads_with=())
 
 
 def _frozen(g: PermGroup) -> tuple[str, ...]:

@@ -16,6 +16,7 @@ class OpKind(enum.Enum):
     GET_ATTR = "get_attr"  # a parameter, buffer or constant read from the module
     LINEAR = "linear"  # nn.Linear
     FUNCTIONAL_LINEAR = "functional_linear"  # F.linear with the weight passed in
+    ADDMM = "addmm"  # torch.addmm(bias, x, W): x @ W + bias (GPT-2's Conv1D)
     CONV = "conv"  # nn.Conv1d/2d/3d, any ``groups``
     BATCH_NORM = "batch_norm"  # nn.BatchNorm1d/2d/3d
     LAYER_NORM = "layer_norm"  # nn.LayerNorm, nn.RMSNorm, F.layer_norm, F.rms_norm
@@ -25,9 +26,11 @@ class OpKind(enum.Enum):
     ELEMENTWISE = "elementwise"  # activations, dropout, identity, casts: channel-wise, finite at 0
     SPATIAL = "spatial"  # pooling and resizing over the dims after the channel dim
     BINARY = "binary"  # add/sub/mul/div/max/min of tensors, with broadcasting
+    WHERE = "where"  # torch.where(cond, a, b): a or b, element by element, chosen by a mask
     CONCAT = "concat"  # torch.cat
     SPLIT = "split"  # chunk / split / tensor_split / unbind / narrow
     ROLL = "roll"  # torch.roll: a cyclic shift along dims
+    REPEAT = "repeat"  # repeat_interleave: each index repeated in a row (grouped-query attention's key heads)
     FLATTEN = "flatten"  # nn.Flatten, torch.flatten, Tensor.flatten
     RESHAPE = "reshape"  # view / reshape
     TRANSPOSE = "transpose"  # transpose / permute / swapaxes

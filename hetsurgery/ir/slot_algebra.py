@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from hetsurgery.ir.slots import Slot
+from hetsurgery.ir.slots import Slot, channel_start
 
 
 def _segment(t: torch.Tensor, slot: Slot, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -38,7 +38,7 @@ def slot_rows(t: torch.Tensor, slot: Slot, size: int) -> torch.Tensor:
     """``(size, -1)``: channel ``c``'s entries of ``t`` (its ``inner`` positions and every other axis) in row ``c``."""
     if slot.chunks > 1:
         raise ValueError(f"{slot.param}: block-diagonal slots have no rows of their own")
-    if slot.stride == 1:
+    if slot.packed:
         seg = t.narrow(slot.dim, slot.offset, size * slot.inner)
     else:
         seg = t.index_select(slot.dim, positions(slot, size, t.device))
@@ -48,14 +48,16 @@ def slot_rows(t: torch.Tensor, slot: Slot, size: int) -> torch.Tensor:
 def apply_matrix(t: torch.Tensor, slot: Slot, a: torch.Tensor) -> torch.Tensor:
     """Replace the slot's ``d`` channels by ``a @ channels`` (``a`` is ``r x d``); the dim shrinks or grows.
 
-    Interleaved channels (``stride > 1``) sit between other groups' channels: only a square ``a`` fits there.
+    Interleaved channels (``stride > 1``, or runs with a ``skip``) sit between other groups' channels: only a
+    square ``a`` fits there.
     """
     if slot.chunks > 1:
         raise ValueError(f"{slot.param}: block-diagonal slots only take permutations")
     d = a.shape[1]
-    if slot.stride > 1:
+    if not slot.packed:
         if a.shape[0] != d:
-            raise ValueError(f"{slot.param}: interleaved channels (stride {slot.stride}) cannot change width")
+            raise ValueError(f"{slot.param}: interleaved channels (stride {slot.stride}, skip {slot.skip}) "
+                             "cannot change width")
         idx = positions(slot, d, t.device)
         moved = t.index_select(slot.dim, idx).movedim(slot.dim, 0)
         grid = moved.reshape(d, slot.inner, -1)
@@ -87,9 +89,9 @@ def permutation_indices(t: torch.Tensor, slots: Iterable[tuple[Slot, torch.Tenso
             return None
         v = index.setdefault(slot.dim, torch.arange(t.shape[slot.dim], device=t.device))
         inner = torch.arange(slot.inner, device=t.device)
-        step = slot.stride * slot.inner
-        moved = slot.offset + (perm.to(t.device)[:, None] * step + inner).reshape(-1)
-        if slot.stride == 1:
+        start = channel_start(perm.to(t.device), slot.stride, slot.run, slot.skip)
+        moved = slot.offset + (start[:, None] * slot.inner + inner).reshape(-1)
+        if slot.packed:
             lo, hi = slot.span(perm.numel())
             v[lo:hi] = moved
         else:
@@ -113,7 +115,7 @@ def gather(t: torch.Tensor, index: Mapping[int, torch.Tensor]) -> torch.Tensor:
 
 def _permute_chunks(t: torch.Tensor, slot: Slot, perm: torch.Tensor) -> torch.Tensor:
     """A grouped conv's input: chunk ``j`` (along dim 0) reads only block ``j`` of the group."""
-    if slot.stride > 1:
+    if not slot.packed:
         raise ValueError(f"{slot.param}: block-diagonal slots cannot be interleaved")
     per = perm.numel() // slot.chunks
     parts = []
@@ -126,8 +128,9 @@ def _permute_chunks(t: torch.Tensor, slot: Slot, perm: torch.Tensor) -> torch.Te
 
 def pad_slot(t: torch.Tensor, slot: Slot, size: int, new_size: int, fill: float = 0.0) -> torch.Tensor:
     """Append ``new_size - size`` channels (each ``inner`` wide) filled with ``fill`` after the slot."""
-    if slot.stride > 1:
-        raise ValueError(f"{slot.param}: interleaved channels (stride {slot.stride}) cannot be padded")
+    if not slot.packed:
+        raise ValueError(f"{slot.param}: interleaved channels (stride {slot.stride}, skip {slot.skip}) cannot be "
+                         "padded")
     before, seg, after = _segment(t, slot, size)
     shape = list(t.shape)
     shape[slot.dim] = (new_size - size) * slot.inner

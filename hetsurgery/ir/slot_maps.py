@@ -125,7 +125,7 @@ class SlotMaps:
             return None
         out = gather(t, index)  # a new tensor: scaled in place below
         for slot, size, scale in scales:
-            if slot.stride == 1:
+            if slot.packed:
                 lo, hi = slot.span(size)
                 out.narrow(slot.dim, lo, hi - lo).mul_(scale)
             else:

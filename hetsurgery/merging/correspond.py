@@ -57,7 +57,7 @@ def on_anchor_names(anchor: ModelGraph, g: ModelGraph) -> ModelGraph:
         raise MergeInputError(f"{g.name}: no counterpart for {anchor.name}'s {', '.join(missing[:4])}")
     module = with_tensors(anchor.module, tensors, share=True)
     try:
-        moved = replace(lift_graph(module, g.example_inputs, g.name), passes=g.passes)
+        moved = replace(lift_graph(module, g.example_inputs, g.name), passes=g.passes, front_end=g.front_end)
         check_same_function(g, moved)  # the correspondence is proved on the example inputs, not assumed
     except (PassError, TracingError) as exc:
         raise MergeInputError(f"{g.name}: carried onto {anchor.name}'s structure it computes something else "

@@ -21,7 +21,7 @@ import torch
 
 from hetsurgery.errors import MergeInputError
 from hetsurgery.ir import ModelGraph
-from hetsurgery.ir.batches import model_input
+from hetsurgery.ir.batches import input_names, model_input
 from hetsurgery.ir.lowering import to_module
 from hetsurgery.passes import FuseReluSegment
 from hetsurgery.plan.fuse_signs import Estimator, estimate_signs
@@ -68,11 +68,11 @@ def compare(before: ModelGraph, after: ModelGraph, data: Iterable, units: Sequen
     right_a = right_b = labelled = seen = 0
     with torch.no_grad():
         for batch in data:
-            x = model_input(batch)
-            ya, yb = a(x), b(x)
+            x = model_input(batch, input_names(a))
+            ya, yb = a(*x), b(*x)
             diff = max(diff, float((ya - yb).abs().max()))
             scale = max(scale, float(ya.abs().max()))
-            seen += x.shape[0]
+            seen += x.samples
             if isinstance(batch, (tuple, list)) and len(batch) > 1:
                 y = batch[1]
                 right_a += int((ya.argmax(-1) == y).sum())

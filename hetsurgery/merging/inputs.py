@@ -18,7 +18,7 @@ from torch import nn
 from hetsurgery.errors import MergeInputError
 from hetsurgery.export.saveable import why_not_saveable
 from hetsurgery.ir import ModelGraph
-from hetsurgery.ir.batches import model_input
+from hetsurgery.ir.batches import example_of
 
 BN_RESET_SAMPLES = 512  # BatchNorm statistics settle well within a few hundred images (see BENCHMARKS.md)
 
@@ -94,11 +94,11 @@ def check_finite(model: nn.Module, name: str) -> None:
             raise MergeInputError(f"{name}: {pname} holds NaN or Inf; fix or retrain the model first")
 
 
-def first_batch(data: Iterable | None) -> torch.Tensor:
-    """Two examples of the first calibration batch (its inputs, ``ir.batches.model_input``), to trace on."""
+def first_batch(data: Iterable | None) -> torch.Tensor | dict[str, object]:
+    """Two examples of the first calibration batch (its input tensor, or its keyword inputs without labels:
+    ``ir.batches.example_of``), to trace on."""
     if data is None:
         raise MergeInputError("give example_inputs= or calibration data to trace the models")
     for batch in data:
-        x = model_input(batch)
-        return x[:2]
+        return example_of(batch)
     raise MergeInputError("the calibration data is empty")

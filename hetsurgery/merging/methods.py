@@ -22,7 +22,7 @@ from hetsurgery.plan.signature import joint_signature
 from hetsurgery.plan.solvers.mal import mal_match
 from hetsurgery.plan.solvers.ot import OTCost, OTSolver, as_solver, ot_match
 from hetsurgery.plan.solvers.ot_weights import ot_weight_matches
-from hetsurgery.plan.solvers.permute import permute
+from hetsurgery.plan.solvers.permute import permute, stats_head_orders
 from hetsurgery.plan.solvers.weight import weight_matching
 from hetsurgery.plan.solvers.zip import zip_match
 from hetsurgery.plan.stats import GroupStats
@@ -41,8 +41,9 @@ def plan_average(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Seq
 def plan_permute(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int,
                  targets: Targets) -> dict[int, GroupMatch]:
     assert stats is not None
-    return {gid: permute(gid, s, graphs[0].group(gid).structure, weights, anchor, joint_signature(graphs, gid))
-            for gid, s in stats.items()}
+    orders = stats_head_orders(list(graphs[0].permutable()), stats, anchor, lambda gid: joint_signature(graphs, gid))
+    return {gid: permute(gid, s, graphs[0].group(gid).structure, weights, anchor, joint_signature(graphs, gid),
+                         orders.get(gid)) for gid, s in stats.items()}
 
 
 def plan_weight(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int,
@@ -82,8 +83,9 @@ def plan_ot(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence
 def _ot_on_activations(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int,
                        onto: Targets, solver: OTSolver, reg: float) -> dict[int, GroupMatch]:
     assert stats is not None
+    orders = stats_head_orders(list(graphs[0].permutable()), stats, anchor, lambda gid: joint_signature(graphs, gid))
     return {gid: ot_match(gid, s, graphs[0].group(gid).structure, weights, onto[gid], solver=solver, reg=reg,
-                          signature=joint_signature(graphs, gid)) for gid, s in stats.items()}
+                          signature=joint_signature(graphs, gid), orders=orders.get(gid)) for gid, s in stats.items()}
 
 
 def _ot_on_weights(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int,
@@ -101,11 +103,12 @@ def plan_zip(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequenc
              targets: Targets, *, alpha: float = 0.5, beta: float = 1.0) -> dict[int, GroupMatch]:
     assert stats is not None
     out = {}
+    orders = stats_head_orders(list(graphs[0].permutable()), stats, anchor, lambda gid: joint_signature(graphs, gid))
     for gid, s in stats.items():
         blocks = graphs[0].group(gid).structure
         sig = joint_signature(graphs, gid)
         if blocks.count > 1:  # heads and grouped convs keep their blocks: match inside them instead
-            m = permute(gid, s, blocks, weights, anchor, sig)
+            m = permute(gid, s, blocks, weights, anchor, sig, orders.get(gid))
             out[gid] = replace(m, info={**m.info, "note": "blocks: matched by permute"})
             continue
         out[gid] = zip_match(gid, s.similarity(sig), s.widths, weights, width=targets[gid], alpha=alpha, beta=beta)

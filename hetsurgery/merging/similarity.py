@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from hetsurgery.errors import MergeInputError
 from hetsurgery.ir import ModelGraph, Site
-from hetsurgery.ir.batches import model_input
+from hetsurgery.ir.batches import Inputs, input_names, model_input
 from hetsurgery.merging.depth_options import DepthCost, DepthOptions
 from hetsurgery.plan.depth import DepthMethod, StreamingCKA
 from hetsurgery.plan.depth.cka import width_cost
@@ -72,8 +72,8 @@ class UnitTap:
         return UnitTap(tap.to(device) if device is not None else tap, tuple(units),
                        tuple(Site(n, channel_dim(g, n)) for n in nodes))
 
-    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        outs = self.module(x)
+    def features(self, x: Inputs) -> dict[str, torch.Tensor]:
+        outs = self.module(*x)
         return {u: site_view(out, s, out.shape[s.dim]) for u, s, out in zip(self.units, self.sites, outs, strict=True)}
 
 
@@ -108,9 +108,9 @@ def stage_scores(graphs: Sequence[ModelGraph], pairs: Sequence[StagePair], data:
         for batch in tqdm(data, desc="unit similarity", unit="batch", disable=not progress, leave=False):
             if opts.samples is not None and seen >= opts.samples:
                 break
-            x = model_input(batch).to(target)
+            x = model_input(batch, input_names(graphs[0].module)).to(target)
             x = x if opts.samples is None else x[:opts.samples - seen]
-            seen += x.shape[0]
+            seen += x.samples
             feats = {k: tap.features(x) for k, tap in taps.items()}
             for (rows, cols), acc in cka.items():
                 acc.add(feats[rows], feats[cols])

@@ -41,6 +41,7 @@ class ApplyPermutation(Recorded):
             grp = g.group(gid)
             perms[gid] = _as_indices(g, grp, perm)
             check_permutation(g, grp, perms[gid])
+        check_head_ties(g, perms)
         moves = {gid: (p, 1.0) for gid, p in perms.items()}
         return MapGroups(moves, moves).rewrite(g)  # integer buffers move too
 
@@ -59,14 +60,36 @@ def check_permutation(g: ModelGraph, grp: PermGroup, perm: torch.Tensor) -> None
         raise PassError(f"{g.name}: group {grp.id} ({grp.label}) is frozen ({grp.frozen}); it cannot be permuted")
     if perm.shape != (grp.size,) or not torch.equal(perm.sort().values, torch.arange(grp.size)):
         raise PassError(f"{g.name}: the permutation for group {grp.id} is not a permutation of {grp.size} channels")
-    block = grp.structure.size
-    if not torch.equal(perm // block, torch.arange(grp.size) // block):
+    b = grp.structure
+    blocks = perm.view(b.count, b.size) // b.size
+    moved = b.order_of(perm)
+    if not bool((blocks == moved[:, None]).all()):
+        raise PassError(f"{g.name}: the permutation for group {grp.id} mixes channels of its {b.count} blocks of "
+                        f"{b.size}")
+    if not b.moves and not torch.equal(moved, torch.arange(b.count)):
         raise PassError(f"{g.name}: the permutation for group {grp.id} moves channels between its "
-                        f"{grp.structure.count} blocks of {block}")
+                        f"{b.count} blocks of {b.size}")
+    if not b.inner and not torch.equal(perm % b.size, torch.arange(grp.size) % b.size):
+        raise PassError(f"{g.name}: the permutation for group {grp.id} reorders channels inside its blocks, "
+                        "whose order is fixed (rotary position embedding); move whole blocks only")
+
+
+def check_head_ties(g: ModelGraph, perms: Mapping[int, torch.Tensor]) -> None:
+    """Groups whose heads move together (``PermGroup.heads_with``) must move them alike (an absent group stays)."""
+    for gid, perm in perms.items():
+        grp = g.group(gid)
+        mine = grp.structure.order_of(perm)
+        for other in grp.heads_with:
+            theirs = g.group(other).structure.order_of(perms[other]) if other in perms \
+                else torch.arange(grp.structure.count)
+            if not torch.equal(mine, theirs):
+                raise PassError(f"{g.name}: groups {gid} ({grp.label}) and {other} ({g.group(other).label}) are "
+                                "the two sides of the same attention heads; move their heads alike")
 
 
 def random_permutations(g: ModelGraph, seed: int = 0) -> dict[int, torch.Tensor]:
-    """A random permutation for every permutable group, respecting its ``Blocks``.
+    """A random permutation for every permutable group, respecting its ``Blocks``: inside every block, and of
+    whole blocks where they may move (one random order of heads for all the groups tied together).
 
     >>> import torch, hetsurgery
     >>> g = hetsurgery.trace(hetsurgery.zoo.mlp([8], in_features=4, num_classes=3), torch.randn(2, 4))
@@ -74,8 +97,15 @@ def random_permutations(g: ModelGraph, seed: int = 0) -> dict[int, torch.Tensor]
     [0, 1, 2, 3, 4, 5, 6, 7]
     """
     gen = torch.Generator().manual_seed(seed)
-    out = {}
+    out: dict[int, torch.Tensor] = {}
+    heads: dict[int, torch.Tensor] = {}
     for grp in g.permutable():
         b = grp.structure
-        out[grp.id] = torch.cat([j * b.size + torch.randperm(b.size, generator=gen) for j in range(b.count)])
+        order = torch.arange(b.count)
+        if b.moves:
+            tied = [heads[t] for t in grp.heads_with if t in heads]
+            order = tied[0] if tied else torch.randperm(b.count, generator=gen)
+            heads[grp.id] = order
+        inside = [torch.randperm(b.size, generator=gen) if b.inner else torch.arange(b.size) for _ in range(b.count)]
+        out[grp.id] = torch.cat([order[j] * b.size + inside[j] for j in range(b.count)])
     return out

@@ -41,12 +41,17 @@ def editable(g: ModelGraph) -> fx.GraphModule:
 
 def relift(gm: fx.GraphModule, g: ModelGraph) -> ModelGraph:
     """Lift the edited ``gm`` again with ``g``'s example inputs and name (unused submodules dropped); the new
-    graph keeps ``g``'s history (``Recorded`` adds the pass that made it)."""
+    graph keeps ``g``'s history (``Recorded`` adds the pass that made it). New nodes may read values computed
+    after the place they were inserted at (a rotary table computed from the stream's size): the nodes are put
+    back in an order where every value exists before it is read, moving as few as possible."""
+    from torch.fx.passes.tools_common import stable_topological_sort
+
+    stable_topological_sort(gm)
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
-    return replace(lift_graph(gm, g.example_inputs, g.name), passes=g.passes)
+    return replace(lift_graph(gm, g.example_inputs, g.name), passes=g.passes, front_end=g.front_end)
 
 
 def node_named(gm: fx.GraphModule, name: str) -> fx.Node:

@@ -3,7 +3,9 @@ blocks; CLAFusion's identity blocks for ResNets).
 
 The new block is a copy of a neighbour block of its stage — the same layers, the same inner weights — with
 the last parametric layer of every residual branch zeroed: a BatchNorm's scale and shift, or a Linear's /
-Conv's weight and bias (an ``nn.MultiheadAttention``'s output projection). Each branch then adds exactly
+Conv's weight and bias (an ``nn.MultiheadAttention``'s output projection, an ``F.linear`` or GPT-2's ``Conv1D``
+(``addmm``) with the weight read from the model). On a pre-norm transformer this is LLaMA Pro's block expansion:
+the attention's output projection and the MLP's down projection of the new block are zero. Each branch then adds exactly
 zero, and the block computes its input, followed by whatever the neighbour applies after its add (a
 ResNet's ReLU, which is the identity on the non-negative values a ResNet's stream carries).
 
@@ -106,6 +108,11 @@ def _point_and_template(g: ModelGraph, st: Stage, units: list[Unit], p: int) -> 
         raise PassError(f"{where}: the values there (shape {there.shape}) are not the stream the stage's blocks "
                         f"write (shape {stream.shape}); insert after the stage's first block")
     for n in template.nodes[template.nodes.index(template.pre) + 1:]:
+        if g.facts[n].kind is OpKind.LAYER_NORM:
+            raise PassError(f"{where}: the blocks normalise after their residual add (node {n}: post-norm, "
+                            "LayerNorm(x + f(x)), as in BERT); a block whose branch is zero still normalises the "
+                            "stream, so no inserted block keeps the function. Pre-norm blocks (x + f(LayerNorm(x))) "
+                            "take zero-residual blocks")
         act = g.facts[n].activation
         if act is not None and not act.identity_on(there.range):
             raise PassError(f"{where}: the blocks end in {act.value} after their add, which is not the identity on "
@@ -153,9 +160,22 @@ def _copy_block(gm: fx.GraphModule, g: ModelGraph, point: fx.Node, width: int, t
         if branch is not None:
             _zero(gm, g, branch, template)
     out = env[node_named(gm, template.exit)]
+    needed = _ancestors(out)
     for user in users:
-        user.replace_input_with(point, out)
+        if user not in needed:  # what the new block reads itself (the stream's size for a rotary table) stays
+            user.replace_input_with(point, out)
     return out
+
+
+def _ancestors(node: fx.Node) -> set[fx.Node]:
+    seen: set[fx.Node] = set()
+    todo = [node]
+    while todo:
+        for arg in todo.pop().all_input_nodes:
+            if arg not in seen:
+                seen.add(arg)
+                todo.append(arg)
+    return seen
 
 
 def _width(g: ModelGraph, node: str) -> int:
@@ -244,6 +264,12 @@ def _zero(gm: fx.GraphModule, g: ModelGraph, branch: fx.Node, template: Unit) ->
             return
         if isinstance(mod, nn.MultiheadAttention):
             _zero_tensors(mod.out_proj, ("weight", "bias"))
+            return
+        if node.meta.get(OPKIND_META) in (OpKind.FUNCTIONAL_LINEAR, OpKind.ADDMM):  # F.linear, GPT-2's Conv1D
+            for attr in (a for a in [*node.args, *node.kwargs.values()] if isinstance(a, fx.Node)
+                         and a.op == "get_attr"):
+                owner, _, leaf = str(attr.target).rpartition(".")
+                _zero_tensors(gm.get_submodule(owner) if owner else gm, (leaf,))
             return
         nxt = _zero_preserving_input(gm, node)
         if nxt is None:

@@ -11,7 +11,7 @@ from torch import nn
 
 from hetsurgery.errors import PassError
 from hetsurgery.ir import ModelGraph
-from hetsurgery.ir.batches import model_input
+from hetsurgery.ir.batches import input_names, model_input
 from hetsurgery.ir.lowering import to_module
 from hetsurgery.passes.base import Recorded
 
@@ -57,15 +57,15 @@ class ResetBatchNorm(Recorded):
         seen = 0
         with torch.no_grad():
             for batch in self.data:
-                x = model_input(batch)
+                x = model_input(batch, input_names(model))
                 if self.max_samples is not None:
                     if seen >= self.max_samples:
                         break
                     x = x[:self.max_samples - seen]
-                    if seen and x.shape[0] == 1:  # one sample alone is no batch to a BatchNorm1d: leave it out
+                    if seen and x.samples == 1:  # one sample alone is no batch to a BatchNorm1d: leave it out
                         break
-                model(x.to(run_on))
-                seen += x.shape[0]
+                model(*x.to(run_on))
+                seen += x.samples
         if seen == 0:
             raise PassError(f"{g.name}: ResetBatchNorm got no calibration batches")
         updates = {}

@@ -25,7 +25,7 @@ def resized_groups(g: ModelGraph, widths: Mapping[int, int]) -> tuple[PermGroup,
         if grp.structure.count > 1:
             raise PassError(f"{g.name}: group {gid} ({grp.label}) comes in {grp.structure.count} blocks; "
                             "its width cannot change")
-        if any(s.stride > 1 for s in grp.slots) or any(s.stride > 1 for s in grp.sites):
+        if not all(s.packed for s in grp.slots) or not all(s.packed for s in grp.sites):
             raise PassError(f"{g.name}: group {gid} ({grp.label}) is interleaved with other channels (a channel "
                             "shuffle); its width cannot change")
     slot_shift = _shifts([(grp, s.param, s.dim, s.offset, s.inner) for grp in g.groups for s in grp.slots], changed)

@@ -26,7 +26,7 @@ import torch
 
 from hetsurgery.errors import HetsurgeryError
 from hetsurgery.ir import ModelGraph, OpKind, Site
-from hetsurgery.ir.batches import model_input
+from hetsurgery.ir.batches import input_names, model_input
 from hetsurgery.plan.joint import site_view, tap_module
 
 
@@ -73,8 +73,8 @@ def estimate_signs(g: ModelGraph, units: Sequence[str], data: Iterable, estimato
     sums: list[SignCounts | None] = [None] * len(pres)
     with torch.no_grad():
         for batch in data:
-            x = model_input(batch)
-            outs = tap(x)
+            x = model_input(batch, input_names(tap))
+            outs = tap(*x)
             for i, (name, out) in enumerate(zip(pres, outs, strict=True)):
                 dim = g.facts[name].channel_dim
                 assert dim is not None
@@ -101,7 +101,7 @@ def norm_scales(g: ModelGraph, units: Sequence[str], data: Iterable) -> tuple[fl
     seen = [0] * len(norms)
     with torch.no_grad():
         for batch in data:
-            outs = iter(tap(model_input(batch)))
+            outs = iter(tap(*model_input(batch, input_names(tap))))
             for i, n in enumerate(norms):
                 if n is None:
                     continue

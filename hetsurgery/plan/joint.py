@@ -16,17 +16,16 @@ from torch import fx, nn
 from hetsurgery.errors import HetsurgeryError
 from hetsurgery.ir import ModelGraph, Site
 from hetsurgery.ir.lowering import to_module
-from hetsurgery.ir.slots import layout_positions
 
 
 def site_view(out: torch.Tensor, site: Site, size: int) -> torch.Tensor:
     """One site's features as ``(A, size, M)``: leading positions, channels, trailing positions (a view
     when the activation is contiguous and the channels are not interleaved). Channel ``c``'s ``inner``
     positions join the trailing ones."""
-    if site.stride == 1:
+    if site.packed:
         seg = out.narrow(site.dim, site.offset, size * site.inner)
     else:
-        idx = torch.as_tensor(layout_positions(site.offset, size, site.inner, site.stride), device=out.device)
+        idx = torch.as_tensor(site.positions(size), device=out.device)
         seg = out.index_select(site.dim, idx)
     lead = 1
     for n in seg.shape[:site.dim]:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from hetsurgery.errors import HetsurgeryError
 from hetsurgery.ir import ModelGraph
-from hetsurgery.ir.batches import model_input
+from hetsurgery.ir.batches import input_names, model_input
 from hetsurgery.plan.accumulate import BlockAccumulator, Scratch
 from hetsurgery.plan.joint import Observer, joint_module, site_view, sites_by_node
 
@@ -156,7 +156,7 @@ def _one_pass(graphs: Sequence[ModelGraph], data: Iterable, gids: list[int], ful
     target = device if device is not None else next(iter(graphs[0].params.values())).device
     with torch.no_grad():
         for batch in tqdm(data, desc="statistics", unit="batch", disable=not progress, leave=False):
-            joint(model_input(batch).to(target))
+            joint(*model_input(batch, input_names(joint)).to(target))
     result = {}
     for gid, a in acc.items():
         if a.n < 2:

@@ -1,4 +1,5 @@
-"""Tracing: torch.fx symbolic tracing, shape propagation, op classification, channel rules, lifting."""
+"""Tracing: torch.fx symbolic tracing or the torch.export front end, shape propagation, op classification,
+channel rules, lifting."""
 
 from hetsurgery.tracing.classify import classify
 from hetsurgery.tracing.lift import OPKIND_META, lift_graph, structural_copy

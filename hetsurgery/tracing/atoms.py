@@ -32,6 +32,9 @@ class Atom:
     no_pad: list[str] = field(default_factory=list)
     no_zip: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # said in the group's label ("probed at node ...")
+    heads: bool = False  # an attention read the blocks as heads: whole blocks may move (unless ``stuck``)
+    stuck: list[str] = field(default_factory=list)  # why whole blocks may not move
+    fixed_inner: list[str] = field(default_factory=list)  # why channels keep their order inside a block
     children: tuple[int, ...] = ()
 
 
@@ -88,7 +91,7 @@ class Atoms:
                                 label=f"{self.atoms[root].label}[{start + lo}:{start + hi}]",
                                 block=local_block(atom.block, lo, hi),
                                 frozen=list(atom.frozen), no_pad=list(atom.no_pad), no_zip=list(atom.no_zip),
-                                notes=list(atom.notes))
+                                notes=list(atom.notes), stuck=list(atom.stuck), fixed_inner=list(atom.fixed_inner))
                 pieces.append(len(self.atoms))
                 self.atoms.append(piece)
                 self._parent.append(pieces[-1])

@@ -57,6 +57,10 @@ class Lifter:
         self.producer_sites: list[tuple[int, Site]] = []
         self.fixed_axes: dict[tuple[str, int], str] = {}  # axis -> what fixes it ("the vocabulary axis of ...")
         self.untrusted_params: dict[str, str] = {}
+        self.constants: dict[str, str] = {}  # parameter -> how a group-free value was computed from it
+        self.axis_notes: dict[tuple[str, int], str] = {}  # why an axis got no channels (for ``uncovered``)
+        self.ties: list[tuple[int, int, str]] = []  # variables whose heads move together, the node that ties them
+        self.repeats: list[tuple[int, int, int, int, str]] = []  # (query var, key var, repeat, head size, node)
         self._made: dict[str, int] = {}  # node name -> variables made there
         self.group_of: dict[int, int] = {}  # atom class root -> group id, once groups() ran
 
@@ -138,11 +142,40 @@ class Lifter:
         for atom in self._each(vs):
             atom.notes.append(text)
 
-    def constrain_blocks(self, v: int, block: int) -> None:
-        """Permutations of ``v`` may only act inside its consecutive blocks of ``block`` channels."""
+    def constrain_blocks(self, v: int, block: int, stuck: str | None = None) -> None:
+        """Permutations of ``v`` may only act inside its consecutive blocks of ``block`` channels; ``stuck``
+        says why whole blocks may not trade places either (a view as heads leaves that to the attention
+        that reads them: ``attend``)."""
         for leaf, start in self.leaves(v):
             atom = self.atoms.atoms[leaf]
             atom.block = math.gcd(atom.block, local_block(block, start, start + atom.size))
+            if stuck is not None:
+                atom.stuck.append(stuck)
+
+    # -- attention heads --------------------------------------------------------------------------
+    def attend(self, vs: list[int]) -> None:
+        """An attention reads the blocks of ``vs`` as heads: whole heads may move (see ``tie_heads``)."""
+        for atom in self._each(vs):
+            atom.heads = True
+
+    def stick(self, vs: list[int], reason: str) -> None:
+        """Whole blocks of ``vs`` may not trade places (a per-head parameter, an op across the heads)."""
+        for atom in self._each(vs):
+            atom.stuck.append(reason)
+
+    def fix_inner(self, vs: list[int], reason: str) -> None:
+        """The channels inside each block of ``vs`` keep their order (only whole blocks may move)."""
+        for atom in self._each(vs):
+            atom.fixed_inner.append(reason)
+
+    def tie_heads(self, a: int, b: int, node: fx.Node) -> None:
+        """Head ``h`` of ``a`` and head ``h`` of ``b`` are one head of an attention: they move together."""
+        self.ties.append((a, b, node.name))
+
+    def repeat_heads(self, query: int, key: int, repeat: int, size: int, node: fx.Node) -> None:
+        """Grouped-query attention: query head ``h`` meets key head ``h // repeat`` channel by channel, so the
+        query projection holds the key group's channels once per query head (``Slot.run`` / ``skip``)."""
+        self.repeats.append((query, key, repeat, size, node.name))
 
     def size(self, v: int) -> int:
         return self._sizes[v]
@@ -156,7 +189,7 @@ class Lifter:
         if param is None or param not in self.tensors:
             return
         for seg, at in value.offsets():
-            self.slot(seg.var, Slot(param, dim, at, seg.inner, role, stride=seg.stride))
+            self.slot(seg.var, Slot(param, dim, at, seg.inner, role, stride=seg.stride, run=seg.run, skip=seg.skip))
 
     def consume(self, value: Chan, node: fx.Node, param: str, dim: int) -> None:
         """``param``'s axis ``dim`` reads ``value`` (the output of ``node``): consumer slots and sites."""
@@ -166,7 +199,7 @@ class Lifter:
     def observe(self, value: Chan, node: fx.Node, producer: bool = False) -> None:
         target = self.producer_sites if producer else self.sites
         for seg, at in value.offsets():
-            target.append((seg.var, Site(node.name, value.dim, at, seg.inner, seg.stride)))
+            target.append((seg.var, Site(node.name, value.dim, at, seg.inner, seg.stride, seg.run, seg.skip)))
 
     def fix_axes(self, param: str | None, dims: range | list[int], why: str) -> None:
         """Axes ``dims`` of ``param`` are not channels by design; ``why`` completes "<param> dim <d> is ..."."""
@@ -174,12 +207,41 @@ class Lifter:
             for d in dims:
                 self.fixed_axes.setdefault((self.canonical.get(param, param), d), why)
 
+    def constant(self, params: Sequence[str], node: fx.Node) -> None:
+        """``params`` were combined into a value that depends on no group: unless some other use needs them, their
+        axes are not channels (``constant_axes``)."""
+        for p in params:
+            self.constants.setdefault(self.canonical.get(p, p), f"computed at node {node.name}")
+
+    def constant_axes(self) -> None:
+        """Fix every axis of the parameters used only as constants (no slot, not distrusted): called after
+        ``groups()``."""
+        slotted = {s.param for _, s in self.slots}
+        for p, how in self.constants.items():
+            if p not in slotted and p not in self.untrusted_params:
+                self.fix_axes(p, range(self.tensors[p].dim()), f"an axis of a constant ({how}), which no channel "
+                                                                "passes through")
+
+    def note_axis(self, param: str, dim: int, why: str) -> None:
+        """Say why axis ``dim`` of ``param`` has no channels (its input carries none: the output of a give-up)."""
+        self.axis_notes.setdefault((self.canonical.get(param, param), dim), why)
+
     def distrust(self, param: str, reason: str) -> None:
         """Any group with a slot on ``param`` will be frozen: the parameter is used in a way we do not follow."""
         self.untrusted_params.setdefault(self.canonical.get(param, param), reason)
 
     def give_up(self, values: Sequence[object], reason: str) -> Free:
-        """Freeze everything ``values`` carry; the result depends on no free group."""
+        """Freeze everything ``values`` carry; the result depends on no free group.
+
+        Without channels or the model input among ``values`` (parameters reshaped or combined with positions:
+        a rotary table from ``inv_freq``) nothing is frozen: the parameters are constants so far, and the result
+        carries them, so that a later use that needs their channels distrusts them then."""
+        params = [p for v in values for p in params_in(v)]
+        if not any(vars_of(v) for v in values) and not any(isinstance(v, Free) and v.why == MODEL_INPUT
+                                                            for v in values):
+            for p in params:
+                self.constants.setdefault(self.canonical.get(p, p), reason)
+            return Free(f"output of {reason}", tuple(dict.fromkeys(params)))
         for v in values:
             self.freeze(vars_of(v), reason)
             for p in params_in(v):
@@ -199,16 +261,23 @@ class Lifter:
                 if s.param == param:
                     self.atoms.atoms[a].frozen.append((reason, False))
         self._freeze_fixed_axis_slots(slots)
-        by_class = _collect(slots, self.atoms.find)
-        sites = _collect(self._laid_out(self.sites), self.atoms.find)
-        producer_sites = _collect(self._laid_out(self.producer_sites), self.atoms.find)
+        aliases = self._repeat_aliases()
+        by_class = _collect(_repeated(slots, aliases, self.atoms.find), self.atoms.find)
+        sites = _collect(_repeated(self._laid_out(self.sites), aliases, self.atoms.find), self.atoms.find)
+        producer_sites = _collect(_repeated(self._laid_out(self.producer_sites), aliases, self.atoms.find),
+                                  self.atoms.find)
+        absorbed: dict[int, list[int]] = defaultdict(list)  # key group root -> atoms of its query groups
+        for q_root, (k_root, _, _) in aliases.items():
+            absorbed[k_root].extend(self.atoms.members(q_root))
         out: list[PermGroup] = []
         for members in self.atoms.classes():
             root = self.atoms.find(members[0])
+            if root in aliases:
+                continue
             self.group_of[root] = len(out)
-            xs = [self.atoms.atoms[m] for m in members]
+            xs = [self.atoms.atoms[m] for m in [*members, *absorbed.get(root, [])]]
             size = xs[0].size
-            block = math.gcd(*(x.block for x in xs))
+            block = math.gcd(*(x.block for x in xs if x.size == size))
             frozen_reason, by_design = _freeze_reason([f for x in xs for f in x.frozen])
             labels = list(dict.fromkeys(x.label for x in xs))
             label = labels[0] + (f" (+{len(xs) - 1})" if len(xs) > 1 else "")
@@ -222,12 +291,75 @@ class Lifter:
                 zip_blockers=tuple(dict.fromkeys(r for x in xs for r in x.no_zip)),
                 sites=tuple(dict.fromkeys(sites.get(root) or producer_sites.get(root, []))),
                 label=label, producers=tuple(labels), key=xs[0].key))
+        for q_root, (k_root, _, _) in aliases.items():
+            self.group_of[q_root] = self.group_of[k_root]
+        return self._with_heads(out, absorbed)
+
+    def _repeat_aliases(self) -> dict[int, tuple[int, int, int]]:
+        """Grouped-query attention: per query group (class root), the key group it repeats, how many query heads
+        each key head serves, and the head size. A query group that cannot be laid out over its key group
+        (cut apart, met by two different key groups) freezes both."""
+        out: dict[int, tuple[int, int, int]] = {}
+        for q, k, rep, size, node in self.repeats:
+            lq, lk = self.leaves(q), self.leaves(k)
+            roots = (self.atoms.find(lq[0][0]), self.atoms.find(lk[0][0])) if len(lq) == len(lk) == 1 else None
+            if roots is None or roots[0] == roots[1] or out.get(roots[0], (roots[1],))[0] != roots[1] \
+                    or roots[1] in out or self.atoms.atoms[roots[0]].size != rep * self.atoms.atoms[roots[1]].size:
+                self.freeze([q, k], f"grouped-query attention at node {node} whose query and key heads the rules "
+                                    "cannot lay over each other")
+                continue
+            out[roots[0]] = (roots[1], rep, size)
+        return out
+
+    def _with_heads(self, groups: list[PermGroup], absorbed: Mapping[int, list[int]]) -> tuple[PermGroup, ...]:
+        """The groups with their head structure: which may move whole blocks, tied with which others, which keep
+        the order inside their blocks (frozen when nothing is left to permute)."""
+        atoms_of: dict[int, list[Atom]] = defaultdict(list)
+        for members in self.atoms.classes():
+            root = self.atoms.find(members[0])
+            atoms_of[self.group_of[root]].extend(self.atoms.atoms[m] for m in [*members, *absorbed.get(root, [])])
+        tie = list(range(len(groups)))
+
+        def find(g: int) -> int:
+            while tie[g] != g:
+                g = tie[g]
+            return g
+
+        for a, b, _ in self.ties:
+            ga, gb = self._var_ids(a), self._var_ids(b)
+            if len(ga) == len(gb) == 1 and find(ga[0]) != find(gb[0]):
+                tie[max(find(ga[0]), find(gb[0]))] = min(find(ga[0]), find(gb[0]))
+        classes: dict[int, list[int]] = defaultdict(list)
+        for g in range(len(groups)):
+            classes[find(g)].append(g)
+        out = list(groups)
+        for members in classes.values():
+            counts = {groups[g].structure.count for g in members}
+            why_not = [r for g in members for x in atoms_of[g] for r in x.stuck]
+            why_not += [f"the heads it moves with (group {g}) are frozen: {groups[g].frozen}" for g in members
+                        if groups[g].frozen is not None]
+            heads = all(any(x.heads for x in atoms_of[g]) for g in members)
+            moves = heads and not why_not and len(counts) == 1 and counts != {1}
+            for g in members:
+                grp, xs = groups[g], atoms_of[g]
+                inner = [r for x in xs for r in x.fixed_inner]
+                structure = Blocks(grp.structure.count, grp.structure.size, moves=moves, inner=not inner)
+                frozen, by_design = grp.frozen, grp.by_design
+                if inner and not moves and frozen is None and grp.structure.count == 1 and heads:
+                    frozen, by_design = f"{inner[0]}, and one head has nowhere to move", True
+                elif inner and not moves and frozen is None:
+                    stuck = why_not[0] if why_not else "its heads are not read by an attention"
+                    frozen, by_design = f"{inner[0]}, and whole heads cannot move ({stuck})", False
+                ties = tuple(m for m in members if m != g) if moves else ()
+                out[g] = replace(grp, structure=structure, frozen=frozen, by_design=by_design, heads_with=ties)
         return tuple(out)
 
     def ids(self, value: object) -> tuple[int, ...]:
         """The group ids a value carries (after ``groups()``)."""
-        return tuple(sorted({self.group_of[self.atoms.find(leaf)] for v in vars_of(value)
-                             for leaf, _ in self.leaves(v)}))
+        return tuple(sorted({g for v in vars_of(value) for g in self._var_ids(v)}))
+
+    def _var_ids(self, v: int) -> list[int]:
+        return sorted({self.group_of[self.atoms.find(leaf)] for leaf, _ in self.leaves(v)})
 
     def _laid_out(self, items: Sequence[tuple[int, T]]) -> list[tuple[int, T]]:
         """Slots or sites of variables as slots or sites of their atoms (a cut variable's pieces sit at their
@@ -240,6 +372,9 @@ class Lifter:
                 continue
             if isinstance(item, Slot) and item.chunks > 1:
                 self.freeze([v], f"a grouped convolution ({item.param}) reads channels that a split cuts apart")
+                continue
+            if item.skip:
+                self.freeze([v], "grouped-query attention heads that a split cuts apart")
                 continue
             step = item.stride * item.inner
             for leaf, start in leaves:
@@ -286,6 +421,22 @@ class Lifter:
         return kept
 
 
+def _repeated(items: Sequence[tuple[int, T]], aliases: Mapping[int, tuple[int, int, int]],
+              find: Callable[[int], int]) -> list[tuple[int, T]]:
+    """Slots or sites of query groups laid over their key groups: each once per query head of a key head."""
+    out: list[tuple[int, T]] = []
+    for a, item in items:
+        alias = aliases.get(find(a))
+        if alias is None:
+            out.append((a, item))
+            continue
+        k_root, rep, run = alias
+        for r in range(rep):
+            out.append((k_root, replace(item, offset=item.offset + r * run * item.inner, run=run,
+                                        skip=(rep - 1) * run)))
+    return out
+
+
 def _collect(pairs: Sequence[tuple[int, Any]], find: Callable[[int], int]) -> dict[int, list[Any]]:
     out: dict[int, list[Any]] = defaultdict(list)
     for v, item in pairs:
@@ -303,12 +454,21 @@ def _freeze_reason(frozen: list[tuple[str, bool]]) -> tuple[str | None, bool]:
 
 
 def params_in(v: object) -> list[str]:
-    """The parameters a value is (or holds, through tuples)."""
+    """The parameters a value is (or holds, through tuples, or was computed from)."""
     if isinstance(v, Param):
         return [v.name]
+    if isinstance(v, Free):
+        return list(v.params)
     if isinstance(v, Items):
         return [p for item in v.items for p in params_in(item)]
     return []
+
+
+def free_of(values: Sequence[object]) -> Free:
+    """A result computed only from values that depend on no group: their reason, and the parameters they were
+    computed from."""
+    params = tuple(dict.fromkeys(p for v in values for p in params_in(v)))
+    return Free(free_why(values), params)
 
 
 def free_why(values: Sequence[object]) -> str:

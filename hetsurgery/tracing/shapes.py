@@ -19,6 +19,7 @@ from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from hetsurgery.errors import TracingError
 
 Arguments = tuple[tuple[Any, ...], dict[str, Any]]  # a node's args and kwargs, as values
+NUMBER_META = "hetsurgery.number"  # node.meta key: the plain number a node computed on the example inputs
 
 
 class _Recording(fx.Interpreter):
@@ -53,6 +54,8 @@ class _Recording(fx.Interpreter):
         meta = map_aggregate(result, extract)
         if tensors:
             n.meta["tensor_meta"] = meta
+        elif isinstance(result, (int, float, bool)):  # a size computed from shapes (``x.shape[-1] // 2``)
+            n.meta[NUMBER_META] = result
         n.meta["type"] = type(result)
         return result
 

@@ -42,6 +42,8 @@ _ROOT = "__root__"
 _ADD = frozenset({operator.add, operator.iadd, torch.add, "add", "add_"})
 _FOLLOWERS = frozenset({OpKind.BATCH_NORM, OpKind.LAYER_NORM, OpKind.GROUP_NORM, OpKind.ELEMENTWISE})
 _LAYERS = frozenset({OpKind.LINEAR, OpKind.CONV})
+_WEIGHTED = frozenset({*_LAYERS, OpKind.FUNCTIONAL_LINEAR, OpKind.ADDMM, OpKind.MULTIHEAD_ATTENTION})
+_READS_DATA = frozenset({*_WEIGHTED, OpKind.EMBEDDING, OpKind.BATCH_NORM, OpKind.LAYER_NORM, OpKind.GROUP_NORM})
 _QUIET = frozenset({OpKind.GET_ATTR, OpKind.GETITEM, OpKind.SHAPE})  # not part of a block's op signature
 
 
@@ -79,6 +81,7 @@ def _residual_halves(g: ModelGraph, flow: nx.DiGraph, order: dict[str, int]) -> 
 
     live = _input_dependent(flow)
     dag = flow.subgraph(live).copy()
+    dag.remove_edges_from([(n, s) for n in live if flow.nodes[n]["kind"] is OpKind.SHAPE for s in flow.successors(n)])
     dag.add_edges_from((_ROOT, n) for n in live if flow.nodes[n]["op"] == "placeholder")
     idom = nx.immediate_dominators(dag, _ROOT) if live else {}
     halves = []
@@ -90,9 +93,13 @@ def _residual_halves(g: ModelGraph, flow: nx.DiGraph, order: dict[str, int]) -> 
             continue
         region = (nx.descendants(dag, fork) & nx.ancestors(dag, name)) | {name}
         region |= _constants_used_only_in(flow, region)
-        if any(succ not in region for n in region - {name} for succ in flow.successors(n)):
-            continue  # a value leaves the block before its add: no block
-        if any(succ not in region for succ in flow.successors(fork)):
+        region |= _size_reads(flow, region, fork, live)
+        if not any(flow.nodes[n]["kind"] in _WEIGHTED for n in region):
+            continue  # no layer on the branch (a rotary embedding's x*cos + rotate(x)*sin): no block
+        if any(succ not in region and flow.nodes[succ]["kind"] is not OpKind.SHAPE
+               for n in region - {name} for succ in flow.successors(n)):
+            continue  # a value leaves the block before its add (reading its size is fine): no block
+        if any(succ not in region and flow.nodes[succ]["kind"] is not OpKind.SHAPE for succ in flow.successors(fork)):
             continue  # the fork also feeds something else (a long skip): no sequential block
         exit_ = _trailing(g, flow, name, region)
         nodes = tuple(sorted(region | set(exit_), key=order.__getitem__))
@@ -104,13 +111,42 @@ def _residual_halves(g: ModelGraph, flow: nx.DiGraph, order: dict[str, int]) -> 
 
 
 def _input_dependent(flow: nx.DiGraph) -> set[str]:
-    import networkx as nx
-
-    starts = [n for n, d in flow.nodes(data=True) if d["op"] == "placeholder"]
-    out = set(starts)
-    for s in starts:
-        out |= nx.descendants(flow, s)
+    """The nodes whose values depend on the model input's values: what depends on its shape only (positions
+    from ``x.shape[1]``, a rotary table, a causal mask) is a constant here, shared by every block, and so is what
+    depends only on inputs that no layer reads as its data (an attention mask)."""
+    starts = _data_inputs(flow)
+    out, todo = set(starts), list(starts)
+    while todo:
+        n = todo.pop()
+        if flow.nodes[n]["kind"] is OpKind.SHAPE and flow.nodes[n]["op"] != "placeholder":
+            continue  # a size read: what follows it depends on no value
+        for succ in flow.successors(n):
+            if succ not in out:
+                out.add(succ)
+                todo.append(succ)
     return {n for n in out if flow.nodes[n]["op"] != "output"}
+
+
+def _data_inputs(flow: nx.DiGraph) -> list[str]:
+    """The model inputs whose values a layer reads as its data: through nodes that carry no group, the first
+    argument of a layer (an embedding's ids, a conv's pixels; not an attention's mask, not the condition of a
+    ``where``). All the inputs when none is."""
+    inputs = [n for n, d in flow.nodes(data=True) if d["op"] == "placeholder"]
+    out = []
+    for p in inputs:
+        seen, todo = {p}, [p]
+        while todo:
+            n = todo.pop()
+            for succ in flow.successors(n):
+                if flow.nodes[succ]["writes"] and flow.nodes[succ]["kind"] is not OpKind.SHAPE:
+                    if flow.nodes[succ]["kind"] in _READS_DATA and _first_input(flow, succ) == n:
+                        out.append(p)
+                        todo = []
+                        break
+                elif succ not in seen and flow.nodes[succ]["kind"] is not OpKind.SHAPE:
+                    seen.add(succ)
+                    todo.append(succ)
+    return out or inputs
 
 
 def _is_residual_add(g: ModelGraph, flow: nx.DiGraph, name: str) -> bool:
@@ -122,6 +158,28 @@ def _is_residual_add(g: ModelGraph, flow: nx.DiGraph, name: str) -> bool:
         return False
     fa, fb, fo = g.facts[a.name], g.facts[b.name], g.facts[name]
     return bool(fa.writes) and fa.writes == fb.writes and fa.shape == fb.shape == fo.shape
+
+
+def _size_reads(flow: nx.DiGraph, region: set[str], fork: str, live: set[str]) -> set[str]:
+    """The nodes that compute sizes from the region's values (``b, s, _ = x.shape``) for the region alone: part of
+    the block (a copy of the block computes them from its own values)."""
+    inside = region | {fork}
+    found: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for n in flow.nodes:
+            if n in region or n in found or (n in live and flow.nodes[n]["kind"] is not OpKind.SHAPE):
+                continue
+            preds = set(flow.predecessors(n))
+            if preds and preds & (inside | found) and all(p in inside or p in found or p not in live for p in preds):
+                found.add(n)
+                changed = True
+    while True:  # keep only those whose every reader is in the block
+        leaking = {n for n in found if any(s not in region and s not in found for s in flow.successors(n))}
+        if not leaking:
+            return found
+        found -= leaking
 
 
 def _constants_used_only_in(flow: nx.DiGraph, region: set[str]) -> set[str]:
@@ -153,7 +211,26 @@ def _first_input(flow: nx.DiGraph, name: str) -> str | None:
     return getattr(first, "name", None)
 
 
+def _post_norms(g: ModelGraph, flow: nx.DiGraph, halves: list[_Half]) -> list[_Half]:
+    """Post-norm blocks (BERT's ``LayerNorm(x + f(x))``): a half whose add alone feeds a normalisation that the
+    next half forks at ends with that normalisation, and so does the last half of such a chain."""
+    def norm_after(h: _Half) -> str | None:
+        users = list(flow.successors(h.exit))
+        return users[0] if len(users) == 1 and g.facts[users[0]].kind is OpKind.LAYER_NORM else None
+
+    forks = {h.fork for h in halves}
+    post = {h.add: n for h in halves if (n := norm_after(h)) is not None and n in forks}
+    ended = set()
+    for h in halves:  # the last half of a post-norm chain: the one its predecessor's norm forks
+        n = norm_after(h)
+        if n is not None and h.add not in post and any(p == h.fork for p in post.values()):
+            ended.add(h.add)
+            post[h.add] = n
+    return [replace(h, nodes=(*h.nodes, post[h.add]), exit=post[h.add]) if h.add in post else h for h in halves]
+
+
 def _blocks(g: ModelGraph, halves: list[_Half], flow: nx.DiGraph) -> tuple[list[Unit], list[Stage]]:
+    halves = _post_norms(g, flow, halves)
     by_fork = {h.fork: h for h in halves}
     follows = {h.exit for h in halves}
     units: list[Unit] = []

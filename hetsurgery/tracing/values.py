@@ -7,19 +7,27 @@ A tensor value is one of
   A plain feature map is one segment; a concat is several; a flattened conv map has ``inner = H*W``.
   After a channel shuffle segments interleave: ``Seg(..., stride=g)`` puts consecutive channels ``g``
   apart and ``Chan.at`` gives each segment's first index.
-* ``Heads(block_dim, dim, var, count, size)``: one group split into ``count`` heads of ``size`` channels,
-  the head index along ``block_dim`` and the channel inside the head along ``dim``.
+* ``Heads(block_dim, dim, var, count, size, repeat)``: one group split into ``count`` heads of ``size``
+  channels, the head index along ``block_dim`` and the channel inside the head along ``dim``. With
+  ``repeat > 1`` every head appears ``repeat`` times in a row along ``block_dim`` (grouped-query attention's
+  ``repeat_kv``: index ``h`` is head ``h // repeat``).
+* ``HeadSlice``: channels ``lo … hi - 1`` of every head of a ``Heads`` value (rotary embedding's
+  ``rotate_half`` cuts each head in two and puts the halves back swapped).
+* ``HeadIndex(dim, var, count)``: a tensor with no channel axis whose dim ``dim`` indexes the heads of
+  ``var`` (attention weights ``softmax(q kᵀ)``): it ties those heads to the heads of the values it weights.
 * ``Pieces(dim, parts)``: a channel axis cut into ``len(parts)`` pieces along ``dim`` (a fused ``qkv``
   reshaped to ``(B, N, 3, heads, head_dim)``); piece ``i`` is the tracked value ``parts[i]``.
 * ``Param(name, shape)``: a parameter or buffer (or an elementwise function of one).
-* ``Free(why)``: does not depend on the order of any group (the model input, sizes, constants).
+* ``Free(why, params)``: does not depend on the order of any group (the model input, sizes, constants), and
+  was computed from ``params`` (constants such as a rotary embedding's ``inv_freq``: if such a value is ever used
+  where channels would have to move through it, the rule that gives up distrusts those parameters).
 
 Tuples are ``Items``; ``ShapeOf`` is the ``.shape`` of a tracked tensor (reading the width is noted).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hetsurgery.ir.slots import hull, layout_positions
 
@@ -32,6 +40,8 @@ class Seg:
     size: int
     inner: int = 1
     stride: int = 1  # channel c starts at the segment's first index + c*stride*inner
+    run: int = 0  # with ``skip``: runs of ``run`` channels, ``skip`` channels of others after each (``Slot.run``)
+    skip: int = 0
 
     @property
     def width(self) -> int:
@@ -39,12 +49,17 @@ class Seg:
         return self.size * self.inner
 
     @property
+    def layout(self) -> tuple[int, int, int, int, int]:
+        """Everything but the variable: two segments with one layout hold channels the same way."""
+        return self.size, self.inner, self.stride, self.run, self.skip
+
+    @property
     def hull(self) -> int:
         """From the segment's first index to past its last (other segments may sit in between)."""
-        return hull(self.size, self.inner, self.stride)
+        return hull(self.size, self.inner, self.stride, self.run, self.skip)
 
     def positions(self, at: int) -> range | list[int]:
-        return layout_positions(at, self.size, self.inner, self.stride)
+        return layout_positions(at, self.size, self.inner, self.stride, self.run, self.skip)
 
 
 @dataclass(frozen=True)
@@ -96,6 +111,30 @@ class Heads:
     var: int
     count: int
     size: int
+    repeat: int = 1
+
+    @property
+    def extent(self) -> int:
+        """How many indices ``block_dim`` has."""
+        return self.count * self.repeat
+
+
+@dataclass(frozen=True)
+class HeadSlice:
+    """Channels ``lo … hi - 1`` of each head of ``heads`` (along ``heads.dim``, which then has ``hi - lo``)."""
+
+    heads: Heads
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True)
+class HeadIndex:
+    """Dim ``dim`` indexes the ``count`` heads of ``var`` (no channel axis: attention weights)."""
+
+    dim: int
+    var: int
+    count: int
 
 
 @dataclass(frozen=True)
@@ -113,6 +152,7 @@ class Param:
 @dataclass(frozen=True)
 class Free:
     why: str = "constant"
+    params: tuple[str, ...] = ()  # parameters it was computed from (a rotary table from ``inv_freq``)
 
 
 @dataclass(frozen=True)
@@ -126,15 +166,17 @@ class ShapeOf:
 
 
 Tracked = Chan | Heads
-Value = Chan | Heads | Pieces | Param | Free | Items | ShapeOf
+Value = Chan | Heads | HeadSlice | HeadIndex | Pieces | Param | Free | Items | ShapeOf
 
 
 def vars_of(v: object) -> list[int]:
     """Every group variable a value carries (through tuples and shapes)."""
     if isinstance(v, Chan):
         return [s.var for s in v.segs]
-    if isinstance(v, Heads):
+    if isinstance(v, (Heads, HeadIndex)):
         return [v.var]
+    if isinstance(v, HeadSlice):
+        return [v.heads.var]
     if isinstance(v, Pieces):
         return [x for part in v.parts for x in vars_of(part)]
     if isinstance(v, Items):
@@ -152,7 +194,7 @@ def shift(v: Tracked, delta: int) -> Tracked:
     """The same value with its channel dims moved by ``delta`` (leading dims added or removed)."""
     if isinstance(v, Chan):
         return v.moved(v.dim + delta)
-    return Heads(v.block_dim + delta, v.dim + delta, v.var, v.count, v.size)
+    return replace(v, block_dim=v.block_dim + delta, dim=v.dim + delta)
 
 
 def remap(v: Tracked, mapping: dict[int, int]) -> Tracked | None:
@@ -161,7 +203,7 @@ def remap(v: Tracked, mapping: dict[int, int]) -> Tracked | None:
         return None
     if isinstance(v, Chan):
         return v.moved(mapping[v.dim])
-    return Heads(mapping[v.block_dim], mapping[v.dim], v.var, v.count, v.size)
+    return replace(v, block_dim=mapping[v.block_dim], dim=mapping[v.dim])
 
 
 def remap_pieces(v: Pieces, mapping: dict[int, int]) -> Pieces | None:

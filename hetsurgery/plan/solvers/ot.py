@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from hetsurgery.ir import Blocks
+from hetsurgery.plan.solvers.heads import expand
 from hetsurgery.plan.stats import GroupStats, signature_agreement
 from hetsurgery.plan.width_plan import GroupMatch, MatchKind
 
@@ -147,9 +148,10 @@ def maps_of(t: torch.Tensor, weight: float) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def ot_match(gid: int, stats: GroupStats, blocks: Blocks, weights: Sequence[float], anchor: int = 0, *,
-             solver: OTSolver | str = OTSolver.EMD, reg: float = 0.01, signature: torch.Tensor | None = None
-             ) -> GroupMatch:
-    """Transport every model onto the anchor's neurons, block by block (heads stay heads)."""
+             solver: OTSolver | str = OTSolver.EMD, reg: float = 0.01, signature: torch.Tensor | None = None,
+             orders: Sequence[torch.Tensor | None] | None = None) -> GroupMatch:
+    """Transport every model onto the anchor's neurons, block by block (heads stay heads; heads that move
+    are first put in the anchor's order, ``orders[k]``: model ``k``'s head for each anchor head)."""
     solver = as_solver(solver)
     d0 = stats.widths[anchor]
     merges, unmerges = [], []
@@ -158,19 +160,23 @@ def ot_match(gid: int, stats: GroupStats, blocks: Blocks, weights: Sequence[floa
             merges.append(weights[k] * torch.eye(d0, dtype=torch.float64))
             unmerges.append(torch.eye(d0, dtype=torch.float64))
             continue
+        order = orders[k] if orders is not None and blocks.moves else None
         merge, unmerge = maps_of(blockwise_coupling(feature_distance(stats, k, anchor, signature), blocks.count,
-                                                    solver, reg), weights[k])
+                                                    solver, reg, order), weights[k])
         merges.append(merge)
         unmerges.append(unmerge)
     return GroupMatch(gid, d0, tuple(merges), tuple(unmerges), {"solver": solver.value}, kind=MatchKind.OT)
 
 
-def blockwise_coupling(cost: torch.Tensor, blocks: int, solver: OTSolver | str, reg: float) -> torch.Tensor:
-    """``coupling`` inside each of ``blocks`` diagonal blocks (heads stay heads), each block's mass ``1/blocks``."""
+def blockwise_coupling(cost: torch.Tensor, blocks: int, solver: OTSolver | str, reg: float,
+                       order: torch.Tensor | None = None) -> torch.Tensor:
+    """``coupling`` inside each of ``blocks`` diagonal blocks (heads stay heads), each block's mass ``1/blocks``;
+    with ``order``, column block ``i`` (the anchor's head ``i``) couples with row block ``order[i]``."""
     n, m = cost.shape
-    t = torch.zeros(n, m, dtype=torch.float64)
     bn, bm = n // blocks, m // blocks
+    rows = expand(order, bn) if order is not None else torch.arange(n)
+    t = torch.zeros(n, m, dtype=torch.float64)
     for j in range(blocks):
-        t[j * bn:(j + 1) * bn, j * bm:(j + 1) * bm] = coupling(
-            cost[j * bn:(j + 1) * bn, j * bm:(j + 1) * bm], solver, reg) / blocks
+        r = rows[j * bn:(j + 1) * bn]
+        t[r, j * bm:(j + 1) * bm] = coupling(cost[r, j * bm:(j + 1) * bm], solver, reg) / blocks
     return t

@@ -26,6 +26,7 @@ import torch
 
 from hetsurgery.ir import ModelGraph, PermGroup, Role, Slot, SlotMaps, later_offsets_first, slots_by_param
 from hetsurgery.ir.slot_algebra import positions, slot_rows
+from hetsurgery.plan.solvers.heads import head_order
 from hetsurgery.plan.solvers.ot import OTCost, OTSolver, as_solver, blockwise_coupling, maps_of
 from hetsurgery.plan.width_plan import GroupMatch, MatchKind
 
@@ -64,12 +65,15 @@ def ot_weight_matches(graphs: Sequence[ModelGraph], weights: Sequence[float], ta
     solver = as_solver(solver)
     order, cyclic = producer_order(graphs[0])
     matches: dict[int, GroupMatch] = {}
+    heads: dict[tuple[int, int], torch.Tensor] = {}  # (group, model) -> its head order, shared by tied groups
     for grp in [*order, *(grp for grp in order if grp.id in cyclic)]:
         onto = targets[grp.id]
         rows = [_incoming(g, grp.id, matches, k, learned) for k, g in enumerate(graphs)]
         merges, unmerges = [], []
         for k, r in enumerate(rows):
-            t = blockwise_coupling(torch.cdist(r, rows[onto]), grp.structure.count, solver, reg) if k != onto else \
+            cost = torch.cdist(r, rows[onto])
+            moved = _head_order(grp, k, cost, heads) if grp.structure.moves and k != onto else None
+            t = blockwise_coupling(cost, grp.structure.count, solver, reg, moved) if k != onto else \
                 torch.eye(r.shape[0], dtype=torch.float64)
             merge, unmerge = maps_of(t, weights[k])
             merges.append(merge)
@@ -78,6 +82,17 @@ def ot_weight_matches(graphs: Sequence[ModelGraph], weights: Sequence[float], ta
                                      {"solver": solver.value, "cost": OTCost.WEIGHTS.value, "onto": onto},
                                      kind=MatchKind.OT)
     return matches
+
+
+def _head_order(grp: PermGroup, k: int, cost: torch.Tensor, heads: dict[tuple[int, int], torch.Tensor]
+                ) -> torch.Tensor:
+    """Model ``k``'s head for each head of the target: the order a tied group already chose, or the best by
+    this group's incoming weights."""
+    for other in (grp.id, *grp.heads_with):
+        if (other, k) in heads:
+            return heads[(other, k)]
+    heads[(grp.id, k)] = head_order([-cost.T], grp.structure)
+    return heads[(grp.id, k)]
 
 
 def _incoming(g: ModelGraph, gid: int, done: Mapping[int, GroupMatch], k: int, learned: Collection[str]) -> torch.Tensor:
@@ -105,7 +120,7 @@ def _summarised(t: torch.Tensor, slot: Slot, size: int) -> torch.Tensor:
     position): what any order of those channels agrees on."""
     if slot.chunks > 1:
         return t
-    if slot.stride > 1:  # interleaved with other channels: keep the layout, every channel becomes their mean
+    if not slot.packed:  # interleaved with other channels: keep the layout, every channel becomes their mean
         idx = positions(slot, size, t.device)
         moved = t.index_select(slot.dim, idx).movedim(slot.dim, 0)
         grid = moved.reshape(size, slot.inner, *moved.shape[1:])

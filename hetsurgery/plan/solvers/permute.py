@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from hetsurgery.ir import Blocks
+from hetsurgery.ir import Blocks, PermGroup
+from hetsurgery.plan.solvers.heads import head_orders
 from hetsurgery.plan.solvers.lap import assignment_value, best_permutation
 from hetsurgery.plan.stats import GroupStats
 from hetsurgery.plan.width_plan import GroupMatch
 
 
 def permute(gid: int, stats: GroupStats, blocks: Blocks, weights: Sequence[float], anchor: int = 0,
-            signature: torch.Tensor | None = None) -> GroupMatch:
-    """Each model's channel order that maximises its total correlation with the anchor's channels.
+            signature: torch.Tensor | None = None, orders: Sequence[torch.Tensor | None] | None = None
+            ) -> GroupMatch:
+    """Each model's channel order that maximises its total correlation with the anchor's channels; heads that
+    move (``blocks.moves``) go where ``orders[k]`` (model ``k``'s head for each anchor head) puts them.
 
     >>> import torch
     >>> from hetsurgery.ir import Blocks
@@ -33,7 +36,27 @@ def permute(gid: int, stats: GroupStats, blocks: Blocks, weights: Sequence[float
             perms.append(torch.arange(stats.widths[k]))
             continue
         score = stats.block(corr, anchor, k)
-        perms.append(best_permutation(score, blocks.size))
+        perms.append(best_permutation(score, blocks, orders[k] if orders is not None else None))
         scores.append(assignment_value(score, perms[-1]) / stats.widths[k])
     return GroupMatch.from_perms(gid, perms, weights, {"perms": [p.tolist() for p in perms],
                                                        "mean_correlation": scores})
+
+
+def stats_head_orders(groups: Sequence[PermGroup], stats: Mapping[int, GroupStats], anchor: int,
+                      signature: Callable[[int], torch.Tensor | None]) -> dict[int, list[torch.Tensor | None]]:
+    """Per group with moving heads, each model's head for every anchor head (``None`` for the anchor), from
+    the correlations of the tied groups' features (``solvers.heads``)."""
+    movers = [g for g in groups if g.structure.moves and g.id in stats]
+    if not movers:
+        return {}
+    corr = {g.id: stats[g.id].similarity(signature(g.id)) for g in movers}
+    out: dict[int, list[torch.Tensor | None]] = {g.id: [None] * len(stats[g.id].widths) for g in movers}
+    for k in range(len(stats[movers[0].id].widths)):
+        if k == anchor:
+            continue
+        def score(gid: int, k: int = k) -> torch.Tensor | None:
+            return stats[gid].block(corr[gid], anchor, k) if gid in corr else None
+
+        for gid, order in head_orders(movers, score).items():
+            out[gid][k] = order
+    return out

@@ -6,7 +6,9 @@ no permutation. A new permutation is kept only when it raises ``J`` as computed 
 parameters the group touches (float32 products, float64 sums), so the reported ``J`` never decreases,
 not even by rounding, and the search cannot cycle. Scores are float32 GEMMs summed in float64. With
 ``alternate=False`` every group is solved once, layer by layer (``_layer_by_layer``): the one-pass LAP
-alignment that MAL's alternation improves on.
+alignment that MAL's alternation improves on. Groups whose attention heads move together (``heads_with``)
+are solved as one: their head order by the summed head similarities (``solvers.heads``), then each group's
+channels inside the matched heads.
 
 Only the tensors in ``a`` are matched: callers pass parameters, not BatchNorm running statistics (as
 the paper does; statistics are recomputed after merging anyway).
@@ -28,6 +30,7 @@ import torch
 
 from hetsurgery.ir import PermGroup, Slot, slots_by_param
 from hetsurgery.ir.slot_algebra import gather, permutation_indices, permute_slot, slot_rows
+from hetsurgery.plan.solvers.heads import head_order
 from hetsurgery.plan.solvers.lap import best_permutation
 
 Params = Mapping[str, torch.Tensor]
@@ -61,7 +64,11 @@ def weight_matching(a: Params, b: Params, groups: Sequence[PermGroup], *, max_sw
         if sum(fresh.values()) > sum(values.values()):
             perms, values = moved, fresh
     gen = torch.Generator().manual_seed(seed)
-    neighbours = {g.id: {h for name in _touched(g, by_param) for h, _ in by_param[name]} - {g.id} for g in groups}
+    by_id = {g.id: g for g in groups}
+    units = {g.id: [by_id[m] for m in sorted({g.id, *g.heads_with}) if m in by_id] if g.structure.moves else [g]
+             for g in groups}
+    neighbours = {g.id: {h for u in units[g.id] for name in _touched(u, by_param) for h, _ in by_param[name]} - {g.id}
+                  for g in groups}
     dirty = {g.id for g in groups}  # groups whose neighbours moved since their last solve
     history: dict[int, list[float]] = {g.id: [] for g in groups}
     last_change: dict[int, int] = {g.id: -1 for g in groups}
@@ -71,16 +78,19 @@ def weight_matching(a: Params, b: Params, groups: Sequence[PermGroup], *, max_sw
         for i in torch.randperm(len(groups), generator=gen).tolist():
             grp = groups[i]
             if grp.id in dirty:  # a clean group's score, hence its LAP, is what it was: skip it
-                dirty.discard(grp.id)
-                new = best_permutation(_score(grp, a, b, by_param, perms), grp.structure.size)
-                if not torch.equal(new, perms.get(grp.id, torch.arange(grp.size))):
-                    trial = {**perms, grp.id: new}
-                    fresh = {name: _value(a, b, by_param, trial, name) for name in _touched(grp, by_param)}
+                unit = units[grp.id]
+                dirty.difference_update(u.id for u in unit)
+                new = _solve(unit, a, b, by_param, perms)
+                if any(not torch.equal(new[u.id], perms.get(u.id, torch.arange(u.size))) for u in unit):
+                    trial = {**perms, **new}
+                    touched = list(dict.fromkeys(name for u in unit for name in _touched(u, by_param)))
+                    fresh = {name: _value(a, b, by_param, trial, name) for name in touched}
                     # exact, so rounding in the scores never flips a permutation back and forth
                     if sum(fresh.values()) > sum(values[name] for name in fresh):
-                        perms, changed, last_change[grp.id] = trial, True, sweep
+                        perms, changed = trial, True
+                        last_change.update(dict.fromkeys((u.id for u in unit), sweep))
                         values.update(fresh)
-                        dirty |= neighbours[grp.id]
+                        dirty |= {n for u in unit for n in neighbours[u.id]}
             history[grp.id].append(sum(values.values()))
         objective.append(sum(values.values()))
         if not changed:
@@ -102,8 +112,22 @@ def _layer_by_layer(groups: Sequence[PermGroup], a: Params, b: Params, by_param:
         settled = {name: slots for name, slots in by_param.items()
                    if all(gid == grp.id or gid in perms or gid not in ids for gid, _ in slots)}
         usable = settled if any(s.param in settled for s in grp.slots) else by_param
-        perms[grp.id] = best_permutation(_score(grp, a, b, usable, perms), grp.structure.size)
+        score = _score(grp, a, b, usable, perms)
+        tied = [perms[t] for t in grp.heads_with if t in perms] if grp.structure.moves else []
+        order = grp.structure.order_of(tied[0]) if tied else \
+            head_order([score], grp.structure) if grp.structure.moves else None
+        perms[grp.id] = best_permutation(score, grp.structure, order)
     return perms
+
+
+def _solve(unit: Sequence[PermGroup], a: Params, b: Params, by_param: BySlot, perms: Mapping[int, torch.Tensor]
+           ) -> dict[int, torch.Tensor]:
+    """The best permutation of each group of ``unit`` (one group, or the groups tied by their heads) with every
+    other group's fixed."""
+    scores = {u.id: _score(u, a, b, by_param, perms) for u in unit}
+    order = head_order(list(scores.values()), unit[0].structure) if unit[0].structure.moves else None
+    return {u.id: best_permutation(scores[u.id], u.structure, order) for u in unit}
+
 
 
 def _full(perms: Mapping[int, torch.Tensor], groups: Sequence[PermGroup]) -> dict[int, torch.Tensor]:

@@ -7,6 +7,7 @@ from typing import Any
 from torch import fx
 
 from hetsurgery.tracing.lifter import Lifter
+from hetsurgery.tracing.shapes import NUMBER_META
 
 
 def arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
@@ -14,6 +15,18 @@ def arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
     if index < len(node.args):
         return node.args[index]
     return node.kwargs.get(name, default)
+
+
+def number(a: Any) -> Any:
+    """``a`` with nodes that computed a plain number (a size: ``x.shape[-1] // 2``) replaced by that number, inside
+    slices too; anything else unchanged."""
+    if isinstance(a, fx.Node):
+        return a.meta.get(NUMBER_META, a)
+    if isinstance(a, slice):
+        return slice(number(a.start), number(a.stop), number(a.step))
+    if isinstance(a, tuple):
+        return tuple(number(x) for x in a)
+    return a
 
 
 def value(lx: Lifter, a: Any) -> Any:

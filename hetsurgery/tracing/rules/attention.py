@@ -1,19 +1,38 @@
 """Rules for attention: nn.MultiheadAttention, matmul contractions, F.scaled_dot_product_attention.
 
 Within one head, the coordinates of q and k may be permuted together (q·k is unchanged) and those of v
-together with the output projection's columns; heads are ``Blocks(heads, head_dim)``.
+together with the output projection's columns; heads are ``Blocks(heads, head_dim)``. Whole heads may also
+trade places when q, k and v move alike: the attention ties the q/k group's heads to the v group's
+(``Lifter.tie_heads``), whether it is one call (``scaled_dot_product_attention``) or written out, ``softmax(q
+@ kᵀ) @ v``, where the weights carry the heads of q (``HeadIndex``) to the product with v. Grouped-query
+attention repeats each key/value head for several query heads (``repeat_kv`` or ``enable_gqa``): the query
+group is laid over the key group (``Lifter.repeat_heads``).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from torch import fx, nn
 
 from hetsurgery.ir import Role, Slot
-from hetsurgery.tracing.lifter import Lifter, free_why
-from hetsurgery.tracing.rules.args import arg, rank, value
-from hetsurgery.tracing.values import Chan, Free, Heads, Items, Param, Seg, Tracked, Value, vars_of
+from hetsurgery.tracing.lifter import Lifter, free_of
+from hetsurgery.tracing.rules.args import arg, rank, shape, value
+from hetsurgery.tracing.rules.pointwise import per_head_bias
+from hetsurgery.tracing.values import (
+    Chan,
+    Free,
+    HeadIndex,
+    Heads,
+    HeadSlice,
+    Items,
+    Param,
+    Seg,
+    Tracked,
+    Value,
+    vars_of,
+)
 
 FIXED_MHA = "nn.MultiheadAttention keeps embed_dim fixed (write the attention by hand to change widths)"
 
@@ -64,12 +83,14 @@ def matmul(lx: Lifter, node: fx.Node) -> Value:
         return lx.give_up([a, b], f"matmul with a vector at node {node.name}")
     ka, kb = _contracted(a, ra - 1), _contracted(b, rb - 2)
     out: list[Tracked] = []
+    if isinstance(a, HeadIndex) and isinstance(b, Heads) and not kb:
+        return _weighted_values(lx, node, a, b, ra, rb, ro)
     if ka and kb:
-        if not _same_heads(a, b, ra, rb):
+        if not meet(lx, node, a, b, ra, rb):
             return lx.give_up([a, b], f"a contraction the rules cannot follow at node {node.name}")
-        for x, y in zip(vars_of(a), vars_of(b), strict=True):
-            lx.union(x, y, node)
         lx.block_zip(vars_of(a), f"contracted with another group at node {node.name}")
+        if isinstance(a, Heads):  # attention weights: their head dim holds the heads of q
+            return HeadIndex(a.block_dim + ro - ra, a.var, a.extent)
     elif ka and isinstance(b, Param) and isinstance(a, Chan):
         lx.consume(a, sa, b.name, rb - 2)
         out.append(_produce_from_param(lx, node, b.name, rb - 1, ro - 1))
@@ -91,32 +112,97 @@ def matmul(lx: Lifter, node: fx.Node) -> Value:
                 out.append(moved)
     if len(out) > 1:
         return lx.give_up(out, f"matmul result with two channel axes at node {node.name}")
-    return out[0] if out else Free(free_why([a, b]))
+    return out[0] if out else free_of([a, b])
 
 
 def scaled_dot_product_attention(lx: Lifter, node: fx.Node) -> Value:
     srcs = [arg(node, 0, "query"), arg(node, 1, "key"), arg(node, 2, "value")]
     q, k, v = (value(lx, s) for s in srcs)
-    mask = value(lx, arg(node, 3, "attn_mask"))
-    if isinstance(mask, (Chan, Heads, Param)):
-        lx.give_up([mask], f"attention mask that carries channels at node {node.name}")
+    mask_src = arg(node, 3, "attn_mask")
+    mask = value(lx, mask_src)
     r = rank(srcs[0])
+    bias = isinstance(mask, Chan) and isinstance(q, Heads) and \
+        per_head_bias(lx, node, HeadIndex(q.block_dim, q.var, q.extent), mask.moved(mask.dim + r - rank(mask_src)))
+    if isinstance(mask, (Chan, Heads, HeadSlice, HeadIndex, Param)) and not bias:
+        lx.give_up([mask], f"attention mask that carries channels at node {node.name}")
+    if arg(node, 7, "enable_gqa", False) and isinstance(k, Heads) and isinstance(v, Heads) and isinstance(q, Heads):
+        k, v = _repeated_for(q, k), _repeated_for(q, v)  # F.sdpa(..., enable_gqa=True) repeats them itself
     if isinstance(q, (Chan, Heads)) or isinstance(k, (Chan, Heads)):
-        if not (_contracted(q, r - 1) and _contracted(k, r - 1) and _same_heads(q, k, r, r)):
+        if not (_contracted(q, r - 1) and _contracted(k, r - 1) and meet(lx, node, q, k, r, r)):
             return lx.give_up([q, k, v], f"attention with query and key the rules cannot follow at node {node.name}")
-        for x, y in zip(vars_of(q), vars_of(k), strict=True):
-            lx.union(x, y, node)
         lx.block_zip(vars_of(q), f"query and key meet in attention at node {node.name}")
         if arg(node, 6, "scale") is None:
             lx.block_pad(vars_of(q), f"attention at node {node.name} scales by 1/sqrt(width)")
     elif isinstance(q, Param) or isinstance(k, Param):
         return lx.give_up([q, k, v], f"attention on parameters at node {node.name}")
+    if isinstance(q, Heads):
+        weights = HeadIndex(q.block_dim, q.var, q.extent)
+        if _per_head(mask_src, q.block_dim, r) and not bias:
+            lx.stick(vars_of(q), f"a mask that differs between heads at node {node.name}")
+        if isinstance(v, Heads):
+            return _weighted_values(lx, node, weights, v, r, rank(srcs[2]), rank(node))
+        lx.stick(vars_of(q), f"attention values without heads at node {node.name}")
     if isinstance(v, (Chan, Heads)):
         moved = _passes_through(v, rank(srcs[2]), rank(node), rank(srcs[2]) - 1)
         return moved if moved is not None else lx.give_up([v], f"attention value at node {node.name}")
     if isinstance(v, Param):
         return lx.give_up([v], f"attention on parameters at node {node.name}")
-    return Free(free_why([q, k, v]))
+    return free_of([q, k, v])
+
+
+def meet(lx: Lifter, node: fx.Node, a: Any, b: Any, ra: int, rb: int) -> bool:
+    """Two contracted operands (q and k): plain channels join; heads at the same batch dim join head by head,
+    a key head repeated for several query heads lays the query group over the key group."""
+    if isinstance(a, Chan) and isinstance(b, Chan):
+        if not _same_heads(a, b, ra, rb):
+            return False
+        for x, y in zip(vars_of(a), vars_of(b), strict=True):
+            lx.union(x, y, node)
+        return True
+    if not (isinstance(a, Heads) and isinstance(b, Heads) and a.size == b.size and a.extent == b.extent
+            and a.block_dim - ra == b.block_dim - rb):
+        return False
+    if a.repeat == b.repeat:
+        if a.repeat > 1:  # two repeated groups meet: the rules lay one group over another only once
+            return False
+        lx.union(a.var, b.var, node)
+    elif a.repeat == 1:
+        lx.repeat_heads(a.var, b.var, b.repeat, b.size, node)
+    elif b.repeat == 1:
+        lx.repeat_heads(b.var, a.var, a.repeat, a.size, node)
+    else:
+        return False
+    lx.attend([a.var, b.var])
+    return True
+
+
+def _weighted_values(lx: Lifter, node: fx.Node, w: HeadIndex, v: Heads, rw: int, rv: int, ro: int) -> Value:
+    """Attention weights (heads of q at ``w.dim``) times values (heads of v): head ``h`` of the output is
+    head ``h`` of v weighted by head ``h`` of q, so the heads of q and of v move together."""
+    if v.dim != rv - 1 or w.dim - rw != v.block_dim - rv or w.count != v.extent or w.dim >= rw - 2:
+        lx.stick([w.var], f"attention weights meet values along other dims at node {node.name}")
+        moved = _passes_through(v, rv, ro, rv - 1)
+        return moved if moved is not None else lx.give_up([v], f"attention value at node {node.name}")
+    lx.attend([w.var, v.var])
+    lx.tie_heads(w.var, v.var, node)
+    moved = _passes_through(v, rv, ro, rv - 1)
+    return moved if moved is not None else lx.give_up([v], f"attention value at node {node.name}")
+
+
+def _repeated_for(q: Heads, x: Heads) -> Heads:
+    """``x``'s heads repeated to as many as ``q`` has (what ``enable_gqa`` does inside the attention)."""
+    if x.repeat == 1 and x.count < q.extent and q.extent % x.count == 0:
+        return replace(x, repeat=q.extent // x.count)
+    return x
+
+
+def _per_head(mask: Any, head_dim: int, r: int) -> bool:
+    """Whether an attention mask takes a different value for each head (extent > 1 along the head dim)."""
+    s = shape(mask)
+    if s is None:
+        return False
+    d = head_dim - (r - len(s))
+    return 0 <= d < len(s) and s[d] > 1
 
 
 def _contracted(x: Any, dim: int) -> bool:
@@ -126,8 +212,8 @@ def _contracted(x: Any, dim: int) -> bool:
 def _same_heads(a: Any, b: Any, ra: int, rb: int) -> bool:
     """Two contracted operands: plain channels, or heads whose head index sits at the same batch dim."""
     if isinstance(a, Chan) and isinstance(b, Chan):
-        return [(s.size, s.inner, s.stride, at) for s, at in a.offsets()] == \
-            [(s.size, s.inner, s.stride, at) for s, at in b.offsets()]
+        return [(s.layout, at) for s, at in a.offsets()] == \
+            [(s.layout, at) for s, at in b.offsets()]
     if isinstance(a, Heads) and isinstance(b, Heads):
         return (a.count, a.size) == (b.count, b.size) and a.block_dim - ra == b.block_dim - rb
     return False
@@ -141,7 +227,7 @@ def _passes_through(x: Tracked, src_rank: int, out_rank: int, keep: int) -> Trac
     if isinstance(x, Heads):
         if x.block_dim >= src_rank - 2:
             return None
-        return Heads(x.block_dim + lead, x.dim + lead, x.var, x.count, x.size)
+        return replace(x, block_dim=x.block_dim + lead, dim=x.dim + lead)
     return x.moved(x.dim + lead)
 
 

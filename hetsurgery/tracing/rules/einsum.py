@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import string
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 from torch import fx
 
-from hetsurgery.tracing.lifter import Lifter, free_why
+from hetsurgery.tracing.lifter import Lifter, free_of
 from hetsurgery.tracing.rules.args import rank, value
 from hetsurgery.tracing.values import Chan, Free, Heads, Param, Value, vars_of
 
@@ -39,7 +40,7 @@ def einsum(lx: Lifter, node: fx.Node) -> Value:
         return lx.give_up(vals, f"einsum with a parameter at node {node.name}")
     tracked = [i for i, v in enumerate(vals) if isinstance(v, (Chan, Heads))]
     if not tracked:
-        return Free(free_why(vals))
+        return free_of(vals)
     if len(tracked) > 2:
         return lx.give_up(vals, f"einsum of more than two tracked operands at node {node.name}")
     if len(tracked) == 2:
@@ -55,7 +56,7 @@ def einsum(lx: Lifter, node: fx.Node) -> Value:
         if isinstance(x, Chan):
             return x.moved(out.index(chan))
         assert head is not None
-        return Heads(out.index(head), out.index(chan), x.var, x.count, x.size)
+        return replace(x, block_dim=out.index(head), dim=out.index(chan))
     if chan not in out and not others[chan] and (head is None or (head not in out and not others[head])):
         lx.block_pad(vars_of(x), f"einsum sums over the channels at node {node.name}")
         return Free("reduced over channels")
@@ -70,8 +71,8 @@ def _contract(lx: Lifter, node: fx.Node, xs: list[Any], ts: list[list[str]], ter
     if ca != cb or ha != hb or ca in out or sum(t.count(ca) for t in terms) != 2:
         return None
     if isinstance(a, Chan) and isinstance(b, Chan):
-        if [(s.size, s.inner, s.stride, at) for s, at in a.offsets()] != \
-                [(s.size, s.inner, s.stride, at) for s, at in b.offsets()]:
+        if [(s.layout, at) for s, at in a.offsets()] != \
+                [(s.layout, at) for s, at in b.offsets()]:
             return None
     elif not (isinstance(a, Heads) and isinstance(b, Heads) and (a.count, a.size) == (b.count, b.size)):
         return None

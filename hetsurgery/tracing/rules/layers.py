@@ -3,6 +3,8 @@ functional forms), GroupNorm, Embedding."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch.nn.functional as F
 from torch import fx, nn
 
@@ -32,6 +34,8 @@ def _read_input(lx: Lifter, node: fx.Node, x: object, weight: str, dim: int, wha
     elif isinstance(x, Free):
         if x.why == MODEL_INPUT:
             lx.fix_axes(weight, [dim], f"the model-input feature axis read at node {node.name}")
+        else:
+            lx.note_axis(weight, dim, f"node {node.name} reads {src.name}, the {x.why}")
     else:
         lx.give_up([x], f"{what} reads its input along a dim that does not carry channels (node {node.name})")
 
@@ -73,7 +77,7 @@ def conv(lx: Lifter, node: fx.Node) -> Value:
     if g == cin and cout % cin == 0 and isinstance(x, Chan):
         # depthwise: output channel c*m + j reads input channel c only
         m = cout // cin
-        out = Chan(cdim, tuple(Seg(s.var, s.size, s.inner * m, s.stride) for s in x.segs),
+        out = Chan(cdim, tuple(replace(s, inner=s.inner * m) for s in x.segs),
                    None if x.at is None else tuple(at * m for at in x.at))
         lx.add_slots(out, w, 0, Role.PRODUCE)
         lx.add_slots(out, b, 0, Role.PRODUCE)
@@ -185,5 +189,29 @@ def embedding(lx: Lifter, node: fx.Node) -> Value:
     v = lx.new_var(mod.embedding_dim, node)
     lx.slot(v, Slot(w, 1, role=Role.PRODUCE))
     out = Chan(rank(node) - 1, (Seg(v, mod.embedding_dim),))
+    lx.observe(out, node, producer=True)
+    return out
+
+
+def addmm(lx: Lifter, node: fx.Node) -> Value:
+    """``torch.addmm(bias, x, W)`` = ``x @ W + bias`` with ``W`` stored (in, out): GPT-2's ``Conv1D``. ``x``'s
+    channels are read by ``W``'s rows, a new group is written to its columns and the bias."""
+    b_src, x_src, w_src = arg(node, 0, "input"), arg(node, 1, "mat1"), arg(node, 2, "mat2")
+    bias, x, w = value(lx, b_src), value(lx, x_src), value(lx, w_src)
+    if not (isinstance(w, Param) and isinstance(bias, Param) and len(w.shape) == 2 and bias.shape == w.shape[1:]
+            and arg(node, 3, "beta", 1) == 1 and arg(node, 4, "alpha", 1) == 1):
+        return lx.give_up([bias, x, w], f"addmm other than x @ W + bias with parameters at node {node.name}")
+    if isinstance(x, Chan) and x.dim != 1:
+        x = lx.give_up([x], f"addmm over a non-channel dim at node {node.name}")
+    if isinstance(x, Chan) and x.width == w.shape[0]:
+        lx.consume(x, x_src, w.name, 0)
+    elif isinstance(x, Free) and x.why == MODEL_INPUT:
+        lx.fix_axes(w.name, [0], f"the model-input feature axis read at node {node.name}")
+    elif not isinstance(x, Free):
+        lx.give_up([x], f"addmm reads its input along a dim that does not carry channels (node {node.name})")
+    v = lx.new_var(w.shape[1], node)
+    lx.slot(v, Slot(w.name, 1, role=Role.PRODUCE))
+    lx.slot(v, Slot(bias.name, 0, role=Role.PRODUCE))
+    out = Chan(1, (Seg(v, w.shape[1]),))
     lx.observe(out, node, producer=True)
     return out

@@ -11,6 +11,7 @@ H, W)``) puts channel ``c`` of piece ``i`` at ``c*g + i`` (``Seg.stride``). Anyt
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 from torch import fx
@@ -166,7 +167,7 @@ def _reshape_to(lx: Lifter, node: fx.Node, src: Any, out: tuple[int, ...] | None
     if before is None or out is None:
         return lx.give_up([x], f"reshape without known shapes at node {node.name}")
     groups = dim_groups(before, out)
-    result = _regroup(lx, node, x, before, out, groups)
+    result = _regroup(lx, node, x, before, out, groups, _copies(src))
     if result is None:
         return lx.give_up([x], f"a reshape the rules cannot follow at node {node.name} "
                                f"({tuple(before)} -> {tuple(out)})")
@@ -174,10 +175,19 @@ def _reshape_to(lx: Lifter, node: fx.Node, src: Any, out: tuple[int, ...] | None
     return result
 
 
+def _copies(src: Any) -> set[int]:
+    """The dims of ``src`` that hold copies of one entry (stride 0 and more than one index: ``expand``)."""
+    meta = src.meta.get("tensor_meta") if isinstance(src, fx.Node) else None
+    stride, size = getattr(meta, "stride", None), getattr(meta, "shape", None)
+    if stride is None or size is None:
+        return set()
+    return {d for d, (st, n) in enumerate(zip(stride, size, strict=True)) if st == 0 and n > 1}
+
+
 def _regroup(lx: Lifter, node: fx.Node, x: Chan | Heads | Pieces, a: tuple[int, ...], b: tuple[int, ...],
-             groups: list[tuple[list[int], list[int]]]) -> Chan | Heads | Pieces | None:
+             groups: list[tuple[list[int], list[int]]], copies: set[int]) -> Chan | Heads | Pieces | None:
     if isinstance(x, Heads):
-        return _regroup_heads(lx, node, x, a, groups)
+        return _regroup_heads(lx, node, x, a, groups, copies)
     if isinstance(x, Pieces):
         return _regroup_pieces(lx, node, x, a, groups)
     for gi, gj in groups:
@@ -187,13 +197,13 @@ def _regroup(lx: Lifter, node: fx.Node, x: Chan | Heads | Pieces, a: tuple[int, 
             return x.moved(gj[0])
         if len(gj) == 1 and gi[0] == x.dim:  # merge the channel dim with the dims after it
             k = math.prod(a[d] for d in gi[1:])
-            return Chan(gj[0], tuple(Seg(s.var, s.size, s.inner * k, s.stride) for s in x.segs),
+            return Chan(gj[0], tuple(replace(s, inner=s.inner * k) for s in x.segs),
                         None if x.at is None else tuple(at * k for at in x.at))
         if len(gi) != 1:
             return None
         k = math.prod(b[d] for d in gj[1:])
         if len(gj) >= 2 and all(s.inner == k for s in x.segs) and all(at % k == 0 for _, at in x.offsets()):
-            return Chan(gj[0], tuple(Seg(s.var, s.size, 1, s.stride) for s in x.segs),  # unflatten
+            return Chan(gj[0], tuple(replace(s, inner=1) for s in x.segs),  # unflatten
                         None if x.at is None else tuple(at // k for at in x.at))
         single = len(x.segs) == 1 and x.packed and x.segs[0].inner == 1
         if len(gj) == 2 and single:
@@ -218,20 +228,27 @@ def _regroup(lx: Lifter, node: fx.Node, x: Chan | Heads | Pieces, a: tuple[int, 
 
 
 def _regroup_heads(lx: Lifter, node: fx.Node, x: Heads, a: tuple[int, ...],
-                   groups: list[tuple[list[int], list[int]]]) -> Tracked | None:
+                   groups: list[tuple[list[int], list[int]]], copies: set[int]) -> Tracked | None:
     where = {d: (gi, gj) for gi, gj in groups for d in gi if d in (x.block_dim, x.dim)}
     if len(where) != 2:
         return None
     (gi_b, gj_b), (gi_d, gj_d) = where[x.block_dim], where[x.dim]
     if gi_b == gi_d and len(gj_b) == 1 and gi_b[:2] == [x.block_dim, x.dim]:  # the heads side by side again
         k = math.prod(a[d] for d in gi_b[2:])
+        if x.repeat > 1:  # every head once per query head: runs of one head, the others' heads in between
+            width = x.size * k
+            return Chan(gj_b[0], tuple(Seg(x.var, x.count * x.size, k, run=x.size, skip=(x.repeat - 1) * x.size)
+                                       for _ in range(x.repeat)), tuple(r * width for r in range(x.repeat)))
         return Chan(gj_b[0], (Seg(x.var, x.count * x.size, k),))
-    if gi_b == gi_d and len(gj_b) == 1 and gi_b[:2] == [x.dim, x.block_dim]:  # channel shuffle: heads interleave
+    if gi_b[:1] == [x.block_dim] and len(gi_b) == 2 and gi_b[1] in copies and len(gj_b) == 1 and gi_d == [x.dim] \
+            and len(gj_d) == 1:  # repeat_kv: (heads, copies) -> heads * copies, each head repeated in a row
+        return replace(x, block_dim=gj_b[0], dim=gj_d[0], repeat=x.repeat * a[gi_b[1]])
+    if gi_b == gi_d and len(gj_b) == 1 and gi_b[:2] == [x.dim, x.block_dim] and x.repeat == 1:  # channel shuffle
         parts = tuple(Chan(x.dim, (Seg(lx.sub_var(x.var, h * x.size, (h + 1) * x.size), x.size),))
                       for h in range(x.count))
         return _merge_pieces(lx, node, Pieces(x.block_dim, parts), gi_b, gj_b[0], a)
     if len(gi_b) == len(gj_b) == len(gi_d) == len(gj_d) == 1:
-        return Heads(gj_b[0], gj_d[0], x.var, x.count, x.size)
+        return replace(x, block_dim=gj_b[0], dim=gj_d[0])
     return None
 
 
@@ -266,6 +283,8 @@ def _merge_pieces(lx: Lifter, node: fx.Node, x: Pieces, gi: list[int], out_dim: 
         assert isinstance(part, Chan)
         width = part.width
         for seg, at in part.offsets():
+            if seg.skip:
+                return None
             if gi[0] == x.dim:
                 placed.append((seg, i * width + at))
             elif seg.inner == 1:
@@ -275,7 +294,7 @@ def _merge_pieces(lx: Lifter, node: fx.Node, x: Pieces, gi: list[int], out_dim: 
     if gi[0] != x.dim:  # interleaved: another width would move every other group's channels
         lx.fix_width([seg.var for seg, _ in placed], f"channels interleaved (a channel shuffle) at node {node.name}")
     if k > 1:
-        placed = [(Seg(seg.var, seg.size, seg.inner * k, seg.stride), at * k) for seg, at in placed]
+        placed = [(replace(seg, inner=seg.inner * k), at * k) for seg, at in placed]
     return Chan.placed(out_dim, placed)
 
 
@@ -288,3 +307,22 @@ def _note_literal_width(lx: Lifter, node: fx.Node, result: Chan | Heads | Pieces
         if d < len(literal) and isinstance(literal[d], int) and literal[d] != -1:
             lx.fix_width(vars_of(result), f"reshape at node {node.name} spells the width as {literal[d]}")
             return
+
+
+def repeat_interleave(lx: Lifter, node: fx.Node) -> Value:
+    """``repeat_interleave(x, n, dim)``: along the head dim each head ``n`` times in a row (grouped-query
+    attention's key/value heads, ``Heads.repeat``); along a dim without channels the value passes; anything
+    else (the channel dim, per-index counts, no dim) gives up."""
+    src = node.args[0]
+    x = value(lx, src)
+    n, d = arg(node, 1, "repeats"), arg(node, 2, "dim")
+    if not isinstance(x, (Chan, Heads)):
+        return x if not isinstance(x, (Param, Pieces)) else lx.give_up([x], f"repeat_interleave at node {node.name}")
+    if not isinstance(n, int) or not isinstance(d, int):
+        return lx.give_up([x], f"repeat_interleave without a fixed count and dim at node {node.name}")
+    d = norm_dim(d, rank(src))
+    if isinstance(x, Heads) and d == x.block_dim:
+        return replace(x, repeat=x.repeat * n)
+    if d in channel_dims(x):
+        return lx.give_up([x], f"repeat_interleave along the channel dim at node {node.name}")
+    return x

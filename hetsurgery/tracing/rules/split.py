@@ -27,7 +27,19 @@ from torch import fx
 
 from hetsurgery.tracing.lifter import Lifter
 from hetsurgery.tracing.rules.args import arg, norm_dim, rank, value
-from hetsurgery.tracing.values import Chan, Free, Heads, Items, Param, Pieces, Seg, Value, remap, remap_pieces
+from hetsurgery.tracing.values import (
+    Chan,
+    Free,
+    Heads,
+    HeadSlice,
+    Items,
+    Param,
+    Pieces,
+    Seg,
+    Value,
+    remap,
+    remap_pieces,
+)
 
 _NARROW = frozenset({torch.narrow, "narrow"})
 _UNBIND = frozenset({torch.unbind, "unbind"})
@@ -89,6 +101,9 @@ def take(lx: Lifter, node: fx.Node, x: Any, d: int, lo: int, hi: int, drop: int 
     if d not in _dims(x):
         kept = remap(x, _without(d, drop)) if drop is not None else x
         return kept or lx.give_up([x], f"unbind at node {node.name}")
+    if isinstance(x, Heads) and d == x.dim and drop is None and lo < hi:
+        lx.fix_inner([x.var], f"every head cut in pieces at node {node.name}")
+        return HeadSlice(x, lo, hi)  # the same channels of every head (a rotary embedding's halves)
     if isinstance(x, Heads) or drop is not None:
         return lx.give_up([x], f"a single channel or head taken out at node {node.name}")
     piece = cut_channels(lx, x, lo, hi)
@@ -102,6 +117,8 @@ def cut_channels(lx: Lifter, x: Chan, lo: int, hi: int) -> Chan | None:
     """
     placed: list[tuple[Seg, int]] = []
     for seg, at in x.offsets():
+        if seg.skip:
+            return None  # a key head's channels repeated for its query heads: not cut apart
         step = seg.stride * seg.inner
         first = max(0, -((at - lo) // step))  # the first channel starting at or after lo
         last = min(seg.size, -((at - hi) // step))  # past the last channel starting before hi
@@ -143,7 +160,7 @@ def join_cut(lx: Lifter, node: fx.Node, a: Chan, b: Chan) -> bool:
         return False
     if not (a.packed and b.packed):
         la, lb = sorted(a.offsets(), key=lambda p: p[1]), sorted(b.offsets(), key=lambda p: p[1])
-        if [(s.size, s.inner, s.stride, at) for s, at in la] != [(s.size, s.inner, s.stride, at) for s, at in lb]:
+        if [(s.layout, at) for s, at in la] != [(s.layout, at) for s, at in lb]:
             return False
         for (sa, _), (sb, _) in zip(la, lb, strict=True):
             lx.union(sa.var, sb.var, node)

@@ -10,13 +10,15 @@ from torch.fx.passes.shape_prop import TensorMetadata
 
 from hetsurgery.tracing.lifter import Lifter, params_in
 from hetsurgery.tracing.probe import probe
-from hetsurgery.tracing.rules.args import arg, describe, norm_dim, rank, shape, value
+from hetsurgery.tracing.rules.args import arg, describe, norm_dim, number, rank, shape, value
 from hetsurgery.tracing.rules.split import cut_channels
 from hetsurgery.tracing.values import (
     MODEL_INPUT,
     Chan,
     Free,
+    HeadIndex,
     Heads,
+    HeadSlice,
     Items,
     Param,
     Pieces,
@@ -39,9 +41,29 @@ def output(lx: Lifter, node: fx.Node) -> Value:
     for src in node.all_input_nodes:
         v = lx.env[src]
         for p in params_in(v):
-            lx.distrust(p, "returned as a model output")
-        lx.freeze(vars_of(v), "model output", by_design=True)
+            lx.distrust(p, "returned as a model output" + (f" ({v.why})" if isinstance(v, Free) else ""))
+        weights = _weights_in(v)
+        if weights:  # returned attention weights show the order of the heads, not channels
+            lx.stick([w.var for w in weights], f"attention weights returned as a model output ({src.name})")
+        lx.freeze(_channel_vars(v), "model output", by_design=True)
     return Free("model output")
+
+
+def _weights_in(v: object) -> list[HeadIndex]:
+    if isinstance(v, HeadIndex):
+        return [v]
+    if isinstance(v, Items):
+        return [w for item in v.items for w in _weights_in(item)]
+    return []
+
+
+def _channel_vars(v: object) -> list[int]:
+    """The variables whose channels ``v`` holds (attention weights hold none)."""
+    if isinstance(v, HeadIndex):
+        return []
+    if isinstance(v, Items):
+        return [x for item in v.items for x in _channel_vars(item)]
+    return vars_of(v)
 
 
 def container(lx: Lifter, node: fx.Node) -> Value:
@@ -58,7 +80,7 @@ def get_attr(lx: Lifter, node: fx.Node) -> Value:
 
 
 def getitem(lx: Lifter, node: fx.Node) -> Value:
-    src, idx = node.args[0], node.args[1]
+    src, idx = node.args[0], number(node.args[1])
     v = value(lx, src)
     if isinstance(idx, str):  # getattr(result, "values" | "indices") on what torch.max returns
         idx = {"values": 0, "indices": 1}[idx]
@@ -167,25 +189,35 @@ def _index_tensor(lx: Lifter, node: fx.Node, v: Chan | Heads | Pieces, idx: obje
     where = src_items[v.dim]
     if isinstance(v, Pieces) and isinstance(where, int):  # one piece: its dims count the pieces' dim
         return _index_tensor(lx, node, v.parts[where], _taking(items, v.dim), r)
+    part: tuple[int, int] | None = None
     if isinstance(v, Chan) and isinstance(where, slice) and where != slice(None):
         lo, hi, step = where.indices(v.width)
         piece = cut_channels(lx, v, lo, hi) if step == 1 and lo < hi else None
         if piece is None:
             return lx.give_up([v], f"indexing into the channel dim at node {node.name}")
         v = piece
+    elif isinstance(v, Heads) and isinstance(where, slice) and where != slice(None):
+        lo, hi, step = where.indices(v.size)
+        if step != 1 or lo >= hi:
+            return lx.give_up([v], f"indexing inside the heads at node {node.name}")
+        part = (lo, hi)  # the same channels of every head (a rotary embedding's half)
     mapping, src, dst = {}, 0, 0
     for i in items:
         if i is None:
             dst += 1
             continue
         if isinstance(i, slice):
-            if i == slice(None) or (isinstance(v, Chan) and src == v.dim):
+            if i == slice(None) or (isinstance(v, (Chan, Heads)) and src == v.dim):
                 mapping[src] = dst
             dst += 1
         src += 1
     moved = remap_pieces(v, mapping) if isinstance(v, Pieces) else remap(v, mapping)
     if moved is None:
         return lx.give_up([v], f"indexing into the channel dim at node {node.name}")
+    if part is not None:
+        assert isinstance(moved, Heads)
+        lx.fix_inner([moved.var], f"part of every head taken at node {node.name}")
+        return HeadSlice(moved, *part)
     return moved
 
 
