@@ -72,7 +72,7 @@ def test_a_llama_merge_loads_into_the_model_class_under_its_names(method: str, t
     a, b = tiny("llama", 0), tiny("llama", 1)
     result = hs.merge([a, b], _batches("llama"), method=method, progress=False)
     assert set(state_dict_like(result.graph)) >= set(a.state_dict()) - {"lm_head.weight"}
-    merged = to_pretrained(result.graph, like=a)
+    merged = result.to_pretrained(like=a)
     merged.save_pretrained(tmp_path)
     loaded = type(a).from_pretrained(tmp_path).eval()
     x = inputs("llama", 2, 7, seed=3)
