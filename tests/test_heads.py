@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from decoder_models import BiasedAttention, Conv1DStack, RotaryDecoder
-from helpers import rel_err
+from helpers import heads_reversed, rel_err
 from torch import nn
 
 import hetsurgery as hs
@@ -34,15 +34,6 @@ def _moves_heads(perm: torch.Tensor, blocks: hs.Blocks) -> bool:
     return not torch.equal(blocks.order_of(perm), torch.arange(blocks.count))
 
 
-def _heads_reversed(g: hs.ModelGraph, perms: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-    """``perms`` with the heads of every group whose heads move put in reverse order (tied groups alike)."""
-    out = dict(perms)
-    for grp in g.permutable():
-        b = grp.structure
-        if b.moves:
-            out[grp.id] = perms[grp.id].view(b.count, b.size).flip(0).reshape(-1)
-    return out
-
 
 @pytest.mark.parametrize(("mode", "kv_heads"), [("sdpa", 2), ("gqa", 2), ("eager", 2), ("eager", 4), ("sdpa", 4)])
 def test_rotary_grouped_query_attention_moves_whole_heads(mode: str, kv_heads: int) -> None:
@@ -56,7 +47,7 @@ def test_rotary_grouped_query_attention_moves_whole_heads(mode: str, kv_heads: i
     rep = 4 // kv_heads  # each key head serves `rep` query heads: the query rows repeat the key group
     q_rows = sorted(s.offset for s in qk.slots if s.param == "layers.0.attn.q_proj.weight")
     assert q_rows == [8 * r for r in range(rep)]
-    perms = _heads_reversed(g, random_permutations(g, seed=3))
+    perms = heads_reversed(g, random_permutations(g, seed=3))
     moved = hs.to_module(ApplyPermutation(perms)(g))
     with torch.no_grad():
         for x in (IDS, OTHER):
@@ -108,7 +99,7 @@ def test_gpt2_conv1d_is_a_layer() -> None:
 def test_a_head_permuted_copy_merges_back_exactly(method: str) -> None:
     model = _perturbed(RotaryDecoder(mode="sdpa", kv_heads=2, depth=1))
     g = hs.trace(model, IDS)
-    perms = _heads_reversed(g, random_permutations(g, seed=5))
+    perms = heads_reversed(g, random_permutations(g, seed=5))
     qk = _heads(g, "layers.0.attn.k_proj.weight")
     assert _moves_heads(perms[qk.id], qk.structure)
     copy = hs.to_module(ApplyPermutation(perms)(g)).eval()

@@ -9,7 +9,7 @@ import pathlib
 
 import pytest
 import torch
-from helpers import rel_err
+from helpers import heads_reversed, rel_err
 from hf_models import FAMILIES, inputs, main_output, run, tiny
 
 import hetsurgery as hs
@@ -19,14 +19,6 @@ from hetsurgery.passes import ApplyPermutation, InsertZeroResidual, random_permu
 
 pytest.importorskip("transformers")
 
-
-def _heads_reversed(g: hs.ModelGraph, perms: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-    out = dict(perms)
-    for grp in g.permutable():
-        b = grp.structure
-        if b.moves:
-            out[grp.id] = perms[grp.id].view(b.count, b.size).flip(0).reshape(-1)
-    return out
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -84,7 +76,7 @@ def test_a_llama_merge_loads_into_the_model_class_under_its_names(method: str, t
 def test_a_head_permuted_copy_merges_back_exactly(family: str) -> None:
     model = tiny(family)
     g = hs.trace(model, inputs(family, 2, 6))
-    perms = _heads_reversed(g, random_permutations(g, seed=4))
+    perms = heads_reversed(g, random_permutations(g, seed=4))
     copy = to_pretrained(ApplyPermutation(perms)(g), like=model)  # the model class, its heads in another order
     moved = {n for n, t in copy.state_dict().items() if not torch.equal(t, model.state_dict()[n])}
     assert any("q_proj" in n or "query" in n for n in moved)
