@@ -29,15 +29,16 @@ from hetsurgery.merging.inputs import (
     merge_weights,
     model_names,
 )
-from hetsurgery.merging.methods import METHODS, learned
+from hetsurgery.merging.methods import METHODS, Values, learned
 from hetsurgery.merging.options import MergeOptions
 from hetsurgery.merging.topology import check_same_operations, check_same_topology
 from hetsurgery.merging.unaligned import unaligned_groups
 from hetsurgery.merging.widths import check_width_changes, resolve_widths
 from hetsurgery.passes import MapGroups, Pipeline, ResetBatchNorm
 from hetsurgery.plan.depth import DepthPlan
+from hetsurgery.plan.distributed import join
 from hetsurgery.plan.solvers.weight import weight_matching
-from hetsurgery.plan.stats import collect_stats
+from hetsurgery.plan.stats import GroupStats, Runner, collect_stats
 from hetsurgery.plan.width_plan import GroupMatch, WidthPlan
 from hetsurgery.tracing import trace
 
@@ -124,8 +125,7 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, options: Merg
     """Trace the models, align their depths, stream their statistics and solve the width plan (the stages of
     ``merge`` before combining); ``options`` (or ``merge``'s keywords) as for ``merge``."""
     o = MergeOptions.given(options, keywords)
-    method, method_options, anchor, device, progress = o.method, dict(o.method_options), o.anchor, o.device, \
-        o.progress
+    method, method_options, anchor = o.method, dict(o.method_options), o.anchor
     labels = model_names(models, o.names)
     spec = METHODS[method]  # known: MergeOptions.of checked it
     if len(models) < 2:
@@ -137,7 +137,7 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, options: Merg
     if data is not None and iter(data) is data:
         raise MergeInputError("the calibration data is a one-shot iterator (a generator?); merge reads it several "
                          "times (tracing, statistics, BatchNorm reset): pass a list of batches or a DataLoader")
-    w = merge_weights(o.weights, len(models))
+    merge_weights(o.weights, len(models))  # checked before any work
     for m, label in zip(models, labels, strict=True):
         check_finite(m, label)
     seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
@@ -148,6 +148,20 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, options: Merg
     if o.saveable:
         check_saveable(graphs)
     seconds["trace"] = time.perf_counter() - clock
+    return plan_traced(graphs, data, o, seconds)
+
+
+def plan_traced(graphs: Sequence[ModelGraph], data: Iterable | None, o: MergeOptions, seconds: dict[str, float], *,
+                values: Values | None = None, runner: Runner | None = None) -> Planned:
+    """``plan_merge`` once the models are traced: depth, checks, statistics, the width plan. ``values`` (per model,
+    its parameter values by name) and ``runner`` (how the models run over the data) stand for the graphs' own
+    tensors: a streamed merge reads them from the checkpoints (``hetsurgery.stream``). With ``o.distributed`` the
+    statistics are shared among the processes ``torchrun`` started, and rank 0 plans (``plan.distributed``)."""
+    method, method_options, anchor, device, progress = o.method, dict(o.method_options), o.anchor, o.device, \
+        o.progress
+    spec = METHODS[method]
+    w = merge_weights(o.weights, len(graphs))
+    world = join(o.distributed, default_device(device))
     balanced = None
     if o.depth is None:
         check_same_depth(graphs)
@@ -167,25 +181,32 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, options: Merg
 
     clock = time.perf_counter()
     stats = (collect_stats(graphs, data, full=spec.full_stats, memory_budget=o.memory_budget, progress=progress,
-                           device=default_device(device))
+                           device=default_device(device), world=world, runner=runner)
              if spec.wants_data(method_options) and data is not None else None)
     seconds["statistics"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    matches = spec.plan(graphs, stats, w, anchor, targets, **method_options)
+    plan = world.broadcast(_width_plan(graphs, stats, w, targets, o, values) if world.leader else None)
+    seconds["matching"] = time.perf_counter() - clock
+    unaligned = unaligned_groups(graphs[0], method)
+    for text in unaligned:
+        warnings.warn(text, UnalignedGroupWarning, stacklevel=4)
+    if balanced is None:
+        return Planned(graphs, plan, seconds, unaligned=unaligned)
+    return Planned(graphs, plan, seconds, balanced.plan, balanced.fusions, unaligned)
+
+
+def _width_plan(graphs: Sequence[ModelGraph], stats: Mapping[int, GroupStats] | None, w: Sequence[float],
+                targets: Mapping[int, int], o: MergeOptions, values: Values | None) -> WidthPlan:
+    spec, anchor = METHODS[o.method], o.anchor
+    extra = () if values is None else (values,)  # the weight-reading methods take them after the targets
+    matches = spec.plan(graphs, stats, w, anchor, targets, *extra, **dict(o.method_options))
     matches.update(_fill_unobserved(graphs, matches, w, anchor))
     for grp in graphs[0].groups:
         if not grp.perm_ok:
             matches[grp.id] = GroupMatch.identity(grp.id, [g.group(grp.id).size for g in graphs], w)
-    plan = WidthPlan(method, tuple(w), anchor, dict(sorted(matches.items())),
+    return WidthPlan(o.method, tuple(w), anchor, dict(sorted(matches.items())),
                      {grp.id: grp.key for grp in graphs[anchor].groups if grp.id in matches})
-    seconds["matching"] = time.perf_counter() - clock
-    unaligned = unaligned_groups(graphs[0], method)
-    for text in unaligned:
-        warnings.warn(text, UnalignedGroupWarning, stacklevel=3)
-    if balanced is None:
-        return Planned(graphs, plan, seconds, unaligned=unaligned)
-    return Planned(graphs, plan, seconds, balanced.plan, balanced.fusions, unaligned)
 
 
 def merge(models: Sequence[nn.Module], data: Iterable | None, options: MergeOptions | None = None,

@@ -110,6 +110,7 @@ class MergeOptions:
     device: torch.device | str | None = None
     names: tuple[str, ...] | None = None
     saveable: bool = False
+    distributed: bool | None = None
 
     @staticmethod
     def of(*, method: str = "zip", weights: Sequence[float] | None = None, reset_bn: bool | int = True,
@@ -117,7 +118,8 @@ class MergeOptions:
            depth_cost: str = "cka", estimator: str = "sign_of_sum", depth_samples: int | None = 512,
            depth_anchor: int | None = None, example_inputs: torch.Tensor | None = None,
            memory_budget: int | None = None, progress: bool = True, device: torch.device | str | None = None,
-           names: Sequence[str] | None = None, saveable: bool = False, **method_options: object) -> MergeOptions:
+           names: Sequence[str] | None = None, saveable: bool = False, distributed: bool | None = None,
+           **method_options: object) -> MergeOptions:
         """The options as ``merge``'s keywords give them, checked (``MergeInputError`` naming the bad one)."""
         depth_opts = DepthOptions.of(depth, balance, depth_cost, estimator, depth_samples, depth_anchor)
         check_options(method, method_options)
@@ -132,12 +134,14 @@ class MergeOptions:
         for key, value in (("progress", progress), ("saveable", saveable)):
             if not isinstance(value, bool):
                 raise MergeInputError(f"{key} must be True or False, not {value!r}")
+        if distributed is not None and not isinstance(distributed, bool):
+            raise MergeInputError(f"distributed must be True, False or None, not {distributed!r}")
         if names is not None and (isinstance(names, str) or not all(isinstance(n, str) and n for n in names)):
             raise MergeInputError(f"names must be non-empty strings, one per model, not {names!r}")
         return MergeOptions(method, MappingProxyType(dict(method_options)),
                             None if weights is None else tuple(weights), reset_bn, anchor, width, depth_opts,
                             example_inputs, memory_budget, progress, device,
-                            None if names is None else tuple(names), saveable)
+                            None if names is None else tuple(names), saveable, distributed)
 
     @staticmethod
     def given(options: MergeOptions | None, keywords: Mapping[str, Any]) -> MergeOptions:

@@ -15,17 +15,24 @@ torch.Size([12, 12])
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import fx
 from tqdm.auto import tqdm
 
 from hetsurgery.errors import HetsurgeryError
 from hetsurgery.ir import ModelGraph
 from hetsurgery.ir.batches import input_names, model_input
 from hetsurgery.plan.accumulate import BlockAccumulator, Scratch
+from hetsurgery.plan.distributed import World
 from hetsurgery.plan.joint import Observer, joint_module, site_view, sites_by_node
+
+# How the joint graph runs over the batches: (joint module, batches, device, progress). The default moves the module to
+# the device and runs it batch after batch; a streamed model runs it block by block (``hetsurgery.stream.segments``).
+Runner = Callable[[fx.GraphModule, Iterable, "torch.device | str | None", bool], None]
 
 TIE = 1e-5  # the weight of the signature among live features: it decides only between near-equal correlations
 
@@ -104,20 +111,24 @@ class GroupStats:
 
 def collect_stats(graphs: Sequence[ModelGraph], data: Iterable, *, groups: Sequence[int] | None = None,
                   full: bool = True, memory_budget: int | None = None, progress: bool = True,
-                  device: torch.device | str | None = None) -> dict[int, GroupStats]:
+                  device: torch.device | str | None = None, world: World | None = None,
+                  runner: Runner | None = None) -> dict[int, GroupStats]:
     """Run all models over ``data`` once (or once per chunk of groups under ``memory_budget`` bytes).
 
     ``graphs`` must share their groups (same topology, widths may differ). Batches are tensors or
     ``(inputs, labels)`` pairs. Groups without sites (inside ``nn.MultiheadAttention``) are skipped.
     ``full=False`` computes only what LAP and OT read: cross-model blocks and variances. The models run
     on ``device`` (default: where their parameters are), batches are moved there; results are on the CPU.
+    In a ``world`` of several processes each runs its share of the batches and the accumulators are combined
+    (``plan.distributed``): every rank gets the statistics of all the batches. ``runner`` runs the joint graph over
+    the batches (default: whole, batch after batch).
     """
     ref = graphs[0]
     wanted = [gid for gid in (groups if groups is not None else [g.id for g in ref.permutable()])
               if ref.group(gid).sites]
     out: dict[int, GroupStats] = {}
     for chunk in _chunks(graphs, wanted, memory_budget):
-        out.update(_one_pass(graphs, data, chunk, full, progress, device))
+        out.update(_one_pass(graphs, data, chunk, full, progress, device, world or World(), runner or run_whole))
     return out
 
 
@@ -139,8 +150,19 @@ def _chunks(graphs: Sequence[ModelGraph], gids: list[int], budget: int | None) -
     return chunks
 
 
+def run_whole(joint: fx.GraphModule, data: Iterable, device: torch.device | str | None, progress: bool) -> None:
+    """The joint graph on ``device`` (default: where its parameters are), batch after batch."""
+    if device is not None:
+        joint.to(device)
+    held = next(itertools.chain(joint.parameters(), joint.buffers()), None)
+    target = device if device is not None else held.device if held is not None else None
+    with torch.no_grad():
+        for batch in tqdm(data, desc="statistics", unit="batch", disable=not progress, leave=False):
+            joint(*model_input(batch, input_names(joint)).to(target))
+
+
 def _one_pass(graphs: Sequence[ModelGraph], data: Iterable, gids: list[int], full: bool, progress: bool,
-              device: torch.device | str | None) -> dict[int, GroupStats]:
+              device: torch.device | str | None, world: World, run: Runner) -> dict[int, GroupStats]:
     where = sites_by_node(graphs, gids)
     sizes = {gid: [g.group(gid).size for g in graphs] for gid in gids}
     scratch = Scratch()  # the sites are folded in one after another: one set of buffers for all groups
@@ -151,12 +173,8 @@ def _one_pass(graphs: Sequence[ModelGraph], data: Iterable, gids: list[int], ful
             acc[gid].add([site_view(o, s, d) for o, s, d in zip(outs, sites, sizes[gid], strict=True)])
 
     joint = joint_module(graphs, set(where), Observer(sink))
-    if device is not None:
-        joint.to(device)
-    target = device if device is not None else next(iter(graphs[0].params.values())).device
-    with torch.no_grad():
-        for batch in tqdm(data, desc="statistics", unit="batch", disable=not progress, leave=False):
-            joint(*model_input(batch, input_names(joint)).to(target))
+    run(joint, world.share(data), device, progress)
+    world.combine(acc)
     result = {}
     for gid, a in acc.items():
         if a.n < 2:
