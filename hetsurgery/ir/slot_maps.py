@@ -174,13 +174,15 @@ def transform_params(params: Mapping[str, torch.Tensor], by_param: Mapping[str, 
 
 
 def pad_params(params: Mapping[str, torch.Tensor], groups: Iterable[PermGroup], sizes: Mapping[int, int],
-               fill: Callable[[str], float]) -> dict[str, torch.Tensor]:
-    """Every parameter holding one of ``groups`` with that group grown to ``sizes[group id]`` channels at
-    each of its slots; the new entries of parameter ``name`` hold ``fill(name)``."""
+               fill: Callable[[str], float], names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """Every parameter holding one of ``groups`` (of those in ``names``, when given) with that group grown to
+    ``sizes[group id]`` channels at each of its slots; the new entries of parameter ``name`` hold ``fill(name)``."""
     groups = list(groups)
     old = {grp.id: grp.size for grp in groups}
+    wanted = None if names is None else set(names)
 
     def pad(t: torch.Tensor, gid: int, slot: Slot) -> torch.Tensor:
         return pad_slot(t, slot, old[gid], sizes[gid], fill(slot.param))
 
-    return {name: _each_slot(params[name], slots, pad) for name, slots in slots_by_param(groups).items()}
+    return {name: _each_slot(params[name], slots, pad) for name, slots in slots_by_param(groups).items()
+            if wanted is None or name in wanted}

@@ -20,10 +20,12 @@ result only one carried tensor is alive at once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+import torch
 
 from hetsurgery.errors import MergeError
-from hetsurgery.ir import ModelGraph, Role, slots_by_param
+from hetsurgery.ir import ModelGraph, Role, SlotMaps, slots_by_param
 from hetsurgery.passes import MapGroups, Pipeline
 from hetsurgery.plan.width_plan import WidthPlan
 
@@ -32,27 +34,52 @@ def combine(graphs: Sequence[ModelGraph], plan: WidthPlan) -> ModelGraph:
     """The merged graph: the anchor's structure at the plan's widths, holding ``Σ_k`` of every model carried.
     Parameters with no produce-side slot are averaged with the plan's weights; integer buffers
     (``num_batches_tracked``) are copies of the first model's."""
-    for name, slots in slots_by_param(graphs[0].groups).items():
-        dims = {s.dim for _, s in slots if s.role is Role.PRODUCE}
-        if len(dims) > 1:
-            raise MergeError(f"{graphs[0].name}: {name} has produce-side channels on dims {sorted(dims)}; "
-                             "the merge weights would be applied twice")
-    carry = [MapGroups.carrying(plan.groups, k) for k in range(len(graphs))]
-    anchor = plan.anchor
-    merged = Pipeline((carry[anchor],))(graphs[anchor])
-    produced = [{name for name, slots in slots_by_param(g.groups).items()
-                 if any(s.role is Role.PRODUCE for _, s in slots)} for g in graphs]
-    maps = [c._slot_maps() for c in carry]
+    c = Combination.of(graphs, plan)
+    merged = Pipeline((c.carry[c.anchor],))(graphs[c.anchor])
     out = {}
-    for name, first in graphs[0].params.items():
+    for name in graphs[0].params:
+        def carried(k: int, name: str = name) -> torch.Tensor:
+            return merged.params[name] if k == c.anchor else c.carry[k].parameter(graphs[k], name, c.maps[k])
+
+        out[name] = c.parameter(name, carried, lambda k, name=name: graphs[k].params[name])
+    return merged.with_updates(out)
+
+
+class Combination:
+    """How each merged tensor is made from the models': model ``k``'s tensor carried by its part of the plan
+    (``carry[k]``, with ``maps[k]``), weighted unless the weight is already folded into its produce-side map, and
+    summed, the anchor first. ``combine`` applies it to graphs in memory; a streamed merge applies it one tensor
+    (or one piece of a tensor) at a time as it reads them (``hetsurgery.stream``)."""
+
+    def __init__(self, carry: Sequence[MapGroups], produced: Sequence[set[str]], weights: Sequence[float],
+                 anchor: int) -> None:
+        self.carry, self.produced, self.weights, self.anchor = list(carry), list(produced), list(weights), anchor
+        self.maps: list[SlotMaps] = [c._slot_maps() for c in self.carry]
+
+    @staticmethod
+    def of(graphs: Sequence[ModelGraph], plan: WidthPlan) -> Combination:
+        for name, slots in slots_by_param(graphs[0].groups).items():
+            dims = {s.dim for _, s in slots if s.role is Role.PRODUCE}
+            if len(dims) > 1:
+                raise MergeError(f"{graphs[0].name}: {name} has produce-side channels on dims {sorted(dims)}; "
+                                 "the merge weights would be applied twice")
+        produced = [{name for name, slots in slots_by_param(g.groups).items()
+                     if any(s.role is Role.PRODUCE for _, s in slots)} for g in graphs]
+        return Combination([MapGroups.carrying(plan.groups, k) for k in range(len(graphs))], produced, plan.weights,
+                           plan.anchor)
+
+    def parameter(self, name: str, carried: Callable[[int], torch.Tensor], own: Callable[[int], torch.Tensor]
+                  ) -> torch.Tensor:
+        """The merged ``name`` from ``carried(k)`` (model ``k``'s tensor carried) and ``own(k)`` (its tensor as it is:
+        never written into)."""
+        first = own(0)
         if not first.is_floating_point():
-            out[name] = first.clone()  # the merged model owns it: training it never counts in a user's model
-            continue
+            return first.clone()  # the merged model owns it: training it never counts in a user's model
         total = None
-        for k in [anchor, *(k for k in range(len(graphs)) if k != anchor)]:
-            t = merged.params[name] if k == anchor else carry[k].parameter(graphs[k], name, maps[k])
-            fresh = t is not graphs[k].params[name]  # never write into a model's own tensor
-            weight = 1.0 if name in produced[k] else plan.weights[k]
+        for k in [self.anchor, *(k for k in range(len(self.carry)) if k != self.anchor)]:
+            t = carried(k)
+            fresh = t is not own(k)  # never write into a model's own tensor
+            weight = 1.0 if name in self.produced[k] else self.weights[k]
             if total is None:
                 total = t if fresh else t.clone()
                 if weight != 1.0:
@@ -61,5 +88,4 @@ def combine(graphs: Sequence[ModelGraph], plan: WidthPlan) -> ModelGraph:
                 total.add_(t, alpha=weight)
             del t  # freed before the next model's copy is made
         assert total is not None
-        out[name] = total
-    return merged.with_updates(out)
+        return total

@@ -2,12 +2,13 @@
 
 Each takes the traced graphs, the statistics (``None`` for data-free methods), the weights, the anchor,
 the merged width of every group and its own typed options, and returns a ``GroupMatch`` for each group
-it aligned. Groups a method cannot handle (no observable features) are left out; the driver fills them.
+it aligned. The methods that read weights take them from the graphs, or from ``values`` (one mapping per model, by
+parameter name) when given: a streamed merge passes readers that load each tensor when it is used. Groups a method cannot handle (no observable features) are left out; the driver fills them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from types import MappingProxyType
@@ -17,7 +18,7 @@ import torch
 from hetsurgery.errors import MergeInputError, PassError
 from hetsurgery.ir import Capability, ModelGraph
 from hetsurgery.merging.widths import WidthRule
-from hetsurgery.passes.pad_width import pad_groups
+from hetsurgery.passes.pad_width import pad_groups, padded_view
 from hetsurgery.plan.signature import joint_signature
 from hetsurgery.plan.solvers.mal import mal_match
 from hetsurgery.plan.solvers.ot import OTCost, OTSolver, as_solver, ot_match
@@ -30,6 +31,7 @@ from hetsurgery.plan.width_plan import GroupMatch, MalReport
 
 Stats = Mapping[int, GroupStats]
 Targets = Mapping[int, int]
+Values = Sequence[Mapping[str, torch.Tensor]]  # per model, its parameter values by name (read on demand when streamed)
 
 
 def plan_average(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int,
@@ -47,15 +49,18 @@ def plan_permute(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Seq
 
 
 def plan_weight(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int,
-                targets: Targets, *, max_sweeps: int = 100, seed: int = 0) -> dict[int, GroupMatch]:
+                targets: Targets, values: Values | None = None, *, max_sweeps: int = 100, seed: int = 0
+                ) -> dict[int, GroupMatch]:
     groups = list(graphs[0].permutable())
     perms_per_model: list[dict[int, torch.Tensor]] = []
     reports = []
-    for k, g in enumerate(graphs):
+    params = _values(graphs, values)
+    for k in range(len(graphs)):
         if k == anchor:
             perms_per_model.append({grp.id: torch.arange(grp.size) for grp in groups})
             continue
-        perms, report = weight_matching(learned(graphs[anchor]), g.params, groups, max_sweeps=max_sweeps, seed=seed)
+        perms, report = weight_matching(learned(graphs[anchor], None if values is None else params[anchor]), params[k], groups,
+                                        max_sweeps=max_sweeps, seed=seed)
         perms_per_model.append(perms)
         reports.append(report)
     return {grp.id: GroupMatch.from_perms(grp.id, [p[grp.id] for p in perms_per_model], weights,
@@ -116,25 +121,27 @@ def plan_zip(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequenc
 
 
 def plan_mal(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int,
-             targets: Targets, *, alternate: bool = True, max_sweeps: int = 100, seed: int = 0
-             ) -> dict[int, GroupMatch]:
+             targets: Targets, values: Values | None = None, *, alternate: bool = True, max_sweeps: int = 100,
+             seed: int = 0) -> dict[int, GroupMatch]:
     """Zero-pad every group to the widest model, then weight-match each model to the anchor in that space."""
     padded_width = {g.id: max(x.group(g.id).size for x in graphs) for g in graphs[0].permutable()}
-    padded = []
-    for g in graphs:
+    padded, params = [], []
+    for g, v in zip(graphs, _values(graphs, values), strict=True):
+        sizes = {gid: w for gid, w in padded_width.items() if g.group(gid).size < w}
         try:  # every group at once: one new graph per model
-            padded.append(pad_groups(g, {gid: w for gid, w in padded_width.items() if g.group(gid).size < w}))
+            padded.append(pad_groups(g, sizes))
         except PassError as exc:
             raise MergeInputError(f"mal: {exc}") from exc
+        params.append(padded[-1].params if values is None else padded_view(g, v, sizes))
     groups = list(padded[anchor].permutable())
     perms: list[dict[int, torch.Tensor]] = []
     reports: list[dict] = []
-    for k, g in enumerate(padded):
+    for k in range(len(padded)):
         if k == anchor:
             perms.append({gid: torch.arange(w) for gid, w in padded_width.items()})
             continue
-        p, rep = weight_matching(learned(padded[anchor]), g.params, groups, max_sweeps=max_sweeps, seed=seed,
-                                 alternate=alternate, from_layers=alternate)
+        p, rep = weight_matching(learned(padded[anchor], None if values is None else params[anchor]), params[k], groups, max_sweeps=max_sweeps,
+                                 seed=seed, alternate=alternate, from_layers=alternate)
         perms.append(p)
         reports.append(rep)
     out = {}
@@ -150,11 +157,41 @@ def plan_mal(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequenc
     return out
 
 
-def learned(g: ModelGraph) -> dict[str, torch.Tensor]:
+def learned(g: ModelGraph, values: Mapping[str, torch.Tensor] | None = None) -> Mapping[str, torch.Tensor]:
     """The graph's parameters without its buffers: weight matching compares what was learned, not
-    BatchNorm running statistics (recomputed after merging anyway)."""
+    BatchNorm running statistics (recomputed after merging anyway). ``values`` (default ``g.params``) gives them:
+    a streamed model reads each one when it is used (``hetsurgery.stream``), and so does the view returned then."""
     names = {name for name, _ in g.module.named_parameters()}
-    return {name: t for name, t in g.params.items() if name in names}
+    if values is None:
+        return {name: t for name, t in g.params.items() if name in names}
+    return _Only(values, names)
+
+
+class _Only(Mapping[str, torch.Tensor]):
+    """``values`` restricted to ``names``, read on access."""
+
+    def __init__(self, values: Mapping[str, torch.Tensor], names: set[str]) -> None:
+        self.values, self.names = values, [n for n in values if n in names]
+        self.known = set(self.names)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.known:
+            raise KeyError(name)
+        return self.values[name]
+
+    def __contains__(self, name: object) -> bool:  # without reading the tensor
+        return name in self.known
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def _values(graphs: Sequence[ModelGraph], values: Values | None) -> Sequence[Mapping[str, torch.Tensor]]:
+    """Each model's parameter values: its graph's own, or ``values`` (a streamed model's readers)."""
+    return [g.params for g in graphs] if values is None else values
 
 
 def _group_report(report: dict, gid: int, padded_width: int) -> MalReport:

@@ -57,7 +57,7 @@ class MapGroups(Recorded):
         self.check(g)
         maps = self._slot_maps()
         by_param = slots_by_param(g.group(gid) for gid in self.produce)
-        params = {name: self._transform(maps, g.params[name], slots) for name, slots in by_param.items()}
+        params = {name: self.carried(maps, g.params[name], slots) for name, slots in by_param.items()}
         return g.with_updates(params, self.resized(g))
 
     def check(self, g: ModelGraph) -> None:
@@ -79,11 +79,13 @@ class MapGroups(Recorded):
                 raise PassError(f"{g.name}: group {gid} ({grp.label}) cannot change its width: "
                                 f"{grp.why_not(Capability.ZIP)}")
 
-    def parameter(self, g: ModelGraph, name: str, maps: SlotMaps | None = None) -> torch.Tensor:
+    def parameter(self, g: ModelGraph, name: str, maps: SlotMaps | None = None, value: torch.Tensor | None = None
+                  ) -> torch.Tensor:
         """Parameter ``name`` of ``g`` carried (a fresh tensor, or ``g``'s own when no group of the pass holds it):
-        what ``rewrite`` puts there, one tensor at a time (``merging.combine`` sums models this way)."""
+        what ``rewrite`` puts there, one tensor at a time (``merging.combine`` sums models this way). ``value``
+        stands for ``g.params[name]`` (a streamed model's tensor, read from its checkpoint)."""
         slots = [(gid, s) for gid, s in slots_by_param(g.group(gid) for gid in self.produce).get(name, ())]
-        return self._transform(maps or self._slot_maps(), g.params[name], slots)
+        return self.carried(maps or self._slot_maps(), g.params[name] if value is None else value, slots)
 
     def resized(self, g: ModelGraph) -> tuple[PermGroup, ...]:
         """``g``'s groups at the widths the pass gives them (and every slot after a resized one shifted)."""
@@ -92,8 +94,10 @@ class MapGroups(Recorded):
     def _slot_maps(self) -> SlotMaps:
         return SlotMaps(self.produce, self.consume)
 
-    def _transform(self, maps: SlotMaps, t: torch.Tensor, slots: list) -> torch.Tensor:
-        # integer buffers move with permutations and are left alone by any other map
+    @staticmethod
+    def carried(maps: SlotMaps, t: torch.Tensor, slots: list) -> torch.Tensor:
+        """``t`` with its ``slots`` carried by ``maps``: integer buffers move with permutations and are left alone
+        by any other map."""
         moves = t.is_floating_point() or all(isinstance(maps.maps[s.role].get(gid), tuple) for gid, s in slots
                                               if maps.maps[s.role].get(gid) is not None)
         return maps.transform(t, slots) if slots and moves else t

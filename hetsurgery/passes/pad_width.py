@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import ClassVar
 
+import torch
 from torch import nn
 
 from hetsurgery.errors import PassError
@@ -62,6 +63,36 @@ def pad_groups(g: ModelGraph, sizes: Mapping[int, int]) -> ModelGraph:
     modules = dict(g.module.named_modules())
     new = pad_params(g.params, groups, dict(sizes), lambda param: _fill_for(modules, param))
     return g.with_updates(new, resized_groups(g, dict(sizes)))
+
+
+def padded_view(g: ModelGraph, values: Mapping[str, torch.Tensor], sizes: Mapping[int, int]
+                ) -> Mapping[str, torch.Tensor]:
+    """What ``pad_groups(g, sizes).params`` holds, each tensor padded when it is read from ``values`` (``g``'s
+    parameter values by name, read on demand: a streamed model's). ``pad_groups`` checks the sizes."""
+    return _Padded(g, values, sizes)
+
+
+class _Padded(Mapping[str, torch.Tensor]):
+    def __init__(self, g: ModelGraph, values: Mapping[str, torch.Tensor], sizes: Mapping[int, int]) -> None:
+        self.values, self.sizes = values, dict(sizes)
+        self.groups = [g.group(gid) for gid in sizes]
+        self.modules = dict(g.module.named_modules())
+        self.padded = {s.param for grp in self.groups for s in grp.slots}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.padded:
+            return self.values[name]
+        return pad_params({name: self.values[name]}, self.groups, self.sizes,
+                          lambda param: _fill_for(self.modules, param), names=(name,))[name]
+
+    def __contains__(self, name: object) -> bool:  # without reading the tensor
+        return name in self.values
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.values)
+
+    def __len__(self) -> int:
+        return len(self.values)
 
 
 def _fill_for(modules: Mapping[str, nn.Module], param: str) -> float:
