@@ -29,7 +29,14 @@ from hetsurgery.ir.structure import with_tensors
 from hetsurgery.tracing import lift_graph
 from hetsurgery.tracing.units import ORIGIN_META
 
-__all__ = ["CONVS", "ORIGIN_META", "add_module", "editable", "new_names", "node_named", "relift"]
+__all__ = ["CONVS", "COPY_META", "ORIGIN_META", "ZEROED_META", "add_module", "editable", "new_names", "node_named",
+           "relift"]
+
+# Where a new layer's tensors come from, on the fx node that reads them (``call_module`` or ``get_attr``): the target
+# it is a copy of in the graph the pass was given, and the tensor names (``weight``, ``bias``) the pass set to zero.
+# A streamed model, whose tensors stay in its checkpoint, writes the new layers from them (``hetsurgery.stream``).
+COPY_META = "hetsurgery_copy_of"
+ZEROED_META = "hetsurgery_zeroed"
 
 CONVS: dict[int, type[nn.Conv1d | nn.Conv2d | nn.Conv3d]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}  # by taps
 

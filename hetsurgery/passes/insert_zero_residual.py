@@ -41,7 +41,16 @@ from torch import fx, nn
 from hetsurgery.errors import PassError
 from hetsurgery.ir import Activation, ModelGraph, OpKind, Stage, Unit, UnitKind
 from hetsurgery.passes.base import Recorded, refusal
-from hetsurgery.passes.edit import ORIGIN_META, add_module, editable, new_names, node_named, relift
+from hetsurgery.passes.edit import (
+    COPY_META,
+    ORIGIN_META,
+    ZEROED_META,
+    add_module,
+    editable,
+    new_names,
+    node_named,
+    relift,
+)
 from hetsurgery.passes.insertion import counted_positions, insertion_point, refuse_before_fixed
 from hetsurgery.tracing import OPKIND_META
 
@@ -149,6 +158,8 @@ def _copy_block(gm: fx.GraphModule, g: ModelGraph, point: fx.Node, width: int, t
             new = gm.graph.create_node(old.op, target, args, kwargs, type_expr=old.type)  # type: ignore[arg-type]
             new.meta = {k: v for k, v in old.meta.items() if k == OPKIND_META}
         new.meta[ORIGIN_META] = InsertZeroResidual.name
+        if old.op in ("call_module", "get_attr") and not (derived and entry in old.all_input_nodes):
+            new.meta[COPY_META] = str(old.target)  # rebuilt layers (derived blocks) have fresh weights: no copy
         env[old] = new
         last = new
     for add in (env[o] for o in kept if _is_add(g, o)):
@@ -253,19 +264,20 @@ def _zero(gm: fx.GraphModule, g: ModelGraph, branch: fx.Node, template: Unit) ->
     while True:
         mod = gm.get_submodule(str(node.target)) if node.op == "call_module" else None
         if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.affine:
-            _zero_tensors(mod, ("weight", "bias"))
+            node.meta[ZEROED_META] = _zero_tensors(mod, ("weight", "bias"))
             return
         if isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd)):
-            _zero_tensors(mod, ("weight", "bias"))
+            node.meta[ZEROED_META] = _zero_tensors(mod, ("weight", "bias"))
             return
         if isinstance(mod, nn.MultiheadAttention):
-            _zero_tensors(mod.out_proj, ("weight", "bias"))
+            node.meta[ZEROED_META] = tuple(f"out_proj.{n}" for n in _zero_tensors(mod.out_proj, ("weight", "bias")))
             return
         if node.meta.get(OPKIND_META) in (OpKind.FUNCTIONAL_LINEAR, OpKind.ADDMM):  # F.linear, GPT-2's Conv1D
             for attr in (a for a in [*node.args, *node.kwargs.values()] if isinstance(a, fx.Node)
                          and a.op == "get_attr"):
                 owner, _, leaf = str(attr.target).rpartition(".")
-                _zero_tensors(gm.get_submodule(owner) if owner else gm, (leaf,))
+                if _zero_tensors(gm.get_submodule(owner) if owner else gm, (leaf,)):
+                    attr.meta[ZEROED_META] = ("",)  # the attribute itself
             return
         nxt = _zero_preserving_input(gm, node)
         if nxt is None:
@@ -296,12 +308,16 @@ def _activation(gm: fx.GraphModule, node: fx.Node) -> Activation | None:
     return activation_of(node, dict(gm.named_modules()))
 
 
-def _zero_tensors(mod: nn.Module, names: tuple[str, ...]) -> None:
+def _zero_tensors(mod: nn.Module, names: tuple[str, ...]) -> tuple[str, ...]:
+    """Set the tensors ``names`` of ``mod`` to zero; the names it set."""
+    done = []
     for name in names:
         t = getattr(mod, name, None)
         if isinstance(t, torch.Tensor):
             setattr(mod, name, nn.Parameter(torch.zeros_like(t), requires_grad=t.requires_grad)
                     if isinstance(t, nn.Parameter) else torch.zeros_like(t))
+            done.append(name)
+    return tuple(done)
 
 
 def _copy_attribute(gm: fx.GraphModule, old: str, new: str) -> None:
