@@ -3,7 +3,9 @@
 ``ir <- tracing <- plan, passes <- export <- merging <- assembly <- cli``. ``zoo`` and ``errors`` sit under
 everything (``zoo`` imports nothing of hetsurgery); ``plan`` and ``passes`` are siblings that never import each
 other; ``evaluate`` scores merged models beside ``merging``; ``assembly`` (MAL, the λ threshold) balances and
-aligns donors with merging's code, so it sits above it and ``merging`` never imports it; ``demo`` and ``config``
+aligns donors with merging's code, so it sits above it and ``merging`` never imports it; ``stream`` (checkpoints read
+lazily, merged and operated on block by block) plans with merging's code and sits beside ``assembly``; ``demo`` and
+``config``
 (the merge config and its commands) drive it all for ``cli``. ``pytest -k layering`` runs this file.
 """
 
@@ -17,7 +19,7 @@ import pytest
 import hetsurgery as hs
 
 LAYERS = {"errors": 0, "zoo": 0, "ir": 1, "tracing": 2, "plan": 3, "passes": 3, "export": 4, "merging": 5,
-          "evaluate": 5, "assembly": 6, "demo": 7, "config": 7, "cli": 8}
+          "evaluate": 5, "assembly": 6, "stream": 6, "demo": 7, "config": 7, "cli": 8}
 TOP = 9  # hetsurgery/__init__.py re-exports every layer: importing it from inside pulls in all of them
 INDEPENDENT = {frozenset({"plan", "passes"})}  # siblings on one layer that never import each other
 ROOT = pathlib.Path(hs.__file__).parent

@@ -36,11 +36,13 @@ _NUMBERED = re.compile(r"^(.*?)\.(\d+)\.(.*)$")
 
 def state_dict_like(g: ModelGraph) -> dict[str, torch.Tensor]:
     """``g``'s parameters and buffers under their original names, numbered containers renumbered in run order."""
+    return {saved: g.params[name].detach() for name, saved in saved_names(g).items()}
+
+
+def saved_names(g: ModelGraph) -> dict[str, str]:
+    """Each parameter's name in ``state_dict_like`` (a streamed merge writes the tensors under them)."""
     order = _run_order(g)
-    out: dict[str, torch.Tensor] = {}
-    for name, t in g.params.items():
-        out[_renumbered(name, order)] = t.detach()
-    return out
+    return {name: _renumbered(name, order) for name in g.params}
 
 
 def to_pretrained(g: ModelGraph, like: nn.Module) -> nn.Module:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 import warnings
@@ -199,7 +200,8 @@ def plan_traced(graphs: Sequence[ModelGraph], data: Iterable | None, o: MergeOpt
 def _width_plan(graphs: Sequence[ModelGraph], stats: Mapping[int, GroupStats] | None, w: Sequence[float],
                 targets: Mapping[int, int], o: MergeOptions, values: Values | None) -> WidthPlan:
     spec, anchor = METHODS[o.method], o.anchor
-    extra = () if values is None else (values,)  # the weight-reading methods take them after the targets
+    reads = "values" in inspect.signature(spec.plan).parameters  # the methods that read weights take them
+    extra = (values,) if values is not None and reads else ()
     matches = spec.plan(graphs, stats, w, anchor, targets, *extra, **dict(o.method_options))
     matches.update(_fill_unobserved(graphs, matches, w, anchor))
     for grp in graphs[0].groups:

@@ -1,0 +1,161 @@
+"""Running streamed models over calibration data segment by segment, the way GPTQ runs a model block by block.
+
+The joint graph of the models (``plan.joint``: node ``i`` of every model side by side, observers at the feature
+sites) holds their structure on the meta device. It is cut into segments in node order: a new segment starts
+where a block of the models' stage of blocks starts, and wherever the tensors a segment reads would pass
+``segment_bytes``. For each segment in turn, its layers are built with the tensors read from the checkpoints, it
+runs on every calibration batch (the values it reads from earlier segments are kept for all batches: the
+activations at the boundary), its observers feed the accumulators, and its layers are released before the next
+segment is read. Peak memory is one segment's tensors plus the boundary activations of all batches.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx, nn
+from tqdm.auto import tqdm
+
+from hetsurgery.errors import HetsurgeryError
+from hetsurgery.ir import ModelGraph
+from hetsurgery.ir.batches import input_names, model_input
+from hetsurgery.stream.model import Values
+
+SEGMENT_BYTES = 256 * 2**20  # the tensors of all models one segment may read
+
+
+@dataclass(frozen=True)
+class Segmented:
+    """A ``plan.stats.Runner`` for streamed models: ``values[k]`` reads model ``k``'s tensors (the joint graph's
+    ``m{k}``), ``graphs[k]`` is its graph (where its blocks start)."""
+
+    graphs: Sequence[ModelGraph]
+    values: Sequence[Values]
+    segment_bytes: int = SEGMENT_BYTES
+
+    def __call__(self, joint: fx.GraphModule, data: Iterable, device: torch.device | str | None,
+                 progress: bool) -> None:
+        nodes = [n for n in joint.graph.nodes if n.op not in ("placeholder", "output")]
+        segments = self.cut(joint, nodes)
+        position = {n: i for i, seg in enumerate(segments) for n in seg}
+        last = {n: max((position.get(u, len(segments)) for u in n.users), default=-1)
+                for n in joint.graph.nodes if n.op != "output"}
+        names = input_names(joint)
+        placeholders = [n for n in joint.graph.nodes if n.op == "placeholder"]
+        envs: list[dict[fx.Node, object]] = [dict(zip(placeholders, model_input(b, names).to(device), strict=True))
+                                             for b in data]
+        with torch.no_grad():
+            for i, seg in enumerate(tqdm(segments, desc="statistics", unit="segment", disable=not progress,
+                                         leave=False)):
+                reads = list(dict.fromkeys(a for n in seg for a in n.all_input_nodes if position.get(a) != i))
+                keeps = [n for n in seg if last[n] > i]
+                module = self._module(joint, seg, reads, keeps, device)
+                for env in envs:
+                    outs = module(*[env[a] for a in reads])
+                    env.update(zip(keeps, outs, strict=True))
+                    for a in reads:
+                        if last[a] <= i:
+                            del env[a]
+                del module
+
+    def cut(self, joint: fx.GraphModule, nodes: Sequence[fx.Node]) -> list[list[fx.Node]]:
+        """The segments: a new one at every block start and where the bytes read would pass the budget."""
+        starts = {f"m{k}.{_owner(g, u)}" for k, g in enumerate(self.graphs) for st in g.stages for key in st.units
+                  for u in [g.unit(key)] if _owner(g, u)}
+        segments: list[list[fx.Node]] = [[]]
+        used = 0
+        for n in nodes:
+            size = self._bytes(joint, n)
+            if segments[-1] and (str(n.target) in starts or used + size > self.segment_bytes) and used:
+                segments.append([])
+                used = 0
+            segments[-1].append(n)
+            used += size
+        return [s for s in segments if s]
+
+    def _bytes(self, joint: fx.GraphModule, n: fx.Node) -> int:
+        if n.op == "call_module":
+            held = [*joint.get_submodule(str(n.target)).parameters(), *joint.get_submodule(str(n.target)).buffers()]
+        elif n.op == "get_attr":
+            held = [t for t in [_attr(joint, str(n.target))] if isinstance(t, torch.Tensor)]
+        else:
+            return 0
+        return sum(t.numel() * 4 for t in held)
+
+    def _module(self, joint: fx.GraphModule, seg: Sequence[fx.Node], reads: Sequence[fx.Node],
+                keeps: Sequence[fx.Node], device: torch.device | str | None) -> fx.GraphModule:
+        """The segment as a module of its own, taking ``reads`` and returning ``keeps``, its tensors read."""
+        graph = fx.Graph()
+        run = torch.device(device) if device is not None else torch.device("cpu")
+        env = {a: graph.placeholder(a.name) for a in reads}
+        root: dict[str, object] = {}
+        for n in seg:
+            env[n] = graph.node_copy(n, env.__getitem__)
+            # the device tracing on meta wrote into the code (arange(..., device=meta)) is the run's
+            env[n].args, env[n].kwargs = on_device(env[n].args, run), on_device(env[n].kwargs, run)
+            target = str(n.target)
+            if n.op == "call_module" and target not in root:
+                root[target] = self._layer(joint, target, device)
+            elif n.op == "get_attr" and target not in root:
+                root[target] = self._tensor(joint, target, device)
+        graph.output(tuple(env[n] for n in keeps))
+        return fx.GraphModule(root, graph, "segment")
+
+    def _layer(self, joint: fx.GraphModule, target: str, device: torch.device | str | None) -> nn.Module:
+        mod = joint.get_submodule(target)
+        k, path = _split(target)
+        if k is None:
+            return mod  # the observer
+        memo: dict[int, object] = {}
+        for local, t in [*mod.named_parameters(), *mod.named_buffers()]:
+            real = self._read(k, f"{path}.{local}", t, device)
+            memo[id(t)] = nn.Parameter(real, requires_grad=False) if isinstance(t, nn.Parameter) else real
+        return copy.deepcopy(mod, memo)
+
+    def _tensor(self, joint: fx.GraphModule, target: str, device: torch.device | str | None) -> object:
+        value = _attr(joint, target)
+        k, path = _split(target)
+        if k is None or not isinstance(value, torch.Tensor):
+            return value
+        return self._read(k, path, value, device)
+
+    def _read(self, k: int, name: str, held: torch.Tensor, device: torch.device | str | None) -> torch.Tensor:
+        values = self.values[k]
+        if name in values:
+            return values[name]
+        if held.is_meta:
+            raise HetsurgeryError(f"{self.graphs[k].name}: {name} is neither in the checkpoint nor computed by the "
+                                  "model class; the model cannot run streamed")
+        return held.to(device) if device is not None else held
+
+
+def on_device(args: Any, device: torch.device | str, old: str = "meta") -> Any:
+    """``args`` (a node's) with every ``torch.device`` of type ``old`` replaced by ``device``."""
+    return fx.node.map_aggregate(args, lambda a: torch.device(device) if isinstance(a, torch.device) and
+                                 a.type == old else a)
+
+
+def _owner(g: ModelGraph, unit: object) -> str | None:
+    """The first layer (or tensor) a unit reads: where its block starts in the graph's module."""
+    nodes = {n.name: n for n in g.module.graph.nodes}
+    for name in getattr(unit, "nodes", ()):
+        n = nodes.get(name)
+        if n is not None and n.op in ("call_module", "get_attr"):
+            return str(n.target)
+    return None
+
+
+def _split(target: str) -> tuple[int | None, str]:
+    head, _, rest = target.partition(".")
+    return (int(head[1:]), rest) if head.startswith("m") and head[1:].isdigit() and rest else (None, target)
+
+
+def _attr(root: nn.Module, target: str) -> object:
+    value: object = root
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
