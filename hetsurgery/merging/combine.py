@@ -41,7 +41,10 @@ def combine(graphs: Sequence[ModelGraph], plan: WidthPlan) -> ModelGraph:
         def carried(k: int, name: str = name) -> torch.Tensor:
             return merged.params[name] if k == c.anchor else c.carry[k].parameter(graphs[k], name, c.maps[k])
 
-        out[name] = c.parameter(name, carried, lambda k, name=name: graphs[k].params[name])
+        def own(k: int, name: str = name) -> torch.Tensor:
+            return graphs[k].params[name]
+
+        out[name] = c.parameter(name, carried, own)
     return merged.with_updates(out)
 
 

@@ -39,7 +39,7 @@ from hetsurgery.passes import MapGroups, Pipeline, ResetBatchNorm
 from hetsurgery.plan.depth import DepthPlan
 from hetsurgery.plan.distributed import join
 from hetsurgery.plan.solvers.weight import weight_matching
-from hetsurgery.plan.stats import GroupStats, Runner, collect_stats
+from hetsurgery.plan.stats import Done, GroupStats, Runner, collect_stats
 from hetsurgery.plan.width_plan import GroupMatch, WidthPlan
 from hetsurgery.tracing import trace
 
@@ -181,28 +181,60 @@ def plan_traced(graphs: Sequence[ModelGraph], data: Iterable | None, o: MergeOpt
     seconds["trace"] += time.perf_counter() - clock
 
     clock = time.perf_counter()
+    wants = spec.wants_data(method_options) and data is not None
+    solved: dict[int, GroupMatch] = {}
+    done = _solve_when_observed(graphs, w, targets, o, solved, world.leader) if runner is not None and wants else None
     stats = (collect_stats(graphs, data, full=spec.full_stats, memory_budget=o.memory_budget, progress=progress,
-                           device=default_device(device), world=world, runner=runner)
-             if spec.wants_data(method_options) and data is not None else None)
+                           device=default_device(device), world=world, runner=runner, done=done)
+             if wants else None)
     seconds["statistics"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    plan = world.broadcast(_width_plan(graphs, stats, w, targets, o, values) if world.leader else None)
+    plan = world.broadcast(_width_plan(graphs, stats, w, targets, o, values, solved if done is not None else None)
+                           if world.leader else None)
     seconds["matching"] = time.perf_counter() - clock
     unaligned = unaligned_groups(graphs[0], method)
     for text in unaligned:
         warnings.warn(text, UnalignedGroupWarning, stacklevel=4)
     if balanced is None:
-        return Planned(graphs, plan, seconds, unaligned=unaligned)
-    return Planned(graphs, plan, seconds, balanced.plan, balanced.fusions, unaligned)
+        return Planned(tuple(graphs), plan, seconds, unaligned=unaligned)
+    return Planned(tuple(graphs), plan, seconds, balanced.plan, balanced.fusions, unaligned)
+
+
+def _solve_when_observed(graphs: Sequence[ModelGraph], w: Sequence[float], targets: Mapping[int, int],
+                         o: MergeOptions, solved: dict[int, GroupMatch], leader: bool) -> Done:
+    """What a streamed pass does with each group's statistics as soon as they are complete: solve the group (with the
+    groups its heads move with, once all are in) into ``solved`` and let the statistics go, so only the groups of the
+    blocks in flight hold statistics at once. The methods solve each group (or tied unit) on its own statistics, so
+    the plan is the one solving them all at the end gives."""
+    spec = METHODS[o.method]
+    pending: dict[int, GroupStats] = {}
+    ref = graphs[0]
+    observed = {g.id for g in ref.permutable() if g.sites}
+
+    def unit(gid: int) -> list[int]:
+        grp = ref.group(gid)
+        return sorted({gid, *grp.heads_with} & observed) if grp.structure.moves else [gid]
+
+    def done(gid: int, s: GroupStats) -> None:
+        pending[gid] = s
+        members = unit(gid)
+        if all(m in pending for m in members):
+            ready = {m: pending.pop(m) for m in members}
+            if leader:
+                solved.update(spec.plan(graphs, ready, w, o.anchor, targets, **dict(o.method_options)))
+
+    return done
 
 
 def _width_plan(graphs: Sequence[ModelGraph], stats: Mapping[int, GroupStats] | None, w: Sequence[float],
-                targets: Mapping[int, int], o: MergeOptions, values: Values | None) -> WidthPlan:
+                targets: Mapping[int, int], o: MergeOptions, values: Values | None,
+                solved: Mapping[int, GroupMatch] | None = None) -> WidthPlan:
     spec, anchor = METHODS[o.method], o.anchor
     reads = "values" in inspect.signature(spec.plan).parameters  # the methods that read weights take them
     extra = (values,) if values is not None and reads else ()
-    matches = spec.plan(graphs, stats, w, anchor, targets, *extra, **dict(o.method_options))
+    matches = dict(solved) if solved is not None else spec.plan(graphs, stats, w, anchor, targets, *extra,
+                                                   **dict(o.method_options))
     matches.update(_fill_unobserved(graphs, matches, w, anchor))
     for grp in graphs[0].groups:
         if not grp.perm_ok:

@@ -171,13 +171,13 @@ class _Only(Mapping[str, torch.Tensor]):
     """``values`` restricted to ``names``, read on access."""
 
     def __init__(self, values: Mapping[str, torch.Tensor], names: set[str]) -> None:
-        self.values, self.names = values, [n for n in values if n in names]
+        self.source, self.names = values, [n for n in values if n in names]
         self.known = set(self.names)
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self.known:
             raise KeyError(name)
-        return self.values[name]
+        return self.source[name]
 
     def __contains__(self, name: object) -> bool:  # without reading the tensor
         return name in self.known

@@ -74,25 +74,25 @@ def padded_view(g: ModelGraph, values: Mapping[str, torch.Tensor], sizes: Mappin
 
 class _Padded(Mapping[str, torch.Tensor]):
     def __init__(self, g: ModelGraph, values: Mapping[str, torch.Tensor], sizes: Mapping[int, int]) -> None:
-        self.values, self.sizes = values, dict(sizes)
+        self.source, self.sizes = values, dict(sizes)
         self.groups = [g.group(gid) for gid in sizes]
         self.modules = dict(g.module.named_modules())
         self.padded = {s.param for grp in self.groups for s in grp.slots}
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self.padded:
-            return self.values[name]
-        return pad_params({name: self.values[name]}, self.groups, self.sizes,
+            return self.source[name]
+        return pad_params({name: self.source[name]}, self.groups, self.sizes,
                           lambda param: _fill_for(self.modules, param), names=(name,))[name]
 
     def __contains__(self, name: object) -> bool:  # without reading the tensor
-        return name in self.values
+        return name in self.source
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.values)
+        return iter(self.source)
 
     def __len__(self) -> int:
-        return len(self.values)
+        return len(self.source)
 
 
 def _fill_for(modules: Mapping[str, nn.Module], param: str) -> float:

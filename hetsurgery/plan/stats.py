@@ -30,9 +30,12 @@ from hetsurgery.plan.accumulate import BlockAccumulator, Scratch
 from hetsurgery.plan.distributed import World
 from hetsurgery.plan.joint import Observer, joint_module, site_view, sites_by_node
 
-# How the joint graph runs over the batches: (joint module, batches, device, progress). The default moves the module to
-# the device and runs it batch after batch; a streamed model runs it block by block (``hetsurgery.stream.segments``).
-Runner = Callable[[fx.GraphModule, Iterable, "torch.device | str | None", bool], None]
+# How the joint graph runs over the batches: (joint module, batches, device, progress, finished). The default moves the
+# module to the device and runs it batch after batch; a streamed model runs it block by block
+# (``hetsurgery.stream.segments``) and calls ``finished`` with the sites it has observed on every batch.
+Finished = Callable[[Iterable[str]], None]
+Runner = Callable[[fx.GraphModule, Iterable, "torch.device | str | None", bool, Finished], None]
+Done = Callable[[int, "GroupStats"], None]
 
 TIE = 1e-5  # the weight of the signature among live features: it decides only between near-equal correlations
 
@@ -112,7 +115,7 @@ class GroupStats:
 def collect_stats(graphs: Sequence[ModelGraph], data: Iterable, *, groups: Sequence[int] | None = None,
                   full: bool = True, memory_budget: int | None = None, progress: bool = True,
                   device: torch.device | str | None = None, world: World | None = None,
-                  runner: Runner | None = None) -> dict[int, GroupStats]:
+                  runner: Runner | None = None, done: Done | None = None) -> dict[int, GroupStats]:
     """Run all models over ``data`` once (or once per chunk of groups under ``memory_budget`` bytes).
 
     ``graphs`` must share their groups (same topology, widths may differ). Batches are tensors or
@@ -121,14 +124,17 @@ def collect_stats(graphs: Sequence[ModelGraph], data: Iterable, *, groups: Seque
     on ``device`` (default: where their parameters are), batches are moved there; results are on the CPU.
     In a ``world`` of several processes each runs its share of the batches and the accumulators are combined
     (``plan.distributed``): every rank gets the statistics of all the batches. ``runner`` runs the joint graph over
-    the batches (default: whole, batch after batch).
+    the batches (default: whole, batch after batch). With ``done``, each group's statistics are handed to it as soon
+    as the runner has observed its last site on every batch (a streamed model's block-local groups, one block after
+    another), and released: they are not in the result.
     """
     ref = graphs[0]
     wanted = [gid for gid in (groups if groups is not None else [g.id for g in ref.permutable()])
               if ref.group(gid).sites]
     out: dict[int, GroupStats] = {}
     for chunk in _chunks(graphs, wanted, memory_budget):
-        out.update(_one_pass(graphs, data, chunk, full, progress, device, world or World(), runner or run_whole))
+        out.update(_one_pass(graphs, data, chunk, full, progress, device, world or World(), runner or run_whole,
+                             done))
     return out
 
 
@@ -150,7 +156,8 @@ def _chunks(graphs: Sequence[ModelGraph], gids: list[int], budget: int | None) -
     return chunks
 
 
-def run_whole(joint: fx.GraphModule, data: Iterable, device: torch.device | str | None, progress: bool) -> None:
+def run_whole(joint: fx.GraphModule, data: Iterable, device: torch.device | str | None, progress: bool,
+              finished: Finished | None = None) -> None:
     """The joint graph on ``device`` (default: where its parameters are), batch after batch."""
     if device is not None:
         joint.to(device)
@@ -162,7 +169,8 @@ def run_whole(joint: fx.GraphModule, data: Iterable, device: torch.device | str 
 
 
 def _one_pass(graphs: Sequence[ModelGraph], data: Iterable, gids: list[int], full: bool, progress: bool,
-              device: torch.device | str | None, world: World, run: Runner) -> dict[int, GroupStats]:
+              device: torch.device | str | None, world: World, run: Runner, done: Done | None
+              ) -> dict[int, GroupStats]:
     where = sites_by_node(graphs, gids)
     sizes = {gid: [g.group(gid).size for g in graphs] for gid in gids}
     scratch = Scratch()  # the sites are folded in one after another: one set of buffers for all groups
@@ -173,13 +181,27 @@ def _one_pass(graphs: Sequence[ModelGraph], data: Iterable, gids: list[int], ful
             acc[gid].add([site_view(o, s, d) for o, s, d in zip(outs, sites, sizes[gid], strict=True)])
 
     joint = joint_module(graphs, set(where), Observer(sink))
-    run(joint, world.share(data), device, progress)
-    world.combine(acc)
-    result = {}
-    for gid, a in acc.items():
-        if a.n < 2:
-            raise HetsurgeryError(f"group {gid}: fewer than two calibration samples; give more data")
-        mean = a.means()
-        result[gid] = GroupStats(tuple(sizes[gid]), a.n, mean, a.covariance(), complete=full, constant=a.constant())
+    observed = [str(n.args[0]) for n in joint.graph.nodes if n.op == "call_module" and n.target == "observer"]
+    last = {gid: node for node in observed for gid, _ in where[node]}  # in the order they run: the last wins
+    result: dict[int, GroupStats] = {}
+
+    def finish(gids: Iterable[int]) -> None:
+        ready = {gid: acc.pop(gid) for gid in sorted(gids) if gid in acc}
+        world.combine(ready)
+        for gid, a in ready.items():
+            if a.n < 2:
+                raise HetsurgeryError(f"group {gid}: fewer than two calibration samples; give more data")
+            s = GroupStats(tuple(sizes[gid]), a.n, a.means(), a.covariance(), complete=full, constant=a.constant())
+            if done is None:
+                result[gid] = s
+            else:
+                done(gid, s)
+
+    def finished(nodes: Iterable[str]) -> None:
+        seen = set(nodes)
+        finish(gid for gid, node in last.items() if node in seen)
+
+    run(joint, world.share(data), device, progress, finished)
+    finish(list(acc))
     return result
 

@@ -88,8 +88,8 @@ def merge(models: Sequence[str | os.PathLike[str] | Checkpoint], data: Iterable 
     example = o.example_inputs if o.example_inputs is not None else first_batch(data) if data is not None else None
     names = o.names or tuple(c.folder.name for c in ckpts)
     streamed: list[StreamedModel] = []
-    for c, n in zip(ckpts, names, strict=True):  # models of one config are traced once
-        streamed.append(StreamedModel.open(c, example, name=n, like_model=streamed[0] if streamed else None))
+    for ckpt, n in zip(ckpts, names, strict=True):  # models of one config are traced once
+        streamed.append(StreamedModel.open(ckpt, example, name=n, like_model=streamed[0] if streamed else None))
     graphs = [m.graph for m in streamed]
     values = [m.values(torch.float32, device) for m in streamed]
     seconds["trace"] = time.perf_counter() - clock
@@ -169,7 +169,7 @@ def _write(g: ModelGraph, anchor: StreamedModel, make: Callable[[str, torch.dtyp
            stored: Callable[[str], torch.dtype] | None = None) -> None:
     """``g``'s tensors, each made by ``make`` in the output dtype, as ``anchor``'s model class saves them: the class
     built from its config (``to_pretrained``: it checks every name and shape), config.json, the shards."""
-    model = to_pretrained(g, anchor.like)  # on meta: the config, the names and shapes the class builds
+    model: Any = to_pretrained(g, anchor.like)  # on meta: the config, the names and shapes the class builds
     graph_name = {saved: name for name, saved in saved_names(g).items()}
     seen: set[int] = set()
     specs: list[Spec] = []

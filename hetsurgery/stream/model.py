@@ -38,7 +38,7 @@ def parameters_on_meta() -> Iterator[None]:
             param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
         original(module, name, param)
 
-    nn.Module.register_parameter = register  # type: ignore[method-assign]
+    nn.Module.register_parameter = register  # type: ignore[method-assign,assignment]
     try:
         yield
     finally:
@@ -169,9 +169,9 @@ def _keys(ckpt: Checkpoint, like: nn.Module, g: ModelGraph) -> dict[str, str]:
     class computes and does not save is left to the graph; anything else missing, or of another shape, is refused."""
     saved = like.state_dict(keep_vars=True)
     aliases: dict[int, list[str]] = {}
-    for key, t in saved.items():
-        aliases.setdefault(id(t), []).append(key)
-    by_name = {key: aliases[id(t)] for key, t in saved.items()}
+    for saved_name, tensor in saved.items():
+        aliases.setdefault(id(tensor), []).append(saved_name)
+    by_name = {saved_name: aliases[id(tensor)] for saved_name, tensor in saved.items()}
     out = {}
     for p, t in g.params.items():
         key = next((k for k in by_name.get(p, [p]) if k in ckpt.entries), None)

@@ -12,7 +12,7 @@ segment is read. Peak memory is one segment's tensors plus the boundary activati
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +38,7 @@ class Segmented:
     segment_bytes: int = SEGMENT_BYTES
 
     def __call__(self, joint: fx.GraphModule, data: Iterable, device: torch.device | str | None,
-                 progress: bool) -> None:
+                 progress: bool, finished: Callable[[Iterable[str]], None] | None = None) -> None:
         nodes = [n for n in joint.graph.nodes if n.op not in ("placeholder", "output")]
         segments = self.cut(joint, nodes)
         position = {n: i for i, seg in enumerate(segments) for n in seg}
@@ -61,6 +61,8 @@ class Segmented:
                         if last[a] <= i:
                             del env[a]
                 del module
+                if finished is not None:  # the sites this segment observed are done, on every batch
+                    finished([str(n.args[0]) for n in seg if n.op == "call_module" and n.target == "observer"])
 
     def cut(self, joint: fx.GraphModule, nodes: Sequence[fx.Node]) -> list[list[fx.Node]]:
         """The segments: a new one at every block start and where the bytes read would pass the budget."""
