@@ -6,7 +6,7 @@
 True
 """
 
-from hetsurgery import evaluate, zoo
+from hetsurgery import evaluate, stream, zoo
 from hetsurgery.assembly import AssemblyOptions, AssemblyResult, Donor, assemble, find_lambda_threshold
 from hetsurgery.errors import (
     ExportError,
@@ -51,6 +51,7 @@ __all__ = [
     "evaluate",
     "find_lambda_threshold",
     "merge",
+    "stream",
     "to_module",
     "trace",
     "zoo",

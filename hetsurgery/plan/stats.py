@@ -174,11 +174,15 @@ def _one_pass(graphs: Sequence[ModelGraph], data: Iterable, gids: list[int], ful
     where = sites_by_node(graphs, gids)
     sizes = {gid: [g.group(gid).size for g in graphs] for gid in gids}
     scratch = Scratch()  # the sites are folded in one after another: one set of buffers for all groups
-    acc = {gid: BlockAccumulator(sizes[gid], full, scratch) for gid in gids}
+    acc: dict[int, BlockAccumulator] = {}  # made at a group's first site: only the groups in flight hold memory
+    pending = set(gids)
 
     def sink(node: str, outs: Sequence[torch.Tensor]) -> None:
         for gid, sites in where[node]:
-            acc[gid].add([site_view(o, s, d) for o, s, d in zip(outs, sites, sizes[gid], strict=True)])
+            a = acc.get(gid)
+            if a is None:
+                a = acc[gid] = BlockAccumulator(sizes[gid], full, scratch)
+            a.add([site_view(o, s, d) for o, s, d in zip(outs, sites, sizes[gid], strict=True)])
 
     joint = joint_module(graphs, set(where), Observer(sink))
     observed = [str(n.args[0]) for n in joint.graph.nodes if n.op == "call_module" and n.target == "observer"]
@@ -186,7 +190,9 @@ def _one_pass(graphs: Sequence[ModelGraph], data: Iterable, gids: list[int], ful
     result: dict[int, GroupStats] = {}
 
     def finish(gids: Iterable[int]) -> None:
-        ready = {gid: acc.pop(gid) for gid in sorted(gids) if gid in acc}
+        ready = {gid: acc.pop(gid, None) or BlockAccumulator(sizes[gid], full, scratch) for gid in sorted(gids)
+                 if gid in pending}  # a rank given no batches has none: it sends an empty one
+        pending.difference_update(ready)
         world.combine(ready)
         for gid, a in ready.items():
             if a.n < 2:
@@ -202,6 +208,6 @@ def _one_pass(graphs: Sequence[ModelGraph], data: Iterable, gids: list[int], ful
         finish(gid for gid, node in last.items() if node in seen)
 
     run(joint, world.share(data), device, progress, finished)
-    finish(list(acc))
+    finish(list(pending))
     return result
 

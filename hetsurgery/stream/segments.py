@@ -66,8 +66,9 @@ class Segmented:
 
     def cut(self, joint: fx.GraphModule, nodes: Sequence[fx.Node]) -> list[list[fx.Node]]:
         """The segments: a new one at every block start and where the bytes read would pass the budget."""
-        starts = {f"m{k}.{_owner(g, u)}" for k, g in enumerate(self.graphs) for st in g.stages for key in st.units
-                  for u in [g.unit(key)] if _owner(g, u)}
+        first = self.graphs[0]  # node i of every model runs side by side: model 0's blocks start the segments
+        starts = {f"m0.{owner}" for st in first.stages for key in st.units
+                  for owner in [_owner(first, first.unit(key))] if owner}
         segments: list[list[fx.Node]] = [[]]
         used = 0
         for n in nodes:
