@@ -30,6 +30,7 @@ from torch import nn
 
 from hetsurgery.errors import ExportError
 from hetsurgery.ir import ModelGraph
+from hetsurgery.ir.structure import owner_of
 
 _NUMBERED = re.compile(r"^(.*?)\.(\d+)\.(.*)$")
 
@@ -76,8 +77,7 @@ def _unsaved_buffers(model: nn.Module, like: nn.Module) -> None:
             if mine is None or mine.shape != buf.shape:
                 raise ExportError(f"{type(model).__name__}: buffer {name} is not saved with the weights and "
                                   f"{type(like).__name__} has none of its shape to take")
-            owner, _, leaf = name.rpartition(".")
-            module = model.get_submodule(owner) if owner else model
+            module, leaf = owner_of(model, name)
             module.register_buffer(leaf, mine.detach().clone(), persistent=leaf not in module._non_persistent_buffers_set)
 
 

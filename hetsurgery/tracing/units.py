@@ -239,11 +239,9 @@ def _post_norms(g: ModelGraph, flow: nx.DiGraph, halves: list[_Half]) -> list[_H
 
     forks = {h.fork for h in halves}
     post = {h.add: n for h in halves if (n := norm_after(h)) is not None and n in forks}
-    ended = set()
     for h in halves:  # the last half of a post-norm chain: the one its predecessor's norm forks
         n = norm_after(h)
         if n is not None and h.add not in post and any(p == h.fork for p in post.values()):
-            ended.add(h.add)
             post[h.add] = n
     return [replace(h, nodes=(*h.nodes, post[h.add]), exit=post[h.add]) if h.add in post else h for h in halves]
 
