@@ -123,3 +123,20 @@ def test_maps_carry_a_narrow_model_onto_a_wide_one_exactly() -> None:
     torch.testing.assert_close(unmerge @ merge, 0.5 * torch.eye(2, dtype=torch.float64), rtol=0, atol=1e-12)
     otfusion = t / t.sum(0, keepdim=True)
     torch.testing.assert_close(otfusion, 3 * unmerge, rtol=0, atol=1e-12)
+
+
+def test_on_equal_widths_ot_and_permute_differ_only_by_the_ground_metric() -> None:
+    """OT with uniform marginals on equal widths is an assignment: on the correlation distance 1 - ρ it is
+    permute's; ot's euclidean distance also weighs the features' scale, and may pair them otherwise."""
+    from hetsurgery.ir import Blocks
+    from hetsurgery.plan.solvers.permute import permute
+    from hetsurgery.plan.stats import GroupStats
+
+    gen = torch.Generator().manual_seed(6)
+    for _ in range(4):
+        x = torch.randn(300, 9, generator=gen) @ torch.randn(9, 9, generator=gen)
+        y = x[:, torch.randperm(9, generator=gen)] * (torch.rand(9, generator=gen) * 3) + torch.randn(300, 9, generator=gen)
+        both = torch.cat([x, y], 1).double()
+        stats = GroupStats((9, 9), 300, both.mean(0), torch.cov(both.T))
+        t = coupling(1 - stats.block(stats.corr(), 1, 0))
+        assert torch.equal(t.argmax(0), permute(0, stats, Blocks(1, 9), (0.5, 0.5)).perms[1])
