@@ -140,3 +140,31 @@ def test_on_equal_widths_ot_and_permute_differ_only_by_the_ground_metric() -> No
         stats = GroupStats((9, 9), 300, both.mean(0), torch.cov(both.T))
         t = coupling(1 - stats.block(stats.corr(), 1, 0))
         assert torch.equal(t.argmax(0), permute(0, stats, Blocks(1, 9), (0.5, 0.5)).perms[1])
+
+
+def test_pre_activation_sites_observe_what_enters_the_nonlinearity() -> None:
+    """OTFusion's ``--prelu-acts``: the statistics on ``pre_activation(g)`` are the moments of the Linear outputs
+    (of the BatchNorm outputs when a BatchNorm comes between); sites after no activation stay where they are."""
+    from hetsurgery.plan.solvers.ot_sites import pre_activation
+    from hetsurgery.plan.stats import collect_stats
+
+    model = bias_free_mlp(0)
+    g = hs.trace(model, X[:2])
+    stats = collect_stats([pre_activation(g)] * 2, [X], progress=False)
+    first = next(grp.id for grp in g.permutable() if grp.size == 7)
+    with torch.no_grad():
+        z = model[0](X).double()
+    torch.testing.assert_close(stats[first].mean[:7], z.mean(0))
+    torch.testing.assert_close(stats[first].block(stats[first].cov, 0, 0), torch.cov(z.T))
+
+    bn = hs.trace(hs.zoo.mlp([6], in_features=12, batch_norm=True), X[:2])
+    facts = bn.facts
+    moved = 0
+    for before, after in zip(bn.groups, pre_activation(bn).groups, strict=True):
+        for s, t in zip(before.sites, after.sites, strict=True):
+            activation = facts[s.node].activation
+            assert (t.node != s.node) == (activation is not None and activation.value != "identity")
+            if t.node != s.node:
+                assert facts[t.node].kind is hs.OpKind.BATCH_NORM
+                moved += 1
+    assert moved == 1  # the hidden layer's ReLU output, moved to its BatchNorm's output
