@@ -59,8 +59,9 @@ def test_ot_on_a_permuted_copy_gives_the_model_back(cost: str) -> None:
 
 @pytest.mark.parametrize("cost", sorted(COSTS))
 def test_ot_on_a_net2net_widening_gives_the_model_back(cost: str) -> None:
-    """W: some neurons of N duplicated (some twice), their outgoing weights split by random shares, every
-    layer permuted. Onto N's widths the merge is N itself, for every weighting; onto W's it computes N."""
+    """W: three random neurons of each layer of N duplicated (7 -> 10 and 5 -> 8: uneven copy counts, which
+    OTFusion's per-neuron marginals cannot carry), their outgoing weights split by random shares, every layer
+    permuted. Onto N's widths the merge is N itself, for every weighting; onto W's it computes N."""
     narrow = bias_free_mlp(1)
     wide = hs.to_module(widened(hs.trace(narrow, X[:2]), extra=3, seed=4)).eval()
     with torch.no_grad():
