@@ -1,16 +1,26 @@
-"""``python -m bench [accuracy|accuracy_widths|depth|depth_cost|assembly|three_models|speed|scaling|startup|trace_time|all]``: run benchmarks, then rewrite BENCHMARKS.md."""
+"""``python -m bench [accuracy|accuracy_widths|depth|depth_cost|ot_fusion|assembly|three_models|speed|scaling|startup|trace_time|all]``: run benchmarks, then rewrite BENCHMARKS.md."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import accuracy, accuracy_widths, assembly, depth, speed, startup, three_models, trace_time
+from bench import (
+    accuracy,
+    accuracy_widths,
+    assembly,
+    depth,
+    ot_fusion,
+    speed,
+    startup,
+    three_models,
+    trace_time,
+)
 from bench.report import assemble
 
 RUNS = {"accuracy": accuracy.main, "accuracy_widths": accuracy_widths.main, "speed": speed.main,
         "scaling": speed.scaling_main, "startup": startup.main, "depth": depth.main,
-        "depth_cost": depth.cost_main, "assembly": assembly.main, "three_models": three_models.main,
-        "trace_time": trace_time.main}
+        "depth_cost": depth.cost_main, "ot_fusion": ot_fusion.main, "assembly": assembly.main,
+        "three_models": three_models.main, "trace_time": trace_time.main}
 
 
 def main(argv: list[str]) -> int:
