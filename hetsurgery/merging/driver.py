@@ -31,6 +31,7 @@ from hetsurgery.merging.inputs import (
 )
 from hetsurgery.merging.methods import METHODS, learned
 from hetsurgery.merging.options import MergeOptions
+from hetsurgery.merging.partial import PartialReport, partial_zip
 from hetsurgery.merging.topology import check_same_operations, check_same_topology
 from hetsurgery.merging.unaligned import unaligned_groups
 from hetsurgery.merging.widths import check_width_changes, resolve_widths
@@ -56,6 +57,7 @@ class MergeReport:
     depth: DepthPlan | None = None
     fusions: tuple[FuseReport, ...] = ()
     unaligned: tuple[str, ...] = ()  # why groups were left as they are (``unaligned_groups``), also warned
+    partial: PartialReport | None = None  # where a partial zip cut the models (``stop_at``)
 
     @property
     def total_seconds(self) -> float:
@@ -72,6 +74,8 @@ class MergeReport:
         for gid, label, widths, out, how in self.groups:
             lines.append(f"{gid:>5} {'/'.join(map(str, widths)):>12} -> {out:>5}  {how}  {label}")
         lines += [f"warning: {text}" for text in self.unaligned]
+        if self.partial is not None:
+            lines.append(str(self.partial))
         return "\n".join(lines)
 
 
@@ -155,6 +159,8 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, options: Merg
     if spec.widths is not None:
         check_width_changes(graphs, targets, method, spec.widths)
     check_same_operations(graphs)
+    if o.partial is not None:
+        o.partial.units_merged(graphs[anchor])  # a cut the balanced models have, before their statistics
     seconds["trace"] += time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -227,11 +233,14 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, options: MergeOpti
         budget = BN_RESET_SAMPLES if o.reset_bn is True else int(o.reset_bn)
         merged = ResetBatchNorm(data, max_samples=budget, device=default_device(o.device))(merged)
     seconds["bn_reset"] = time.perf_counter() - clock
+    partial = None
+    if o.partial is not None:  # the trunk of the full merge, each model's own tail after it
+        merged, partial = partial_zip(merged, graphs, plan, planned.depth, o.partial)
 
     report = MergeReport(o.method, seconds, tuple(
         (grp.id, grp.label, tuple(g.group(grp.id).size for g in graphs), plan.groups[grp.id].size,
          "frozen" if not grp.perm_ok else str(plan.groups[grp.id].kind or o.method))
-        for grp in graphs[0].groups), planned.depth, planned.fusions, planned.unaligned)
+        for grp in graphs[0].groups), planned.depth, planned.fusions, planned.unaligned, partial)
     # the merged tensors are new: the module takes them without a copy (so .model and .graph share them)
     return MergeResult(to_module(merged, share=True).eval(), plan, report, merged, planned.depth)
 
