@@ -1,16 +1,26 @@
-"""``python -m bench [accuracy|accuracy_widths|depth|depth_cost|assembly|three_models|speed|scaling|startup|trace_time|all]``: run benchmarks, then rewrite BENCHMARKS.md."""
+"""``python -m bench [accuracy|accuracy_widths|depth|depth_cost|partial_zip|assembly|three_models|speed|scaling|startup|trace_time|all]``: run benchmarks, then rewrite BENCHMARKS.md."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import accuracy, accuracy_widths, assembly, depth, speed, startup, three_models, trace_time
+from bench import (
+    accuracy,
+    accuracy_widths,
+    assembly,
+    depth,
+    partial_zip,
+    speed,
+    startup,
+    three_models,
+    trace_time,
+)
 from bench.report import assemble
 
 RUNS = {"accuracy": accuracy.main, "accuracy_widths": accuracy_widths.main, "speed": speed.main,
         "scaling": speed.scaling_main, "startup": startup.main, "depth": depth.main,
         "depth_cost": depth.cost_main, "assembly": assembly.main, "three_models": three_models.main,
-        "trace_time": trace_time.main}
+        "trace_time": trace_time.main, "partial_zip": partial_zip.main}
 
 
 def main(argv: list[str]) -> int:

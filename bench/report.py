@@ -11,7 +11,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-ORDER = ["accuracy", "accuracy_widths", "depth", "depth_cost", "three_models", "assembly", "speed", "scaling",
+ORDER = ["accuracy", "accuracy_widths", "depth", "depth_cost", "partial_zip", "three_models", "assembly", "speed", "scaling",
          "trace_time", "startup"]
 
 

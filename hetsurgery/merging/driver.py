@@ -29,6 +29,7 @@ from hetsurgery.merging.inputs import (
     merge_weights,
     model_names,
 )
+from hetsurgery.merging.inserted import with_real_interiors
 from hetsurgery.merging.methods import METHODS, learned
 from hetsurgery.merging.options import MergeOptions
 from hetsurgery.merging.partial import PartialReport, partial_zip
@@ -177,6 +178,7 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, options: Merg
             matches[grp.id] = GroupMatch.identity(grp.id, [g.group(grp.id).size for g in graphs], w)
     plan = WidthPlan(method, tuple(w), anchor, dict(sorted(matches.items())),
                      {grp.id: grp.key for grp in graphs[anchor].groups if grp.id in matches})
+    plan = with_real_interiors(graphs, plan, None if balanced is None else balanced.plan)
     seconds["matching"] = time.perf_counter() - clock
     unaligned = unaligned_groups(graphs[0], method)
     for text in unaligned:

@@ -39,8 +39,9 @@ from torch.fx.node import Argument
 from hetsurgery.errors import MergeInputError
 from hetsurgery.ir import ModelGraph
 from hetsurgery.ir.lowering import to_module
+from hetsurgery.merging.inserted import inserted_units
 from hetsurgery.passes import check_same_function
-from hetsurgery.plan.depth import Balance, DepthPlan
+from hetsurgery.plan.depth import DepthPlan
 from hetsurgery.plan.width_plan import WidthPlan
 from hetsurgery.tracing import lift_graph
 
@@ -133,7 +134,7 @@ def partial_zip(merged: ModelGraph, graphs: Sequence[ModelGraph], plan: WidthPla
         own = {name: node for name, node in env.items() if node.op != "get_attr"}  # tails read their own tensors
         for node in crossing:
             own[node.name] = _carried_back(graph, env[node.name], merged, g, node.name, plan, k, layers)
-        outputs.append(_tail(graph, g, _inserted(depth, k), own, f"tails.{k}", layers))
+        outputs.append(_tail(graph, g, inserted_units(depth, k), own, f"tails.{k}", layers))
     graph.output(_heads(graph, outputs, plan.weights, opts.heads, merged.name))
     graph.eliminate_dead_code(is_impure_node=lambda n: n.op in ("placeholder", "output"))  # a trunk tensor that no tail reads, say
     used = {str(n.target) for n in graph.nodes if n.op in ("call_module", "get_attr")}
@@ -162,16 +163,7 @@ def _trunk(g: ModelGraph, count: int) -> set[str]:
     return seen
 
 
-def _inserted(depth: DepthPlan | None, k: int) -> set[str]:
-    """The keys of model ``k``'s units (on the anchor's names) that depth balancing inserted: the identity."""
-    if depth is None or k == depth.anchor:
-        return set()
-    md = next(md for md in depth.models if md.model == k)
-    return {key for sa in md.stages if sa.balance is Balance.ADD
-            for p, key in enumerate(sa.units_deep) if p not in sa.positions}
-
-
-def _tail(graph: fx.Graph, g: ModelGraph, inserted: set[str], env: dict[str, fx.Node], prefix: str,
+def _tail(graph: fx.Graph, g: ModelGraph, inserted: frozenset[str], env: dict[str, fx.Node], prefix: str,
           layers: dict[str, object]) -> Argument:
     """Model ``g``'s nodes after the cut copied into ``graph`` (its layers under ``prefix``), reading ``env``,
     without the units in ``inserted``; returns what its output node returns."""
