@@ -13,7 +13,7 @@ from torch import nn
 import hetsurgery as hs
 from hetsurgery.evaluate import Ensemble
 from hetsurgery.export import load, to_onnx
-from tests.helpers import randomise, rel_err
+from tests.helpers import permuted, randomise, rel_err
 
 PAIRS = {
     "mlp, widths": (lambda: hs.zoo.mlp([12, 10]), lambda: hs.zoo.mlp([16, 8]), (64,), {}),
@@ -85,3 +85,15 @@ def test_cuts_the_models_do_not_have_are_refused(stop_at: object, message: str) 
 def test_separate_heads_need_a_cut() -> None:
     with pytest.raises(hs.MergeInputError, match="heads='separate' needs stop_at="):
         hs.MergeOptions.of(heads="separate")
+
+
+@pytest.mark.parametrize("stop_at", [1, 3, 5])
+def test_a_model_partially_zipped_with_its_permuted_copy_is_the_model(stop_at: int) -> None:
+    """The merged trunk computes the model's own features in a permuted order; the fitted unmerge puts them back
+    (no BatchNorm reset: the statistics stay the model's)."""
+    model, x = randomise(hs.zoo.resnet((2, 2, 2)), 3), torch.randn(64, 1, 8, 8)
+    copy = hs.to_module(permuted(hs.trace(model, x[:2]), 4))
+    r = hs.merge([model, copy], [x], method="permute", stop_at=stop_at, reset_bn=False, progress=False)
+    assert r.report.partial is not None and r.report.partial.unmerge > 0
+    with torch.no_grad():
+        assert rel_err(model(x), r.model(x)) < 1e-4

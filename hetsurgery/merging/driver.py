@@ -231,13 +231,16 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, options: MergeOpti
     seconds["combine"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    if o.reset_bn and data is not None:
-        budget = BN_RESET_SAMPLES if o.reset_bn is True else int(o.reset_bn)
+    budget = (BN_RESET_SAMPLES if o.reset_bn is True else int(o.reset_bn)) if o.reset_bn and data is not None else None
+    if budget is not None and data is not None:
         merged = ResetBatchNorm(data, max_samples=budget, device=default_device(o.device))(merged)
     seconds["bn_reset"] = time.perf_counter() - clock
     partial = None
     if o.partial is not None:  # the trunk of the full merge, each model's own tail after it
-        merged, partial = partial_zip(merged, graphs, plan, planned.depth, o.partial)
+        clock = time.perf_counter()
+        merged, partial = partial_zip(merged, graphs, plan, planned.depth, o.partial, data, reset_bn=budget,
+                                      device=default_device(o.device))
+        seconds["partial"] = time.perf_counter() - clock
 
     report = MergeReport(o.method, seconds, tuple(
         (grp.id, grp.label, tuple(g.group(grp.id).size for g in graphs), plan.groups[grp.id].size,

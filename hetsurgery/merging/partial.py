@@ -2,26 +2,29 @@
 
 ``merge(..., stop_at=...)`` merges the *trunk*, the first units (the depth-balanced anchor's order) with everything
 they read, and keeps each model's *tail*, the rest, with its own weights. Where a value crosses the cut, tail
-``k`` reads it carried back into model ``k``'s channels by the width plan's unmerge ``U_k`` (``d_k x r``): a
-bias-free 1x1 convolution (or Linear, for channels-last values) named ``tails.<k>.unmerge``, left out where
-``U_k`` is the identity (a frozen group such as the logits). Explicit rather than folded into the tail's first
-layers: a residual stream carries the value on past them. The models' outputs are then combined as the
-ensemble combines them, ``Σ_k w_k y_k`` with the merge weights (the mean of logits for two models,
-``heads="combined"``), or returned one per model (``heads="separate"``, a tuple).
+``k`` reads it carried back into model ``k``'s channels by an affine layer named ``tails.<k>.unmerge_<node>`` (a
+1x1 convolution, or a Linear for channels-last values): the width plan's unmerge ``U_k`` (``d_k x r``), then,
+with calibration data, the least-squares fit of model ``k``'s own values from the merged ones
+(``merging.unmerge_fit``). Where ``U_k`` is the identity (a frozen group such as the logits) there is no layer.
+The layer is explicit rather than folded into the tail's first layers: a residual stream carries the value on
+past them. The models' outputs are then combined as the ensemble combines them, ``Σ_k w_k y_k`` with the merge
+weights (the mean of logits for two models, ``heads="combined"``), or returned one per model
+(``heads="separate"``, a tuple).
 
 * ``stop_at`` is the number of units merged (``0``: nothing, the ensemble; ``len(units)``: the full merge), the
   key of the last merged unit, or a stage key (the trunk ends after the stage).
 * The trunk's weights and BatchNorm statistics are the full merge's (statistics depend only on what comes before,
-  so they are the trunk's own); the tails keep their models' statistics. Units that depth balancing inserted
-  into a tail (identity layers, zero-residual blocks) compute the identity there and are left out.
-* Hence the two ends are exact: cut before the first unit the model is the output ensemble, after the last
-  the full merge (``tests/test_partial_zip.py``).
+  so they are the trunk's own). The tails read merged values now, so their BatchNorm statistics are recomputed as
+  the trunk's were (``reset_bn``). Units that depth balancing inserted into a tail (identity layers, zero-residual
+  blocks) compute the identity there and are left out.
+* Hence the two ends are exact: cut before the first unit the model is the output ensemble (nothing is merged,
+  fitted or reset), after the last the full merge (``tests/test_partial_zip.py``).
 
 >>> import torch, hetsurgery as hs
 >>> a, b = hs.zoo.mlp([16, 16]), hs.zoo.mlp([16, 16])
 >>> r = hs.merge([a, b], [torch.randn(64, 64)], method="zip", stop_at=1, progress=False)
 >>> print(r.report.partial)
-partial zip: 1 of 3 units merged (up to layers_0), tails of 2 models, heads combined; parameters: trunk 1,040, tails 884, unmerge 512
+partial zip: 1 of 3 units merged (up to layers_0), tails of 2 models, heads combined; parameters: trunk 1,040, tails 884, unmerge 544
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ from __future__ import annotations
 import copy
 import enum
 import operator
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from torch import fx, nn
@@ -40,7 +43,8 @@ from hetsurgery.errors import MergeInputError
 from hetsurgery.ir import ModelGraph
 from hetsurgery.ir.lowering import to_module
 from hetsurgery.merging.inserted import inserted_units
-from hetsurgery.passes import check_same_function
+from hetsurgery.merging.unmerge_fit import Unmerge, fit_unmerges
+from hetsurgery.passes import ResetBatchNorm, check_same_function
 from hetsurgery.plan.depth import DepthPlan
 from hetsurgery.plan.width_plan import WidthPlan
 from hetsurgery.tracing import lift_graph
@@ -117,8 +121,11 @@ class PartialReport:
 
 
 def partial_zip(merged: ModelGraph, graphs: Sequence[ModelGraph], plan: WidthPlan, depth: DepthPlan | None,
-                opts: PartialOptions) -> tuple[ModelGraph, PartialReport]:
-    """The trunk of ``merged`` (the full merge of the balanced ``graphs`` by ``plan``) and every model's tail."""
+                opts: PartialOptions, data: Iterable | None = None, *, reset_bn: int | None = None,
+                device: torch.device | str | None = None) -> tuple[ModelGraph, PartialReport]:
+    """The trunk of ``merged`` (the full merge of the balanced ``graphs`` by ``plan``) and every model's tail; with
+    ``data`` the unmerge layers fitted on it, and with ``reset_bn`` the tails' BatchNorm statistics recomputed on its
+    first ``reset_bn`` samples."""
     count = opts.units_merged(merged)
     trunk = _trunk(merged, count)
     graph, layers = fx.Graph(), dict[str, object]()
@@ -129,19 +136,23 @@ def partial_zip(merged: ModelGraph, graphs: Sequence[ModelGraph], plan: WidthPla
             env[node.name] = _copy(graph, node, env, source, "", layers)
     crossing = [n for n in source.graph.nodes if n.name in trunk and n.op not in ("placeholder", "get_attr")
                 and any(u.name not in trunk for u in n.users)]
-    outputs = []
+    outputs, unmerges = [], list[Unmerge]()
     for k, g in enumerate(graphs):
         own = {name: node for name, node in env.items() if node.op != "get_attr"}  # tails read their own tensors
         for node in crossing:
-            own[node.name] = _carried_back(graph, env[node.name], merged, g, node.name, plan, k, layers)
+            own[node.name] = _carried_back(graph, env[node.name], merged, g, node.name, plan, k, layers, unmerges)
         outputs.append(_tail(graph, g, inserted_units(depth, k), own, f"tails.{k}", layers))
     graph.output(_heads(graph, outputs, plan.weights, opts.heads, merged.name))
     graph.eliminate_dead_code(is_impure_node=lambda n: n.op in ("placeholder", "output"))  # a trunk tensor that no tail reads, say
     used = {str(n.target) for n in graph.nodes if n.op in ("call_module", "get_attr")}
     gm = fx.GraphModule({t: v for t, v in layers.items() if t in used}, graph)
-    out = lift_graph(gm, merged.example_inputs, merged.name)
+    out = replace(lift_graph(gm, merged.example_inputs, merged.name), passes=merged.passes)
     if count == len(merged.units) and opts.heads is Heads.COMBINED:
         check_same_function(merged, out)  # after the last unit the tails are the heads' identity
+    if data is not None:
+        out = fit_unmerges(out, unmerges, merged, graphs, data, device=device)
+        if reset_bn and 0 < count < len(merged.units):  # the tails now read merged values (the trunk: as before)
+            out = ResetBatchNorm(data, max_samples=reset_bn, device=device)(out)
     sizes = {name: t.numel() for name, t in out.params.items() if t.is_floating_point()}
     tails = sum(n for name, n in sizes.items() if name.startswith("tails."))
     unmerge = sum(n for name, n in sizes.items() if name.startswith("tails.") and ".unmerge_" in name)
@@ -197,9 +208,9 @@ def _copy(graph: fx.Graph, node: fx.Node, env: dict[str, fx.Node], source: nn.Mo
 
 
 def _carried_back(graph: fx.Graph, value: fx.Node, merged: ModelGraph, g: ModelGraph, name: str, plan: WidthPlan,
-                  k: int, layers: dict[str, object]) -> fx.Node:
-    """``value`` (a merged trunk value) in model ``k``'s channels: ``U_k`` along its channel dim, or ``value``
-    itself when the plan leaves model ``k``'s channels as they are there."""
+                  k: int, layers: dict[str, object], unmerges: list[Unmerge]) -> fx.Node:
+    """``value`` (a merged trunk value) in model ``k``'s channels: ``U_k`` along its channel dim (a layer recorded
+    in ``unmerges``), or ``value`` itself when the plan leaves model ``k``'s channels as they are there."""
     facts, own = merged.facts[name], g.facts[name]
     if not facts.writes or own.channel_dim is None or facts.shape is None:
         return value
@@ -214,24 +225,28 @@ def _carried_back(graph: fx.Graph, value: fx.Node, merged: ModelGraph, g: ModelG
         return value
     target = f"tails.{k}.unmerge_{name}"
     layers[target] = _unmerge_layer(u, len(facts.shape), own.channel_dim, name)
+    unmerges.append(Unmerge(target, k, name, own.channel_dim))
     return graph.call_module(target, (value,))
 
 
 def _unmerge_layer(u: torch.Tensor, ndim: int, channel_dim: int, name: str) -> nn.Module:
-    """A bias-free layer computing ``U`` along ``channel_dim`` (a 1x1 convolution, or a Linear for channels-last)."""
+    """A layer computing ``U`` along ``channel_dim`` (a 1x1 convolution, or a Linear for channels-last), its bias 0
+    (``fit_unmerges`` may set both)."""
     d, r = u.shape
-    layer: nn.Module
+    layer: nn.Linear | nn.modules.conv._ConvNd
     if channel_dim == ndim - 1:
-        layer = nn.Linear(r, d, bias=False)
+        layer = nn.Linear(r, d)
         weight = u
     elif channel_dim == 1 and 3 <= ndim <= 5:
-        layer = {3: nn.Conv1d, 4: nn.Conv2d, 5: nn.Conv3d}[ndim](r, d, 1, bias=False)
+        layer = {3: nn.Conv1d, 4: nn.Conv2d, 5: nn.Conv3d}[ndim](r, d, 1)
         weight = u.reshape(d, r, *([1] * (ndim - 2)))
     else:
         raise MergeInputError(f"stop_at: the cut crosses node {name}, whose channels are dim {channel_dim} of "
                               f"{ndim}; no layer carries them back into each model's channels: cut elsewhere")
     with torch.no_grad():
         layer.weight.copy_(weight)
+        assert layer.bias is not None
+        layer.bias.zero_()
     return layer
 
 
