@@ -11,8 +11,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-ORDER = ["accuracy", "accuracy_widths", "depth", "depth_cost", "ot_fusion", "three_models", "assembly", "speed",
-         "scaling", "trace_time", "startup"]
+ORDER = ["accuracy", "accuracy_widths", "depth", "depth_cost", "depth_interiors", "ot_fusion", "partial_zip",
+         "three_models", "assembly", "speed", "scaling", "trace_time", "startup"]
 
 
 def machine() -> str:

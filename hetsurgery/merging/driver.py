@@ -29,8 +29,10 @@ from hetsurgery.merging.inputs import (
     merge_weights,
     model_names,
 )
+from hetsurgery.merging.inserted import with_real_interiors
 from hetsurgery.merging.methods import METHODS, learned
 from hetsurgery.merging.options import MergeOptions
+from hetsurgery.merging.partial import PartialReport, partial_zip
 from hetsurgery.merging.topology import check_same_operations, check_same_topology
 from hetsurgery.merging.unaligned import unaligned_groups
 from hetsurgery.merging.widths import check_width_changes, resolve_widths
@@ -56,6 +58,7 @@ class MergeReport:
     depth: DepthPlan | None = None
     fusions: tuple[FuseReport, ...] = ()
     unaligned: tuple[str, ...] = ()  # why groups were left as they are (``unaligned_groups``), also warned
+    partial: PartialReport | None = None  # where a partial zip cut the models (``stop_at``)
 
     @property
     def total_seconds(self) -> float:
@@ -72,6 +75,8 @@ class MergeReport:
         for gid, label, widths, out, how in self.groups:
             lines.append(f"{gid:>5} {'/'.join(map(str, widths)):>12} -> {out:>5}  {how}  {label}")
         lines += [f"warning: {text}" for text in self.unaligned]
+        if self.partial is not None:
+            lines.append(str(self.partial))
         return "\n".join(lines)
 
 
@@ -163,6 +168,8 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, options: Merg
     if spec.widths is not None:
         check_width_changes(graphs, targets, method, spec.widths)
     check_same_operations(graphs)
+    if o.partial is not None:
+        o.partial.units_merged(graphs[anchor])  # a cut the balanced models have, before their statistics
     seconds["trace"] += time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -179,6 +186,7 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, options: Merg
             matches[grp.id] = GroupMatch.identity(grp.id, [g.group(grp.id).size for g in graphs], w)
     plan = WidthPlan(method, tuple(w), anchor, dict(sorted(matches.items())),
                      {grp.id: grp.key for grp in graphs[anchor].groups if grp.id in matches})
+    plan = with_real_interiors(graphs, plan, None if balanced is None else balanced.plan)
     seconds["matching"] = time.perf_counter() - clock
     unaligned = unaligned_groups(graphs[0], method)
     for text in unaligned:
@@ -231,15 +239,21 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, options: MergeOpti
     seconds["combine"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    if o.reset_bn and data is not None:
-        budget = BN_RESET_SAMPLES if o.reset_bn is True else int(o.reset_bn)
+    budget = (BN_RESET_SAMPLES if o.reset_bn is True else int(o.reset_bn)) if o.reset_bn and data is not None else None
+    if budget is not None and data is not None:
         merged = ResetBatchNorm(data, max_samples=budget, device=default_device(o.device))(merged)
     seconds["bn_reset"] = time.perf_counter() - clock
+    partial = None
+    if o.partial is not None:  # the trunk of the full merge, each model's own tail after it
+        clock = time.perf_counter()
+        merged, partial = partial_zip(merged, graphs, plan, planned.depth, o.partial, data, reset_bn=budget,
+                                      device=default_device(o.device))
+        seconds["partial"] = time.perf_counter() - clock
 
     report = MergeReport(o.method, seconds, tuple(
         (grp.id, grp.label, tuple(g.group(grp.id).size for g in graphs), plan.groups[grp.id].size,
          "frozen" if not grp.perm_ok else str(plan.groups[grp.id].kind or o.method))
-        for grp in graphs[0].groups), planned.depth, planned.fusions, planned.unaligned)
+        for grp in graphs[0].groups), planned.depth, planned.fusions, planned.unaligned, partial)
     # the merged tensors are new: the module takes them without a copy (so .model and .graph share them)
     return MergeResult(to_module(merged, share=True).eval(), plan, report, merged, planned.depth)
 

@@ -33,6 +33,7 @@ class MatchKind(enum.StrEnum):
     OT = "ot"  # optimal transport onto one model's neurons
     ZIP = "zip"  # zipped: each merged channel the mean of a cluster of features
     MAL = "mal"  # Model Assembly Learning: permutations in the zero-padded space
+    ALONE = "alone"  # one model's channels, the others' left out (inside a unit depth balancing inserted in them)
 
 
 @dataclass(frozen=True)
