@@ -91,3 +91,14 @@ def widened(g: hs.ModelGraph, extra: int = 3, seed: int = 0) -> hs.ModelGraph:
         unmerge = merge.T * share  # old channel i's outgoing weights, split over its copies
         g = ZipNeurons(grp.id, merge, unmerge)(g)
     return permuted(g, seed + 1)
+
+
+def heads_reversed(g: hs.ModelGraph, perms: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """``perms`` with the heads of every group whose heads move put in reverse order (tied groups alike): a
+    permutation that surely moves whole heads."""
+    out = dict(perms)
+    for grp in g.permutable():
+        b = grp.structure
+        if b.moves:
+            out[grp.id] = perms[grp.id].view(b.count, b.size).flip(0).reshape(-1)
+    return out

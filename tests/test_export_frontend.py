@@ -167,6 +167,10 @@ def test_an_op_no_table_knows_is_named_in_the_frozen_reasons(frontend: str) -> N
     node = next(n for n in g.module.graph.nodes if "fft" in str(n.target))
     assert f"at node {node.name}" in hidden.frozen and "fft" in hidden.frozen
     assert "which the channel rules do not know" in hidden.frozen
+    missing = g.uncovered()  # every parameter coverage leaves out has a reason that names the op and node
+    assert missing and g.coverage() < 1
+    assert all("fft" in why and f"node {node.name}" in why for why in missing.values()), missing
+    assert all(f"{name}: {why}" in g.summary() for name, why in missing.items())
 
 
 def test_tracing_leaves_the_model_as_it_was() -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from decoder_models import BiasedAttention, Conv1DStack, RotaryDecoder
-from helpers import rel_err
+from helpers import heads_reversed, rel_err
 from torch import nn
 
 import hetsurgery as hs
@@ -34,15 +34,6 @@ def _moves_heads(perm: torch.Tensor, blocks: hs.Blocks) -> bool:
     return not torch.equal(blocks.order_of(perm), torch.arange(blocks.count))
 
 
-def _heads_reversed(g: hs.ModelGraph, perms: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-    """``perms`` with the heads of every group whose heads move put in reverse order (tied groups alike)."""
-    out = dict(perms)
-    for grp in g.permutable():
-        b = grp.structure
-        if b.moves:
-            out[grp.id] = perms[grp.id].view(b.count, b.size).flip(0).reshape(-1)
-    return out
-
 
 @pytest.mark.parametrize(("mode", "kv_heads"), [("sdpa", 2), ("gqa", 2), ("eager", 2), ("eager", 4), ("sdpa", 4)])
 def test_rotary_grouped_query_attention_moves_whole_heads(mode: str, kv_heads: int) -> None:
@@ -56,7 +47,7 @@ def test_rotary_grouped_query_attention_moves_whole_heads(mode: str, kv_heads: i
     rep = 4 // kv_heads  # each key head serves `rep` query heads: the query rows repeat the key group
     q_rows = sorted(s.offset for s in qk.slots if s.param == "layers.0.attn.q_proj.weight")
     assert q_rows == [8 * r for r in range(rep)]
-    perms = _heads_reversed(g, random_permutations(g, seed=3))
+    perms = heads_reversed(g, random_permutations(g, seed=3))
     moved = hs.to_module(ApplyPermutation(perms)(g))
     with torch.no_grad():
         for x in (IDS, OTHER):
@@ -108,7 +99,7 @@ def test_gpt2_conv1d_is_a_layer() -> None:
 def test_a_head_permuted_copy_merges_back_exactly(method: str) -> None:
     model = _perturbed(RotaryDecoder(mode="sdpa", kv_heads=2, depth=1))
     g = hs.trace(model, IDS)
-    perms = _heads_reversed(g, random_permutations(g, seed=5))
+    perms = heads_reversed(g, random_permutations(g, seed=5))
     qk = _heads(g, "layers.0.attn.k_proj.weight")
     assert _moves_heads(perms[qk.id], qk.structure)
     copy = hs.to_module(ApplyPermutation(perms)(g)).eval()
@@ -148,3 +139,85 @@ def test_coverage_zero_warns_with_the_most_common_reason() -> None:
     with pytest.warns(UserWarning, match=r"coverage 0\.000.*solve"):
         g = hs.trace(OnlyUnknown(), torch.randn(2, 4), probe=False)
     assert "solve" in g.uncovered()["w"]
+
+
+class _Split(nn.Module):
+    """The first head's query channels also feed another layer: a cut splits the tied q/k group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.q, self.k, self.v, self.o = (nn.Linear(8, 8) for _ in range(5))
+        self.side, self.head = nn.Linear(4, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.inp(x)
+        b, n, _ = x.shape
+        q = self.q(x)
+        qh, kh, vh = (t.view(b, n, 2, 4).transpose(1, 2) for t in (q, self.k(x), self.v(x)))
+        a = (torch.softmax(qh @ kh.transpose(-2, -1), dim=-1) @ vh).transpose(1, 2).reshape(b, n, 8)
+        return self.head(self.o(a) + self.side(q[..., :4]))
+
+
+class _KeysFirst(nn.Module):
+    """Attention weights written keys-first and used as the right operand: ``(vᵀ @ softmax(k qᵀ, -2))ᵀ``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.q, self.k, self.v, self.o = (nn.Linear(8, 8) for _ in range(5))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.inp(x)
+        b, n, _ = x.shape
+        qh, kh, vh = (t.view(b, n, 2, 4).transpose(1, 2) for t in (self.q(x), self.k(x), self.v(x)))
+        w = torch.softmax(kh @ qh.transpose(-2, -1), dim=-2)
+        a = (vh.transpose(-2, -1) @ w).transpose(-2, -1)
+        return self.head(self.o(a.transpose(1, 2).reshape(b, n, 8)))
+
+
+class _TwoViews(nn.Module):
+    """q read as 4 heads of 2 by the attention and as 2 blocks of 4 by a softmax."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.q, self.k, self.v, self.o, self.side = (nn.Linear(8, 8) for _ in range(6))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.inp(x)
+        b, n, _ = x.shape
+        q = self.q(x)
+        qh, kh, vh = (t.view(b, n, 4, 2).transpose(1, 2) for t in (q, self.k(x), self.v(x)))
+        a = torch.softmax(qh @ kh.transpose(-2, -1), dim=-1) @ vh
+        g = torch.softmax(q.view(b, n, 2, 4), dim=-1).reshape(b, n, 8)
+        return self.head(self.o(a.transpose(1, 2).reshape(b, n, 8)) + self.side(g))
+
+
+class _WeightReadAsValue(nn.Module):
+    """A Linear's weight also read as a plain value by an op no rule knows (a regulariser in the output)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x))) + torch.diff(self.fc1.weight, dim=0).abs().sum()
+
+
+@pytest.mark.parametrize("make", [_Split, _KeysFirst, _TwoViews])
+def test_heads_stay_in_place_where_the_rules_cannot_follow_them(make) -> None:
+    model = _perturbed(make())
+    x = torch.randn(2, 5, 8)
+    g = hs.trace(model, x)
+    q = next(grp for grp in g.groups if any(s.param == "q.weight" and s.dim == 0 for s in grp.slots))
+    assert not q.structure.moves, g.summary()
+    for seed in range(3):
+        moved = hs.to_module(ApplyPermutation(random_permutations(g, seed))(g))
+        with torch.no_grad():
+            assert rel_err(model(x), moved(x)) <= 1e-5
+
+
+def test_a_weight_also_read_as_a_plain_value_is_frozen() -> None:
+    g = hs.trace(_WeightReadAsValue(), torch.randn(3, 4))
+    hidden = next(grp for grp in g.groups if hs.Slot("fc1.weight", 0) in grp.slots)
+    assert hidden.frozen is not None and "read as a plain value" in hidden.frozen and "diff" in hidden.frozen

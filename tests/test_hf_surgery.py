@@ -9,7 +9,7 @@ import pathlib
 
 import pytest
 import torch
-from helpers import rel_err
+from helpers import heads_reversed, rel_err
 from hf_models import FAMILIES, inputs, main_output, run, tiny
 
 import hetsurgery as hs
@@ -19,14 +19,6 @@ from hetsurgery.passes import ApplyPermutation, InsertZeroResidual, random_permu
 
 pytest.importorskip("transformers")
 
-
-def _heads_reversed(g: hs.ModelGraph, perms: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-    out = dict(perms)
-    for grp in g.permutable():
-        b = grp.structure
-        if b.moves:
-            out[grp.id] = perms[grp.id].view(b.count, b.size).flip(0).reshape(-1)
-    return out
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -72,7 +64,7 @@ def test_a_llama_merge_loads_into_the_model_class_under_its_names(method: str, t
     a, b = tiny("llama", 0), tiny("llama", 1)
     result = hs.merge([a, b], _batches("llama"), method=method, progress=False)
     assert set(state_dict_like(result.graph)) >= set(a.state_dict()) - {"lm_head.weight"}
-    merged = to_pretrained(result.graph, like=a)
+    merged = result.to_pretrained(like=a)
     merged.save_pretrained(tmp_path)
     loaded = type(a).from_pretrained(tmp_path).eval()
     x = inputs("llama", 2, 7, seed=3)
@@ -84,7 +76,7 @@ def test_a_llama_merge_loads_into_the_model_class_under_its_names(method: str, t
 def test_a_head_permuted_copy_merges_back_exactly(family: str) -> None:
     model = tiny(family)
     g = hs.trace(model, inputs(family, 2, 6))
-    perms = _heads_reversed(g, random_permutations(g, seed=4))
+    perms = heads_reversed(g, random_permutations(g, seed=4))
     copy = to_pretrained(ApplyPermutation(perms)(g), like=model)  # the model class, its heads in another order
     moved = {n for n, t in copy.state_dict().items() if not torch.equal(t, model.state_dict()[n])}
     assert any("q_proj" in n or "query" in n for n in moved)
@@ -125,3 +117,50 @@ def export_like_wider(g: hs.ModelGraph) -> hs.ModelGraph:
     hidden = next(grp for grp in g.groups
                   if any(s.param == "model.layers.0.mlp.up_proj.weight" and s.dim == 0 for s in grp.slots))
     return PadWidth(hidden.id, hidden.size + 4)(g)
+
+
+@pytest.mark.parametrize("method", ["permute", "weight"])
+def test_t5_heads_tied_to_their_one_column_bias_merge(method: str) -> None:
+    model = tiny("t5-encoder")
+    batches = _batches("t5-encoder")
+    result = hs.merge([model, tiny("t5-encoder", 1)], batches, method=method, progress=False)
+    x = inputs("t5-encoder", 2, 5, seed=3)
+    with torch.no_grad():
+        assert torch.isfinite(main_output(result.model(**x))).all()
+
+
+def test_layers_inserted_first_keep_each_layers_own_settings(tmp_path: pathlib.Path) -> None:
+    import transformers
+
+    config = transformers.Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True,
+                                      sliding_window=2, max_window_layers=1)
+    torch.manual_seed(0)
+    model = transformers.Qwen2ForCausalLM(config).eval()
+    assert model.config.layer_types == ["full_attention", "sliding_attention"]
+    g = hs.trace(model, inputs("qwen2", 2, 6))
+    deeper = to_pretrained(InsertZeroResidual(g.stages[0].key, (0,))(g), like=model)
+    assert deeper.config.layer_types == ["full_attention", "full_attention", "sliding_attention"]
+    x = inputs("qwen2", 2, 7, seed=1)
+    with torch.no_grad():
+        assert rel_err(main_output(run(model, x)), main_output(run(deeper, x))) <= 1e-5
+
+
+def test_to_pretrained_owns_its_tensors_and_changes_only_the_sizes_that_changed() -> None:
+    model = tiny("llama")
+    g = hs.trace(model, inputs("llama", 2, 6))
+    back = to_pretrained(g, like=model)
+    before = model.state_dict()["model.layers.0.mlp.up_proj.weight"].clone()
+    with torch.no_grad():
+        back.model.layers[0].mlp.up_proj.weight.add_(1.0)
+    assert torch.equal(model.state_dict()["model.layers.0.mlp.up_proj.weight"], before)
+    from hetsurgery.passes import PadWidth
+
+    hidden = [grp for grp in g.groups
+              if any(s.param.endswith("mlp.up_proj.weight") and s.dim == 0 for s in grp.slots)]
+    wider = g
+    for grp in hidden:
+        wider = PadWidth(grp.id, model.config.vocab_size)(wider)  # a size another field holds too
+    config = to_pretrained(wider, like=model).config
+    assert config.intermediate_size == model.config.vocab_size != model.config.intermediate_size
+    assert config.vocab_size == model.config.vocab_size and config.hidden_size == model.config.hidden_size

@@ -24,6 +24,7 @@ from hetsurgery.export.package import (
 )
 from hetsurgery.export.package_files import is_package
 from hetsurgery.export.pictures import BUILDERS, Picture, render, to_dot
+from hetsurgery.export.pretrained import state_dict_like, to_pretrained
 from hetsurgery.ir.lowering import to_module
 
 __all__ = [
@@ -44,7 +45,9 @@ __all__ = [
     "read_weights",
     "render",
     "save",
+    "state_dict_like",
     "to_dot",
     "to_module",
     "to_onnx",
+    "to_pretrained",
 ]

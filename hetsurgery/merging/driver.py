@@ -99,6 +99,14 @@ class MergeResult:
         return save(self.graph, folder, plan=self.plan, report=report if report is not None else self.report,
                     name=name, depth=self.depth)
 
+    def to_pretrained(self, like: nn.Module) -> nn.Module:
+        """The merged weights in ``like``'s own class (``hetsurgery.export.to_pretrained``): for a Hugging Face model
+        a ``PreTrainedModel`` whose config says the merged depth and sizes, so ``save_pretrained`` and
+        ``from_pretrained`` round-trip. Only a structure the class can build goes back into it."""
+        from hetsurgery.export.pretrained import to_pretrained
+
+        return to_pretrained(self.graph, like)
+
 
 @dataclass(frozen=True)
 class Planned:

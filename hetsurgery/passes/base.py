@@ -18,12 +18,13 @@ torch.Size([3, 4])
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
-from hetsurgery.errors import HetsurgeryError, PassError
+from hetsurgery.errors import HetsurgeryError, IRError, PassError
 from hetsurgery.ir import ModelGraph
 from hetsurgery.ir.lowering import to_module
 
@@ -82,6 +83,16 @@ class Pipeline:
             done.append(p.name)
             g = out
         return g
+
+
+def refusal(check: Callable[[], object]) -> str | None:
+    """Why ``check`` refuses (the message of the ``PassError`` or ``IRError`` it raises), or ``None``: how a pass
+    says whether it applies without building anything (``why_not``)."""
+    try:
+        check()
+    except (PassError, IRError) as exc:
+        return str(exc)
+    return None
 
 
 def check_same_function(before: ModelGraph, after: ModelGraph, tol: float = EXACT_TOLERANCE) -> float:

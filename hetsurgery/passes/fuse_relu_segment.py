@@ -33,9 +33,10 @@ from typing import Any, ClassVar, Self
 import torch
 from torch import fx, nn
 
-from hetsurgery.errors import IRError, PassError
+from hetsurgery.errors import PassError
 from hetsurgery.ir import Activation, ModelGraph, OpKind, Unit, UnitKind
-from hetsurgery.passes.base import Recorded
+from hetsurgery.ir.structure import owner_of
+from hetsurgery.passes.base import Recorded, refusal
 from hetsurgery.passes.edit import CONVS, ORIGIN_META, editable, node_named, relift
 
 
@@ -53,12 +54,7 @@ class FuseReluSegment(Recorded):
 
     def why_not(self, g: ModelGraph) -> str | None:
         """Why the segment cannot fuse (``None``: it can), asked without signs or scales and without building."""
-        try:
-            for u in segment_units(g, self.units):
-                _layer(g.module, g, u)
-        except (PassError, IRError) as exc:
-            return str(exc)
-        return None
+        return refusal(lambda: [_layer(g.module, g, u) for u in segment_units(g, self.units)])
 
     def rewrite(self, g: ModelGraph) -> ModelGraph:
         units = segment_units(g, self.units)
@@ -214,5 +210,5 @@ def _install(gm: fx.GraphModule, last: _Layer, weight: torch.Tensor, bias: torch
     with torch.no_grad():
         new.weight.copy_(shaped.to(dtype))
         new.bias.copy_(bias.to(dtype))
-    owner, _, leaf = str(last.node.target).rpartition(".")
-    setattr(gm.get_submodule(owner) if owner else gm, leaf, new)
+    owner, leaf = owner_of(gm, str(last.node.target))
+    setattr(owner, leaf, new)

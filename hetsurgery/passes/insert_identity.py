@@ -29,9 +29,9 @@ from typing import Any, ClassVar, Self
 import torch
 from torch import fx, nn
 
-from hetsurgery.errors import IRError, PassError
+from hetsurgery.errors import PassError
 from hetsurgery.ir import Activation, ModelGraph, NodeFacts, OpKind, Stage, Unit, UnitKind
-from hetsurgery.passes.base import Recorded
+from hetsurgery.passes.base import Recorded, refusal
 from hetsurgery.passes.edit import CONVS, ORIGIN_META, add_module, editable, new_names, node_named, relift
 from hetsurgery.passes.insertion import counted_positions, insertion_point, refuse_before_fixed
 
@@ -57,11 +57,7 @@ class InsertIdentity(Recorded):
 
     def why_not(self, g: ModelGraph) -> str | None:
         """Why the pass would refuse ``g`` (``None``: it applies), asked without building anything."""
-        try:
-            self._plans(g)
-        except (PassError, IRError) as exc:
-            return str(exc)
-        return None
+        return refusal(lambda: self._plans(g))
 
     def _plans(self, g: ModelGraph) -> list[tuple[int, str, Unit]]:
         """Per position, how many units go there, the node they read and the unit they copy; ``PassError``."""

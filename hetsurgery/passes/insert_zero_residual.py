@@ -38,9 +38,10 @@ from typing import Any, ClassVar, Self
 import torch
 from torch import fx, nn
 
-from hetsurgery.errors import IRError, PassError
+from hetsurgery.errors import PassError
 from hetsurgery.ir import Activation, ModelGraph, OpKind, Stage, Unit, UnitKind
-from hetsurgery.passes.base import Recorded
+from hetsurgery.ir.structure import attribute_at, owner_of
+from hetsurgery.passes.base import Recorded, refusal
 from hetsurgery.passes.edit import ORIGIN_META, add_module, editable, new_names, node_named, relift
 from hetsurgery.passes.insertion import counted_positions, insertion_point, refuse_before_fixed
 from hetsurgery.tracing import OPKIND_META
@@ -72,11 +73,7 @@ class InsertZeroResidual(Recorded):
 
     def why_not(self, g: ModelGraph) -> str | None:
         """Why the pass would refuse ``g`` (``None``: it applies), asked without building anything."""
-        try:
-            self._plans(g)
-        except (PassError, IRError) as exc:
-            return str(exc)
-        return None
+        return refusal(lambda: self._plans(g))
 
     def _plans(self, g: ModelGraph) -> list[tuple[int, str, Unit, bool]]:
         st = g.stage(self.stage)
@@ -268,8 +265,8 @@ def _zero(gm: fx.GraphModule, g: ModelGraph, branch: fx.Node, template: Unit) ->
         if node.meta.get(OPKIND_META) in (OpKind.FUNCTIONAL_LINEAR, OpKind.ADDMM):  # F.linear, GPT-2's Conv1D
             for attr in (a for a in [*node.args, *node.kwargs.values()] if isinstance(a, fx.Node)
                          and a.op == "get_attr"):
-                owner, _, leaf = str(attr.target).rpartition(".")
-                _zero_tensors(gm.get_submodule(owner) if owner else gm, (leaf,))
+                owner, leaf = owner_of(gm, str(attr.target))
+                _zero_tensors(owner, (leaf,))
             return
         nxt = _zero_preserving_input(gm, node)
         if nxt is None:
@@ -310,13 +307,8 @@ def _zero_tensors(mod: nn.Module, names: tuple[str, ...]) -> None:
 
 def _copy_attribute(gm: fx.GraphModule, old: str, new: str) -> None:
     """A copy of the tensor (or value) at dotted path ``old`` under ``new``."""
-    owner, _, leaf = new.rpartition(".")
-    if owner and not _has(gm, owner):
-        add_module(gm, owner, nn.Module())
-    parent = gm.get_submodule(owner) if owner else gm
-    value: object = gm
-    for part in old.split("."):
-        value = getattr(value, part)
+    parent, leaf = owner_of(gm, new, make=True)
+    value = attribute_at(gm, old)
     if isinstance(value, nn.Parameter):
         parent.register_parameter(leaf, nn.Parameter(value.detach().clone(), requires_grad=value.requires_grad))
     elif isinstance(value, torch.Tensor):
@@ -324,10 +316,3 @@ def _copy_attribute(gm: fx.GraphModule, old: str, new: str) -> None:
     else:
         setattr(parent, leaf, copy.deepcopy(value))
 
-
-def _has(gm: fx.GraphModule, path: str) -> bool:
-    try:
-        gm.get_submodule(path)
-    except AttributeError:
-        return False
-    return True

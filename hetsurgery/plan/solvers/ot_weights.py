@@ -91,7 +91,7 @@ def _head_order(grp: PermGroup, k: int, cost: torch.Tensor, heads: dict[tuple[in
     for other in (grp.id, *grp.heads_with):
         if (other, k) in heads:
             return heads[(other, k)]
-    heads[(grp.id, k)] = head_order([-cost.T], grp.structure)
+    heads[(grp.id, k)] = head_order([(-cost.T, grp.structure)])
     return heads[(grp.id, k)]
 
 
