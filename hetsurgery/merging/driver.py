@@ -33,6 +33,7 @@ from hetsurgery.merging.inserted import with_real_interiors
 from hetsurgery.merging.methods import METHODS, learned
 from hetsurgery.merging.options import MergeOptions
 from hetsurgery.merging.partial import PartialReport, partial_zip
+from hetsurgery.merging.repair import repair
 from hetsurgery.merging.topology import check_same_operations, check_same_topology
 from hetsurgery.merging.unaligned import unaligned_groups
 from hetsurgery.merging.widths import check_width_changes, resolve_widths
@@ -43,7 +44,7 @@ from hetsurgery.plan.stats import collect_stats
 from hetsurgery.plan.width_plan import GroupMatch, WidthPlan
 from hetsurgery.tracing import trace
 
-STAGES = ("trace", "similarity", "depth_plan", "balance", "statistics", "matching", "combine", "bn_reset")
+STAGES = ("trace", "similarity", "depth_plan", "balance", "statistics", "matching", "combine", "repair", "bn_reset")
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ class MergeReport:
         return "\n".join(lines)
 
 
-_DEPTH_STAGES = frozenset({"similarity", "depth_plan", "balance"})
+_DEPTH_STAGES = frozenset({"similarity", "depth_plan", "balance", "repair"})  # shown when they ran
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,8 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, options: Merg
     check_same_operations(graphs)
     if o.partial is not None:
         o.partial.units_merged(graphs[anchor])  # a cut the balanced models have, before their statistics
+    if spec.prepare is not None:  # exact edits the method's plan relies on (zip: norms folded into their readers)
+        graphs = spec.prepare(graphs)
     seconds["trace"] += time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -237,6 +240,12 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, options: MergeOpti
     clock = time.perf_counter()
     merged = combine(graphs, plan)
     seconds["combine"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    if o.repair and data is not None:  # REPAIR: the layers' output statistics set to the models' (merging.repair)
+        merged = repair(merged, graphs, plan, data, max_samples=BN_RESET_SAMPLES if o.repair is True else int(o.repair),
+                        device=default_device(o.device))
+    seconds["repair"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     budget = (BN_RESET_SAMPLES if o.reset_bn is True else int(o.reset_bn)) if o.reset_bn and data is not None else None
