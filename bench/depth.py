@@ -26,6 +26,7 @@ from hetsurgery.passes import FuseReluSegment, InsertIdentity
 from hetsurgery.plan.fuse_signs import Estimator, estimate_signs
 from hetsurgery.zoo.data import TASKS, digits, loader
 from hetsurgery.zoo.train import train
+from tests.outside_models import StageResNet
 
 Factory = Callable[[], nn.Module]
 PAIRS: dict[str, tuple[Factory, Factory, str]] = {  # deep, shallow, description
@@ -36,7 +37,14 @@ PAIRS: dict[str, tuple[Factory, Factory, str]] = {  # deep, shallow, description
     "transformer depth 4 / 2": (lambda: hs.zoo.transformer("manual", depth=4),
                                 lambda: hs.zoo.transformer("manual", depth=2),
                                 "pre-LN ViT, width 32, 4 heads, 2x2 patches"),
+    "ResNet (3, 3) / (2, 1) blocks per stage": (
+        lambda: StageResNet((3, 3)), lambda: StageResNet((2, 1)),
+        "Xu et al.'s shape: widths 16/32, written outside the project (`tests/outside_models.py`: `nn.Identity()` "
+        "shortcuts), B's second stage one strided block"),
+    "ResNet (3, 3) / (2, 1) blocks per stage x2": (
+        lambda: StageResNet((3, 3), 2), lambda: StageResNet((2, 1), 2), "the same at widths 32/64"),
 }
+TOLERANCE = {"ResNet-32 / ResNet-20": 0.01}  # best heterogeneous zip against homogeneous zip (issue 20); else 3
 DEPTHS = ("sma", "lma", "cla")
 WIDTHS = ("permute", "zip")
 
@@ -83,9 +91,12 @@ def _check_targets(pair: str, runs: list[dict[str, TaskScores]]) -> str:
     hetero = max(mean[f"heterogeneous {d.upper()} zip"] for d in DEPTHS)
     homo = mean["homogeneous Zip (A + deep B)"]
     parents = max(mean["model A (deep, task A)"], mean["model B (shallow, task B)"])
-    return (f"{pair}: best heterogeneous zip {100 * hetero:.1f} against homogeneous zip {100 * homo:.1f} "
-            f"({100 * (hetero - homo):+.1f} points; target ≥ -3.0: {'met' if hetero - homo >= -0.03 else 'missed'}), "
+    tol = TOLERANCE.get(pair, 0.03)
+    text = (f"{pair}: best heterogeneous zip {100 * hetero:.1f} against homogeneous zip {100 * homo:.1f} "
+            f"({100 * (hetero - homo):+.1f} points; target ≥ {-100 * tol:.1f}: "
+            f"{'met' if hetero - homo >= -tol - 1e-9 else 'missed'}), "
             f"parents {100 * parents:.1f} (target: above both: {'met' if hetero > parents else 'missed'})")
+    return text
 
 
 # -- (b) CLAFusion's Table 10: every mapping ---------------------------------------------------------------

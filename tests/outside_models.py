@@ -493,3 +493,43 @@ class TinyMaxViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.grid_attn(self.block_attn(self.mbconv(self.stem(x))))
         return self.head(self.norm(x.mean((2, 3))))
+
+
+class ShortcutBlock(nn.Module):
+    """A basic block as code outside the project writes it: the shortcut is always a module, ``nn.Identity()``
+    where the shape stays (a ``call_module`` node of its own), a 1x1 projection where it changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class StageResNet(nn.Module):
+    """A ResNet of two or more stages with ``blocks[i]`` blocks in stage i (Xu et al.'s pairs: (3, 3) against (2, 1));
+    every stage after the first opens with a strided block, so a stage of one block is one strided block."""
+
+    def __init__(self, blocks: tuple[int, ...] = (3, 3), width: int = 1, in_channels: int = 1,
+                 num_classes: int = 10, base: int = 16) -> None:
+        super().__init__()
+        widths = [base * width * 2**i for i in range(len(blocks))]
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
+                                  nn.ReLU(inplace=True))
+        layers: list[nn.Module] = []
+        c = widths[0]
+        for i, (n, w) in enumerate(zip(blocks, widths, strict=True)):
+            for j in range(n):
+                layers.append(ShortcutBlock(c, w, 2 if i > 0 and j == 0 else 1))
+                c = w
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.adaptive_avg_pool2d(self.features(self.stem(x)), 1).flatten(1))

@@ -157,6 +157,8 @@ ENTRY_POINTS: dict[str, tuple[Callable[[], list[nn.Module]], Entry]] = {
               lambda ms: hs.merge(ms, [IMAGES], method="zip", progress=False).model),
     "merge-depth": (lambda: [_resnet(2, 1, 1), _resnet(1, 1, 1)],
                     lambda ms: hs.merge(ms, [IMAGES], method="zip", depth="lma", progress=False).model),
+    "merge-partial": (lambda: [_resnet(2, 1, 1), _resnet(1, 1, 1)],
+                      lambda ms: hs.merge(ms, [IMAGES], method="zip", depth="lma", stop_at=3, progress=False).model),
     "merge-fused": (lambda: [_mlp(16, 16, 16), _mlp(16, 16)],
                     lambda ms: hs.merge(ms, [VECTORS], depth="cla", balance="merge", progress=False).model),
     "align": (lambda: [_resnet(1, 1, 1), _resnet(1, 1, 1)], lambda ms: hs.align(ms, [IMAGES], progress=False)[1]),

@@ -139,3 +139,85 @@ def test_coverage_zero_warns_with_the_most_common_reason() -> None:
     with pytest.warns(UserWarning, match=r"coverage 0\.000.*solve"):
         g = hs.trace(OnlyUnknown(), torch.randn(2, 4), probe=False)
     assert "solve" in g.uncovered()["w"]
+
+
+class _Split(nn.Module):
+    """The first head's query channels also feed another layer: a cut splits the tied q/k group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.q, self.k, self.v, self.o = (nn.Linear(8, 8) for _ in range(5))
+        self.side, self.head = nn.Linear(4, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.inp(x)
+        b, n, _ = x.shape
+        q = self.q(x)
+        qh, kh, vh = (t.view(b, n, 2, 4).transpose(1, 2) for t in (q, self.k(x), self.v(x)))
+        a = (torch.softmax(qh @ kh.transpose(-2, -1), dim=-1) @ vh).transpose(1, 2).reshape(b, n, 8)
+        return self.head(self.o(a) + self.side(q[..., :4]))
+
+
+class _KeysFirst(nn.Module):
+    """Attention weights written keys-first and used as the right operand: ``(vᵀ @ softmax(k qᵀ, -2))ᵀ``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.q, self.k, self.v, self.o = (nn.Linear(8, 8) for _ in range(5))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.inp(x)
+        b, n, _ = x.shape
+        qh, kh, vh = (t.view(b, n, 2, 4).transpose(1, 2) for t in (self.q(x), self.k(x), self.v(x)))
+        w = torch.softmax(kh @ qh.transpose(-2, -1), dim=-2)
+        a = (vh.transpose(-2, -1) @ w).transpose(-2, -1)
+        return self.head(self.o(a.transpose(1, 2).reshape(b, n, 8)))
+
+
+class _TwoViews(nn.Module):
+    """q read as 4 heads of 2 by the attention and as 2 blocks of 4 by a softmax."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.q, self.k, self.v, self.o, self.side = (nn.Linear(8, 8) for _ in range(6))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.inp(x)
+        b, n, _ = x.shape
+        q = self.q(x)
+        qh, kh, vh = (t.view(b, n, 4, 2).transpose(1, 2) for t in (q, self.k(x), self.v(x)))
+        a = torch.softmax(qh @ kh.transpose(-2, -1), dim=-1) @ vh
+        g = torch.softmax(q.view(b, n, 2, 4), dim=-1).reshape(b, n, 8)
+        return self.head(self.o(a.transpose(1, 2).reshape(b, n, 8)) + self.side(g))
+
+
+class _WeightReadAsValue(nn.Module):
+    """A Linear's weight also read as a plain value by an op no rule knows (a regulariser in the output)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x))) + torch.diff(self.fc1.weight, dim=0).abs().sum()
+
+
+@pytest.mark.parametrize("make", [_Split, _KeysFirst, _TwoViews])
+def test_heads_stay_in_place_where_the_rules_cannot_follow_them(make) -> None:
+    model = _perturbed(make())
+    x = torch.randn(2, 5, 8)
+    g = hs.trace(model, x)
+    q = next(grp for grp in g.groups if any(s.param == "q.weight" and s.dim == 0 for s in grp.slots))
+    assert not q.structure.moves, g.summary()
+    for seed in range(3):
+        moved = hs.to_module(ApplyPermutation(random_permutations(g, seed))(g))
+        with torch.no_grad():
+            assert rel_err(model(x), moved(x)) <= 1e-5
+
+
+def test_a_weight_also_read_as_a_plain_value_is_frozen() -> None:
+    g = hs.trace(_WeightReadAsValue(), torch.randn(3, 4))
+    hidden = next(grp for grp in g.groups if hs.Slot("fc1.weight", 0) in grp.slots)
+    assert hidden.frozen is not None and "read as a plain value" in hidden.frozen and "diff" in hidden.frozen

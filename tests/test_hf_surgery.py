@@ -117,3 +117,50 @@ def export_like_wider(g: hs.ModelGraph) -> hs.ModelGraph:
     hidden = next(grp for grp in g.groups
                   if any(s.param == "model.layers.0.mlp.up_proj.weight" and s.dim == 0 for s in grp.slots))
     return PadWidth(hidden.id, hidden.size + 4)(g)
+
+
+@pytest.mark.parametrize("method", ["permute", "weight"])
+def test_t5_heads_tied_to_their_one_column_bias_merge(method: str) -> None:
+    model = tiny("t5-encoder")
+    batches = _batches("t5-encoder")
+    result = hs.merge([model, tiny("t5-encoder", 1)], batches, method=method, progress=False)
+    x = inputs("t5-encoder", 2, 5, seed=3)
+    with torch.no_grad():
+        assert torch.isfinite(main_output(result.model(**x))).all()
+
+
+def test_layers_inserted_first_keep_each_layers_own_settings(tmp_path: pathlib.Path) -> None:
+    import transformers
+
+    config = transformers.Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True,
+                                      sliding_window=2, max_window_layers=1)
+    torch.manual_seed(0)
+    model = transformers.Qwen2ForCausalLM(config).eval()
+    assert model.config.layer_types == ["full_attention", "sliding_attention"]
+    g = hs.trace(model, inputs("qwen2", 2, 6))
+    deeper = to_pretrained(InsertZeroResidual(g.stages[0].key, (0,))(g), like=model)
+    assert deeper.config.layer_types == ["full_attention", "full_attention", "sliding_attention"]
+    x = inputs("qwen2", 2, 7, seed=1)
+    with torch.no_grad():
+        assert rel_err(main_output(run(model, x)), main_output(run(deeper, x))) <= 1e-5
+
+
+def test_to_pretrained_owns_its_tensors_and_changes_only_the_sizes_that_changed() -> None:
+    model = tiny("llama")
+    g = hs.trace(model, inputs("llama", 2, 6))
+    back = to_pretrained(g, like=model)
+    before = model.state_dict()["model.layers.0.mlp.up_proj.weight"].clone()
+    with torch.no_grad():
+        back.model.layers[0].mlp.up_proj.weight.add_(1.0)
+    assert torch.equal(model.state_dict()["model.layers.0.mlp.up_proj.weight"], before)
+    from hetsurgery.passes import PadWidth
+
+    hidden = [grp for grp in g.groups
+              if any(s.param.endswith("mlp.up_proj.weight") and s.dim == 0 for s in grp.slots)]
+    wider = g
+    for grp in hidden:
+        wider = PadWidth(grp.id, model.config.vocab_size)(wider)  # a size another field holds too
+    config = to_pretrained(wider, like=model).config
+    assert config.intermediate_size == model.config.vocab_size != model.config.intermediate_size
+    assert config.vocab_size == model.config.vocab_size and config.hidden_size == model.config.hidden_size

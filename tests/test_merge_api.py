@@ -26,7 +26,7 @@ def pair(factory=lambda: hs.zoo.resnet((1, 1, 1))) -> list[nn.Module]:
 def test_report_times_every_stage_and_plan_round_trips(method: str) -> None:
     r = hs.merge(pair(), DATA, method=method, progress=False)
     assert set(r.report.seconds) == {"trace", "similarity", "depth_plan", "balance", "statistics", "matching",
-                                     "combine", "bn_reset"}
+                                     "combine", "repair", "bn_reset"}
     assert r.report.seconds["similarity"] == 0.0 and "similarity" not in str(r.report)  # no depth alignment
     assert all(v >= 0 for v in r.report.seconds.values())
     assert r.report.seconds["statistics"] > 0 or method in ("weight", "average", "mal")

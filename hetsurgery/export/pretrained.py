@@ -30,6 +30,7 @@ from torch import nn
 
 from hetsurgery.errors import ExportError
 from hetsurgery.ir import ModelGraph
+from hetsurgery.ir.structure import owner_of
 
 _NUMBERED = re.compile(r"^(.*?)\.(\d+)\.(.*)$")
 
@@ -52,14 +53,14 @@ def to_pretrained(g: ModelGraph, like: nn.Module) -> nn.Module:
     size that changed; the result is built from it, in eval mode, so ``save_pretrained`` / ``from_pretrained``
     round-trip. Any other module must already have the right shapes: its copy gets the weights.
     """
-    weights = _as_saved_by(like, state_dict_like(g))
+    order = _run_order(g)
+    weights = _as_saved_by(like, {k: t.clone() for k, t in state_dict_like(g).items()})  # the result owns them
     config = getattr(like, "config", None)
     if config is None:
         model = copy.deepcopy(like)
     else:
-        config = _updated_config(config, weights, like)
-        with torch.device("meta"):
-            model = type(like)(config)
+        config = _updated_config(config, weights, like, order)
+        model = _built(like, config)
     _check_names(g, model, weights)
     model.load_state_dict(weights, strict=True, assign=config is not None)
     _unsaved_buffers(model, like)
@@ -78,8 +79,7 @@ def _unsaved_buffers(model: nn.Module, like: nn.Module) -> None:
             if mine is None or mine.shape != buf.shape:
                 raise ExportError(f"{type(model).__name__}: buffer {name} is not saved with the weights and "
                                   f"{type(like).__name__} has none of its shape to take")
-            owner, _, leaf = name.rpartition(".")
-            module = model.get_submodule(owner) if owner else model
+            module, leaf = owner_of(model, name)
             module.register_buffer(leaf, mine.detach().clone(), persistent=leaf not in module._non_persistent_buffers_set)
 
 
@@ -99,36 +99,70 @@ def _as_saved_by(like: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str,
     return out
 
 
-def _updated_config(config: Any, weights: Mapping[str, torch.Tensor], like: nn.Module) -> Any:
+def _built(like: nn.Module, config: Any) -> nn.Module:
+    """``like``'s class built from ``config`` on the meta device (shapes only, no memory)."""
+    with torch.device("meta"):
+        return type(like)(config)
+
+
+def _updated_config(config: Any, weights: Mapping[str, torch.Tensor], like: nn.Module,
+                    order: Mapping[str, Mapping[int, int]]) -> Any:
+    """``config`` with the number of layers, the per-layer settings and the sizes of ``weights``.
+
+    Per-layer lists (Qwen2's ``layer_types``) follow the layers in run order, an inserted layer taking the
+    setting of the layer before it (the one ``InsertZeroResidual`` copies; the first one when it comes first).
+    A size field changes only when the class built with the change has more parameters of the right shape: a
+    field that merely holds the same number (``max_position_embeddings`` equal to ``intermediate_size``) stays.
+    """
     new = copy.deepcopy(config)
-    layers = _layer_count(weights, like)
-    if layers is not None and hasattr(new, "num_hidden_layers"):
-        old = new.num_hidden_layers
-        new.num_hidden_layers = layers
+    container, old = _hidden_layers(like)
+    if container is not None and hasattr(new, "num_hidden_layers"):
+        sources = _layer_sources(order.get(container, {}), old)
+        new.num_hidden_layers = len(sources)
         for key, value in new.to_dict().items():  # per-layer settings (Qwen2's layer_types): one per layer
             if isinstance(value, list) and len(value) == old and old and hasattr(new, key):
-                setattr(new, key, [value[min(i, old - 1)] for i in range(layers)])
-    sizes: dict[int, int] = {}
+                setattr(new, key, [value[j] for j in sources])
+    want = {n: tuple(t.shape) for n, t in weights.items()}
     ref = like.state_dict()
-    for name, t in weights.items():
-        old = ref.get(name)
-        if old is not None and old.dim() == t.dim():
-            sizes.update({a: b for a, b in zip(old.shape, t.shape, strict=True) if a != b})
-    for key, value in new.to_dict().items():
-        if isinstance(value, int) and not isinstance(value, bool) and value in sizes and hasattr(new, key):
-            setattr(new, key, sizes[value])
+    sizes = {a: b for n, t in weights.items() if (o := ref.get(n)) is not None and o.dim() == t.dim()
+             for a, b in zip(o.shape, t.shape, strict=True) if a != b}
+    wrong = _mismatches(_built(like, new), want)
+    for key in sorted(k for k, v in new.to_dict().items() if isinstance(v, int) and not isinstance(v, bool)
+                      and v in sizes and hasattr(new, k)):
+        if not wrong:
+            break
+        trial = copy.deepcopy(new)
+        setattr(trial, key, sizes[getattr(new, key)])
+        fewer = _mismatches(_built(like, trial), want)
+        if fewer < wrong:
+            new, wrong = trial, fewer
     return new
 
 
-def _layer_count(weights: Mapping[str, torch.Tensor], like: nn.Module) -> int | None:
-    """How many members the container of ``like``'s hidden layers has in ``weights``."""
+def _mismatches(model: nn.Module, want: Mapping[str, tuple[int, ...]]) -> int:
+    have = {n: tuple(t.shape) for n, t in model.state_dict().items()}
+    return sum(have.get(n) != s for n, s in want.items()) + sum(n not in want for n in have)
+
+
+def _hidden_layers(like: nn.Module) -> tuple[str | None, int]:
+    """The numbered container of ``like``'s hidden layers (``config.num_hidden_layers`` members) and its count."""
     n = getattr(getattr(like, "config", None), "num_hidden_layers", None)
     if n is None:
-        return None
-    for container in _containers(like.state_dict()).items():
-        if len(container[1]) == n:
-            return len(_containers(weights).get(container[0], set()))
-    return None
+        return None, 0
+    return next(((c, n) for c, members in _containers(like.state_dict()).items() if len(members) == n), (None, 0))
+
+
+def _layer_sources(order: Mapping[int, int], old: int) -> list[int]:
+    """For each layer in run order, the original layer it is or copies: itself, else the original before it
+    (the first original for a layer that comes first)."""
+    by_new = sorted(order.items(), key=lambda item: item[1])
+    originals = [j for j, _ in by_new if j < old]
+    out, last = [], None
+    for j, _ in by_new:
+        if j < old:
+            last = j
+        out.append(j if j < old else (last if last is not None else originals[0]))
+    return out
 
 
 def _containers(names: Mapping[str, Any] | Any) -> dict[str, set[int]]:

@@ -25,6 +25,7 @@ from torch import fx, nn
 
 from hetsurgery.export.codegen import BUFFER, CONSTANT, PARAMETER, TRANSIENT
 from hetsurgery.export.graph_data import GraphData, NodeOp
+from hetsurgery.ir.structure import attribute_at
 
 MODULE = "module"
 
@@ -133,8 +134,4 @@ def _check_targets(model: fx.GraphModule, data: GraphData) -> None:
 
 
 def _attribute(model: nn.Module, target: str) -> object:
-    owner, _, leaf = target.rpartition(".")
-    try:
-        return getattr(model.get_submodule(owner), leaf, None)
-    except AttributeError:
-        return None
+    return attribute_at(model, target)

@@ -20,6 +20,35 @@ import torch
 from torch import fx, nn
 
 
+def owner_of(root: nn.Module, path: str, *, make: bool = False) -> tuple[nn.Module, str]:
+    """The module holding the attribute at dotted ``path`` and the attribute's name; with ``make`` the empty
+    container modules on the way are created (``AttributeError`` for a missing one otherwise).
+
+    >>> owner_of(nn.Sequential(nn.Linear(2, 2)), "0.weight")
+    (Linear(in_features=2, out_features=2, bias=True), 'weight')
+    """
+    *parts, leaf = path.split(".")
+    owner = root
+    for part in parts:
+        child = getattr(owner, part, None)
+        if child is None and make:
+            child = nn.Module()
+            owner.add_module(part, child)
+        if not isinstance(child, nn.Module):
+            raise AttributeError(f"{path!r}: {part!r} is not a module of {type(owner).__name__}")
+        owner = child
+    return owner, leaf
+
+
+def attribute_at(root: nn.Module, path: str) -> object:
+    """The attribute at dotted ``path`` (a tensor, a module, a value), or ``None`` when there is none."""
+    try:
+        owner, leaf = owner_of(root, path)
+    except AttributeError:
+        return None
+    return getattr(owner, leaf, None)
+
+
 def with_tensors(module: fx.GraphModule, tensors: Mapping[str, torch.Tensor], *, share: bool) -> fx.GraphModule:
     """A structural copy of ``module`` (new submodules, a new graph) holding ``tensors`` under their names
     (shared, or cloned unless ``share``); layers whose tensors changed shape are resynchronised."""

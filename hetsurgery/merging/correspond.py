@@ -4,10 +4,14 @@ After depth balancing two graphs have the same units in the same order, but thei
 with inserted blocks calls its blocks ``layer1.0`` … ``layer1.3`` in an order that is not the ResNet-32's,
 and a hand-written model and a ``Sequential`` one name the same layer differently. Nothing here matches by
 name or by position in a parameter list: the units are paired by their order in the balanced stages (the
-depth plan decided it), and inside a pair of units, and between units, the fx nodes are paired in graph
-order, each pair checked to compute the same thing (the same op and target, the same layer settings except
-widths, the same literal arguments). The model is then rebuilt on the anchor's structure holding its own
-tensors, under the anchor's names, and lifted again; its outputs are checked against the model's own.
+depth plan decided it), and the fx nodes by what they compute. Both graphs are followed from their outputs
+back through the arguments of each node, so a pair of nodes is the same op with the same target, the same
+layer settings except widths and the same literal arguments, wired to pairs of nodes the same way, in
+corresponding units. Nodes that hand their input on unchanged (an ``nn.Identity`` shortcut, a dropout of
+rate 0, ``contiguous``) are looked through: a block written with ``self.shortcut = nn.Identity()`` and a
+zero-residual block derived from a strided one, whose shortcut is bare, compute the same, whatever their node
+counts. The model is then rebuilt on the anchor's structure holding its own tensors, under the anchor's
+names, and lifted again; its outputs are checked against the model's own.
 
 >>> import torch, hetsurgery as hs
 >>> a = hs.trace(hs.zoo.mlp([8, 8]), torch.randn(2, 64))
@@ -21,7 +25,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-from torch import fx
+from torch import fx, nn
 
 from hetsurgery.errors import MergeInputError, PassError, TracingError
 from hetsurgery.ir import ModelGraph
@@ -67,26 +71,71 @@ def on_anchor_names(anchor: ModelGraph, g: ModelGraph) -> ModelGraph:
 
 
 def _paired_nodes(anchor: ModelGraph, g: ModelGraph) -> list[tuple[fx.Node, fx.Node]]:
-    a_nodes, g_nodes = list(anchor.module.graph.nodes), list(g.module.graph.nodes)
-    a_unit, g_unit = _unit_index(anchor), _unit_index(g)
-    if len(anchor.units) != len(g.units) or len(a_nodes) != len(g_nodes):
-        raise MergeInputError(f"{g.name} has {len(g.units)} units and {len(g_nodes)} graph nodes but {anchor.name} has "
-                              f"{len(anchor.units)} and {len(a_nodes)}: the models do not correspond unit by unit "
-                              "(balance their depths with depth=)")
+    """Every computing node of ``anchor`` with its counterpart in ``g``, found by following both graphs from their
+    outputs back through their arguments, each pair in corresponding units and computing the same thing."""
+    if len(anchor.units) != len(g.units):
+        raise MergeInputError(f"{g.name} has {len(g.units)} units but {anchor.name} has {len(anchor.units)}: the "
+                              "models do not correspond unit by unit (balance their depths with depth=)")
     a_mods, g_mods = dict(anchor.module.named_modules()), dict(g.module.named_modules())
-    pairs = []
-    for x, y in zip(a_nodes, g_nodes, strict=True):
-        if a_unit.get(x.name) != g_unit.get(y.name):
-            where = _where(anchor, a_unit.get(x.name))
-            raise MergeInputError(f"{g.name}: node {y.name} and {anchor.name}'s node {x.name} (in {where}) do not sit "
-                                  "in corresponding units: the balanced models differ in structure there")
+    a_unit, g_unit = _unit_index(anchor), _unit_index(g)
+    a_out, g_out = (next(n for n in m.module.graph.nodes if n.op == "output") for m in (anchor, g))
+    paired: dict[fx.Node, fx.Node] = {}
+    taken: set[fx.Node] = set()
+    todo = [(a_out, g_out, a_out)]
+    while todo:
+        x, y, user = todo.pop()
+        x, y = _looked_through(x, a_mods), _looked_through(y, g_mods)
+        if x in paired:
+            if paired[x] is not y:
+                raise MergeInputError(f"{g.name}: {anchor.name}'s node {x.name} (in {_where(anchor, a_unit.get(x.name))}"
+                                      f") meets both {paired[x].name} and {y.name}: the balanced models are wired "
+                                      f"differently there (seen from {user.name})")
+            continue
+        if y in taken:
+            raise MergeInputError(f"{g.name}: node {y.name} meets two of {anchor.name}'s nodes, one of them {x.name} "
+                                  f"(in {_where(anchor, a_unit.get(x.name))}): the balanced models are wired "
+                                  "differently there")
         sx, sy = signature(x, a_mods), signature(y, g_mods)
-        if sx != sy:
+        xs, ys = _operands(x), _operands(y)
+        if sx != sy or len(xs) != len(ys):
             raise MergeInputError(f"{g.name}: node {y.name} is {sy} but its counterpart {x.name} in {anchor.name} "
                                   f"(in {_where(anchor, a_unit.get(x.name))}) is {sx}: the units do not compute the "
                                   "same kind of thing")
-        pairs.append((x, y))
-    return pairs
+        if a_unit.get(x.name) != g_unit.get(y.name):
+            raise MergeInputError(f"{g.name}: node {y.name} and {anchor.name}'s node {x.name} (in "
+                                  f"{_where(anchor, a_unit.get(x.name))}) do not sit in corresponding units: the "
+                                  "balanced models differ in structure there")
+        paired[x] = y
+        taken.add(y)
+        todo += [(u, v, x) for u, v in zip(xs, ys, strict=True)]
+    return list(paired.items())
+
+
+def _operands(node: fx.Node) -> list[fx.Node]:
+    """The nodes ``node`` reads, in the order its arguments name them (repeats included)."""
+    out: list[fx.Node] = []
+    fx.map_arg((node.args, node.kwargs), lambda n: out.append(n) or n)  # type: ignore[func-returns-value]
+    return out
+
+
+def _looked_through(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node:
+    """``node``, or, when it returns its input unchanged (an ``nn.Identity`` shortcut, a dropout of rate 0), the
+    first node before it that computes something: such nodes are no part of what a unit computes."""
+    while _passes_input_on(node, modules):
+        node = node.args[0]  # type: ignore[assignment]
+    return node
+
+
+def _passes_input_on(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if len(node.args) != 1 or node.kwargs or not isinstance(node.args[0], fx.Node):
+        return False
+    if node.op == "call_module":
+        mod = modules[str(node.target)]
+        return type(mod) is nn.Identity or (isinstance(mod, nn.modules.dropout._DropoutNd) and mod.p == 0)
+    return node.op == "call_method" and node.target in _SAME_VALUE_METHODS
+
+
+_SAME_VALUE_METHODS = frozenset({"contiguous", "clone", "detach"})
 
 
 def _unit_index(g: ModelGraph) -> dict[str, int]:

@@ -30,8 +30,11 @@ from hetsurgery.merging.inputs import (
     merge_weights,
     model_names,
 )
+from hetsurgery.merging.inserted import with_real_interiors
 from hetsurgery.merging.methods import METHODS, Values, learned
 from hetsurgery.merging.options import MergeOptions
+from hetsurgery.merging.partial import PartialReport, partial_zip
+from hetsurgery.merging.repair import repair
 from hetsurgery.merging.topology import check_same_operations, check_same_topology
 from hetsurgery.merging.unaligned import unaligned_groups
 from hetsurgery.merging.widths import check_width_changes, resolve_widths
@@ -43,7 +46,7 @@ from hetsurgery.plan.stats import Done, GroupStats, Runner, collect_stats
 from hetsurgery.plan.width_plan import GroupMatch, WidthPlan
 from hetsurgery.tracing import trace
 
-STAGES = ("trace", "similarity", "depth_plan", "balance", "statistics", "matching", "combine", "bn_reset")
+STAGES = ("trace", "similarity", "depth_plan", "balance", "statistics", "matching", "combine", "repair", "bn_reset")
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class MergeReport:
     depth: DepthPlan | None = None
     fusions: tuple[FuseReport, ...] = ()
     unaligned: tuple[str, ...] = ()  # why groups were left as they are (``unaligned_groups``), also warned
+    partial: PartialReport | None = None  # where a partial zip cut the models (``stop_at``)
 
     @property
     def total_seconds(self) -> float:
@@ -74,10 +78,12 @@ class MergeReport:
         for gid, label, widths, out, how in self.groups:
             lines.append(f"{gid:>5} {'/'.join(map(str, widths)):>12} -> {out:>5}  {how}  {label}")
         lines += [f"warning: {text}" for text in self.unaligned]
+        if self.partial is not None:
+            lines.append(str(self.partial))
         return "\n".join(lines)
 
 
-_DEPTH_STAGES = frozenset({"similarity", "depth_plan", "balance"})
+_DEPTH_STAGES = frozenset({"similarity", "depth_plan", "balance", "repair"})  # shown when they ran
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,10 @@ def plan_traced(graphs: Sequence[ModelGraph], data: Iterable | None, o: MergeOpt
     if spec.widths is not None:
         check_width_changes(graphs, targets, method, spec.widths)
     check_same_operations(graphs)
+    if o.partial is not None:
+        o.partial.units_merged(graphs[anchor])  # a cut the balanced models have, before their statistics
+    if spec.prepare is not None:  # exact edits the method's plan relies on (zip: norms folded into their readers)
+        graphs = spec.prepare(graphs)
     seconds["trace"] += time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -192,6 +202,7 @@ def plan_traced(graphs: Sequence[ModelGraph], data: Iterable | None, o: MergeOpt
     clock = time.perf_counter()
     plan = world.broadcast(_width_plan(graphs, stats, w, targets, o, values, solved if done is not None else None)
                            if world.leader else None)
+    plan = with_real_interiors(graphs, plan, None if balanced is None else balanced.plan)
     seconds["matching"] = time.perf_counter() - clock
     unaligned = unaligned_groups(graphs[0], method)
     for text in unaligned:
@@ -286,15 +297,27 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, options: MergeOpti
     seconds["combine"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    if o.reset_bn and data is not None:
-        budget = BN_RESET_SAMPLES if o.reset_bn is True else int(o.reset_bn)
+    if o.repair and data is not None:  # REPAIR: the layers' output statistics set to the models' (merging.repair)
+        merged = repair(merged, graphs, plan, data, max_samples=BN_RESET_SAMPLES if o.repair is True else int(o.repair),
+                        device=default_device(o.device))
+    seconds["repair"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    budget = (BN_RESET_SAMPLES if o.reset_bn is True else int(o.reset_bn)) if o.reset_bn and data is not None else None
+    if budget is not None and data is not None:
         merged = ResetBatchNorm(data, max_samples=budget, device=default_device(o.device))(merged)
     seconds["bn_reset"] = time.perf_counter() - clock
+    partial = None
+    if o.partial is not None:  # the trunk of the full merge, each model's own tail after it
+        clock = time.perf_counter()
+        merged, partial = partial_zip(merged, graphs, plan, planned.depth, o.partial, data, reset_bn=budget,
+                                      device=default_device(o.device))
+        seconds["partial"] = time.perf_counter() - clock
 
     report = MergeReport(o.method, seconds, tuple(
         (grp.id, grp.label, tuple(g.group(grp.id).size for g in graphs), plan.groups[grp.id].size,
          "frozen" if not grp.perm_ok else str(plan.groups[grp.id].kind or o.method))
-        for grp in graphs[0].groups), planned.depth, planned.fusions, planned.unaligned)
+        for grp in graphs[0].groups), planned.depth, planned.fusions, planned.unaligned, partial)
     # the merged tensors are new: the module takes them without a copy (so .model and .graph share them)
     return MergeResult(to_module(merged, share=True).eval(), plan, report, merged, planned.depth)
 

@@ -66,8 +66,8 @@ def model_names(models: object, names: Sequence[str] | None) -> list[str]:
     return list(names)
 
 
-def check_reset_bn(reset_bn: object) -> None:
-    """``reset_bn`` is ``True``, ``False`` or a whole number of samples (at least 2).
+def check_reset_bn(reset_bn: object, name: str = "reset_bn") -> None:
+    """``reset_bn`` (or the option ``name``) is ``True``, ``False`` or a whole number of samples (at least 2).
 
     >>> check_reset_bn(1.5)
     Traceback (most recent call last):
@@ -76,7 +76,7 @@ def check_reset_bn(reset_bn: object) -> None:
     """
     if isinstance(reset_bn, bool) or (isinstance(reset_bn, int) and reset_bn >= 2):
         return
-    raise MergeInputError(f"reset_bn must be True, False or a whole number of samples (at least 2), not {reset_bn!r}")
+    raise MergeInputError(f"{name} must be True, False or a whole number of samples (at least 2), not {reset_bn!r}")
 
 
 def check_saveable(graphs: Sequence[ModelGraph]) -> None:

@@ -18,6 +18,7 @@ import torch
 from hetsurgery.errors import MergeInputError, PassError
 from hetsurgery.ir import Capability, ModelGraph
 from hetsurgery.merging.widths import WidthRule
+from hetsurgery.merging.zip_plan import plan_zip, prepare_zip
 from hetsurgery.passes.pad_width import pad_groups, padded_view
 from hetsurgery.plan.signature import joint_signature
 from hetsurgery.plan.solvers.mal import mal_match
@@ -25,7 +26,6 @@ from hetsurgery.plan.solvers.ot import OTCost, OTSolver, as_solver, ot_match
 from hetsurgery.plan.solvers.ot_weights import ot_weight_matches
 from hetsurgery.plan.solvers.permute import permute, stats_head_orders
 from hetsurgery.plan.solvers.weight import weight_matching
-from hetsurgery.plan.solvers.zip import zip_match
 from hetsurgery.plan.stats import GroupStats
 from hetsurgery.plan.width_plan import GroupMatch, MalReport
 
@@ -102,22 +102,6 @@ OT_COSTS: Mapping[OTCost, Callable[..., dict[int, GroupMatch]]] = MappingProxyTy
     OTCost.ACTIVATIONS: _ot_on_activations,
     OTCost.WEIGHTS: _ot_on_weights,
 })
-
-
-def plan_zip(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int,
-             targets: Targets, *, alpha: float = 0.5, beta: float = 1.0) -> dict[int, GroupMatch]:
-    assert stats is not None
-    out = {}
-    orders = stats_head_orders(list(graphs[0].permutable()), stats, anchor, lambda gid: joint_signature(graphs, gid))
-    for gid, s in stats.items():
-        blocks = graphs[0].group(gid).structure
-        sig = joint_signature(graphs, gid)
-        if blocks.count > 1:  # heads and grouped convs keep their blocks: match inside them instead
-            m = permute(gid, s, blocks, weights, anchor, sig, orders.get(gid))
-            out[gid] = replace(m, info={**m.info, "note": "blocks: matched by permute"})
-            continue
-        out[gid] = zip_match(gid, s.similarity(sig), s.widths, weights, width=targets[gid], alpha=alpha, beta=beta)
-    return out
 
 
 def plan_mal(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int,
@@ -210,6 +194,7 @@ class Method:
     widths: Capability | None  # how it changes widths: by ZIP (any width), by PAD (MAL), or never (None)
     default_width: WidthRule = WidthRule.ANCHOR
     full_stats: bool = False  # statistics inside each model too (zip), not only across models
+    prepare: Callable[[Sequence[ModelGraph]], tuple[ModelGraph, ...]] | None = None  # exact edits before statistics
     data_free_with: tuple[tuple[str, object], ...] = ()  # option values that make the method need no data
 
     def wants_data(self, options: Mapping[str, object]) -> bool:
@@ -223,7 +208,7 @@ METHODS: Mapping[str, Method] = MappingProxyType({
     "ot": Method(needs_data=True, plan=plan_ot, widths=Capability.ZIP,
                  data_free_with=(("cost", OTCost.WEIGHTS.value),)),
     "zip": Method(needs_data=True, plan=plan_zip, widths=Capability.ZIP, default_width=WidthRule.MAX,
-                  full_stats=True),
+                  full_stats=True, prepare=prepare_zip),
     "mal": Method(needs_data=False, plan=plan_mal, widths=Capability.PAD),
     "mal-pad": Method(needs_data=False, plan=partial(plan_mal, alternate=False), widths=Capability.PAD),
 })

@@ -26,6 +26,7 @@ from hetsurgery.errors import MergeInputError
 from hetsurgery.merging.depth_options import DepthOptions
 from hetsurgery.merging.inputs import check_reset_bn
 from hetsurgery.merging.methods import METHODS
+from hetsurgery.merging.partial import PartialOptions
 from hetsurgery.merging.widths import Width
 from hetsurgery.plan.solvers.ot import OTCost, OTSolver
 
@@ -110,7 +111,9 @@ class MergeOptions:
     device: torch.device | str | None = None
     names: tuple[str, ...] | None = None
     saveable: bool = False
-    distributed: bool | None = None
+    partial: PartialOptions | None = None  # stop_at= and heads=: merge a trunk, keep each model's tail
+    repair: bool | int = False  # REPAIR the merged layers' statistics (True: on 512 samples, N: on N)
+    distributed: bool | None = None  # statistics over torch.distributed ranks (None: when torchrun started us)
 
     @staticmethod
     def of(*, method: str = "zip", weights: Sequence[float] | None = None, reset_bn: bool | int = True,
@@ -118,12 +121,14 @@ class MergeOptions:
            depth_cost: str = "cka", estimator: str = "sign_of_sum", depth_samples: int | None = 512,
            depth_anchor: int | None = None, example_inputs: torch.Tensor | None = None,
            memory_budget: int | None = None, progress: bool = True, device: torch.device | str | None = None,
-           names: Sequence[str] | None = None, saveable: bool = False, distributed: bool | None = None,
+           names: Sequence[str] | None = None, saveable: bool = False, stop_at: int | str | None = None,
+           heads: str = "combined", repair: bool | int = False, distributed: bool | None = None,
            **method_options: object) -> MergeOptions:
         """The options as ``merge``'s keywords give them, checked (``MergeInputError`` naming the bad one)."""
         depth_opts = DepthOptions.of(depth, balance, depth_cost, estimator, depth_samples, depth_anchor)
         check_options(method, method_options)
         check_reset_bn(reset_bn)
+        check_reset_bn(repair, "repair")
         if isinstance(anchor, bool) or not isinstance(anchor, int) or anchor < 0:
             raise MergeInputError(f"anchor must be a model index (0, 1, ...), not {anchor!r}")
         if weights is not None and (isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence)):
@@ -141,7 +146,8 @@ class MergeOptions:
         return MergeOptions(method, MappingProxyType(dict(method_options)),
                             None if weights is None else tuple(weights), reset_bn, anchor, width, depth_opts,
                             example_inputs, memory_budget, progress, device,
-                            None if names is None else tuple(names), saveable, distributed)
+                            None if names is None else tuple(names), saveable, PartialOptions.of(stop_at, heads),
+                            repair, distributed)
 
     @staticmethod
     def given(options: MergeOptions | None, keywords: Mapping[str, Any]) -> MergeOptions:

@@ -12,6 +12,7 @@ import torch
 from hetsurgery.errors import PassError
 from hetsurgery.ir import ModelGraph, PermGroup
 from hetsurgery.passes.base import Recorded
+from hetsurgery.passes.block_maps import block_order
 from hetsurgery.passes.map_groups import MapGroups
 
 
@@ -41,7 +42,6 @@ class ApplyPermutation(Recorded):
             grp = g.group(gid)
             perms[gid] = _as_indices(g, grp, perm)
             check_permutation(g, grp, perms[gid])
-        check_head_ties(g, perms)
         moves = {gid: (p, 1.0) for gid, p in perms.items()}
         return MapGroups(moves, moves).rewrite(g)  # integer buffers move too
 
@@ -60,31 +60,9 @@ def check_permutation(g: ModelGraph, grp: PermGroup, perm: torch.Tensor) -> None
         raise PassError(f"{g.name}: group {grp.id} ({grp.label}) is frozen ({grp.frozen}); it cannot be permuted")
     if perm.shape != (grp.size,) or not torch.equal(perm.sort().values, torch.arange(grp.size)):
         raise PassError(f"{g.name}: the permutation for group {grp.id} is not a permutation of {grp.size} channels")
-    b = grp.structure
-    blocks = perm.view(b.count, b.size) // b.size
-    moved = b.order_of(perm)
-    if not bool((blocks == moved[:, None]).all()):
-        raise PassError(f"{g.name}: the permutation for group {grp.id} mixes channels of its {b.count} blocks of "
-                        f"{b.size}")
-    if not b.moves and not torch.equal(moved, torch.arange(b.count)):
-        raise PassError(f"{g.name}: the permutation for group {grp.id} moves channels between its "
-                        f"{b.count} blocks of {b.size}")
-    if not b.inner and not torch.equal(perm % b.size, torch.arange(grp.size) % b.size):
-        raise PassError(f"{g.name}: the permutation for group {grp.id} reorders channels inside its blocks, "
-                        "whose order is fixed (rotary position embedding); move whole blocks only")
-
-
-def check_head_ties(g: ModelGraph, perms: Mapping[int, torch.Tensor]) -> None:
-    """Groups whose heads move together (``PermGroup.heads_with``) must move them alike (an absent group stays)."""
-    for gid, perm in perms.items():
-        grp = g.group(gid)
-        mine = grp.structure.order_of(perm)
-        for other in grp.heads_with:
-            theirs = g.group(other).structure.order_of(perms[other]) if other in perms \
-                else torch.arange(grp.structure.count)
-            if not torch.equal(mine, theirs):
-                raise PassError(f"{g.name}: groups {gid} ({grp.label}) and {other} ({g.group(other).label}) are "
-                                "the two sides of the same attention heads; move their heads alike")
+    order = block_order((perm, 1.0), grp.structure)  # blocks and head ties: MapGroups checks them all again
+    if isinstance(order, str):
+        raise PassError(f"{g.name}: the permutation for group {grp.id} {order}")
 
 
 def random_permutations(g: ModelGraph, seed: int = 0) -> dict[int, torch.Tensor]:

@@ -35,6 +35,7 @@ from torch import fx, nn
 
 from hetsurgery.errors import PassError
 from hetsurgery.ir import Activation, ModelGraph, OpKind, Unit, UnitKind
+from hetsurgery.ir.structure import owner_of
 from hetsurgery.passes.base import Recorded, refusal
 from hetsurgery.passes.edit import CONVS, ORIGIN_META, editable, node_named, relift
 
@@ -209,5 +210,5 @@ def _install(gm: fx.GraphModule, last: _Layer, weight: torch.Tensor, bias: torch
     with torch.no_grad():
         new.weight.copy_(shaped.to(dtype))
         new.bias.copy_(bias.to(dtype))
-    owner, _, leaf = str(last.node.target).rpartition(".")
-    setattr(gm.get_submodule(owner) if owner else gm, leaf, new)
+    owner, leaf = owner_of(gm, str(last.node.target))
+    setattr(owner, leaf, new)

@@ -40,6 +40,7 @@ from torch import fx, nn
 
 from hetsurgery.errors import PassError
 from hetsurgery.ir import Activation, ModelGraph, OpKind, Stage, Unit, UnitKind
+from hetsurgery.ir.structure import attribute_at, owner_of
 from hetsurgery.passes.base import Recorded, refusal
 from hetsurgery.passes.edit import (
     COPY_META,
@@ -275,8 +276,8 @@ def _zero(gm: fx.GraphModule, g: ModelGraph, branch: fx.Node, template: Unit) ->
         if node.meta.get(OPKIND_META) in (OpKind.FUNCTIONAL_LINEAR, OpKind.ADDMM):  # F.linear, GPT-2's Conv1D
             for attr in (a for a in [*node.args, *node.kwargs.values()] if isinstance(a, fx.Node)
                          and a.op == "get_attr"):
-                owner, _, leaf = str(attr.target).rpartition(".")
-                if _zero_tensors(gm.get_submodule(owner) if owner else gm, (leaf,)):
+                owner, leaf = owner_of(gm, str(attr.target))
+                if _zero_tensors(owner, (leaf,)):
                     attr.meta[ZEROED_META] = ("",)  # the attribute itself
             return
         nxt = _zero_preserving_input(gm, node)
@@ -322,13 +323,8 @@ def _zero_tensors(mod: nn.Module, names: tuple[str, ...]) -> tuple[str, ...]:
 
 def _copy_attribute(gm: fx.GraphModule, old: str, new: str) -> None:
     """A copy of the tensor (or value) at dotted path ``old`` under ``new``."""
-    owner, _, leaf = new.rpartition(".")
-    if owner and not _has(gm, owner):
-        add_module(gm, owner, nn.Module())
-    parent = gm.get_submodule(owner) if owner else gm
-    value: object = gm
-    for part in old.split("."):
-        value = getattr(value, part)
+    parent, leaf = owner_of(gm, new, make=True)
+    value = attribute_at(gm, old)
     if isinstance(value, nn.Parameter):
         parent.register_parameter(leaf, nn.Parameter(value.detach().clone(), requires_grad=value.requires_grad))
     elif isinstance(value, torch.Tensor):
@@ -336,10 +332,3 @@ def _copy_attribute(gm: fx.GraphModule, old: str, new: str) -> None:
     else:
         setattr(parent, leaf, copy.deepcopy(value))
 
-
-def _has(gm: fx.GraphModule, path: str) -> bool:
-    try:
-        gm.get_submodule(path)
-    except AttributeError:
-        return False
-    return True

@@ -34,6 +34,7 @@ from hetsurgery.errors import PassError
 from hetsurgery.ir import Capability, ModelGraph, PermGroup, SlotMaps, slots_by_param
 from hetsurgery.ir.slot_maps import GroupMaps, Map, as_permutation
 from hetsurgery.passes.base import Recorded
+from hetsurgery.passes.block_maps import check_blocks
 from hetsurgery.passes.resize import resized_groups
 
 
@@ -78,6 +79,8 @@ class MapGroups(Recorded):
             if r != d and grp.why_not(Capability.ZIP) and grp.why_not(Capability.PAD):
                 raise PassError(f"{g.name}: group {gid} ({grp.label}) cannot change its width: "
                                 f"{grp.why_not(Capability.ZIP)}")
+        check_blocks(g, self.produce)
+        check_blocks(g, self.consume)
 
     def parameter(self, g: ModelGraph, name: str, maps: SlotMaps | None = None, value: torch.Tensor | None = None
                   ) -> torch.Tensor:

@@ -15,7 +15,9 @@ from torch import fx, nn
 
 from hetsurgery.errors import HetsurgeryError
 from hetsurgery.ir import ModelGraph, Site
-from hetsurgery.ir.lowering import to_module
+from hetsurgery.ir.lowering import tap_module, to_module
+
+__all__ = ["features", "joint_module", "site_view", "sites_by_node", "tap_module"]
 
 
 def site_view(out: torch.Tensor, site: Site, size: int) -> torch.Tensor:
@@ -81,25 +83,6 @@ def joint_module(graphs: Sequence[ModelGraph], site_nodes: set[str], observer: O
     graph.output(tuple(observed))
     gm = fx.GraphModule(root, graph, "joint")
     gm.graph.eliminate_dead_code()  # everything after the last site is never needed
-    gm.recompile()
-    return gm.eval()
-
-
-def tap_module(g: ModelGraph, nodes: Sequence[str]) -> fx.GraphModule:
-    """A copy of ``g``'s module (sharing its tensors, in eval mode) that returns the outputs of ``nodes``, in that
-    order, and computes nothing after the last of them: how depth alignment reads unit features, the fusion reads
-    pre-activations and LayerNorm inputs, and assembly reads the streams around residual blocks.
-
-    >>> import torch, hetsurgery as hs
-    >>> g = hs.trace(hs.zoo.mlp([8, 4]), torch.randn(2, 64))
-    >>> [tuple(t.shape) for t in tap_module(g, ["layers_1", "layers_2"])(torch.randn(3, 64))]
-    [(3, 8), (3, 4)]
-    """
-    gm = to_module(g, share=True)
-    by_name = {n.name: n for n in gm.graph.nodes}
-    out = next(n for n in gm.graph.nodes if n.op == "output")
-    out.args = (tuple(by_name[n] for n in nodes),)
-    gm.graph.eliminate_dead_code()
     gm.recompile()
     return gm.eval()
 

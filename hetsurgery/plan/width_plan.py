@@ -33,6 +33,9 @@ class MatchKind(enum.StrEnum):
     OT = "ot"  # optimal transport onto one model's neurons
     ZIP = "zip"  # zipped: each merged channel the mean of a cluster of features
     MAL = "mal"  # Model Assembly Learning: permutations in the zero-padded space
+    ALONE = "alone"  # one model's channels, the others' left out (inside a unit depth balancing inserted in them)
+    STREAM = "stream"  # a LayerNorm'd residual stream zipped onto the principal directions of all models' features
+    ORTHOGONAL = "orthogonal"  # one orthogonal map per model (rotations inside heads), ``scales`` its weight
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,10 @@ class GroupMatch:
         m = self.merge[k]
         if not normalised:
             return m
+        if self.kind is MatchKind.STREAM:
+            return stream_alone(self.unmerge[k])
+        if self.kind is MatchKind.ORTHOGONAL:
+            return m / self.scales[k]
         sums = m.sum(1, keepdim=True)
         return torch.where(sums != 0, m / sums.where(sums != 0, torch.ones_like(sums)), m)
 
@@ -190,6 +197,14 @@ def _group_json(m: GroupMatch) -> dict[str, Any]:
     else:
         out.update(merge=[_sparse(t) for t in m.merge], unmerge=[_sparse(t) for t in m.unmerge])
     return out
+
+
+def stream_alone(unmerge: torch.Tensor) -> torch.Tensor:
+    """Model ``k`` alone in a zipped stream's merged space (``MatchKind.STREAM``): the map ``A`` with ``U A = C`` (the
+    centring) on what ``U`` reconstructs, ``pinv(U)``, plus the mean term that carries a folded norm's scale of
+    ones to ones."""
+    d, r = unmerge.shape
+    return torch.linalg.pinv(unmerge.double()) + torch.full((r, d), 1.0 / d, dtype=torch.float64)
 
 
 def _rows_of_identity(perm: torch.Tensor) -> torch.Tensor:

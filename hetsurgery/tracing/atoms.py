@@ -35,6 +35,7 @@ class Atom:
     heads: bool = False  # an attention read the blocks as heads: whole blocks may move (unless ``stuck``)
     stuck: list[str] = field(default_factory=list)  # why whole blocks may not move
     fixed_inner: list[str] = field(default_factory=list)  # why channels keep their order inside a block
+    views: set[int] = field(default_factory=set)  # every block size the channels were read in (heads, groups)
     children: tuple[int, ...] = ()
 
 
@@ -91,7 +92,8 @@ class Atoms:
                                 label=f"{self.atoms[root].label}[{start + lo}:{start + hi}]",
                                 block=local_block(atom.block, lo, hi),
                                 frozen=list(atom.frozen), no_pad=list(atom.no_pad), no_zip=list(atom.no_zip),
-                                notes=list(atom.notes), stuck=list(atom.stuck), fixed_inner=list(atom.fixed_inner))
+                                notes=list(atom.notes), stuck=list(atom.stuck), fixed_inner=list(atom.fixed_inner),
+                                views={local_block(b, lo, hi) for b in atom.views})
                 pieces.append(len(self.atoms))
                 self.atoms.append(piece)
                 self._parent.append(pieces[-1])

@@ -37,6 +37,7 @@ from torch.export.graph_signature import InputKind, OutputKind
 from torch.fx.node import map_aggregate, map_arg
 
 from hetsurgery.errors import TracingError
+from hetsurgery.ir.structure import attribute_at, owner_of
 from hetsurgery.tracing.aten_table import ATEN, Drop, bind, static_int
 from hetsurgery.tracing.export_layers import LAYERS, module_path
 from hetsurgery.tracing.export_vmap import outline_vmaps
@@ -84,8 +85,8 @@ def export_program(root: nn.Module, args: tuple[Any, ...], kwargs: Mapping[str, 
             try:
                 ep = torch.export.export(root, args, dict(kwargs), strict=False)
             except Exception as exc:
-                raise TracingError(f"{name}: torch.export cannot export the model either: {_one_line(exc)}") from exc
-            notes = (f"static shapes (export refused dynamic dims: {_one_line(dynamic)})",)
+                raise TracingError(f"{name}: torch.export cannot export the model either: {one_line(f'{type(exc).__name__}: {exc}')}") from exc
+            notes = (f"static shapes (export refused dynamic dims: {one_line(f'{type(dynamic).__name__}: {dynamic}')})",)
     finally:
         for m, flag in flags.items():
             m.train(flag)
@@ -107,9 +108,10 @@ def _auto(v: Any) -> Any:
     return None
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:240]}{'…' if len(text) > 240 else ''}"
+def one_line(text: str) -> str:
+    """``text`` on one line of at most 240 characters (an error to say in a message)."""
+    text = " ".join(text.split())
+    return text[:240] + ("…" if len(text) > 240 else "")
 
 
 def dynamic_dims(ep: ExportedProgram, inputs: Mapping[str, torch.Tensor]) -> tuple[str, ...]:
@@ -340,8 +342,7 @@ class _Normaliser:
         """The root's tensor for a lazily read one (for comparing tensors by identity), else ``v``."""
         if not isinstance(v, _Attr):
             return v
-        owner, _, leaf = v.target.rpartition(".")
-        return getattr(self.root.get_submodule(owner), leaf)
+        return attribute_at(self.root, v.target)
 
 
 # the higher-order ops whose subgraph is inlined, exactly for inference: where their subgraph argument is
@@ -356,19 +357,10 @@ def _children(spec: Any) -> list[Any]:
 
 
 def _has(root: nn.Module, path: str) -> bool:
-    owner, _, leaf = path.rpartition(".")
-    try:
-        return hasattr(root.get_submodule(owner), leaf)
-    except AttributeError:
-        return False
+    return attribute_at(root, path) is not None
 
 
 def _put(root: nn.Module, path: str, value: torch.Tensor) -> None:
     """A buffer outside the ``state_dict`` at ``path``, creating empty modules on the way."""
-    *parts, leaf = path.split(".")
-    mod = root
-    for part in parts:
-        if not hasattr(mod, part):
-            mod.add_module(part, nn.Module())
-        mod = getattr(mod, part)
-    mod.register_buffer(leaf, value, persistent=False)
+    owner, leaf = owner_of(root, path, make=True)
+    owner.register_buffer(leaf, value, persistent=False)

@@ -17,6 +17,7 @@ from torch import fx, nn
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
+from hetsurgery.ir.structure import owner_of
 from hetsurgery.tracing.aten_table import bind
 from hetsurgery.tracing.export_layers import LAYERS, Layer, layer_class, module_class, module_path
 
@@ -96,12 +97,7 @@ def _module_at(root: nn.Module, path: str, mod: nn.Module | None) -> nn.Module:
     """The module at ``path`` (``mod`` put there when given), empty container modules made on the way."""
     if not path:
         return root
-    *parts, leaf = path.split(".")
-    owner = root
-    for part in parts:
-        if not hasattr(owner, part):
-            owner.add_module(part, nn.Module())
-        owner = getattr(owner, part)
+    owner, leaf = owner_of(root, path, make=True)
     if mod is not None:
         owner.add_module(leaf, mod)
     elif not hasattr(owner, leaf):

@@ -142,15 +142,15 @@ class Lifter:
         for atom in self._each(vs):
             atom.notes.append(text)
 
-    def constrain_blocks(self, v: int, block: int, stuck: str | None = None) -> None:
-        """Permutations of ``v`` may only act inside its consecutive blocks of ``block`` channels; ``stuck``
-        says why whole blocks may not trade places either (a view as heads leaves that to the attention
-        that reads them: ``attend``)."""
+    def constrain_blocks(self, v: int, block: int) -> None:
+        """Permutations of ``v`` may only act inside its consecutive blocks of ``block`` channels. Whole blocks may
+        trade places only when an attention reads them as heads (``attend``) and every view agrees on one block
+        size (``Atom.views``)."""
         for leaf, start in self.leaves(v):
             atom = self.atoms.atoms[leaf]
-            atom.block = math.gcd(atom.block, local_block(block, start, start + atom.size))
-            if stuck is not None:
-                atom.stuck.append(stuck)
+            local = local_block(block, start, start + atom.size)
+            atom.block = math.gcd(atom.block, local)
+            atom.views.add(local)
 
     # -- attention heads --------------------------------------------------------------------------
     def attend(self, vs: list[int]) -> None:
@@ -254,17 +254,24 @@ class Lifter:
 
     # -- result ---------------------------------------------------------------------------------
     def groups(self) -> tuple[PermGroup, ...]:
+        from hetsurgery.tracing.heads import laid_over_keys, repeat_aliases, with_heads
+
         slots = self._laid_out(self.slots)
         slots = self._join_shared_slots(slots)
+        by_param: dict[str, list[int]] = defaultdict(list)
+        for a, s in slots:
+            by_param[s.param].append(a)
+        for param, how in self.constants.items():  # a weight also read as a plain value: its channels may not move
+            if param in by_param:
+                self.untrusted_params.setdefault(param, f"{param} is also read as a plain value ({how})")
         for param, reason in self.untrusted_params.items():
-            for a, s in slots:
-                if s.param == param:
-                    self.atoms.atoms[a].frozen.append((reason, False))
+            for a in by_param.get(param, ()):
+                self.atoms.atoms[a].frozen.append((reason, False))
         self._freeze_fixed_axis_slots(slots)
-        aliases = self._repeat_aliases()
-        by_class = _collect(_repeated(slots, aliases, self.atoms.find), self.atoms.find)
-        sites = _collect(_repeated(self._laid_out(self.sites), aliases, self.atoms.find), self.atoms.find)
-        producer_sites = _collect(_repeated(self._laid_out(self.producer_sites), aliases, self.atoms.find),
+        aliases = repeat_aliases(self)
+        by_class = _collect(laid_over_keys(slots, aliases, self.atoms.find), self.atoms.find)
+        sites = _collect(laid_over_keys(self._laid_out(self.sites), aliases, self.atoms.find), self.atoms.find)
+        producer_sites = _collect(laid_over_keys(self._laid_out(self.producer_sites), aliases, self.atoms.find),
                                   self.atoms.find)
         absorbed: dict[int, list[int]] = defaultdict(list)  # key group root -> atoms of its query groups
         for q_root, (k_root, _, _) in aliases.items():
@@ -293,72 +300,13 @@ class Lifter:
                 label=label, producers=tuple(labels), key=xs[0].key))
         for q_root, (k_root, _, _) in aliases.items():
             self.group_of[q_root] = self.group_of[k_root]
-        return self._with_heads(out, absorbed)
-
-    def _repeat_aliases(self) -> dict[int, tuple[int, int, int]]:
-        """Grouped-query attention: per query group (class root), the key group it repeats, how many query heads
-        each key head serves, and the head size. A query group that cannot be laid out over its key group
-        (cut apart, met by two different key groups) freezes both."""
-        out: dict[int, tuple[int, int, int]] = {}
-        for q, k, rep, size, node in self.repeats:
-            lq, lk = self.leaves(q), self.leaves(k)
-            roots = (self.atoms.find(lq[0][0]), self.atoms.find(lk[0][0])) if len(lq) == len(lk) == 1 else None
-            if roots is None or roots[0] == roots[1] or out.get(roots[0], (roots[1],))[0] != roots[1] \
-                    or roots[1] in out or self.atoms.atoms[roots[0]].size != rep * self.atoms.atoms[roots[1]].size:
-                self.freeze([q, k], f"grouped-query attention at node {node} whose query and key heads the rules "
-                                    "cannot lay over each other")
-                continue
-            out[roots[0]] = (roots[1], rep, size)
-        return out
-
-    def _with_heads(self, groups: list[PermGroup], absorbed: Mapping[int, list[int]]) -> tuple[PermGroup, ...]:
-        """The groups with their head structure: which may move whole blocks, tied with which others, which keep
-        the order inside their blocks (frozen when nothing is left to permute)."""
-        atoms_of: dict[int, list[Atom]] = defaultdict(list)
-        for members in self.atoms.classes():
-            root = self.atoms.find(members[0])
-            atoms_of[self.group_of[root]].extend(self.atoms.atoms[m] for m in [*members, *absorbed.get(root, [])])
-        tie = list(range(len(groups)))
-
-        def find(g: int) -> int:
-            while tie[g] != g:
-                g = tie[g]
-            return g
-
-        for a, b, _ in self.ties:
-            ga, gb = self._var_ids(a), self._var_ids(b)
-            if len(ga) == len(gb) == 1 and find(ga[0]) != find(gb[0]):
-                tie[max(find(ga[0]), find(gb[0]))] = min(find(ga[0]), find(gb[0]))
-        classes: dict[int, list[int]] = defaultdict(list)
-        for g in range(len(groups)):
-            classes[find(g)].append(g)
-        out = list(groups)
-        for members in classes.values():
-            counts = {groups[g].structure.count for g in members}
-            why_not = [r for g in members for x in atoms_of[g] for r in x.stuck]
-            why_not += [f"the heads it moves with (group {g}) are frozen: {groups[g].frozen}" for g in members
-                        if groups[g].frozen is not None]
-            heads = all(any(x.heads for x in atoms_of[g]) for g in members)
-            moves = heads and not why_not and len(counts) == 1 and counts != {1}
-            for g in members:
-                grp, xs = groups[g], atoms_of[g]
-                inner = [r for x in xs for r in x.fixed_inner]
-                structure = Blocks(grp.structure.count, grp.structure.size, moves=moves, inner=not inner)
-                frozen, by_design = grp.frozen, grp.by_design
-                if inner and not moves and frozen is None and grp.structure.count == 1 and heads:
-                    frozen, by_design = f"{inner[0]}, and one head has nowhere to move", True
-                elif inner and not moves and frozen is None:
-                    stuck = why_not[0] if why_not else "its heads are not read by an attention"
-                    frozen, by_design = f"{inner[0]}, and whole heads cannot move ({stuck})", False
-                ties = tuple(m for m in members if m != g) if moves else ()
-                out[g] = replace(grp, structure=structure, frozen=frozen, by_design=by_design, heads_with=ties)
-        return tuple(out)
+        return with_heads(self, out, absorbed)
 
     def ids(self, value: object) -> tuple[int, ...]:
         """The group ids a value carries (after ``groups()``)."""
-        return tuple(sorted({g for v in vars_of(value) for g in self._var_ids(v)}))
+        return tuple(sorted({g for v in vars_of(value) for g in self.var_ids(v)}))
 
-    def _var_ids(self, v: int) -> list[int]:
+    def var_ids(self, v: int) -> list[int]:
         return sorted({self.group_of[self.atoms.find(leaf)] for leaf, _ in self.leaves(v)})
 
     def _laid_out(self, items: Sequence[tuple[int, T]]) -> list[tuple[int, T]]:
@@ -419,22 +367,6 @@ class Lifter:
                 seen.add(key)
                 kept.append((a, s))
         return kept
-
-
-def _repeated(items: Sequence[tuple[int, T]], aliases: Mapping[int, tuple[int, int, int]],
-              find: Callable[[int], int]) -> list[tuple[int, T]]:
-    """Slots or sites of query groups laid over their key groups: each once per query head of a key head."""
-    out: list[tuple[int, T]] = []
-    for a, item in items:
-        alias = aliases.get(find(a))
-        if alias is None:
-            out.append((a, item))
-            continue
-        k_root, rep, run = alias
-        for r in range(rep):
-            out.append((k_root, replace(item, offset=item.offset + r * run * item.inner, run=run,
-                                        skip=(rep - 1) * run)))
-    return out
 
 
 def _collect(pairs: Sequence[tuple[int, Any]], find: Callable[[int], int]) -> dict[int, list[Any]]:

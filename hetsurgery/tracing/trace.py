@@ -16,7 +16,7 @@ from torch.export import ExportedProgram
 from hetsurgery.errors import TracingError
 from hetsurgery.ir import FrontEnd, FrontEndKind, ModelGraph
 from hetsurgery.tracing.example import Example
-from hetsurgery.tracing.export_front import dynamic_dims, export_program, normalise, user_inputs
+from hetsurgery.tracing.export_front import dynamic_dims, export_program, normalise, one_line, user_inputs
 from hetsurgery.tracing.export_layers import program_name
 from hetsurgery.tracing.export_root import program_root
 from hetsurgery.tracing.fx_inputs import drop_fixed_inputs, placeholder_names
@@ -112,7 +112,7 @@ def trace(
     except TracingError as failed:
         if frontend == "fx":
             raise TracingError(str(failed)) from failed.__cause__
-        line = failed.line if isinstance(failed, _FxFailed) else _one_line(str(failed))
+        line = failed.line if isinstance(failed, _FxFailed) else one_line(str(failed))
         try:
             return _exported(model, example, name, probe, f"torch.fx failed: {line}")
         except TracingError as exc:
@@ -125,11 +125,6 @@ class _FxFailed(TracingError):
     def __init__(self, message: str, line: str) -> None:
         super().__init__(message)
         self.line = line
-
-
-def _one_line(text: str) -> str:
-    text = " ".join(text.split())
-    return text[:240] + ("…" if len(text) > 240 else "")
 
 
 def _fx(model: nn.Module, example: Example, leaf_modules: Sequence[type[nn.Module] | str],
@@ -226,7 +221,7 @@ def _explain(name: str, exc: Exception, model: nn.Module) -> tuple[str, str]:
                "leaf_modules=(TheModuleClass,) or leaf_modules=('qualified.name',) to keep the module containing "
                "it opaque (its channels are then frozen), or fix the deciding input with "
                "concrete_args={'arg_name': value}, or trace with frontend='export'.")
-    return message, _one_line(f"{type(exc).__name__}: {exc}") + at
+    return message, one_line(f"{type(exc).__name__}: {exc}") + at
 
 
 def _forward_at(model: nn.Module) -> str:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import operator
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -91,7 +91,7 @@ def _residual_halves(g: ModelGraph, flow: nx.DiGraph, order: dict[str, int]) -> 
         fork = idom[name]
         if fork == _ROOT:
             continue
-        region = (nx.descendants(dag, fork) & nx.ancestors(dag, name)) | {name}
+        region = _between(dag, fork, name, order) | {name}
         region |= _constants_used_only_in(flow, region)
         region |= _size_reads(flow, region, fork, live)
         if not any(flow.nodes[n]["kind"] in _WEIGHTED for n in region):
@@ -160,21 +160,40 @@ def _is_residual_add(g: ModelGraph, flow: nx.DiGraph, name: str) -> bool:
     return bool(fa.writes) and fa.writes == fb.writes and fa.shape == fb.shape == fo.shape
 
 
+def _between(dag: nx.DiGraph, fork: str, add: str, order: dict[str, int]) -> set[str]:
+    """The nodes on a path from ``fork`` to ``add`` (both excluded): reached from ``fork`` and reaching ``add``,
+    searched only between the two in graph order (so a model's blocks cost what they hold, not the model)."""
+    lo, hi = order[fork], order[add]
+    ahead = _reach(fork, lambda n: dag.successors(n), lambda n: order[n] < hi)
+    behind = _reach(add, lambda n: dag.predecessors(n), lambda n: order.get(n, -1) > lo)
+    return ahead & behind
+
+
+def _reach(start: str, step: Callable[[str], Iterable[str]], keep: Callable[[str], bool]) -> set[str]:
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for n in step(todo.pop()):
+            if n not in seen and keep(n):
+                seen.add(n)
+                todo.append(n)
+    return seen
+
+
 def _size_reads(flow: nx.DiGraph, region: set[str], fork: str, live: set[str]) -> set[str]:
     """The nodes that compute sizes from the region's values (``b, s, _ = x.shape``) for the region alone: part of
-    the block (a copy of the block computes them from its own values)."""
+    the block (a copy of the block computes them from its own values). Searched from the region outwards."""
     inside = region | {fork}
     found: set[str] = set()
-    changed = True
-    while changed:
-        changed = False
-        for n in flow.nodes:
-            if n in region or n in found or (n in live and flow.nodes[n]["kind"] is not OpKind.SHAPE):
-                continue
-            preds = set(flow.predecessors(n))
-            if preds and preds & (inside | found) and all(p in inside or p in found or p not in live for p in preds):
-                found.add(n)
-                changed = True
+    todo = [s for n in inside for s in flow.successors(n)]
+    while todo:
+        n = todo.pop()
+        if n in region or n in found or (n in live and flow.nodes[n]["kind"] is not OpKind.SHAPE):
+            continue
+        preds = set(flow.predecessors(n))
+        if all(p in inside or p in found or p not in live for p in preds):
+            found.add(n)
+            todo.extend(flow.successors(n))
     while True:  # keep only those whose every reader is in the block
         leaking = {n for n in found if any(s not in region and s not in found for s in flow.successors(n))}
         if not leaking:
@@ -184,8 +203,8 @@ def _size_reads(flow: nx.DiGraph, region: set[str], fork: str, live: set[str]) -
 
 def _constants_used_only_in(flow: nx.DiGraph, region: set[str]) -> set[str]:
     """Parameters read with get_attr whose every reader is inside ``region`` (a layer scale, a bias)."""
-    return {n for n, d in flow.nodes(data=True) if d["op"] == "get_attr"
-            and (users := set(flow.successors(n))) and users <= region}
+    return {p for n in region for p in flow.predecessors(n) if flow.nodes[p]["op"] == "get_attr"
+            and set(flow.successors(p)) <= region}
 
 
 def _trailing(g: ModelGraph, flow: nx.DiGraph, start: str, region: set[str]) -> list[str]:
@@ -220,11 +239,9 @@ def _post_norms(g: ModelGraph, flow: nx.DiGraph, halves: list[_Half]) -> list[_H
 
     forks = {h.fork for h in halves}
     post = {h.add: n for h in halves if (n := norm_after(h)) is not None and n in forks}
-    ended = set()
     for h in halves:  # the last half of a post-norm chain: the one its predecessor's norm forks
         n = norm_after(h)
         if n is not None and h.add not in post and any(p == h.fork for p in post.values()):
-            ended.add(h.add)
             post[h.add] = n
     return [replace(h, nodes=(*h.nodes, post[h.add]), exit=post[h.add]) if h.add in post else h for h in halves]
 

@@ -10,7 +10,7 @@ Then the channels inside each matched pair of heads (``lap.best_permutation`` wi
 >>> from hetsurgery.ir import Blocks
 >>> score = torch.zeros(4, 4)
 >>> score[0, 2] = score[1, 3] = score[2, 0] = score[3, 1] = 1.0   # head 0 of the anchor is head 1 of the other
->>> head_order([score], Blocks(2, 2, moves=True)).tolist()
+>>> head_order([(score, Blocks(2, 2, moves=True))]).tolist()
 [1, 0]
 """
 
@@ -41,11 +41,12 @@ def head_score(score: torch.Tensor, blocks: Blocks) -> torch.Tensor:
     return out
 
 
-def head_order(scores: Sequence[torch.Tensor], blocks: Blocks) -> torch.Tensor:
-    """The other model's head for each anchor head, best over the summed head similarities of ``scores``."""
+def head_order(scores: Sequence[tuple[torch.Tensor, Blocks]]) -> torch.Tensor:
+    """The other model's head for each anchor head, best over the summed head similarities of ``scores`` (each a
+    tied group's score with its blocks: T5's bias has heads of 1 beside heads of 64)."""
     from scipy.optimize import linear_sum_assignment
 
-    total = sum(head_score(s, blocks) for s in scores)
+    total = sum(head_score(s, blocks) for s, blocks in scores)
     assert isinstance(total, torch.Tensor)
     _, cols = linear_sum_assignment(total.numpy(), maximize=True)
     return torch.from_numpy(np.asarray(cols, dtype=np.int64))
@@ -73,7 +74,7 @@ def head_orders(groups: Iterable[PermGroup], score: Callable[[int], torch.Tensor
         scores = [(g, s) for g in members if (s := score(g.id)) is not None]
         if not scores:
             continue
-        order = head_order([s for _, s in scores], members[0].structure)
+        order = head_order([(s, g.structure) for g, s in scores])
         out.update(dict.fromkeys((g.id for g in members), order))
     return out
 

@@ -2,11 +2,16 @@
 
 Groups are visited producers-first: when group ``g`` comes, every group its producers read from has its
 transport map already, and model ``k``'s incoming weights of ``g`` are first carried into the merged
-space along those input axes (``W_k U_h`` for each input group ``h``, ``U_h`` splitting each neuron's
-outgoing weights over the neurons it went to; see ``ot.maps_of`` for why not OTFusion's ``W T diag(1/β)``). The cost between neuron ``i`` of model ``k`` and neuron ``j`` of
-the target model is the euclidean distance of their aligned incoming weights (every parameter that
-produces the group, BatchNorm scales and shifts included, running statistics not); the map is
-``coupling`` of that cost, as for activations. No data is needed.
+space along those input axes, ``W̃_k = W_k U_h`` for each input group ``h`` (OTFusion's weight mode aligns
+them with ``W_k T diag(1/β)`` instead; ``U_h = diag(1/a) T`` splits each neuron's outgoing weights over the
+neurons it went to, see ``ot`` for why). The cost is the euclidean distance of aligned incoming weights,
+
+    C_ij = ‖w̃_i - w_j‖₂    (w̃_i: row i of every parameter that produces g in model k, aligned; w_j: the
+                             target's own; BatchNorm scales and shifts included, running statistics not),
+
+and the coupling, its marginals and the maps are ``ot.coupling`` and ``ot.maps_of`` of that cost, as for
+activations (a neuron and its Net2Net copies have equal incoming weights: one point, one neuron's mass). No
+data is needed.
 
 >>> import torch, hetsurgery as hs
 >>> from hetsurgery.passes import ApplyPermutation, random_permutations
@@ -91,7 +96,7 @@ def _head_order(grp: PermGroup, k: int, cost: torch.Tensor, heads: dict[tuple[in
     for other in (grp.id, *grp.heads_with):
         if (other, k) in heads:
             return heads[(other, k)]
-    heads[(grp.id, k)] = head_order([-cost.T], grp.structure)
+    heads[(grp.id, k)] = head_order([(-cost.T, grp.structure)])
     return heads[(grp.id, k)]
 
 

@@ -115,7 +115,7 @@ def _layer_by_layer(groups: Sequence[PermGroup], a: Params, b: Params, by_param:
         score = _score(grp, a, b, usable, perms)
         tied = [perms[t] for t in grp.heads_with if t in perms] if grp.structure.moves else []
         order = grp.structure.order_of(tied[0]) if tied else \
-            head_order([score], grp.structure) if grp.structure.moves else None
+            head_order([(score, grp.structure)]) if grp.structure.moves else None
         perms[grp.id] = best_permutation(score, grp.structure, order)
     return perms
 
@@ -125,7 +125,7 @@ def _solve(unit: Sequence[PermGroup], a: Params, b: Params, by_param: BySlot, pe
     """The best permutation of each group of ``unit`` (one group, or the groups tied by their heads) with every
     other group's fixed."""
     scores = {u.id: _score(u, a, b, by_param, perms) for u in unit}
-    order = head_order(list(scores.values()), unit[0].structure) if unit[0].structure.moves else None
+    order = head_order([(scores[u.id], u.structure) for u in unit]) if unit[0].structure.moves else None
     return {u.id: best_permutation(scores[u.id], u.structure, order) for u in unit}
 
 

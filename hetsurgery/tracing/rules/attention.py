@@ -85,6 +85,10 @@ def matmul(lx: Lifter, node: fx.Node) -> Value:
     out: list[Tracked] = []
     if isinstance(a, HeadIndex) and isinstance(b, Heads) and not kb:
         return _weighted_values(lx, node, a, b, ra, rb, ro)
+    for x in (a, b):  # attention weights in any other product: their heads stay in place
+        if isinstance(x, HeadIndex):
+            lx.stick([x.var], f"attention weights in a product the rules do not follow at node {node.name}")
+    a, b = (Free("attention weights") if isinstance(x, HeadIndex) else x for x in (a, b))
     if ka and kb:
         if not meet(lx, node, a, b, ra, rb):
             return lx.give_up([a, b], f"a contraction the rules cannot follow at node {node.name}")

@@ -1,0 +1,289 @@
+"""OT fusion against the papers: CLAFusion's MLP ablation (its Table 10) on digits, equal widths, unequal widths.
+
+(a) CLAFusion's protocol: bias-free MLPs A 400-200-100-50-25 and B 400-200-100, both trained on all ten
+    classes, merged with the cross-layer alignment (``depth="cla", balance="add"``) by OT, zip and MAL;
+(b) two bias-free MLPs of equal widths (400-200-100, different seeds): OT with uniform marginals on equal
+    widths is a permutation, so ``ot`` and ``permute`` differ only by their ground metric (euclidean distance
+    against correlation); how many neurons they match alike;
+(c) two bias-free MLPs of equal depth and different widths (64-64 and 128-96);
+(d) what OT's coupling needs: the number of calibration samples, the exact solver against Sinkhorn.
+
+Accuracy is over all ten classes (both models solve the whole task, as in CLAFusion), mean ± std over seeds.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+import hetsurgery as hs
+from bench.report import machine, write_section
+from hetsurgery.demo import calibration_set
+from hetsurgery.evaluate import Ensemble, accuracy
+from hetsurgery.zoo.data import digits, loader
+from hetsurgery.zoo.train import train
+
+DEEP, SHALLOW = (400, 200, 100, 50, 25), (400, 200, 100)  # CLAFusion's models A and B (Appendix C.1)
+EQUAL = (400, 200, 100)
+NARROW, WIDE = (64, 64), (128, 96)
+CLA = {"depth": "cla", "balance": "add"}
+
+Run = tuple[str, str, dict]  # label, method, options of hs.merge
+TABLE_TEN: list[Run] = [
+    ("zip (default: widest widths)", "zip", CLA),
+    ("zip at A's widths (`width=0`)", "zip", {**CLA, "width": 0}),
+    ("ot (default: anchor A's widths)", "ot", CLA),
+    ("ot onto the widest widths (`width=\"max\"`, CLAFusion's)", "ot", {**CLA, "width": "max"}),
+    ("ot, weights cost", "ot", {**CLA, "cost": "weights"}),
+    ("ot, weights cost, `width=\"max\"`", "ot", {**CLA, "cost": "weights", "width": "max"}),
+    ("mal (`width=\"max\"`)", "mal", {**CLA, "width": "max"}),
+    ("ot, `balance=\"merge\"`", "ot", {"depth": "cla", "balance": "merge"}),
+    ("zip, `balance=\"merge\"`", "zip", {"depth": "cla", "balance": "merge"}),
+]
+EQUAL_RUNS: list[Run] = [("average", "average", {}), ("permute", "permute", {}), ("ot", "ot", {}),
+                         ("ot, weights cost", "ot", {"cost": "weights"}), ("zip", "zip", {})]
+WIDTH_RUNS: list[Run] = [
+    ("zip (default: widest)", "zip", {}), ("zip at A's widths (`width=0`)", "zip", {"width": 0}),
+    ("ot (default: anchor A's widths)", "ot", {}), ("ot onto the widest (`width=\"max\"`)", "ot", {"width": "max"}),
+    ("ot, weights cost, `width=\"max\"`", "ot", {"cost": "weights", "width": "max"}),
+    ("mal (`width=\"max\"`)", "mal", {"width": "max"}),
+]
+SAMPLES = (64, 200, None)  # calibration images for the coupling (None: all 674)
+
+
+class BiasFreeMLP(nn.Module):
+    """CLAFusion's ``MLPNet``: Linear(bias=False)-ReLU hidden layers and a bias-free linear head."""
+
+    def __init__(self, hidden: Sequence[int], in_features: int = 64, num_classes: int = 10) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = in_features
+        for w in hidden:
+            layers += [nn.Linear(prev, w, bias=False), nn.ReLU()]
+            prev = w
+        layers.append(nn.Linear(prev, num_classes, bias=False))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x.flatten(1))
+
+
+def trained(hidden: Sequence[int], seed: int, epochs: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return train(BiasFreeMLP(hidden), digits("train"), epochs=epochs, seed=seed)
+
+
+def _fmt(values: Sequence[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.1f} ± {100 * sd:.1f}"
+
+
+def _mean(values: Iterable[float]) -> float:
+    return statistics.mean(values)
+
+
+def fan_in(result: hs.MergeResult) -> int:
+    """The most neurons of one model that an OT group ties to a single neuron of the other: averaged into one
+    merged neuron, or one neuron spread over that many merged neurons (1: a permutation)."""
+    most = 1
+    for m in result.plan.groups.values():
+        if m.info.get("kind") == "ot":
+            nonzero = [(mk != 0) for mk in m.merge]
+            most = max(most, *(int(nz.sum(1).max()) for nz in nonzero), *(int(nz.sum(0).max()) for nz in nonzero))
+    return most
+
+
+def agreement(ot: hs.MergeResult, permute: hs.MergeResult) -> tuple[int, int, bool]:
+    """Hidden neurons that ``ot`` and ``permute`` match alike, out of all, and whether every OT coupling was a
+    permutation (each merged neuron fed by one neuron of each model)."""
+    same = total = 0
+    perm = True
+    for gid, pm in permute.plan.groups.items():
+        om = ot.plan.groups[gid]
+        if pm.perms is None or om.info.get("kind") != "ot":
+            continue
+        m = om.merge[1]
+        perm = perm and bool(((m != 0).sum(1) == 1).all())
+        same += int((m.argmax(1) == pm.perms[1]).sum())
+        total += m.shape[0]
+    return same, total, perm
+
+
+def merged(models: Sequence[nn.Module], data: DataLoader, test: DataLoader, method: str, options: dict
+           ) -> tuple[float | str, float, hs.MergeResult | None]:
+    """Accuracy, seconds and the result of one merge, or the refusal's message in place of the accuracy."""
+    clock = time.perf_counter()
+    try:
+        r = hs.merge(list(models), data, method=method, progress=False, **options)
+    except hs.MergeError as exc:
+        return f"refused: {str(exc).split(':')[-1].strip()}", 0.0, None
+    return accuracy(r.model, test), time.perf_counter() - clock, r
+
+
+def _cell(values: list) -> str:
+    """mean ± std of accuracies, or the first refusal among them."""
+    refusals = [v for v in values if isinstance(v, str)]
+    return refusals[0] if refusals else _fmt(values)
+
+
+def _rows(cells: dict[str, list], extra: dict[str, list[int]] | None = None) -> list[str]:
+    lines = []
+    for label, values in cells.items():
+        more = "" if extra is None else f" | {max(extra[label]) if label in extra else ''}"
+        lines.append(f"| {label} | {_cell(values)}{more} |")
+    return lines
+
+
+def table_ten(seeds: Sequence[int], epochs: int) -> tuple[str, dict[str, list]]:
+    test, calib = loader(digits("test")), loader(calibration_set(), 128)
+    cells: dict[str, list] = {}
+    fans: dict[str, list[int]] = {}
+    for seed in seeds:
+        a, b = trained(DEEP, 1000 * seed, epochs), trained(SHALLOW, 1000 * seed + 1, epochs)
+        for label, model in (("model A (400-200-100-50-25)", a), ("model B (400-200-100)", b),
+                             ("ensemble A + B", Ensemble([a, b]))):
+            cells.setdefault(label, []).append(accuracy(model, test))
+        for label, method, options in TABLE_TEN:
+            acc, _, r = merged([a, b], calib, test, method, options)
+            cells.setdefault(label, []).append(acc)
+            if r is not None and method == "ot":
+                fans.setdefault(label, []).append(fan_in(r))
+        print(f"  ot_fusion (a) seed {seed}: " + "  ".join(
+            f"{k.split(' (')[0]} {v[-1]:.3f}" for k, v in cells.items() if isinstance(v[-1], float)), flush=True)
+    lines = ["| model | accuracy | largest OT cluster |", "|---|---|---|",
+             *_rows(cells, fans)]
+    return "\n".join(lines), cells
+
+
+def equal_widths(seeds: Sequence[int], epochs: int) -> str:
+    test, calib = loader(digits("test")), loader(calibration_set(), 128)
+    cells: dict[str, list] = {}
+    agree: list[tuple[int, int, bool]] = []
+    for seed in seeds:
+        a, b = trained(EQUAL, 1000 * seed + 1, epochs), trained(EQUAL, 1000 * seed + 2, epochs)
+        for label, model in (("model A", a), ("model B", b), ("ensemble", Ensemble([a, b]))):
+            cells.setdefault(label, []).append(accuracy(model, test))
+        results = {}
+        for label, method, options in EQUAL_RUNS:
+            acc, _, results[label] = merged([a, b], calib, test, method, options)
+            cells.setdefault(label, []).append(acc)
+        ot_r, perm_r = results["ot"], results["permute"]
+        assert ot_r is not None and perm_r is not None
+        agree.append(agreement(ot_r, perm_r))
+        print(f"  ot_fusion (b) seed {seed}: ot {cells['ot'][-1]:.3f} permute {cells['permute'][-1]:.3f} "
+              f"agree {agree[-1][0]}/{agree[-1][1]}", flush=True)
+    gaps = [o - p for o, p in zip(cells["ot"], cells["permute"], strict=True)]
+    same = [s / t for s, t, _ in agree]
+    return "\n".join([
+        "| model | accuracy |", "|---|---|", *_rows(cells), "",
+        f"Every OT coupling a permutation: {'yes' if all(p for *_, p in agree) else 'no'} (each merged neuron fed by "
+        f"exactly one neuron of each model). Hidden neurons that ot and permute match alike: {_fmt(same)} % "
+        f"({', '.join(f'{s}/{t}' for s, t, _ in agree)}); ot − permute: {_fmt(gaps)} points "
+        f"(per seed {', '.join(f'{100 * g:+.1f}' for g in gaps)}).",
+    ])
+
+
+def width_pair(seeds: Sequence[int], epochs: int) -> str:
+    test, calib = loader(digits("test")), loader(calibration_set(), 128)
+    cells: dict[str, list] = {}
+    for seed in seeds:
+        a, b = trained(NARROW, 1000 * seed + 3, epochs), trained(WIDE, 1000 * seed + 4, epochs)
+        for label, model in (("model A (64-64)", a), ("model B (128-96)", b), ("ensemble", Ensemble([a, b]))):
+            cells.setdefault(label, []).append(accuracy(model, test))
+        for label, method, options in WIDTH_RUNS:
+            cells.setdefault(label, []).append(merged([a, b], calib, test, method, options)[0])
+        print(f"  ot_fusion (c) seed {seed} done", flush=True)
+    return "\n".join(["| model | accuracy |", "|---|---|", *_rows(cells)])
+
+
+def coupling_needs(seeds: Sequence[int], epochs: int) -> str:
+    """ot on the Table 10 pair with fewer calibration samples, and with Sinkhorn."""
+    test, images = loader(digits("test")), calibration_set()
+    runs: list[tuple[str, Callable[[], DataLoader], dict]] = []
+    for n in SAMPLES:
+        data = (lambda n=n: loader(Subset(images, range(n)), 128)) if n else (lambda: loader(images, 128))
+        runs.append((f"{n or len(images)} samples, emd", data, {}))
+    runs.append((f"{len(images)} samples, sinkhorn (reg 0.01, cost / max)", lambda: loader(images, 128),
+                 {"solver": "sinkhorn"}))
+    cells: dict[str, dict[str, list]] = {"anchor A's widths": {}, "`width=\"max\"`": {}}
+    for seed in seeds:
+        a, b = trained(DEEP, 1000 * seed, epochs), trained(SHALLOW, 1000 * seed + 1, epochs)
+        for label, data, options in runs:
+            for col, width in (("anchor A's widths", {}), ("`width=\"max\"`", {"width": "max"})):
+                acc = merged([a, b], data(), test, "ot", {**CLA, **options, **width})[0]
+                cells[col].setdefault(label, []).append(acc)
+        print(f"  ot_fusion (d) seed {seed} done", flush=True)
+    cols = list(cells)
+    lines = ["| coupling from | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for label, *_ in runs:
+        lines.append(f"| {label} | " + " | ".join(_fmt(cells[c][label]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def _target(cells: dict[str, list]) -> str:
+    zip_acc = _mean(cells[TABLE_TEN[0][0]])
+    out = []
+    for label in (TABLE_TEN[2][0], TABLE_TEN[3][0]):
+        gap = _mean(cells[label]) - zip_acc
+        out.append(f"{label}: {100 * gap:+.1f} points ({'met' if gap >= -0.02 else 'missed'})")
+    return "; ".join(out)
+
+
+def main(seeds: Sequence[int] = (0, 1, 2), epochs: int = 15, table_ten_seeds: Sequence[int] = (0, 1, 2, 3, 4)) -> str:
+    print("ot_fusion: (a) CLAFusion Table 10 analogue", flush=True)
+    ten, cells = table_ten(table_ten_seeds, epochs)
+    print("ot_fusion: (b) equal widths", flush=True)
+    equal = equal_widths(seeds, epochs)
+    print("ot_fusion: (c) unequal widths", flush=True)
+    widths = width_pair(seeds, epochs)
+    print("ot_fusion: (d) what the coupling needs", flush=True)
+    needs = coupling_needs(seeds, epochs)
+    seeds_text = ", ".join(map(str, seeds))
+    text = "\n".join([
+        "## OT fusion against the papers (OTFusion, CLAFusion)",
+        "",
+        "Bias-free MLPs (CLAFusion's `MLPNet`: Linear(bias=False)-ReLU layers, a bias-free head) trained on all ten "
+        f"classes of the 8x8 digits ({epochs} epochs, Adam; seeds {seeds_text}, in (a) "
+        f"{', '.join(map(str, table_ten_seeds))}); accuracy over all ten classes on the "
+        "450 test images, mean ± std over seeds, in percent. Calibration: the 674 unlabeled training images of the "
+        "other sections. `ot` is the exact solver (`ot.emd`) on the euclidean distance of activations unless said "
+        "otherwise; its formulation is in `hetsurgery/plan/solvers/ot.py`.",
+        "",
+        "### (a) CLAFusion's MLP ablation (Table 10, mapping [1, 2, 5], adding layers)",
+        "",
+        "Five seeds, as CLAFusion. "
+        "Model A 400-200-100-50-25, model B 400-200-100 (CLAFusion's widths on MNIST), `depth=\"cla\"`: B gets "
+        "identity layers after its second layer. CLAFusion fuses onto the balanced B's widths (400-200-200-200-100, "
+        "the widest here); hetsurgery's `ot` transports onto the anchor's widths unless told (`width=`). CLAFusion "
+        "reports 92.49 ± 2.64 for its OT fusion (parents 96.95 and 97.75) on MNIST; the issue's bar: ot within 2 "
+        "points of zip. The last column is the largest OT cluster: the most neurons of one model that a coupling "
+        "ties to a single neuron of the other (averaged into one merged neuron, or one neuron spread over them). "
+        "Before OT used uniform marginals on unequal widths (commit 623d9e4, seeds 0-2, same command) it solved a "
+        "covering assignment: ot 83.6 ± 6.8 (largest cluster 149), onto the widest widths 91.9 ± 0.9, with the "
+        "weights cost 80.3 ± 6.3 and 86.8 ± 1.9.",
+        "",
+        ten,
+        "",
+        f"Target (ot within 2 points of zip's {_fmt(cells[TABLE_TEN[0][0]])}): {_target(cells)}.",
+        "",
+        "### (b) Equal widths: ot against permute (400-200-100, two seeds)",
+        "",
+        equal,
+        "",
+        "### (c) Equal depth, different widths: MLP 64-64 (A) and 128-96 (B)",
+        "",
+        widths,
+        "",
+        "### (d) What the coupling needs (the pair of (a), `depth=\"cla\"`)",
+        "",
+        needs,
+        "",
+        f"Command: `python -m bench ot_fusion`. Machine: {machine()}.",
+    ])
+    write_section("ot_fusion", text)
+    return text
