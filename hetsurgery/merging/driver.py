@@ -196,7 +196,7 @@ def plan_traced(graphs: Sequence[ModelGraph], data: Iterable | None, o: MergeOpt
     done = _solve_when_observed(graphs, w, targets, o, solved, world.leader) if runner is not None and wants else None
     stats = (collect_stats(graphs, data, full=spec.full_stats, memory_budget=o.memory_budget, progress=progress,
                            device=default_device(device), world=world, runner=runner, done=done)
-             if wants else None)
+             if wants and data is not None else None)
     seconds["statistics"] = time.perf_counter() - clock
 
     clock = time.perf_counter()

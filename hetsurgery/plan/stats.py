@@ -190,7 +190,7 @@ def _one_pass(graphs: Sequence[ModelGraph], data: Iterable, gids: list[int], ful
     result: dict[int, GroupStats] = {}
 
     def finish(gids: Iterable[int]) -> None:
-        ready = {gid: acc.pop(gid, None) or BlockAccumulator(sizes[gid], full, scratch) for gid in sorted(gids)
+        ready = {gid: acc.pop(gid) if gid in acc else BlockAccumulator(sizes[gid], full, scratch) for gid in sorted(gids)
                  if gid in pending}  # a rank given no batches has none: it sends an empty one
         pending.difference_update(ready)
         world.combine(ready)
