@@ -1,6 +1,9 @@
 """Linear interpolation between two models and the loss barrier (Frankle et al. 2020; Ainsworth et al. 2023).
 
 ``θ_λ = (1-λ) θ_a + λ θ_b`` for λ ∈ {0, 0.05, …, 1}; the barrier is ``max_λ L(θ_λ) - ½(L(θ_0) + L(θ_1))``.
+``loss_barrier`` is the barrier at one point, for any merged model: ``L(θ_merged) − mean_k L(θ_k)``, the
+loss of the model a merge gives minus the mean of the merged models' losses (Frankle et al. at λ = 0.5;
+Xu et al.'s Table IV). The models may differ in architecture (depth, width): only their losses are compared.
 """
 
 from __future__ import annotations
@@ -32,6 +35,24 @@ class Curve:
     @property
     def barrier(self) -> float:
         return max(self.loss) - 0.5 * (self.loss[0] + self.loss[-1])
+
+
+def mean_loss(model: nn.Module, data: Iterable) -> float:
+    """Mean cross-entropy of ``model``'s logits over ``data`` (``(inputs, labels)`` batches; ``logits_of``)."""
+    logits, labels = predictions(model, data)
+    return F.cross_entropy(logits, labels).item()
+
+
+def loss_barrier(merged: nn.Module, models: Sequence[nn.Module], data: Iterable) -> float:
+    """``L(merged) − mean_k L(models[k])`` on ``data``: the loss barrier of a merge at its (weighted) midpoint.
+
+    >>> import torch, hetsurgery as hs
+    >>> a = hs.zoo.mlp([8])
+    >>> data = [(torch.randn(16, 64), torch.randint(0, 10, (16,)))]
+    >>> loss_barrier(a, [a, a], data)
+    0.0
+    """
+    return mean_loss(merged, data) - sum(mean_loss(m, data) for m in models) / len(models)
 
 
 def lerp(a: nn.Module, b: nn.Module, lam: float) -> nn.Module:

@@ -6,23 +6,37 @@ accuracy takes the argmax over all classes on every example.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 
+def logits_of(model: nn.Module, inputs: object) -> torch.Tensor:
+    """``model``'s logits on one batch's inputs: a tensor, or a dict of keyword inputs (a Hugging Face model's
+    ``input_ids``, ``attention_mask``); an output that is a dict or has ``logits`` (``ModelOutput``) gives those.
+
+    >>> import torch, hetsurgery as hs
+    >>> logits_of(hs.zoo.mlp([8]), torch.randn(2, 64)).shape
+    torch.Size([2, 10])
+    """
+    out = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+    if isinstance(out, Mapping):
+        return out["logits"]
+    return out.logits if hasattr(out, "logits") else out
+
+
 def predictions(model: nn.Module, data: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels over ``data`` (``(inputs, labels)`` batches), in eval mode without grad (the
-    train/eval flag of every layer is restored afterwards, mixed ones too)."""
+    """Logits and labels over ``data`` (``(inputs, labels)`` batches, inputs as ``logits_of`` takes them), in eval
+    mode without grad (the train/eval flag of every layer is restored afterwards, mixed ones too)."""
     flags = {m: m.training for m in model.modules()}
     model.eval()
     logits, labels = [], []
     try:
         with torch.no_grad():
             for x, y in data:
-                logits.append(model(x))
+                logits.append(logits_of(model, x))
                 labels.append(y)
     finally:
         for m, flag in flags.items():

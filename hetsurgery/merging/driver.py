@@ -34,7 +34,7 @@ from hetsurgery.merging.inserted import with_real_interiors
 from hetsurgery.merging.methods import METHODS, Values, learned
 from hetsurgery.merging.options import MergeOptions
 from hetsurgery.merging.partial import PartialReport, partial_zip
-from hetsurgery.merging.repair import repair
+from hetsurgery.merging.repair import repair, repair_wanted
 from hetsurgery.merging.topology import check_same_operations, check_same_topology
 from hetsurgery.merging.unaligned import unaligned_groups
 from hetsurgery.merging.widths import check_width_changes, resolve_widths
@@ -276,7 +276,9 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, options: MergeOpti
     then the widest, or the model ``depth_anchor`` names. The depth plan is ``result.depth`` and part of the
     report.
     ``reset_bn`` recomputes BatchNorm statistics on the first 512 calibration samples (``True``), on the
-    first ``N`` (a whole number), or not at all (``False``). The forward passes (statistics, BatchNorm reset)
+    first ``N`` (a whole number), or not at all (``False``). ``repair`` (REPAIR, ``merging.repair``) sets the merged
+    layers' output statistics to the models' on as many samples; ``None``, the default, repairs models that
+    normalise without running statistics (LayerNorm, RMSNorm: transformers), except plain averaging. The forward passes (statistics, BatchNorm reset)
     run on ``device``: by default a CUDA GPU when one is present, else where the models are. ``names`` name the
     models in messages and the report (default ``model 0 (ClassName)``, ...); ``saveable=True`` refuses, right
     after tracing, models that ``hetsurgery.export.save`` could not write as a package (a forward calling
@@ -297,8 +299,10 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, options: MergeOpti
     seconds["combine"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    if o.repair and data is not None:  # REPAIR: the layers' output statistics set to the models' (merging.repair)
-        merged = repair(merged, graphs, plan, data, max_samples=BN_RESET_SAMPLES if o.repair is True else int(o.repair),
+    # REPAIR: the layers' output statistics set to the models' (merging.repair); by default for norm models
+    if data is not None and (o.repair or (o.repair is None and repair_wanted(graphs, o.method))):
+        samples = BN_RESET_SAMPLES if o.repair in (True, None) else int(o.repair)
+        merged = repair(merged, graphs, plan, data, max_samples=samples,
                         device=default_device(o.device))
     seconds["repair"] = time.perf_counter() - clock
 

@@ -112,7 +112,8 @@ class MergeOptions:
     names: tuple[str, ...] | None = None
     saveable: bool = False
     partial: PartialOptions | None = None  # stop_at= and heads=: merge a trunk, keep each model's tail
-    repair: bool | int = False  # REPAIR the merged layers' statistics (True: on 512 samples, N: on N)
+    repair: bool | int | None = None  # REPAIR the merged layers' statistics (True: on 512 samples, N: on N; None:
+    # when the models normalise without running statistics, merging.repair.wanted)
     distributed: bool | None = None  # statistics over torch.distributed ranks (None: when torchrun started us)
 
     @staticmethod
@@ -122,13 +123,14 @@ class MergeOptions:
            depth_anchor: int | None = None, example_inputs: torch.Tensor | None = None,
            memory_budget: int | None = None, progress: bool = True, device: torch.device | str | None = None,
            names: Sequence[str] | None = None, saveable: bool = False, stop_at: int | str | None = None,
-           heads: str = "combined", repair: bool | int = False, distributed: bool | None = None,
+           heads: str = "combined", repair: bool | int | None = None, distributed: bool | None = None,
            **method_options: object) -> MergeOptions:
         """The options as ``merge``'s keywords give them, checked (``MergeInputError`` naming the bad one)."""
         depth_opts = DepthOptions.of(depth, balance, depth_cost, estimator, depth_samples, depth_anchor)
         check_options(method, method_options)
         check_reset_bn(reset_bn)
-        check_reset_bn(repair, "repair")
+        if repair is not None:
+            check_reset_bn(repair, "repair")
         if isinstance(anchor, bool) or not isinstance(anchor, int) or anchor < 0:
             raise MergeInputError(f"anchor must be a model index (0, 1, ...), not {anchor!r}")
         if weights is not None and (isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence)):

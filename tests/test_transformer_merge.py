@@ -1,0 +1,126 @@
+"""Transformers merge as transformers: a head-permuted copy merges back exactly whatever the attention is written
+as (``nn.MultiheadAttention``, separate q/k/v, a fused qkv projection, post-norm), folding norms keeps the
+function, a LayerNorm'd stream zipped with a permuted copy of itself is itself, and REPAIR keeps a self-merge
+exact and gives the layers it measures their target statistics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from decoder_models import Conv1DStack, PostNormEncoder, RotaryDecoder
+from helpers import heads_reversed, rel_err
+from torch import nn
+
+import hetsurgery as hs
+from hetsurgery.merging.repair import levels, repair_layers, repair_targets
+from hetsurgery.passes import ApplyPermutation, random_permutations
+from hetsurgery.passes.fold_norms import FoldNorms
+from hetsurgery.passes.repair_statistics import layer_moments
+from hetsurgery.plan.width_plan import MatchKind
+
+IMAGES = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+IDS = torch.randint(0, 40, (4, 7), generator=torch.Generator().manual_seed(0))
+
+
+def _perturbed(model: nn.Module, seed: int = 0) -> nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.2)
+    return model.eval()
+
+
+MODELS: dict[str, tuple[Callable[[], nn.Module], torch.Tensor]] = {
+    "mha": (lambda: hs.zoo.transformer("mha", depth=1, dim=16, heads=2), IMAGES),
+    "separate-qkv": (lambda: hs.zoo.transformer("manual", depth=1, dim=16, heads=2), IMAGES),
+    "gqa-rmsnorm": (lambda: RotaryDecoder(mode="sdpa", kv_heads=2, depth=1), IDS),
+    "post-norm-fused-qkv": (lambda: PostNormEncoder(depth=1), IDS),
+}
+
+
+def _data(example: torch.Tensor) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(7)
+    if example.is_floating_point():
+        return [torch.randn(16, *example.shape[1:], generator=gen) for _ in range(4)]
+    return [torch.randint(0, 40, (8, example.shape[1]), generator=gen) for _ in range(4)]
+
+
+def _copy(model: nn.Module, example: torch.Tensor) -> tuple[hs.ModelGraph, nn.Module]:
+    g = hs.trace(model, example)
+    perms = heads_reversed(g, random_permutations(g, seed=3))
+    return g, hs.to_module(ApplyPermutation(perms)(g)).eval()
+
+
+@pytest.mark.parametrize("method", ["permute", "zip"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_head_permuted_copy_merges_back_exactly(name: str, method: str) -> None:
+    make, example = MODELS[name]
+    model = _perturbed(make())
+    g, copy = _copy(model, example)
+    assert name == "mha" or any(grp.structure.moves for grp in g.groups)  # MHA's heads live inside one module
+    own = dict(model.named_parameters())
+    assert any(not torch.equal(t, own[n]) for n, t in copy.named_parameters() if n in own)
+    with torch.no_grad():
+        assert rel_err(model(example), copy(example)) <= 1e-5
+    merged = hs.merge([model, copy], _data(example), method=method, progress=False).model
+    with torch.no_grad():
+        assert rel_err(model(example), merged(example)) <= 1e-4
+
+
+FOLDING = {"separate-qkv": (MODELS["separate-qkv"][0], IMAGES), "mha": (MODELS["mha"][0], IMAGES),
+           "gqa-rmsnorm": (MODELS["gqa-rmsnorm"][0], IDS), "fused-qkv-tied-embeddings": (lambda: Conv1DStack(), IDS)}
+
+
+@pytest.mark.parametrize("name", list(FOLDING))
+def test_folding_norms_keeps_the_function(name: str) -> None:
+    make, example = FOLDING[name]
+    model = _perturbed(make())
+    folded = hs.to_module(FoldNorms()(hs.trace(model, example))).eval()
+    norms = {n: t for n, t in folded.named_parameters() if ("ln" in n or "norm" in n) and n.endswith("weight")}
+    if name != "gqa-rmsnorm":  # an RMSNorm written out as ops is not folded (fold_report finds no norm): exact only
+        assert any(bool((t == 1).all()) for t in norms.values())  # some norm gave its scale to its readers
+    if name == "separate-qkv":  # every norm of a pre-LN ViT folds
+        assert all(bool((t == 1).all()) for t in norms.values())
+    with torch.no_grad():
+        assert rel_err(model(example), folded(example)) <= 1e-5
+
+
+def test_a_layernormed_stream_zipped_with_a_permuted_copy_is_the_model() -> None:
+    make, example = MODELS["separate-qkv"]
+    model = _perturbed(make())
+    _, copy = _copy(model, example)
+    result = hs.merge([model, copy], _data(example), method="zip", repair=False, progress=False)
+    assert any(m.kind is MatchKind.STREAM for m in result.plan.groups.values())  # the stream was zipped as one
+    with torch.no_grad():
+        assert rel_err(model(example), result.model(example)) <= 1e-4
+
+
+def test_repair_keeps_a_self_merge_exact() -> None:
+    make, example = MODELS["separate-qkv"]
+    model = _perturbed(make())
+    merged = hs.merge([model, model], _data(example), method="zip", repair=True, progress=False).model
+    with torch.no_grad():
+        assert rel_err(model(example), merged(example)) <= 1e-4
+
+
+def test_repair_gives_the_first_layers_their_target_statistics() -> None:
+    make, example = MODELS["separate-qkv"]
+    a, b = _perturbed(make(), 0), _perturbed(make(), 1)
+    data = _data(example)
+    plain = hs.merge([a, b], data, method="zip", repair=False, progress=False)
+    repaired = hs.merge([a, b], data, method="zip", repair=True, progress=False)
+    layers = repair_layers(plain.graph)
+    first = levels(plain.graph, layers)[0]
+    graphs = [hs.trace(m, example) for m in (a, b)]
+    from hetsurgery.merging.zip_plan import prepare_zip
+
+    targets = repair_targets(prepare_zip(graphs), plain.plan, first, data, max_samples=None)
+    before = layer_moments(plain.graph, first, data, None, None)
+    after = layer_moments(repaired.graph, first, data, None, None)
+    for name in first:
+        want = targets[name][1]
+        gap_before = (before[name][1] - want).abs().mean()
+        gap_after = (after[name][1] - want).abs().mean()
+        assert gap_after < 1e-3 * want.mean() + 1e-6 and gap_after < gap_before
