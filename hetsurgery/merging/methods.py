@@ -9,7 +9,7 @@ parameter name) when given: a streamed merge passes readers that load each tenso
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from types import MappingProxyType
 
