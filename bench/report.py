@@ -12,7 +12,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 ORDER = ["accuracy", "accuracy_widths", "depth", "depth_cost", "depth_interiors", "ot_fusion", "partial_zip",
-         "three_models", "assembly", "speed", "scaling", "trace_time", "scale", "startup"]
+         "three_models", "assembly", "speed", "scaling", "trace_time", "lift_time", "scale", "startup"]
 
 
 def machine() -> str:
