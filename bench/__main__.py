@@ -1,4 +1,4 @@
-"""``python -m bench [accuracy|accuracy_widths|depth|depth_transformer|depth_cost|hf_barrier|depth_interiors|ot_fusion|partial_zip|assembly|three_models|speed|scaling|startup|trace_time|scale|all]``: run benchmarks, then rewrite BENCHMARKS.md."""
+"""``python -m bench NAME [NAME ...]`` or ``python -m bench all`` (the names: ``RUNS``): run benchmarks, then rewrite BENCHMARKS.md."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from bench import (
     depth,
     hf_barrier,
     interiors,
+    lift_time,
     ot_fusion,
     partial_zip,
     scale,
@@ -26,7 +27,7 @@ RUNS = {"accuracy": accuracy.main, "accuracy_widths": accuracy_widths.main, "spe
         "depth_cost": depth.cost_main, "ot_fusion": ot_fusion.main, "assembly": assembly.main,
         "three_models": three_models.main, "trace_time": trace_time.main, "partial_zip": partial_zip.main,
         "depth_interiors": interiors.main, "scale": scale.main, "depth_transformer": depth.transformer_main,
-        "hf_barrier": hf_barrier.main}
+        "hf_barrier": hf_barrier.main, "lift_time": lift_time.main}
 
 
 def main(argv: list[str]) -> int:

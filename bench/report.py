@@ -11,8 +11,25 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-ORDER = ["accuracy", "accuracy_widths", "depth", "depth_transformer", "hf_barrier", "depth_cost", "depth_interiors", "ot_fusion", "partial_zip",
-         "three_models", "assembly", "speed", "scaling", "trace_time", "scale", "startup"]
+ORDER = [  # the sections of BENCHMARKS.md, in order: one name per line
+    "accuracy",
+    "accuracy_widths",
+    "depth",
+    "depth_transformer",
+    "hf_barrier",
+    "depth_cost",
+    "depth_interiors",
+    "ot_fusion",
+    "partial_zip",
+    "three_models",
+    "assembly",
+    "speed",
+    "scaling",
+    "trace_time",
+    "lift_time",
+    "scale",
+    "startup",
+]
 
 
 def machine() -> str:

@@ -32,9 +32,9 @@ import torch
 
 from hetsurgery.errors import MergeInputError
 from hetsurgery.ir import ModelGraph, slots_by_param
-from hetsurgery.ir.lowering import to_module
-from hetsurgery.merging.driver import plan_merge
+from hetsurgery.merging.driver import STAGES, plan_traced
 from hetsurgery.merging.methods import METHODS
+from hetsurgery.merging.options import MergeOptions
 from hetsurgery.passes import MapGroups, Pipeline
 from hetsurgery.plan.width_plan import GroupMatch, MatchKind, WidthPlan
 
@@ -70,10 +70,9 @@ def align_to_base(base: ModelGraph, donor: ModelGraph, data: Iterable | None, me
     if spec is None:
         raise MergeInputError(f"unknown alignment method {method!r}: use one of {', '.join(METHODS)}")
     method_options: dict[str, Any] = dict(options)  # checked by the caller: only the method's own options
-    planned = plan_merge([to_module(base, share=True).eval(), to_module(donor, share=True).eval()], data,
-                         method=method, anchor=0, width=0 if spec.widths is not None else None,
-                         example_inputs=base.example_inputs[0], progress=progress, device=device,
-                         names=(base.name, donor.name), **method_options)
+    o = MergeOptions.of(method=method, anchor=0, width=0 if spec.widths is not None else None, progress=progress,
+                        device=device, names=(base.name, donor.name), **method_options)
+    planned = plan_traced((base, donor), data, o, dict.fromkeys(STAGES, 0.0))  # the lifted graphs: no new lift
     gb, gd = planned.graphs
     if set(gb.params) != set(gd.params):
         raise MergeInputError(f"{donor.name}: its tensors are not named as the base's after balancing "

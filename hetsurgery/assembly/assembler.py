@@ -46,6 +46,7 @@ from hetsurgery.assembly.options import AssemblyOptions, Lam, Layers, check_sele
 from hetsurgery.assembly.record import DonorRecord, UnitRecord, record_dict, units_table
 from hetsurgery.errors import MergeInputError
 from hetsurgery.ir import ModelGraph
+from hetsurgery.ir.batches import one_shot
 from hetsurgery.ir.lowering import to_module
 from hetsurgery.merging import inputs
 from hetsurgery.tracing import trace
@@ -124,7 +125,7 @@ def assemble(base: nn.Module, donors: Sequence[nn.Module | Donor], data: Iterabl
         raise MergeInputError(f"the base is a {type(base).__name__} ({base!r:.60}), not an nn.Module")
     if isinstance(donors, nn.Module) or not donors:
         raise MergeInputError("assemble needs a list of one or more donors (models or Donor(model, layers, lam))")
-    if data is not None and iter(data) is data:
+    if data is not None and one_shot(data):
         raise MergeInputError("the calibration data is a one-shot iterator (a generator?); assembly reads it several "
                               "times: pass a list of batches or a DataLoader")
     specs = [d if isinstance(d, Donor) else Donor(d) for d in donors]

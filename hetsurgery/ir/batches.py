@@ -24,7 +24,7 @@ hetsurgery.errors.InvalidInput: a calibration batch (keys: input_ids, labels, at
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
 
 import torch
@@ -121,3 +121,21 @@ def example_of(batch: object, samples: int = 2) -> torch.Tensor | dict[str, obje
         return inputs[:samples]
     raise InvalidInput(f"a calibration batch is a {type(batch).__name__}; give tensors, (inputs, labels) pairs or "
                        "dicts of keyword inputs")
+
+
+def with_progress(data: Iterable, desc: str, progress: bool) -> Iterator[object]:
+    """The batches of ``data``, iterated once, with a progress bar. (``tqdm.auto``'s class calls ``iter`` on what
+    it wraps when it is made and then iterates it again: a DataLoader would start its workers twice.)"""
+    from tqdm.auto import tqdm
+
+    total = len(data) if isinstance(data, Sized) else None
+    with tqdm(total=total, desc=desc, unit="batch", disable=not progress, leave=False) as bar:
+        for batch in data:
+            yield batch
+            bar.update()
+
+
+def one_shot(data: object) -> bool:
+    """Whether ``data`` can be iterated only once (a generator, an iterator). Asked without calling ``iter``,
+    which would start a DataLoader's workers for nothing."""
+    return isinstance(data, Iterator)

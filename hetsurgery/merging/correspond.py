@@ -59,15 +59,24 @@ def on_anchor_names(anchor: ModelGraph, g: ModelGraph) -> ModelGraph:
     missing = sorted(set(anchor.params) - set(tensors))
     if missing:
         raise MergeInputError(f"{g.name}: no counterpart for {anchor.name}'s {', '.join(missing[:4])}")
-    module = with_tensors(anchor.module, tensors, share=True)
     try:
-        moved = replace(lift_graph(module, g.example_inputs, g.name), passes=g.passes, front_end=g.front_end)
+        moved = replace(_carried(anchor, g, tensors), passes=g.passes, front_end=g.front_end)
         check_same_function(g, moved)  # the correspondence is proved on the example inputs, not assumed
     except (PassError, TracingError) as exc:
         raise MergeInputError(f"{g.name}: carried onto {anchor.name}'s structure it computes something else "
                               f"({exc}); the code of the two models differs beyond their widths (a size spelled as "
                               "a number in a reshape?)") from exc
     return moved
+
+
+def _carried(anchor: ModelGraph, g: ModelGraph, tensors: dict[str, torch.Tensor]) -> ModelGraph:
+    """The anchor's structure holding ``tensors``. Where every tensor has the anchor's shape and dtype, the anchor's
+    lifted graph is that graph already (groups, facts and units follow from the structure and the shapes): it is
+    reused, not lifted again. Other widths change the groups' sizes and the shapes: lifted."""
+    same = all(t.shape == anchor.params[k].shape and t.dtype == anchor.params[k].dtype for k, t in tensors.items())
+    if same and [getattr(x, "shape", x) for x in g.example_inputs] == [getattr(x, "shape", x) for x in anchor.example_inputs]:
+        return replace(anchor.with_updates(tensors), name=g.name, example_inputs=g.example_inputs)
+    return lift_graph(with_tensors(anchor.module, tensors, share=True), g.example_inputs, g.name)
 
 
 def _paired_nodes(anchor: ModelGraph, g: ModelGraph) -> list[tuple[fx.Node, fx.Node]]:

@@ -16,6 +16,7 @@ from torch import nn
 
 from hetsurgery.errors import MergeInputError, UnalignedGroupWarning
 from hetsurgery.ir import ModelGraph, SlotMaps, slots_by_param, transform_params
+from hetsurgery.ir.batches import one_shot
 from hetsurgery.ir.lowering import to_module
 from hetsurgery.merging.balance import check_same_depth
 from hetsurgery.merging.combine import combine
@@ -141,7 +142,7 @@ def plan_merge(models: Sequence[nn.Module], data: Iterable | None, options: Merg
         raise MergeInputError(f"anchor {anchor} is not one of the {len(models)} models")
     if spec.wants_data(method_options) and data is None:
         raise MergeInputError(f"method {method!r} needs calibration data")
-    if data is not None and iter(data) is data:
+    if data is not None and one_shot(data):
         raise MergeInputError("the calibration data is a one-shot iterator (a generator?); merge reads it several "
                          "times (tracing, statistics, BatchNorm reset): pass a list of batches or a DataLoader")
     merge_weights(o.weights, len(models))  # checked before any work

@@ -21,11 +21,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from hetsurgery.errors import MergeInputError
 from hetsurgery.ir import ModelGraph, Site
-from hetsurgery.ir.batches import Inputs, input_names, model_input
+from hetsurgery.ir.batches import Inputs, input_names, model_input, with_progress
 from hetsurgery.merging.depth_options import DepthCost, DepthOptions
 from hetsurgery.plan.depth import DepthMethod, StreamingCKA
 from hetsurgery.plan.depth.cka import width_cost
@@ -105,7 +104,7 @@ def stage_scores(graphs: Sequence[ModelGraph], pairs: Sequence[StagePair], data:
     target = device if device is not None else next(iter(graphs[0].params.values())).device
     seen = 0
     with torch.no_grad():
-        for batch in tqdm(data, desc="unit similarity", unit="batch", disable=not progress, leave=False):
+        for batch in with_progress(data, "unit similarity", progress):
             if opts.samples is not None and seen >= opts.samples:
                 break
             x = model_input(batch, input_names(graphs[0].module)).to(target)

@@ -21,11 +21,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import fx
-from tqdm.auto import tqdm
 
 from hetsurgery.errors import HetsurgeryError
 from hetsurgery.ir import ModelGraph
-from hetsurgery.ir.batches import input_names, model_input
+from hetsurgery.ir.batches import input_names, model_input, with_progress
 from hetsurgery.plan.accumulate import BlockAccumulator, Scratch
 from hetsurgery.plan.distributed import World
 from hetsurgery.plan.joint import Observer, joint_module, site_view, sites_by_node
@@ -164,7 +163,7 @@ def run_whole(joint: fx.GraphModule, data: Iterable, device: torch.device | str 
     held = next(itertools.chain(joint.parameters(), joint.buffers()), None)
     target = device if device is not None else held.device if held is not None else None
     with torch.no_grad():
-        for batch in tqdm(data, desc="statistics", unit="batch", disable=not progress, leave=False):
+        for batch in with_progress(data, "statistics", progress):
             joint(*model_input(batch, input_names(joint)).to(target))
 
 
