@@ -1,4 +1,4 @@
-"""``python -m bench [accuracy|accuracy_widths|depth|depth_cost|depth_interiors|ot_fusion|partial_zip|assembly|three_models|speed|scaling|startup|trace_time|scale|all]``: run benchmarks, then rewrite BENCHMARKS.md."""
+"""``python -m bench [accuracy|accuracy_widths|depth|depth_resnet|depth_cost|depth_interiors|ot_fusion|partial_zip|assembly|three_models|speed|scaling|startup|trace_time|scale|all]``: run benchmarks, then rewrite BENCHMARKS.md."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from bench.report import assemble
 
 RUNS = {"accuracy": accuracy.main, "accuracy_widths": accuracy_widths.main, "speed": speed.main,
         "scaling": speed.scaling_main, "startup": startup.main, "depth": depth.main,
-        "depth_cost": depth.cost_main, "ot_fusion": ot_fusion.main, "assembly": assembly.main,
+        "depth_cost": depth.cost_main, "depth_resnet": depth.resnet_main, "ot_fusion": ot_fusion.main, "assembly": assembly.main,
         "three_models": three_models.main, "trace_time": trace_time.main, "partial_zip": partial_zip.main,
         "depth_interiors": interiors.main, "scale": scale.main}
 

@@ -11,7 +11,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-ORDER = ["accuracy", "accuracy_widths", "depth", "depth_cost", "depth_interiors", "ot_fusion", "partial_zip",
+ORDER = ["accuracy", "accuracy_widths", "depth", "depth_resnet", "depth_cost", "depth_interiors", "ot_fusion", "partial_zip",
          "three_models", "assembly", "speed", "scaling", "trace_time", "scale", "startup"]
 
 
