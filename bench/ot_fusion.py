@@ -26,6 +26,7 @@ import hetsurgery as hs
 from bench.report import RESULTS, machine, write_section
 from hetsurgery.demo import calibration_set
 from hetsurgery.evaluate import Ensemble, accuracy
+from hetsurgery.plan.width_plan import MatchKind
 from hetsurgery.zoo.data import digits, loader
 from hetsurgery.zoo.train import train
 
@@ -92,7 +93,7 @@ def fan_in(result: hs.MergeResult) -> int:
     merged neuron, or one neuron spread over that many merged neurons (1: a permutation)."""
     most = 1
     for m in result.plan.groups.values():
-        if m.info.get("kind") == "ot":
+        if m.kind is MatchKind.OT:
             nonzero = [(mk != 0) for mk in m.merge]
             most = max(most, *(int(nz.sum(1).max()) for nz in nonzero), *(int(nz.sum(0).max()) for nz in nonzero))
     return most
@@ -105,7 +106,7 @@ def agreement(ot: hs.MergeResult, permute: hs.MergeResult) -> tuple[int, int, bo
     perm = True
     for gid, pm in permute.plan.groups.items():
         om = ot.plan.groups[gid]
-        if pm.perms is None or om.info.get("kind") != "ot":
+        if pm.perms is None or om.kind is not MatchKind.OT:
             continue
         m = om.merge[1]
         perm = perm and bool(((m != 0).sum(1) == 1).all())
