@@ -151,6 +151,22 @@ def _paired(pair: str, runs: list[dict[str, TaskScores]]) -> str:
     return f"{pair}: " + "; ".join(out)
 
 
+RESNET_NOTES = (
+    "What the rows say. REPAIR changes nothing on these models: every repaired convolution feeds a BatchNorm whose "
+    "statistics the merge recomputes afterwards, and a BatchNorm's output does not depend on the per-channel scale "
+    "and shift of its input (`hetsurgery/merging/repair.py`: REPAIR is for models without BatchNorm); its rows "
+    "equal the others to the last digit. The spread between seeds is larger than the gaps: per seed the best "
+    "heterogeneous merge ranges from 1.6 points below homogeneous zip to 23 above. The homogeneous zip is lower "
+    "than in (a)'s last full run (64.2 there, on another machine whose seeds trained other weights); the same "
+    "seed-0 models merged by that run's code (commit 3de3b7b) give homogeneous zip 55.3, SMA 73.6 and LMA 60.9 "
+    "against 55.3, 76.0 and 62.0 now, so the merged changes since (correspondence by what units compute, the "
+    "inserted blocks' interiors matched alone) gain 1-2 points on the heterogeneous merges and the rest of the "
+    "difference to (a) is the models. Giving the inserted blocks' output A's full weight instead of the stream's "
+    "half (their last BatchNorm's weight and bias ×1.5 and ×2 after the merge; a one-off script, seeds 0 and 1) "
+    "lowers LMA from 62.0 / 48.9 to 41.3 / 43.3 and 21.8 / 36.2, SMA from 76.0 / 51.3 to 60.9 / 44.7 and "
+    "39.1 / 33.3: Xu et al.'s zero-merge (the inserted block weighed as the stream is) is the better one.")
+
+
 def resnet_main(seeds: Sequence[int] = (0, 1, 2), epochs: int = 15) -> str:
     print("depth: the ResNet pairs, zip with and without REPAIR", flush=True)
     parts = ["### (a') The ResNet pairs: zip with and without REPAIR", "",
@@ -167,7 +183,7 @@ def resnet_main(seeds: Sequence[int] = (0, 1, 2), epochs: int = 15) -> str:
                   "|---|---|---|---|---|", *_rows(runs), ""]
         laws.append(_paired(pair, runs))
     parts += ["Targets (issue 20: ResNet-32 / ResNet-20 best heterogeneous zip within 1 point of homogeneous zip; "
-              "elsewhere 3): " + "; ".join(laws) + ".", "",
+              "elsewhere 3): " + "; ".join(laws) + ".", "", RESNET_NOTES, "",
               f"Command: `python -m bench depth_resnet`. Machine: {machine()}."]
     text = "\n".join(parts)
     write_section("depth_resnet", text)
