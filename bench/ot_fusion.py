@@ -270,7 +270,7 @@ def section_a(ten: str, cells: dict[str, list]) -> str:
         "was refused: \"the units do not compute the same kind of thing\"). CLAFusion fuses onto the balanced "
         "B's widths (400-200-200-200-100, the widest here); hetsurgery's `ot` transports onto the anchor's widths unless told (`width=`). CLAFusion "
         "reports 92.49 ± 2.64 for its OT fusion (parents 96.95 and 97.75) on MNIST; the issue's bar: ot within 2 "
-        "points of zip. The last column is the largest OT cluster: the most neurons of one model that a coupling "
+        "points of zip. The cluster columns give the largest OT cluster: the most neurons of one model that a coupling "
         "ties to a single neuron of the other (averaged into one merged neuron, or one neuron spread over them). "
         "Before OT used uniform marginals on unequal widths (commit 623d9e4, seeds 0-2, same command) it solved a "
         "covering assignment: ot 83.6 ± 6.8 (largest cluster 149), onto the widest widths 91.9 ± 0.9, with the "
@@ -280,10 +280,13 @@ def section_a(ten: str, cells: dict[str, list]) -> str:
         "",
         f"Target (ot within 2 points of zip, per balance): {_target(cells)}.",
         "",
-        "CLAFusion's OT under `add` is where the gap lies: with `merge`, A's three last layers are one and OT "
-        "transports it onto B's last layer (or the converse); with `add`, each of B's two identity layers (copies of "
-        "its 200 second-layer features) is averaged with the transport of A's 100- and 50-wide layers, every A "
-        "neuron spread over two to four of B's. What did not close it (seeds 0-2, measured with a patched cost "
+        "Where the gap under `add` comes from: with `add`, B's two identity layers (400-200-[200-200]-100) meet "
+        "A's 100- and 50-wide layers. OT with uniform marginals sends mass to every target neuron, so each of B's "
+        "200 neurons there becomes half its own feature and half a copy of one of A's (each A neuron copied to "
+        "two or four of B's, up to 8-11 where the coupling is uneven); zip at the same widths merges only as "
+        "many pairs as the widths drop (100 of 300 features, then 50 of 250) and keeps the rest as they were. "
+        "With `merge` A's last three layers are one, 25 wide, transported onto B's last hidden layer: the same "
+        "forced mixing at one layer instead of three, and OT lands within 2 points. What did not close it (seeds 0-2, measured with a patched cost "
         "before this table): the correlation distance `sqrt(2 (1 - ρ))` instead of the euclidean one (ot onto the "
         "widest, `add`: 94.2 against 94.6; `merge`: 95.5 against 95.9); the ground metric on pre-activations "
         "and OTFusion's outgoing factor, measured earlier, gain at most 0.8 (95.6 and 95.2 against 94.8, "
