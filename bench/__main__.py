@@ -24,7 +24,7 @@ from bench.report import assemble
 
 RUNS = {"accuracy": accuracy.main, "accuracy_widths": accuracy_widths.main, "speed": speed.main,
         "scaling": speed.scaling_main, "startup": startup.main, "depth": depth.main,
-        "depth_cost": depth.cost_main, "ot_fusion": ot_fusion.main, "assembly": assembly.main,
+        "depth_cost": depth.cost_main, "depth_resnet": depth.resnet_main, "ot_fusion": ot_fusion.main, "assembly": assembly.main,
         "three_models": three_models.main, "trace_time": trace_time.main, "partial_zip": partial_zip.main,
         "depth_interiors": interiors.main, "scale": scale.main, "depth_transformer": depth.transformer_main,
         "hf_barrier": hf_barrier.main, "lift_time": lift_time.main}

@@ -15,6 +15,7 @@ ORDER = [  # the sections of BENCHMARKS.md, in order: one name per line
     "accuracy",
     "accuracy_widths",
     "depth",
+    "depth_resnet",
     "depth_transformer",
     "hf_barrier",
     "depth_cost",

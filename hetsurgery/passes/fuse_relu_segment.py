@@ -73,7 +73,10 @@ class FuseReluSegment(Recorded):
             last = i == len(layers) - 2
             w2, b2 = nxt.affine(with_norm=not last)
             weight, bias = w2 @ (d[:, None] * weight), w2 @ (d * bias) + b2
-        _install(gm, layers[-1], weight, bias)
+        # a segment of bias-free layers with no normalisation folded in has a fused bias of exactly zero: the
+        # fused layer stays bias-free, as the model's own layers are (CLAFusion's MLPs have no biases)
+        biased = any(la.layer.bias is not None for la in layers) or any(la.norm is not None for la in layers[:-1])
+        _install(gm, layers[-1], weight, bias if biased else None)
         first_input = node_named(gm, units[0].entry)
         fused = node_named(gm, units[-1].key)
         fused.replace_input_with(fused.args[0], first_input)  # type: ignore[arg-type]
@@ -193,22 +196,24 @@ def _layer(gm: fx.GraphModule, g: ModelGraph, u: Unit, scale: float | None = Non
     return _Layer(node, layer, norm, scale)  # type: ignore[arg-type]
 
 
-def _install(gm: fx.GraphModule, last: _Layer, weight: torch.Tensor, bias: torch.Tensor) -> None:
-    """Replace the last unit's layer by one holding the fused ``weight`` and ``bias``."""
+def _install(gm: fx.GraphModule, last: _Layer, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Replace the last unit's layer by one holding the fused ``weight`` and ``bias`` (``None``: a layer
+    without a bias)."""
     old = last.layer
     dtype, device = old.weight.dtype, old.weight.device
     out_features, in_features = weight.shape
     new: nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
     if isinstance(old, nn.Linear):
-        new = nn.Linear(in_features, out_features, dtype=dtype, device=device)
+        new = nn.Linear(in_features, out_features, bias=bias is not None, dtype=dtype, device=device)
         shaped = weight
     else:
         taps = old.weight.dim() - 2
-        new = CONVS[taps](in_features, out_features, 1, dtype=dtype, device=device)
+        new = CONVS[taps](in_features, out_features, 1, bias=bias is not None, dtype=dtype, device=device)
         shaped = weight.reshape(out_features, in_features, *([1] * taps))
-    assert new.bias is not None
     with torch.no_grad():
         new.weight.copy_(shaped.to(dtype))
-        new.bias.copy_(bias.to(dtype))
+        if bias is not None:
+            assert new.bias is not None
+            new.bias.copy_(bias.to(dtype))
     owner, leaf = owner_of(gm, str(last.node.target))
     setattr(owner, leaf, new)

@@ -264,7 +264,8 @@ def ot_match(gid: int, stats: GroupStats, blocks: Blocks, weights: Sequence[floa
             continue
         order = orders[k] if orders is not None and blocks.moves else None
         t = blockwise_coupling(feature_distance(stats, k, anchor, signature), blocks.count, solver, reg, order,
-                               rows=Neurons.of(stats, k, signature), cols=Neurons.of(stats, anchor, signature))
+                               rows=Neurons.of(stats, k, signature), cols=Neurons.of(stats, anchor, signature),
+                               inner=blocks.inner)
         merge, unmerge = maps_of(t, weights[k])
         merges.append(merge)
         unmerges.append(unmerge)
@@ -272,15 +273,31 @@ def ot_match(gid: int, stats: GroupStats, blocks: Blocks, weights: Sequence[floa
 
 
 def blockwise_coupling(cost: torch.Tensor, blocks: int, solver: OTSolver | str, reg: float,
-                       order: torch.Tensor | None = None, *, rows: Neurons = Neurons(), cols: Neurons = Neurons()
-                       ) -> torch.Tensor:
+                       order: torch.Tensor | None = None, *, rows: Neurons = Neurons(), cols: Neurons = Neurons(),
+                       inner: bool = True) -> torch.Tensor:
     """``coupling`` inside each of ``blocks`` diagonal blocks (heads stay heads), each block's mass ``1/blocks``;
-    with ``order``, column block ``i`` (the anchor's head ``i``) couples with row block ``order[i]``."""
+    with ``order``, column block ``i`` (the anchor's head ``i``) couples with row block ``order[i]``.
+
+    ``inner=False`` (``Blocks.inner``: a rotary embedding fixes the order of the channels inside a head) couples
+    matched blocks channel by channel, in order (identity inside, the block's mass spread evenly): only whole
+    heads are transported, which needs blocks of one size.
+
+    >>> import torch
+    >>> blockwise_coupling(torch.tensor([[1., 0.], [0., 1.]], dtype=torch.float64), 1, "emd", 0.0,
+    ...                    inner=False).mul(2).tolist()
+    [[1.0, 0.0], [0.0, 1.0]]
+    """
     n, m = cost.shape
     bn, bm = n // blocks, m // blocks
+    if not inner and bn != bm:
+        raise ValueError(f"heads whose channels keep their order (rotary embedding) are transported whole: blocks "
+                         f"of {bn} and {bm} channels cannot be")
     sources = expand(order, bn) if order is not None else torch.arange(n)
     t = torch.zeros(n, m, dtype=torch.float64)
     for j in range(blocks):
         r, c = sources[j * bn:(j + 1) * bn], slice(j * bm, (j + 1) * bm)
-        t[r, c] = coupling(cost[r, c], solver, reg, rows[r], cols[c]) / blocks
+        if inner:
+            t[r, c] = coupling(cost[r, c], solver, reg, rows[r], cols[c]) / blocks
+        else:
+            t[r, c] = torch.eye(bn, dtype=torch.float64) / (bn * blocks)
     return t

@@ -78,8 +78,8 @@ def ot_weight_matches(graphs: Sequence[ModelGraph], weights: Sequence[float], ta
         for k, r in enumerate(rows):
             cost = torch.cdist(r, rows[onto])
             moved = _head_order(grp, k, cost, heads) if grp.structure.moves and k != onto else None
-            t = blockwise_coupling(cost, grp.structure.count, solver, reg, moved) if k != onto else \
-                torch.eye(r.shape[0], dtype=torch.float64)
+            t = torch.eye(r.shape[0], dtype=torch.float64) if k == onto else \
+                blockwise_coupling(cost, grp.structure.count, solver, reg, moved, inner=grp.structure.inner)
             merge, unmerge = maps_of(t, weights[k])
             merges.append(merge)
             unmerges.append(unmerge)
