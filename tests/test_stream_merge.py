@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from hetsurgery import merge, stream, trace
+from hetsurgery.errors import MergeInputError
 from hetsurgery.export import to_pretrained
 from hetsurgery.passes import InsertZeroResidual, RemoveBlock
 from hetsurgery.stream.checkpoint import INDEX
@@ -52,7 +53,7 @@ def _same(want: dict[str, torch.Tensor], folder: Path) -> None:
 def test_streamed_merge_equals_the_merge_in_memory(saved: dict, method: str, tmp_path: Path) -> None:
     root, a, b, data = saved["root"], saved["a"], saved["b"], saved["data"]
     assert (root / "a" / INDEX).is_file()
-    r = merge([a, b], data, method=method, progress=False)
+    r = merge([a, b], data, method=method, progress=False, repair=False)  # a streamed merge does not REPAIR
     out = stream.merge([root / "a", root / "b"], data, tmp_path / "merged", method=method, progress=False,
                        segment_bytes=4096)  # several segments per block
     _same(r.to_pretrained(like=a).state_dict(), out.path)
@@ -90,3 +91,12 @@ def test_streamed_merge_writes_the_dtype_asked_for(saved: dict, tmp_path: Path) 
                        progress=False)
     model = T.LlamaForCausalLM.from_pretrained(out.path, dtype="auto")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("keywords", [{"repair": True}, {"depth": "cla"}])
+def test_streamed_merge_refuses_what_only_runs_in_memory(saved: dict, keywords: dict, tmp_path: Path) -> None:
+    root, data = saved["root"], saved["data"]
+    name = next(iter(keywords))
+    with pytest.raises(MergeInputError, match=f"{name}= is for hs.merge, in memory"):
+        stream.merge([root / "a", root / "b"], data, tmp_path / "merged", method="permute", progress=False, **keywords)
+    assert not (tmp_path / "merged").exists()

@@ -63,12 +63,17 @@ def merge(models: Sequence[str | os.PathLike[str] | Checkpoint], data: Iterable 
           options: MergeOptions | None = None, *, dtype: torch.dtype | None = None, shard_bytes: int = SHARD_BYTES,
           segment_bytes: int = SEGMENT_BYTES, **keywords: Any) -> StreamResult:
     """Merge the checkpoints ``models`` into a checkpoint at ``out``, streamed; ``options`` (or keywords) as for
-    ``hetsurgery.merge`` (``depth`` aside: the models have one depth). ``dtype`` is the output's (default: each
+    ``hetsurgery.merge`` (``depth`` aside: the models have one depth; ``repair`` aside: a streamed merge writes the
+    combined weights unrepaired, as ``hs.merge(..., repair=False)`` does, since REPAIR runs the merged model whole
+    over the data). ``dtype`` is the output's (default: each
     tensor's as the anchor stores it); statistics and sums run in float32 on ``device``. ``distributed``: as for
     ``merge``, rank 0 plans and writes."""
     o = MergeOptions.given(options, keywords)
     if o.depth is not None:
         raise MergeInputError("streamed merges keep the models' depth: depth= is for hs.merge, in memory")
+    if o.repair:
+        raise MergeInputError("streamed merges write the combined weights unrepaired: repair= is for hs.merge, in "
+                              "memory (run hs.merge(..., repair=True) on a model that fits, or leave repair unset)")
     out = Path(out)
     check_folder(out)
     seconds = dict.fromkeys(STAGES, 0.0)
