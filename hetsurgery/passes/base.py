@@ -96,6 +96,8 @@ class Editing(Protocol):
 
     def edit(self, g: ModelGraph, gm: Any) -> None: ...
 
+    def footprint(self, g: ModelGraph) -> tuple[set[str], set[str]]: ...
+
 
 def _runs(passes: tuple[Pass, ...]) -> list[list[Pass]]:
     """The passes in order, consecutive exact ``Editing`` passes of one class and distinct stages taken together
@@ -112,9 +114,17 @@ def _runs(passes: tuple[Pass, ...]) -> list[list[Pass]]:
 
 
 def _together(run: list[Pass], g: ModelGraph) -> ModelGraph:
-    """The run's edits on one editable copy of ``g``'s module, planned on ``g``, lifted once, all recorded."""
+    """The run's edits on one editable copy of ``g``'s module, planned on ``g``, lifted once, all recorded. Passes
+    that touch what another one rewires (a stage's last node is where the next stage's blocks, the templates of its
+    new ones, begin) are run one after the other."""
     from hetsurgery.passes.edit import editable, relift
 
+    prints = [p.footprint(g) for p in run]  # type: ignore[attr-defined]
+    if any(rewired & (other_rewired | read) for i, (rewired, _) in enumerate(prints)
+           for j, (other_rewired, read) in enumerate(prints) if i != j):
+        for p in run:
+            g = p(g)
+        return g
     gm = editable(g)
     for p in run:
         p.edit(g, gm)  # type: ignore[attr-defined]

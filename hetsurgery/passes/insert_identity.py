@@ -59,6 +59,14 @@ class InsertIdentity(Recorded):
             for _ in range(n):  # one after the other, so that their names count up in order
                 at = _insert_after(gm, g, at, g.facts[point], template)
 
+    def footprint(self, g: ModelGraph) -> tuple[set[str], set[str]]:
+        """The nodes whose readers the new units take over, and the nodes the copies are made from (their
+        templates and what the templates read)."""
+        plans = self._plans(g)
+        nodes = {n.name: n for n in g.module.graph.nodes}
+        read = {a.name for _, point, template in plans for k in template.nodes for a in nodes[k].all_input_nodes}
+        return {point for _, point, template in plans}, read | {k for _, point, template in plans for k in template.nodes}
+
     def why_not(self, g: ModelGraph) -> str | None:
         """Why the pass would refuse ``g`` (``None``: it applies), asked without building anything."""
         return refusal(lambda: self._plans(g))
