@@ -127,3 +127,31 @@ def test_a_depth_merge_at_the_floor(counted: Counts) -> None:
     data = _data((64,))
     lifts, _ = _run(counted, lambda: hs.merge([deep, shallow], data, method="zip", depth="cla", progress=False))
     assert (lifts, data.passes) == (2, 1)
+
+
+def test_insertions_in_several_stages_are_lifted_once_and_equal_the_passes_one_by_one(counted: Counts) -> None:
+    from hetsurgery.passes import InsertZeroResidual, Pipeline
+
+    torch.manual_seed(0)
+    g = hs.trace(hs.zoo.resnet((2, 1, 2)).eval(), torch.randn(4, 1, 8, 8))
+    passes = (InsertZeroResidual("stage0", (1,)), InsertZeroResidual("stage1", (1, 1)),
+              InsertZeroResidual("stage2", (2,)))
+    one_by_one = g
+    for p in passes:
+        one_by_one = p(one_by_one)
+    counted.lifts = 0
+    together = Pipeline(passes)(g)
+    assert counted.lifts == 1
+    assert [n.name for n in together.module.graph.nodes] == [n.name for n in one_by_one.module.graph.nodes]
+    assert together.params.keys() == one_by_one.params.keys()
+    assert all(torch.equal(together.params[k], one_by_one.params[k]) for k in together.params)
+    assert [u.key for u in together.units] == [u.key for u in one_by_one.units]
+    assert together.passes == one_by_one.passes
+
+
+def test_a_depth_merge_of_resnets_lifts_the_balanced_model_once_more(counted: Counts) -> None:
+    torch.manual_seed(0)
+    deep, shallow = hs.zoo.resnet((3, 3, 3)), hs.zoo.resnet((2, 1, 2))
+    data = _data((1, 8, 8))
+    lifts, _ = _run(counted, lambda: hs.merge([deep, shallow], data, method="zip", depth="lma", progress=False))
+    assert lifts == 3  # each model traced, the shallow one lifted once after blocks went into its three stages

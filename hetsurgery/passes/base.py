@@ -70,19 +70,66 @@ class Pipeline:
 
     def __call__(self, g: ModelGraph) -> ModelGraph:
         done: list[str] = []
-        for p in self.passes:
+        for run in _runs(self.passes):
+            names = " + ".join(p.name for p in run)
             try:
-                out = p(g)
+                out = run[0](g) if len(run) == 1 else _together(run, g)
                 out.verify()
-                if p.exact:
+                if all(p.exact for p in run):
                     check_same_function(g, out)
             except Exception as exc:  # a pass's own bug (KeyError, IndexError, ...) must still name the pass
                 before = ", ".join(done) or "none"
                 detail = str(exc) if isinstance(exc, HetsurgeryError) else f"{type(exc).__name__}: {exc}"
-                raise PassError(f"{g.name}: pass {p.name} failed (passes before it: {before}): {detail}") from exc
-            done.append(p.name)
+                raise PassError(f"{g.name}: pass {names} failed (passes before it: {before}): {detail}") from exc
+            done.extend(p.name for p in run)
             g = out
         return g
+
+
+@runtime_checkable
+class Editing(Protocol):
+    """A structural pass that can edit a module another pass of its kind edited before it (``edit``), each in its
+    own ``stage``: ``Pipeline`` runs such a run of passes on one copy of the module and lifts the result once."""
+
+    stage: str
+    exact: ClassVar[bool]
+
+    def edit(self, g: ModelGraph, gm: Any) -> None: ...
+
+    def footprint(self, g: ModelGraph) -> tuple[set[str], set[str]]: ...
+
+
+def _runs(passes: tuple[Pass, ...]) -> list[list[Pass]]:
+    """The passes in order, consecutive exact ``Editing`` passes of one class and distinct stages taken together
+    (what one plans on a stage the others leave alone: their plans on the graph before any of them hold)."""
+    runs: list[list[Pass]] = []
+    for p in passes:
+        last = runs[-1] if runs else None
+        if (last is not None and isinstance(p, Editing) and p.exact and type(p) is type(last[0])
+                and all(q.stage != p.stage for q in last)):  # type: ignore[attr-defined]
+            last.append(p)
+        else:
+            runs.append([p])
+    return runs
+
+
+def _together(run: list[Pass], g: ModelGraph) -> ModelGraph:
+    """The run's edits on one editable copy of ``g``'s module, planned on ``g``, lifted once, all recorded. Passes
+    that touch what another one rewires (a stage's last node is where the next stage's blocks, the templates of its
+    new ones, begin) are run one after the other."""
+    from hetsurgery.passes.edit import editable, relift
+
+    prints = [p.footprint(g) for p in run]  # type: ignore[attr-defined]
+    if any(rewired & (other_rewired | read) for i, (rewired, _) in enumerate(prints)
+           for j, (other_rewired, read) in enumerate(prints) if i != j):
+        for p in run:
+            g = p(g)
+        return g
+    gm = editable(g)
+    for p in run:
+        p.edit(g, gm)  # type: ignore[attr-defined]
+    out = relift(gm, g)
+    return replace(out, passes=(*g.passes, *(p.recorded() for p in run)))  # type: ignore[attr-defined]
 
 
 def refusal(check: Callable[[], object]) -> str | None:

@@ -47,13 +47,25 @@ class InsertIdentity(Recorded):
     exact: ClassVar[bool] = True
 
     def rewrite(self, g: ModelGraph) -> ModelGraph:
-        plans = self._plans(g)
         gm = editable(g)
-        for n, point, template in plans:
+        self.edit(g, gm)
+        return relift(gm, g)
+
+    def edit(self, g: ModelGraph, gm: fx.GraphModule) -> None:
+        """Insert the units into ``gm``, an editable copy of ``g``'s module that may already hold other passes'
+        edits of other stages (``Pipeline`` lifts once after them all)."""
+        for n, point, template in self._plans(g):
             at = node_named(gm, point)
             for _ in range(n):  # one after the other, so that their names count up in order
                 at = _insert_after(gm, g, at, g.facts[point], template)
-        return relift(gm, g)
+
+    def footprint(self, g: ModelGraph) -> tuple[set[str], set[str]]:
+        """The nodes whose readers the new units take over, and the nodes the copies are made from (their
+        templates and what the templates read)."""
+        plans = self._plans(g)
+        nodes = {n.name: n for n in g.module.graph.nodes}
+        read = {a.name for _, point, template in plans for k in template.nodes for a in nodes[k].all_input_nodes}
+        return {point for _, point, template in plans}, read | {k for _, point, template in plans for k in template.nodes}
 
     def why_not(self, g: ModelGraph) -> str | None:
         """Why the pass would refuse ``g`` (``None``: it applies), asked without building anything."""
