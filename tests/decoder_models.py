@@ -203,3 +203,27 @@ class PostNormEncoder(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return self.head(x[:, 0])
+
+
+class HeadsEncoder(nn.Module):
+    """A pre-LN encoder whose attention has ``heads`` heads of ``head_dim`` whatever the stream's width (the head
+    count spelled as a number in the views, as most attentions write it)."""
+
+    def __init__(self, heads: int, vocab: int = 40, dim: int = 16, head_dim: int = 8) -> None:
+        super().__init__()
+        self.heads, self.hd = heads, head_dim
+        self.embed, self.pos = nn.Embedding(vocab, dim), nn.Parameter(torch.randn(1, 16, dim) * 0.1)
+        self.ln1, self.ln2, self.norm = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.q, self.k, self.v = (nn.Linear(dim, heads * head_dim) for _ in range(3))
+        self.o = nn.Linear(heads * head_dim, dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        b, s = ids.shape
+        x = self.embed(ids) + self.pos[:, :s]
+        h = self.ln1(x)
+        q, k, v = (p(h).view(b, s, self.heads, self.hd).transpose(1, 2) for p in (self.q, self.k, self.v))
+        x = x + self.o(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, s, -1))
+        x = x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+        return self.head(self.norm(x).mean(1))

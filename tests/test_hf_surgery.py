@@ -11,6 +11,7 @@ import pytest
 import torch
 from helpers import heads_reversed, rel_err
 from hf_models import FAMILIES, inputs, main_output, run, tiny
+from torch import nn
 
 import hetsurgery as hs
 from hetsurgery import export
@@ -164,3 +165,23 @@ def test_to_pretrained_owns_its_tensors_and_changes_only_the_sizes_that_changed(
     config = to_pretrained(wider, like=model).config
     assert config.intermediate_size == model.config.vocab_size != model.config.intermediate_size
     assert config.vocab_size == model.config.vocab_size and config.hidden_size == model.config.hidden_size
+
+
+@pytest.mark.parametrize("method", ["average", "zip"])
+def test_llamas_of_different_depth_merge(method: str) -> None:
+    """The balanced shallow Llama corresponds to the deep one although its blocks' weights are named after other
+    places and its inserted block reads its neighbour's rotary ``unsqueeze`` (one node for two of the deep model's)."""
+    from hf_models import T, V
+
+    def llama(layers: int, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return T.LlamaForCausalLM(T.LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=48,
+                                                num_hidden_layers=layers, num_attention_heads=4,
+                                                num_key_value_heads=2, max_position_embeddings=32)).eval()
+
+    deep, shallow = llama(3, 0), llama(1, 1)
+    result = hs.merge([deep, shallow], _batches("llama"), method=method, depth="lma", progress=False)
+    x = inputs("llama", 2, 7, seed=3)
+    with torch.no_grad():
+        out = main_output(result.model(**x))
+    assert out.shape == main_output(run(deep, x)).shape and bool(out.isfinite().all())

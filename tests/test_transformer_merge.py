@@ -124,3 +124,79 @@ def test_repair_gives_the_first_layers_their_target_statistics() -> None:
         gap_before = (before[name][1] - want).abs().mean()
         gap_after = (after[name][1] - want).abs().mean()
         assert gap_after < 1e-3 * want.mean() + 1e-6 and gap_after < gap_before
+
+
+def _with_a_head_copied(model: nn.Module, head: int) -> nn.Module:
+    """Net2Net for heads: ``model`` with head ``head`` copied into a new last head, both halves of its output
+    projection (the same function, one head more)."""
+    from decoder_models import HeadsEncoder
+
+    hd = model.hd
+    wide = HeadsEncoder(model.heads + 1)
+    state = dict(model.state_dict())
+    at = slice(head * hd, (head + 1) * hd)
+    for name in ("q", "k", "v"):
+        state[f"{name}.weight"] = torch.cat([state[f"{name}.weight"], state[f"{name}.weight"][at]])
+        state[f"{name}.bias"] = torch.cat([state[f"{name}.bias"], state[f"{name}.bias"][at]])
+    o = state["o.weight"].clone()
+    o[:, at] /= 2
+    state["o.weight"] = torch.cat([o, o[:, at]], 1)
+    wide.load_state_dict(state)
+    return wide.eval()
+
+
+def test_a_model_merged_with_itself_with_a_head_copied_comes_back() -> None:
+    from decoder_models import HeadsEncoder
+
+    torch.manual_seed(0)
+    model = _perturbed(HeadsEncoder(2))
+    wide = _with_a_head_copied(model, 0)
+    with torch.no_grad():
+        assert rel_err(model(IDS), wide(IDS)) <= 1e-5
+    for models in ([model, wide], [wide, model]):
+        r = hs.merge(models, _data(IDS), method="zip", progress=False)
+        assert r.plan.anchor == models.index(wide)  # the merged model has the widest model's three heads
+        assert r.graph.group(1).structure.count == 3
+        with torch.no_grad():
+            assert rel_err(model(IDS), r.model(IDS)) <= 1e-4
+
+
+def test_heads_of_different_counts_merge_head_to_head() -> None:
+    from decoder_models import HeadsEncoder
+
+    from hetsurgery.passes.block_maps import block_order
+
+    torch.manual_seed(0)
+    small, big = _perturbed(HeadsEncoder(2), 1), _perturbed(HeadsEncoder(3), 2)
+    r = hs.merge([small, big], _data(IDS), method="zip", progress=False)
+    with torch.no_grad():
+        out = r.model(IDS)
+    assert out.shape == small(IDS).shape and bool(out.isfinite().all())
+    heads = [grp for grp in r.graph.groups if grp.structure.moves]
+    assert heads and all(grp.structure.count == 3 for grp in heads)
+    for grp in heads:  # whole heads to whole heads, each head of a model in one merged head
+        m = r.plan.groups[grp.id]
+        assert m.info["head_clusters"] and sorted(h for c in m.info["head_clusters"] for h in c) == \
+            [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2)]
+        for k, blocks in enumerate([hs.trace(small, IDS).group(grp.id).structure, grp.structure]):
+            used = block_order(m.merge[k], blocks)
+            assert not isinstance(used, str)
+    # one model alone (weights 1, 0) in the other's three heads: itself, its heads carried whole
+    for w in ((1.0, 0.0), (0.0, 1.0)):
+        alone = hs.merge([small, big], _data(IDS), method="zip", weights=w, repair=False, progress=False).model
+        with torch.no_grad():
+            assert rel_err((small if w[0] else big)(IDS), alone(IDS)) <= 1e-4
+    # the zoo ViT: 2 and 3 heads of 8 (streams of 16 and 24), with REPAIR
+    a = _perturbed(hs.zoo.transformer("sdpa", depth=1, dim=16, heads=2))
+    b = _perturbed(hs.zoo.transformer("sdpa", depth=1, dim=24, heads=3), 1)
+    merged = hs.merge([a, b], _data(IMAGES), method="zip", progress=False).model
+    with torch.no_grad():
+        assert bool(merged(IMAGES).isfinite().all())
+
+
+@pytest.mark.parametrize("method", ["permute", "ot", "mal"])
+def test_heads_of_different_counts_say_which_method_merges_them(method: str) -> None:
+    from decoder_models import HeadsEncoder
+
+    with pytest.raises(hs.MergeInputError, match="zip"):
+        hs.merge([HeadsEncoder(2), HeadsEncoder(3)], _data(IDS), method=method, progress=False)

@@ -7,7 +7,8 @@ name or by position in a parameter list: the units are paired by their order in 
 depth plan decided it), and the fx nodes by what they compute. Both graphs are followed from their outputs
 back through the arguments of each node, so a pair of nodes is the same op with the same target, the same
 layer settings except widths and the same literal arguments, wired to pairs of nodes the same way, in
-corresponding units. Nodes that hand their input on unchanged (an ``nn.Identity`` shortcut, a dropout of
+corresponding units; a node that holds no tensor may stand for several of the anchor's (the same value computed
+once per block in one model, once for two blocks in the other). Nodes that hand their input on unchanged (an ``nn.Identity`` shortcut, a dropout of
 rate 0, ``contiguous``) are looked through: a block written with ``self.shortcut = nn.Identity()`` and a
 zero-residual block derived from a strided one, whose shortcut is bare, compute the same, whatever their node
 counts. The model is then rebuilt on the anchor's structure holding its own tensors, under the anchor's
@@ -30,7 +31,7 @@ from torch import fx, nn
 from hetsurgery.errors import MergeInputError, PassError, TracingError
 from hetsurgery.ir import ModelGraph
 from hetsurgery.ir.structure import with_tensors
-from hetsurgery.merging.topology import signature
+from hetsurgery.merging.topology import NodeSignature, signature
 from hetsurgery.passes import check_same_function
 from hetsurgery.tracing import lift_graph
 
@@ -100,11 +101,11 @@ def _paired_nodes(anchor: ModelGraph, g: ModelGraph) -> list[tuple[fx.Node, fx.N
                                       f") meets both {paired[x].name} and {y.name}: the balanced models are wired "
                                       f"differently there (seen from {user.name})")
             continue
-        if y in taken:
+        if y in taken and not _pure(x):  # a pure op computed once in g may stand for several in the anchor
             raise MergeInputError(f"{g.name}: node {y.name} meets two of {anchor.name}'s nodes, one of them {x.name} "
                                   f"(in {_where(anchor, a_unit.get(x.name))}): the balanced models are wired "
                                   "differently there")
-        sx, sy = signature(x, a_mods), signature(y, g_mods)
+        sx, sy = _signature(x, a_mods), _signature(y, g_mods)
         xs, ys = _operands(x), _operands(y)
         if sx != sy or len(xs) != len(ys):
             raise MergeInputError(f"{g.name}: node {y.name} is {sy} but its counterpart {x.name} in {anchor.name} "
@@ -118,6 +119,19 @@ def _paired_nodes(anchor: ModelGraph, g: ModelGraph) -> list[tuple[fx.Node, fx.N
         taken.add(y)
         todo += [(u, v, x) for u, v in zip(xs, ys, strict=True)]
     return list(paired.items())
+
+
+def _signature(node: fx.Node, modules: dict[str, nn.Module]) -> NodeSignature:
+    """What ``node`` computes (``topology.signature``), a tensor read by ``get_attr`` whatever its name: the units
+    are paired by the depth plan, and a block's weight is named after its place (``model.layers.2.…``)."""
+    return NodeSignature("get_attr", "a tensor", ()) if node.op == "get_attr" else signature(node, modules)
+
+
+def _pure(node: fx.Node) -> bool:
+    """An op that holds no tensor of its own (not a layer, not a parameter): a balanced model may compute it once
+    where the anchor computes it once per block (Hugging Face Llama's per-layer ``cos.unsqueeze(1)`` outside its
+    layers, which an inserted block's copy reads from its neighbour)."""
+    return node.op in ("call_function", "call_method")
 
 
 def _operands(node: fx.Node) -> list[fx.Node]:

@@ -7,7 +7,7 @@ import os
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from hetsurgery.merging.balance import check_same_depth
 from hetsurgery.merging.combine import combine
 from hetsurgery.merging.depth import balance_depths
 from hetsurgery.merging.fusion import FuseReport
+from hetsurgery.merging.head_counts import changing_heads, layout_model
 from hetsurgery.merging.inputs import (
     BN_RESET_SAMPLES,
     check_finite,
@@ -182,8 +183,13 @@ def plan_traced(graphs: Sequence[ModelGraph], data: Iterable | None, o: MergeOpt
     if spec.widths is None and o.width is not None:
         raise MergeInputError(f"method {method!r} keeps the models' common widths; width= works with zip, ot and mal")
     targets = resolve_widths(graphs, o.width, spec.default_width, anchor)
+    layout = layout_model(graphs, targets, method, anchor) if spec.widths is not None else None
     if spec.widths is not None:
-        check_width_changes(graphs, targets, method, spec.widths)
+        check_width_changes(graphs, targets, method, spec.widths,
+                            skip=changing_heads(graphs, targets) if layout is not None else ())
+    if layout is not None and layout != anchor:  # heads of different counts: the merged model is this one's layout
+        o = replace(o, anchor=layout)
+        anchor = layout
     check_same_operations(graphs)
     if o.partial is not None:
         o.partial.units_merged(graphs[anchor])  # a cut the balanced models have, before their statistics

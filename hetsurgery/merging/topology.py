@@ -17,6 +17,7 @@ from torch import fx, nn
 from hetsurgery.errors import ExportError, MergeInputError
 from hetsurgery.export.modules import constructor_args
 from hetsurgery.ir import Blocks, ModelGraph, OpKind
+from hetsurgery.merging.head_counts import head_count_change
 from hetsurgery.tracing import OPKIND_META
 
 # constructor arguments that are widths (they may differ between the models of a width-heterogeneous merge)
@@ -45,12 +46,14 @@ def check_same_topology(graphs: Sequence[ModelGraph], *, equal_widths: bool) -> 
             if sig_a != sig_b:
                 raise MergeInputError(f"group {a.id} ({a.label}) differs between {ref.name} and {g.name}: "
                                  f"{sorted(set(sig_a) ^ set(sig_b))[:3]} ({DEPTH_HINT})")
-            if a.structure.count != b.structure.count:  # a different block size alone is a width difference
+            if a.structure.count != b.structure.count and not (head_count_change(a.structure, b.structure)
+                                                               and not equal_widths):
                 raise MergeInputError(
                     f"group {a.id} ({a.label}) comes as {_blocks(a.structure)} in {ref.name} but as "
                     f"{_blocks(b.structure)} in {g.name}: channels may only move inside their blocks (attention "
                     "heads, conv groups), and these blocks do not correspond; the models cannot be merged "
-                    "channel by channel")
+                    "channel by channel" + ("; heads of one size in different counts merge with method 'zip'"
+                                           if head_count_change(a.structure, b.structure) else ""))
             if a.size != b.size and (equal_widths or not a.perm_ok):
                 why = "is frozen" if not a.perm_ok else "needs equal widths for this method (use zip, ot or mal)"
                 raise MergeInputError(f"group {a.id} ({a.label}) has width {a.size} in {ref.name} and {b.size} in "

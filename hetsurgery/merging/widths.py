@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from types import MappingProxyType
 
 from hetsurgery.errors import MergeInputError
@@ -71,11 +71,12 @@ def _rule(choice: object) -> WidthRule | None:
 
 
 def check_width_changes(graphs: Sequence[ModelGraph], targets: Mapping[int, int], method: str,
-                        need: Capability) -> None:
-    """Every group whose width differs between models, or from its target, must admit ``need`` (zip or pad)."""
+                        need: Capability, skip: Collection[int] = ()) -> None:
+    """Every group whose width differs between models, or from its target, must admit ``need`` (zip or pad);
+    ``skip``: groups checked otherwise (heads of different counts, ``merging.head_counts``)."""
     for grp in graphs[0].permutable():
         sizes = {g.group(grp.id).size for g in graphs}
-        if sizes == {targets[grp.id]}:
+        if sizes == {targets[grp.id]} or grp.id in skip:
             continue
         for g in graphs:
             why = g.group(grp.id).why_not(need)

@@ -29,10 +29,13 @@ from dataclasses import replace
 
 from hetsurgery.ir import ModelGraph, OpKind, Role
 from hetsurgery.ir.slot_algebra import slot_rows
+from hetsurgery.merging.head_counts import changing_heads
 from hetsurgery.passes import Pipeline
 from hetsurgery.passes.fold_norms import FoldNorms, folded, stream_report
 from hetsurgery.plan.signature import joint_signature
+from hetsurgery.plan.solvers.head_cluster import clustered_heads, head_clusters
 from hetsurgery.plan.solvers.head_zip import head_zip
+from hetsurgery.plan.solvers.heads import tie_classes
 from hetsurgery.plan.solvers.permute import permute, stats_head_orders
 from hetsurgery.plan.solvers.stream import stream_match
 from hetsurgery.plan.solvers.zip import zip_match
@@ -105,8 +108,13 @@ def plan_zip(graphs: Sequence[ModelGraph], stats: Mapping[int, GroupStats] | Non
     streams = zipped_streams(graphs)
     normalised = set.intersection(*(normalised_groups(g) for g in graphs))
     per_group = group_weights(graphs, weights)
-    orders = stats_head_orders(list(graphs[0].permutable()), stats, anchor, lambda gid: joint_signature(graphs, gid))
+    counted = _head_count_changes(graphs, stats, targets, per_group, weights, alpha, beta)
+    out.update(counted)
+    orders = stats_head_orders([g for g in graphs[0].permutable() if g.id not in counted], stats, anchor,
+                               lambda gid: joint_signature(graphs, gid))
     for gid, s in stats.items():
+        if gid in counted:
+            continue
         blocks = graphs[0].group(gid).structure
         sig = joint_signature(graphs, gid)
         w = per_group.get(gid, tuple(weights))
@@ -121,6 +129,31 @@ def plan_zip(graphs: Sequence[ModelGraph], stats: Mapping[int, GroupStats] | Non
             out[gid] = _across_models(gid, s, sig, w, targets[gid], alpha, beta)
         else:
             out[gid] = zip_match(gid, s.similarity(sig), s.widths, w, width=targets[gid], alpha=alpha, beta=beta)
+    return out
+
+
+def _head_count_changes(graphs: Sequence[ModelGraph], stats: Mapping[int, GroupStats], targets: Mapping[int, int],
+                        per_group: Mapping[int, tuple[float, ...]], weights: Sequence[float], alpha: float,
+                        beta: float) -> dict[int, GroupMatch]:
+    """Heads of different counts (``merging.head_counts``): per class of tied groups, the heads of all models zipped
+    into the merged count on the value/output side's similarity (every group's where no weight reads one), then each
+    group's channels inside the merged heads (``solvers.head_cluster``)."""
+    changing = set(changing_heads(graphs, targets))
+    out: dict[int, GroupMatch] = {}
+    for members in tie_classes(g for g in graphs[0].permutable() if g.id in changing and g.id in stats):
+        ids = [g.id for g in members]
+        size = members[0].structure.size
+        outputs = [g.id for g in members if g.slots_with(Role.CONSUME)] or ids
+        w = per_group.get(outputs[0], tuple(weights))
+        counts = [d // size for d in stats[ids[0]].widths]
+        scored = [(stats[gid].similarity(joint_signature(graphs, gid)), graphs[0].group(gid).structure.inner)
+                  for gid in outputs]
+        clusters = head_clusters(ids[0], scored, size, w, targets[ids[0]] // size, counts, alpha=alpha, beta=beta)
+        for gid in ids:
+            grp = graphs[0].group(gid)
+            out[gid] = clustered_heads(gid, stats[gid], size, per_group.get(gid, tuple(weights)), clusters,
+                                       zip_inside=_linear_heads(graphs[0], gid), inner=grp.structure.inner,
+                                       signature=joint_signature(graphs, gid), alpha=alpha, beta=beta)
     return out
 
 
