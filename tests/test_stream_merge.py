@@ -11,6 +11,7 @@ import torch
 
 from hetsurgery import merge, stream, trace
 from hetsurgery.export import to_pretrained
+from hetsurgery.export.errors import InputError
 from hetsurgery.passes import InsertZeroResidual, RemoveBlock
 from hetsurgery.stream.checkpoint import INDEX
 from tests.hf_models import T
@@ -67,6 +68,29 @@ def test_streamed_mal_pad_with_a_narrower_model(saved: dict, tmp_path: Path) -> 
                        example_inputs=data[0], progress=False, shard_bytes=10_000)
     assert len(list(out.path.glob("*.safetensors"))) > 1
     _same(r.to_pretrained(like=a).state_dict(), out.path)
+
+
+def test_a_config_saved_on_its_own_takes_the_class_of_the_model_it_is_merged_with(saved: dict,
+                                                                                  tmp_path: Path) -> None:
+    """``config.save_pretrained`` writes no ``architectures``: alone, such a checkpoint describes the bare model and
+    its head's tensors are refused in one line; merged with a model of a class that takes its config, it is that
+    class."""
+    import json
+    import shutil
+
+    root, data = saved["root"], saved["data"]
+    headless = tmp_path / "narrow"
+    shutil.copytree(root / "narrow", headless)
+    config = json.loads((headless / "config.json").read_text())
+    del config["architectures"]
+    (headless / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match=r"names no architecture.*model\.embed_tokens\.weight") as err:
+        stream.StreamedModel.open(headless, data[0])
+    assert "\n" not in str(err.value)
+    kw = {"example_inputs": data[0], "progress": False}
+    out = stream.merge([root / "a", headless], None, tmp_path / "malpad", method="mal-pad", **kw)
+    want = stream.merge([root / "a", root / "narrow"], None, tmp_path / "want", method="mal-pad", **kw)
+    _same(T.LlamaForCausalLM.from_pretrained(want.path).state_dict(), out.path)
 
 
 def test_streamed_block_expansion_and_slicing(saved: dict, tmp_path: Path) -> None:
