@@ -78,6 +78,8 @@ def merge(models: Sequence[str | os.PathLike[str] | Checkpoint], data: Iterable 
         raise MergeInputError(f"merge needs at least two models, got {len(ckpts)}")
     device = default_device(o.device)
     world = join(o.distributed, device)
+    if not world.leader:  # one progress bar, rank 0's
+        o = replace(o, progress=False)
     if o.method == "average" and _one_architecture(ckpts):
         seconds["trace"] = time.perf_counter() - clock
         return _average(ckpts, o, out, dtype, shard_bytes, seconds) if world.leader else StreamResult(None, None)
