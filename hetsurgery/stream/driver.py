@@ -95,8 +95,8 @@ def merge(models: Sequence[str | os.PathLike[str] | Checkpoint], data: Iterable 
     graphs = [m.graph for m in streamed]
     values = [m.values(torch.float32, device) for m in streamed]
     seconds["trace"] = time.perf_counter() - clock
-    planned = plan_traced(graphs, data, o, seconds, values=values,
-                          runner=Segmented(graphs, values, segment_bytes))
+    read = [m.values(None, device) for m in streamed] if METHODS[o.method].weights_as_stored else values
+    planned = plan_traced(graphs, data, o, seconds, values=read, runner=Segmented(graphs, values, segment_bytes))
     if not world.leader:
         return StreamResult(None, planned.plan, seconds)
     clock = time.perf_counter()

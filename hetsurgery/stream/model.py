@@ -113,15 +113,16 @@ class StreamedModel:
         key = self.keys.get(param)
         return self.checkpoint.dtype(key) if key is not None else self.graph.params[param].dtype
 
-    def values(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Values:
+    def values(self, dtype: torch.dtype | None = torch.float32, device: torch.device | str | None = None) -> Values:
+        """The parameter values, read when asked for, floating ones in ``dtype`` (``None``: as stored)."""
         return Values(self, dtype, device)
 
 
 class Values(Mapping[str, torch.Tensor]):
     """A streamed model's parameter values by graph name, each read from the checkpoint when asked for (floating
-    tensors in ``dtype``, on ``device``) and checked to be finite; nothing is kept."""
+    tensors in ``dtype``, or as stored for ``None``, on ``device``) and checked to be finite; nothing is kept."""
 
-    def __init__(self, model: StreamedModel, dtype: torch.dtype, device: torch.device | str | None) -> None:
+    def __init__(self, model: StreamedModel, dtype: torch.dtype | None, device: torch.device | str | None) -> None:
         self.model, self.dtype, self.device = model, dtype, device
 
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -147,7 +148,7 @@ class Values(Mapping[str, torch.Tensor]):
         return self._dtype_of(t.dtype)
 
     def _dtype_of(self, dtype: torch.dtype) -> torch.dtype:
-        return self.dtype if dtype.is_floating_point else dtype
+        return self.dtype if self.dtype is not None and dtype.is_floating_point else dtype
 
     def __contains__(self, name: object) -> bool:  # without reading the tensor
         return name in self.model.graph.params
