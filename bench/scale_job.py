@@ -85,7 +85,7 @@ def run(kind: str, root: Path) -> dict[str, object]:
         r = stream.merge([root / "A", root / "B"], None, root / "out-average", method="average", progress=False)
     elif kind == "permute":
         r = stream.merge([root / "A", root / "B"], calibration(), root / "out-permute", method="permute",
-                         progress=False)
+                         progress=False, device="cuda" if torch.cuda.is_available() else None)
     elif kind == "malpad":
         r = stream.merge([root / "A", root / "C"], None, root / "out-malpad", method="mal-pad", progress=False)
     else:
