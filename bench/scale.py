@@ -67,8 +67,11 @@ def measure() -> dict[str, object]:
     if made is None:
         made = job("make")["result"]
         (ROOT / "made.json").write_text(json.dumps(made))
-    runs: dict[str, object] = {}
-    for kind in ("average", "expand", "permute", "malpad", "mergekit", "check"):
+    # SCALE_ONLY=permute,check re-measures those runs and keeps the others from the last measured.json
+    only = [k for k in os.environ.get("SCALE_ONLY", "").split(",") if k]
+    saved = ROOT / "measured.json"
+    runs: dict[str, object] = json.loads(saved.read_text())["runs"] if only and saved.exists() else {}
+    for kind in only or ["average", "expand", "permute", "malpad", "mergekit", "check"]:
         if kind not in ("mergekit", "check"):
             shutil.rmtree(ROOT / f"out-{kind}", ignore_errors=True)
         print(f"scale {kind}", flush=True)
@@ -76,6 +79,8 @@ def measure() -> dict[str, object]:
             runs[kind] = mergekit() if kind == "mergekit" else job(kind)
         except RuntimeError as exc:  # the report says which run failed, and the others still count
             runs[kind] = {"error": str(exc).splitlines()[-1]}
+        if isinstance(runs[kind], dict):
+            runs[kind]["commit"] = _commit()
         print(f"  {json.dumps(runs[kind])[:300]}", flush=True)
         (ROOT / "measured.json").write_text(json.dumps({"made": made, "runs": runs}, indent=1))
     return {"made": made, "runs": runs}
@@ -142,8 +147,20 @@ def section(m: dict[str, object]) -> str:
         "result is neither model; hetsurgery's `permute` aligns them first and gives A back, and `mal-pad` merges "
         "models of different widths, and `InsertZeroResidual` changes the depth, which mergekit cannot do. "
         f"GPU: {gpu}.", "",
-        f"Command: `python -m bench scale`. Machine: {machine()}.",
+        f"Command: `python -m bench scale`. Machine: {machine()}.{_commits(runs)}",
     ])
+
+
+def _commits(runs: dict[str, object]) -> str:
+    """Which commit each run was measured at, when they differ (``SCALE_ONLY`` re-measured some)."""
+    at = {k: r.get("commit") for k, r in runs.items() if isinstance(r, dict) and r.get("commit")}
+    if len(set(at.values())) <= 1:
+        return ""
+    return " Runs measured at: " + ", ".join(f"{k} {c}" for k, c in at.items()) + "."
+
+
+def _commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip()
 
 
 def _expand_at() -> tuple[int, ...]:
