@@ -219,10 +219,12 @@ def _one_pass(graphs: Sequence[ModelGraph], data: Iterable, gids: list[int], ful
                  if gid in pending}  # a rank given no batches has none: it sends an empty one
         pending.difference_update(ready)
         world.combine(ready)
-        for gid, a in ready.items():
+        for gid in list(ready):
+            a = ready.pop(gid)  # the accumulator goes before the group is solved: one D^2 less held meanwhile
             if a.n < 2:
                 raise HetsurgeryError(f"group {gid}: fewer than two calibration samples; give more data")
             s = GroupStats(tuple(sizes[gid]), a.n, a.means(), a.covariance(), complete=full, constant=a.constant())
+            del a
             if done is None:
                 result[gid] = s
             else:
