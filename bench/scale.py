@@ -67,14 +67,22 @@ def measure() -> dict[str, object]:
     if made is None:
         made = job("make")["result"]
         (ROOT / "made.json").write_text(json.dumps(made))
-    runs: dict[str, object] = {}
-    for kind in ("average", "expand", "permute", "malpad"):
-        shutil.rmtree(ROOT / f"out-{kind}", ignore_errors=True)
+    # SCALE_ONLY=permute,check re-measures those runs and keeps the others from the last measured.json
+    only = [k for k in os.environ.get("SCALE_ONLY", "").split(",") if k]
+    saved = ROOT / "measured.json"
+    runs: dict[str, object] = json.loads(saved.read_text())["runs"] if only and saved.exists() else {}
+    for kind in only or ["average", "expand", "permute", "malpad", "mergekit", "check"]:
+        if kind not in ("mergekit", "check"):
+            shutil.rmtree(ROOT / f"out-{kind}", ignore_errors=True)
         print(f"scale {kind}", flush=True)
-        runs[kind] = job(kind)
-    print("scale mergekit", flush=True)
-    runs["mergekit"] = mergekit()
-    runs["check"] = job("check")["result"]
+        try:
+            runs[kind] = mergekit() if kind == "mergekit" else job(kind)
+        except RuntimeError as exc:  # the report says which run failed, and the others still count
+            runs[kind] = {"error": str(exc).splitlines()[-1]}
+        if isinstance(runs[kind], dict):
+            runs[kind]["commit"] = _commit()
+        print(f"  {json.dumps(runs[kind])[:300]}", flush=True)
+        (ROOT / "measured.json").write_text(json.dumps({"made": made, "runs": runs}, indent=1))
     return {"made": made, "runs": runs}
 
 
@@ -82,7 +90,7 @@ def section(m: dict[str, object]) -> str:
     made, runs = m["made"], m["runs"]
     assert isinstance(made, dict) and isinstance(runs, dict)
     size = {k: v / 2**20 for k, v in made["bytes"].items()}
-    check = runs["check"]
+    check = runs["check"].get("result") or {}
     pairs = {"average": ("A", "B"), "mergekit": ("A", "B"), "permute": ("A", "B"), "malpad": ("A", "C"),
              "expand": ("A",)}
     what = {
@@ -99,6 +107,9 @@ def section(m: dict[str, object]) -> str:
         if r is None:
             rows.append(f"| {what[kind]} | not run ({MERGEKIT} not found) | | | | |")
             continue
+        if "error" in r:
+            rows.append(f"| {what[kind]} | failed: {r['error']} | | | | |")
+            continue
         inputs = sum(size[n] for n in pairs[kind])
         two = size["A"] + size[pairs[kind][-1]] if kind != "expand" else 2 * size["A"]
         share = r["peak_mib"] / two
@@ -106,7 +117,8 @@ def section(m: dict[str, object]) -> str:
         detail = ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
         rows.append(f"| {what[kind]} | {r['seconds']:.1f} | {r['peak_mib']:.0f} | {inputs:.0f} | {share:.1%} "
                     f"{'✓' if share <= 0.25 else '✗ (target 25 %)'} | {detail} |")
-    checks = [f"- block expansion: {check['expand']['layers']} layers, largest logit difference from A "
+    checks = [f"- the check failed: {runs['check']['error']}"] if "error" in runs["check"] else [
+              f"- block expansion: {check['expand']['layers']} layers, largest logit difference from A "
               f"{check['expand']['max_abs_error']:.3g} (must be 0: exact);",
               f"- permute merge of A with B (A permuted: every group, heads as whole heads): largest logit "
               f"difference from A {check['permute']['max_abs_error']:.3g} (must be 0: the merge gives A back);",
@@ -115,8 +127,9 @@ def section(m: dict[str, object]) -> str:
     if "average_vs_mergekit" in check:
         checks.append(f"- hetsurgery's average and mergekit's linear merge differ by at most "
                       f"{check['average_vs_mergekit']:.3g} in any weight.")
-    gpu = ("the statistics pass on the GPU: see the permute row run with device='cuda'" if torch.cuda.is_available()
-           else "no GPU on this machine: the statistics pass on a GPU (`device=\"cuda\"`) was not measured")
+    gpu = ("the permute row's statistics pass ran on the GPU (`device=\"cuda\"`)" if torch.cuda.is_available() else
+           "skipped, this machine has none: the permute row's statistics pass ran on the CPU (with a CUDA device, "
+           "the bench runs it with `device=\"cuda\"`)")
     return "\n".join([
         "## Scale: checkpoints streamed block by block", "",
         f"A Llama of {made['parameters'] / 1e9:.2f} B parameters (hidden 2048, MLP 5632, 22 layers, 32 heads, 4 "
@@ -134,8 +147,20 @@ def section(m: dict[str, object]) -> str:
         "result is neither model; hetsurgery's `permute` aligns them first and gives A back, and `mal-pad` merges "
         "models of different widths, and `InsertZeroResidual` changes the depth, which mergekit cannot do. "
         f"GPU: {gpu}.", "",
-        f"Command: `python -m bench scale`. Machine: {machine()}.",
+        f"Command: `python -m bench scale`. Machine: {machine()}.{_commits(runs)}",
     ])
+
+
+def _commits(runs: dict[str, object]) -> str:
+    """Which commit each run was measured at, when they differ (``SCALE_ONLY`` re-measured some)."""
+    at = {k: r.get("commit") for k, r in runs.items() if isinstance(r, dict) and r.get("commit")}
+    if len(set(at.values())) <= 1:
+        return ""
+    return " Runs measured at: " + ", ".join(f"{k} {c}" for k, c in at.items()) + "."
+
+
+def _commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip()
 
 
 def _expand_at() -> tuple[int, ...]:

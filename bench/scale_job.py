@@ -63,7 +63,8 @@ def make(root: Path) -> dict[str, object]:
         i = int(k.split(".")[2])
         return t[:, keep[i]].contiguous() if "down_proj" in k else t[keep[i]].contiguous()
 
-    narrow = transformers.LlamaConfig(**{**CONFIG, "intermediate_size": NARROW})
+    narrow = transformers.LlamaConfig(**{**CONFIG, "intermediate_size": NARROW}, architectures=["LlamaForCausalLM"],
+                                      dtype=torch.bfloat16)  # as save_pretrained of the model writes it
     (root / "C").mkdir(exist_ok=True)
     narrow.save_pretrained(root / "C")
     c_specs = [(k, t.dtype, tuple(narrowed(k).shape) if ".mlp." in k else tuple(t.shape)) for k, t in sd.items()]
@@ -84,7 +85,7 @@ def run(kind: str, root: Path) -> dict[str, object]:
         r = stream.merge([root / "A", root / "B"], None, root / "out-average", method="average", progress=False)
     elif kind == "permute":
         r = stream.merge([root / "A", root / "B"], calibration(), root / "out-permute", method="permute",
-                         progress=False)
+                         progress=False, device="cuda" if torch.cuda.is_available() else None)
     elif kind == "malpad":
         r = stream.merge([root / "A", root / "C"], None, root / "out-malpad", method="mal-pad", progress=False)
     else:

@@ -163,3 +163,21 @@ def test_accumulators_sharing_scratch_buffers_equal_separate_ones() -> None:
     feats = torch.cat([b[2].transpose(1, 2).reshape(-1, 6) for b in batches])
     torch.testing.assert_close(shared[1].covariance()[:6, :6], torch.cov(feats.T.double()), rtol=1e-5, atol=1e-6)
     assert len(scratch.buffers) == 2  # one per model, grown to the largest site
+
+
+def test_a_similarity_block_is_that_block_of_the_similarity() -> None:
+    """``similarity_block`` (what permute reads: one block, no ``D x D`` matrix) equals the block of ``similarity``,
+    with dead features (constant, some at one value) and a signature breaking ties."""
+    from hetsurgery.plan.stats import GroupStats
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 11, generator=gen, dtype=torch.float64)
+    x[:, [2, 8]] = 0.0  # dead in both models, at the same value
+    x[:, 4] = 3.0
+    stats = GroupStats((5, 6), 200, x.mean(0), torch.cov(x.T))
+    signature = torch.randn(11, 3, generator=gen)
+    signature[8] = signature[2]
+    for sig in (None, signature):
+        full = stats.similarity(sig)
+        for i, j in ((0, 1), (1, 0), (1, 1)):
+            assert torch.equal(stats.similarity_block(i, j, sig), stats.block(full, i, j))

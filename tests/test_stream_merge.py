@@ -12,6 +12,7 @@ import torch
 from hetsurgery import merge, stream, trace
 from hetsurgery.errors import MergeInputError
 from hetsurgery.export import to_pretrained
+from hetsurgery.export.errors import InputError
 from hetsurgery.passes import InsertZeroResidual, RemoveBlock
 from hetsurgery.stream.checkpoint import INDEX
 from tests.hf_models import T
@@ -68,6 +69,46 @@ def test_streamed_mal_pad_with_a_narrower_model(saved: dict, tmp_path: Path) -> 
                        example_inputs=data[0], progress=False, shard_bytes=10_000)
     assert len(list(out.path.glob("*.safetensors"))) > 1
     _same(r.to_pretrained(like=a).state_dict(), out.path)
+
+
+def test_streamed_mal_pad_of_bfloat16_checkpoints(saved: dict, tmp_path: Path) -> None:
+    """Weight matching reads bfloat16 checkpoints as stored and widens each piece itself: the plan and the output
+    are those of the in-memory merge of the same weights in float32, written in bfloat16."""
+    data = saved["data"]
+    models = {"a": llama(0).bfloat16(), "narrow": llama(2, intermediate=40).bfloat16()}
+    for name, m in models.items():
+        m.save_pretrained(tmp_path / name, max_shard_size="20KB")
+    wide = [m.float() for m in models.values()]  # the same values, in float32
+    r = merge(wide, None, method="mal-pad", example_inputs=data[0], progress=False)
+    out = stream.merge([tmp_path / "a", tmp_path / "narrow"], None, tmp_path / "malpad", method="mal-pad",
+                       example_inputs=data[0], progress=False)
+    want = {k: v.to(torch.bfloat16) for k, v in r.to_pretrained(like=wide[0]).state_dict().items()}
+    got = T.LlamaForCausalLM.from_pretrained(out.path, dtype=torch.bfloat16).state_dict()
+    assert set(got) == set(want)
+    assert [k for k in want if not torch.equal(want[k], got[k])] == []
+
+
+def test_a_config_saved_on_its_own_takes_the_class_of_the_model_it_is_merged_with(saved: dict,
+                                                                                  tmp_path: Path) -> None:
+    """``config.save_pretrained`` writes no ``architectures``: alone, such a checkpoint describes the bare model and
+    its head's tensors are refused in one line; merged with a model of a class that takes its config, it is that
+    class."""
+    import json
+    import shutil
+
+    root, data = saved["root"], saved["data"]
+    headless = tmp_path / "narrow"
+    shutil.copytree(root / "narrow", headless)
+    config = json.loads((headless / "config.json").read_text())
+    del config["architectures"]
+    (headless / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match=r"names no architecture.*model\.embed_tokens\.weight") as err:
+        stream.StreamedModel.open(headless, data[0])
+    assert "\n" not in str(err.value)
+    kw = {"example_inputs": data[0], "progress": False}
+    out = stream.merge([root / "a", headless], None, tmp_path / "malpad", method="mal-pad", **kw)
+    want = stream.merge([root / "a", root / "narrow"], None, tmp_path / "want", method="mal-pad", **kw)
+    _same(T.LlamaForCausalLM.from_pretrained(want.path).state_dict(), out.path)
 
 
 def test_streamed_block_expansion_and_slicing(saved: dict, tmp_path: Path) -> None:

@@ -196,6 +196,9 @@ class Method:
     full_stats: bool = False  # statistics inside each model too (zip), not only across models
     prepare: Callable[[Sequence[ModelGraph]], tuple[ModelGraph, ...]] | None = None  # exact edits before statistics
     data_free_with: tuple[tuple[str, object], ...] = ()  # option values that make the method need no data
+    # reads weights only through weight matching, which widens each piece to float32: a streamed merge hands them
+    # as stored (a bfloat16 embedding is half the memory of its float32 copy)
+    weights_as_stored: bool = False
 
     def wants_data(self, options: Mapping[str, object]) -> bool:
         return self.needs_data and not any(options.get(key) == value for key, value in self.data_free_with)
@@ -204,11 +207,12 @@ class Method:
 METHODS: Mapping[str, Method] = MappingProxyType({
     "average": Method(needs_data=False, plan=plan_average, widths=None),
     "permute": Method(needs_data=True, plan=plan_permute, widths=None),
-    "weight": Method(needs_data=False, plan=plan_weight, widths=None),
+    "weight": Method(needs_data=False, plan=plan_weight, widths=None, weights_as_stored=True),
     "ot": Method(needs_data=True, plan=plan_ot, widths=Capability.ZIP,
                  data_free_with=(("cost", OTCost.WEIGHTS.value),)),
     "zip": Method(needs_data=True, plan=plan_zip, widths=Capability.ZIP, default_width=WidthRule.MAX,
                   full_stats=True, prepare=prepare_zip),
-    "mal": Method(needs_data=False, plan=plan_mal, widths=Capability.PAD),
-    "mal-pad": Method(needs_data=False, plan=partial(plan_mal, alternate=False), widths=Capability.PAD),
+    "mal": Method(needs_data=False, plan=plan_mal, widths=Capability.PAD, weights_as_stored=True),
+    "mal-pad": Method(needs_data=False, plan=partial(plan_mal, alternate=False), widths=Capability.PAD,
+                      weights_as_stored=True),
 })

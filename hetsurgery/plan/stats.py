@@ -39,12 +39,14 @@ Done = Callable[[int, "GroupStats"], None]
 TIE = 1e-5  # the weight of the signature among live features: it decides only between near-equal correlations
 
 
-def signature_agreement(sig: torch.Tensor) -> torch.Tensor:
-    """``1 - normalised distance`` between rows of ``sig`` (``D x p``): 1 exactly for identical rows."""
+def signature_agreement(sig: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+    """``1 - normalised distance`` between rows of ``sig`` (``D x p``) and rows of ``other`` (default ``sig``): 1
+    exactly for identical rows."""
     s = sig.double()
-    dist = torch.cdist(s, s)
-    norm = s.norm(dim=1)
-    return 1.0 - (dist / (norm[:, None] + norm[None, :]).clamp_min(1e-12)).clamp(0, 1)
+    t = s if other is None else other.double()
+    dist = torch.cdist(s, t)
+    norm_s, norm_t = s.norm(dim=1), t.norm(dim=1)
+    return 1.0 - (dist / (norm_s[:, None] + norm_t[None, :]).clamp_min(1e-12)).clamp(0, 1)
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,29 @@ class GroupStats:
             score = score + 1e-4 * agreement
             sim = sim + TIE * agreement
         return torch.where(both, score, sim)
+
+    def similarity_block(self, i: int, j: int, signature: torch.Tensor | None = None) -> torch.Tensor:
+        """The ``(model i, model j)`` block of ``similarity(signature)``, made without any ``D x D`` matrix: for two
+        models of 5632 channels, a few blocks of 254 MB instead of a dozen ``D x D`` matrices of 1 GB."""
+        o = self.offsets()
+        a, b = slice(o[i], o[i + 1]), slice(o[j], o[j + 1])
+        var = self.cov.diagonal()
+        std = var.clamp_min(0).sqrt()
+        denom = std[a, None] * std[None, b]
+        sim = self.cov[a, b] / denom.clamp_min(1e-300)
+        sim.masked_fill_(denom <= 0, 0.0).clamp_(-1.0, 1.0)
+        del denom
+        const = self.constant if self.constant is not None else var <= 1e-12 * float(var.max().clamp_min(1e-300))
+        both = None
+        if bool(const[a].any()) and bool(const[b].any()):
+            same = (self.mean[a, None] - self.mean[None, b]).abs() <= 1e-6 * (1 + self.mean.abs().max())
+            both = const[a, None] & const[None, b] & same
+        agreement = None if signature is None else signature_agreement(signature[a], signature[b])
+        if agreement is not None:
+            sim += TIE * agreement
+        if both is not None and bool(both.any()):
+            sim[both] = (1.0 - 1e-4) + (0.0 if agreement is None else 1e-4 * agreement[both])
+        return sim
 
     def second_moment(self) -> torch.Tensor:
         """``E[x xᵀ]`` (for euclidean distances between features)."""
@@ -193,10 +218,12 @@ def _one_pass(graphs: Sequence[ModelGraph], data: Iterable, gids: list[int], ful
                  if gid in pending}  # a rank given no batches has none: it sends an empty one
         pending.difference_update(ready)
         world.combine(ready)
-        for gid, a in ready.items():
+        for gid in list(ready):
+            a = ready.pop(gid)  # the accumulator goes before the group is solved: one D^2 less held meanwhile
             if a.n < 2:
                 raise HetsurgeryError(f"group {gid}: fewer than two calibration samples; give more data")
             s = GroupStats(tuple(sizes[gid]), a.n, a.means(), a.covariance(), complete=full, constant=a.constant())
+            del a
             if done is None:
                 result[gid] = s
             else:

@@ -83,6 +83,8 @@ def merge(models: Sequence[str | os.PathLike[str] | Checkpoint], data: Iterable 
         raise MergeInputError(f"merge needs at least two models, got {len(ckpts)}")
     device = default_device(o.device)
     world = join(o.distributed, device)
+    if not world.leader:  # one progress bar, rank 0's
+        o = replace(o, progress=False)
     if o.method == "average" and _one_architecture(ckpts):
         seconds["trace"] = time.perf_counter() - clock
         return _average(ckpts, o, out, dtype, shard_bytes, seconds) if world.leader else StreamResult(None, None)
@@ -98,8 +100,8 @@ def merge(models: Sequence[str | os.PathLike[str] | Checkpoint], data: Iterable 
     graphs = [m.graph for m in streamed]
     values = [m.values(torch.float32, device) for m in streamed]
     seconds["trace"] = time.perf_counter() - clock
-    planned = plan_traced(graphs, data, o, seconds, values=values,
-                          runner=Segmented(graphs, values, segment_bytes))
+    read = [m.values(None, device) for m in streamed] if METHODS[o.method].weights_as_stored else values
+    planned = plan_traced(graphs, data, o, seconds, values=read, runner=Segmented(graphs, values, segment_bytes))
     if not world.leader:
         return StreamResult(None, planned.plan, seconds)
     clock = time.perf_counter()

@@ -45,8 +45,10 @@ def parameters_on_meta() -> Iterator[None]:
         nn.Module.register_parameter = original  # type: ignore[method-assign]
 
 
-def build_like(ckpt: Checkpoint) -> nn.Module:
-    """The checkpoint's model class built from its config, parameters on meta, in eval mode."""
+def build_like(ckpt: Checkpoint, like_class: type[nn.Module] | None = None) -> nn.Module:
+    """The checkpoint's model class built from its config, parameters on meta, in eval mode: the class its
+    ``architectures`` names, else ``like_class`` (the class of the model it is merged with) when that class takes
+    this config, else the bare model (``AutoModel``)."""
     if ckpt.config is None:
         raise InputError(f"{ckpt.folder} has no config.json: a checkpoint is traced from the model its config "
                          "describes; save the model with save_pretrained")
@@ -57,6 +59,8 @@ def build_like(ckpt: Checkpoint) -> nn.Module:
     config = transformers.AutoConfig.from_pretrained(ckpt.folder)
     names = list(getattr(config, "architectures", None) or [])
     cls = next((getattr(transformers, n) for n in names if hasattr(transformers, n)), None)
+    if cls is None and like_class is not None and isinstance(config, getattr(like_class, "config_class", ())):
+        cls = like_class  # a config saved on its own (config.save_pretrained) names no architecture
     with parameters_on_meta():
         model = cls(config) if cls is not None else transformers.AutoModel.from_config(config)
     return model.eval()
@@ -91,7 +95,7 @@ class StreamedModel:
         if like_model is not None and structure_config(like_model.checkpoint) == structure_config(ckpt):
             like, g = like_model.like, replace(like_model.graph, name=name)
         else:
-            like = build_like(ckpt)
+            like = build_like(ckpt, type(like_model.like) if like_model is not None else None)
             g = trace(like, example if example is not None else default_example(like), name=name)
         keys = _keys(ckpt, like, g)
         if not small:
@@ -109,15 +113,16 @@ class StreamedModel:
         key = self.keys.get(param)
         return self.checkpoint.dtype(key) if key is not None else self.graph.params[param].dtype
 
-    def values(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Values:
+    def values(self, dtype: torch.dtype | None = torch.float32, device: torch.device | str | None = None) -> Values:
+        """The parameter values, read when asked for, floating ones in ``dtype`` (``None``: as stored)."""
         return Values(self, dtype, device)
 
 
 class Values(Mapping[str, torch.Tensor]):
     """A streamed model's parameter values by graph name, each read from the checkpoint when asked for (floating
-    tensors in ``dtype``, on ``device``) and checked to be finite; nothing is kept."""
+    tensors in ``dtype``, or as stored for ``None``, on ``device``) and checked to be finite; nothing is kept."""
 
-    def __init__(self, model: StreamedModel, dtype: torch.dtype, device: torch.device | str | None) -> None:
+    def __init__(self, model: StreamedModel, dtype: torch.dtype | None, device: torch.device | str | None) -> None:
         self.model, self.dtype, self.device = model, dtype, device
 
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -143,7 +148,7 @@ class Values(Mapping[str, torch.Tensor]):
         return self._dtype_of(t.dtype)
 
     def _dtype_of(self, dtype: torch.dtype) -> torch.dtype:
-        return self.dtype if dtype.is_floating_point else dtype
+        return self.dtype if self.dtype is not None and dtype.is_floating_point else dtype
 
     def __contains__(self, name: object) -> bool:  # without reading the tensor
         return name in self.model.graph.params
@@ -178,6 +183,11 @@ def _keys(ckpt: Checkpoint, like: nn.Module, g: ModelGraph) -> dict[str, str]:
         if key is None:
             if p not in saved and not t.is_meta:
                 continue  # computed by the class (a rotary table): the graph holds it
+            prefixed = f"{getattr(like, 'base_model_prefix', '')}.{p}"
+            if prefixed in ckpt.entries:
+                raise InputError(f"{ckpt.folder / 'config.json'} names no architecture, so it describes the bare "
+                                 f"{type(like).__name__}, but the tensors are of a model with a head ({prefixed}): "
+                                 "add \"architectures\": [its class, as \"LlamaForCausalLM\"] to the config")
             raise InputError(f"{ckpt.path} holds no tensor {p}, which {type(like).__name__} (from its config.json) "
                              "has; the config and the weights do not belong together")
         if ckpt.shape(key) != tuple(t.shape):

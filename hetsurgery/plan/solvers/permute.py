@@ -29,13 +29,12 @@ def permute(gid: int, stats: GroupStats, blocks: Blocks, weights: Sequence[float
     """
     if len(set(stats.widths)) != 1:
         raise ValueError(f"group {gid}: permute needs equal widths, got {stats.widths}; use zip, ot or mal")
-    corr = stats.similarity(signature)
     perms, scores = [], []
     for k in range(len(stats.widths)):
         if k == anchor:
             perms.append(torch.arange(stats.widths[k]))
             continue
-        score = stats.block(corr, anchor, k)
+        score = stats.similarity_block(anchor, k, signature)
         perms.append(best_permutation(score, blocks, orders[k] if orders is not None else None))
         scores.append(assignment_value(score, perms[-1]) / stats.widths[k])
     return GroupMatch.from_perms(gid, perms, weights, {"perms": [p.tolist() for p in perms],
@@ -52,16 +51,13 @@ def stats_head_orders(groups: Sequence[PermGroup], stats: Mapping[int, GroupStat
     movers = [g for g in groups if g.structure.moves and g.id in stats]
     if not movers:
         return {}
-    corr = {g.id: stats[g.id].similarity(signature(g.id)) for g in movers}
-    outputs = {g.id for g in movers if g.slots_with(Role.CONSUME)} or set(corr)
+    outputs = {g.id for g in movers if g.slots_with(Role.CONSUME)} or {g.id for g in movers}
     out: dict[int, list[torch.Tensor | None]] = {g.id: [None] * len(stats[g.id].widths) for g in movers}
     for k in range(len(stats[movers[0].id].widths)):
         if k == anchor:
             continue
         def score(gid: int, k: int = k) -> torch.Tensor | None:
-            if gid not in outputs:
-                return None
-            return stats[gid].block(corr[gid], anchor, k) if gid in corr else None
+            return stats[gid].similarity_block(anchor, k, signature(gid)) if gid in outputs else None
 
         for gid, order in head_orders(movers, score).items():
             out[gid][k] = order

@@ -146,8 +146,14 @@ def _value(a: Params, b: Params, by_param: BySlot, perms: Mapping[int, torch.Ten
         for gid, slot in by_param[name]:
             if gid in perms:
                 wb = permute_slot(wb, slot, perms[gid])
-        return float(torch.sum(wa * wb, dtype=torch.float64))
-    return sum(float(torch.sum(pa * pb, dtype=torch.float64)) for pa, pb in _pieces(wa, wb, idx, 0))
+        return float(torch.sum(_wide(wa) * _wide(wb), dtype=torch.float64))
+    return sum(float(torch.sum(_wide(pa) * _wide(pb), dtype=torch.float64)) for pa, pb in _pieces(wa, wb, idx, 0))
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 when stored narrower (a streamed bfloat16 checkpoint is read as stored, widened a piece at a
+    time): the products are those of the float32 tensor."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 def _score(grp: PermGroup, a: Params, b: Params, by_param: BySlot, perms: Mapping[int, torch.Tensor]) -> torch.Tensor:
