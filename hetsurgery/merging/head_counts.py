@@ -28,8 +28,11 @@ def changing_heads(graphs: Sequence[ModelGraph], targets: Mapping[int, int]) -> 
         structures = [g.group(grp.id).structure for g in graphs]
         if not all(s.moves and s.count > 1 for s in structures):
             continue
-        if len({s.count for s in structures}) > 1 or any(targets[grp.id] != s.total for s in structures):
+        if len({s.count for s in structures}) > 1:
             out.append(grp.id)
+        elif len({s.size for s in structures}) == 1 and targets[grp.id] != structures[0].total:
+            out.append(grp.id)  # one count and size in the models, another count asked for
+        # (one count, sizes different: heads that change width, not count; the width checks say whether they can)
     return out
 
 
