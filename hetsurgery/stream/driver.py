@@ -281,8 +281,24 @@ def _average(ckpts: Sequence[Checkpoint], o: MergeOptions, out: Path, dtype: tor
     clock = time.perf_counter()
     w = merge_weights(o.weights, len(ckpts))
     anchor = ckpts[o.anchor]
-    c = Combination([MapGroups({}, {}) for _ in ckpts], [set() for _ in ckpts], w, o.anchor)
+    order = [o.anchor, *(k for k in range(len(ckpts)) if k != o.anchor)]  # Combination.parameter's order
     device = default_device(o.device)
+
+    def summed(key: str, floating: bool, rows: tuple[int, int] | None) -> torch.Tensor:
+        """``Σ_k w_k W_k`` summed as ``Combination.parameter`` sums (anchor first, in float32), into the first
+        tensor read: every tensor read is a fresh copy, so none is copied again (a whole checkpoint's worth)."""
+        if not floating:
+            return ckpts[0].read(key, device=device, rows=rows)
+        total = None
+        for k in order:
+            t = ckpts[k].read(key, dtype=torch.float32, device=device, rows=rows)
+            if total is None:
+                total = t if w[k] == 1.0 else t.mul_(w[k])
+            else:
+                total.add_(t, alpha=w[k])
+            del t
+        assert total is not None
+        return total
 
     def make(key: str) -> torch.Tensor:
         e = anchor.entries[key]
@@ -290,9 +306,7 @@ def _average(ckpts: Sequence[Checkpoint], o: MergeOptions, out: Path, dtype: tor
         rows = _blocks(e.shape)
         result = torch.empty(e.shape, dtype=out_dtype)
         for r in rows:
-            loaded = {k: ck.read(key, dtype=torch.float32 if e.dtype.is_floating_point else None, device=device,
-                                 rows=r) for k, ck in enumerate(ckpts)}
-            piece = c.parameter(key, loaded.__getitem__, loaded.__getitem__).to(out_dtype).cpu()
+            piece = summed(key, e.dtype.is_floating_point, r).to(out_dtype).cpu()
             if r is None:
                 return piece
             result[r[0]:r[1]] = piece
