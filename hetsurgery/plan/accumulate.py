@@ -20,7 +20,7 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -111,21 +111,35 @@ class BlockAccumulator:
         """Features that took a single value on every sample (exactly, from running min and max)."""
         return torch.cat([lo == hi for lo, hi in zip(self.low, self.high, strict=True)])
 
-    def covariance(self) -> torch.Tensor:
-        """The ``D x D`` covariance; without ``full`` the blocks inside a model hold only the variances."""
-        offsets = [0]
-        for d in self.widths:
-            offsets.append(offsets[-1] + d)
-        cov = torch.zeros(offsets[-1], offsets[-1], dtype=torch.float64)
+    def parts(self) -> tuple[dict[tuple[int, int], torch.Tensor], torch.Tensor]:
+        """The covariance as its blocks (``(i, j)``, ``i <= j``: between models ``i`` and ``j``; inside a model only
+        with ``full``) and the ``D`` variances; a constant feature varies with nothing (float32 sums leave dust)."""
         scale = 1.0 / max(self.n - 1, 1)
+        const = [lo == hi for lo, hi in zip(self.low, self.high, strict=True)]
+        blocks = {}
         for (i, j), m in self.m2.items():
             block = m * scale
-            cov[offsets[i]:offsets[i + 1], offsets[j]:offsets[j + 1]] = block
-            cov[offsets[j]:offsets[j + 1], offsets[i]:offsets[i + 1]] = block.T
-        for k, v in enumerate(self.var):
-            idx = torch.arange(offsets[k], offsets[k + 1])
-            cov[idx, idx] = v.clamp_min(0) * scale
-        const = self.constant()
-        cov[const, :] = 0.0  # a constant feature varies with nothing (float32 sums leave dust)
-        cov[:, const] = 0.0
-        return cov
+            block[const[i], :] = 0.0
+            block[:, const[j]] = 0.0
+            blocks[(i, j)] = block
+        var = torch.cat([v.clamp_min(0) * scale for v in self.var])
+        var[torch.cat(const)] = 0.0
+        return blocks, var
+
+    def covariance(self) -> torch.Tensor:
+        """The ``D x D`` covariance; without ``full`` the blocks inside a model hold only the variances."""
+        return assemble(self.widths, *self.parts())
+
+
+def assemble(widths: Sequence[int], blocks: Mapping[tuple[int, int], torch.Tensor], var: torch.Tensor) -> torch.Tensor:
+    """The ``D x D`` covariance of ``BlockAccumulator.parts``."""
+    offsets = [0]
+    for d in widths:
+        offsets.append(offsets[-1] + d)
+    cov = torch.zeros(offsets[-1], offsets[-1], dtype=torch.float64)
+    for (i, j), block in blocks.items():
+        cov[offsets[i]:offsets[i + 1], offsets[j]:offsets[j + 1]] = block
+        cov[offsets[j]:offsets[j + 1], offsets[i]:offsets[i + 1]] = block.T
+    idx = torch.arange(offsets[-1])
+    cov[idx, idx] = var
+    return cov

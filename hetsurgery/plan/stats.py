@@ -16,7 +16,7 @@ torch.Size([12, 12])
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +25,7 @@ from torch import fx
 from hetsurgery.errors import HetsurgeryError
 from hetsurgery.ir import ModelGraph
 from hetsurgery.ir.batches import input_names, model_input, with_progress
-from hetsurgery.plan.accumulate import BlockAccumulator, Scratch
+from hetsurgery.plan.accumulate import BlockAccumulator, Scratch, assemble
 from hetsurgery.plan.distributed import World
 from hetsurgery.plan.joint import Observer, joint_module, site_view, sites_by_node
 
@@ -51,14 +51,40 @@ def signature_agreement(sig: torch.Tensor, other: torch.Tensor | None = None) ->
 
 @dataclass(frozen=True)
 class GroupStats:
-    """Mean (``D``) and covariance (``D x D``) of the concatenated features of one group, over ``count`` samples."""
+    """Mean (``D``) and covariance (``D x D``) of the concatenated features of one group, over ``count`` samples.
+
+    Statistics without the blocks inside each model (``complete=False``: what LAP and OT read) may hold the covariance
+    as its ``blocks`` between models and the ``variance`` instead of the ``D x D`` ``matrix``, which ``cov`` then
+    assembles once, when something asks for it: ``similarity_block`` does not. For two models of 5632 channels that is
+    the 254 MB block instead of a 1 GB matrix."""
 
     widths: tuple[int, ...]
     count: int
     mean: torch.Tensor
-    cov: torch.Tensor
+    matrix: torch.Tensor | None  # the covariance; None: ``blocks`` and ``variance`` stand for it
     complete: bool = True  # False: the blocks inside each model hold only the variances
     constant: torch.Tensor | None = None  # per feature: took one value on every sample
+    blocks: Mapping[tuple[int, int], torch.Tensor] | None = None  # (i, j), i < j: between models i and j
+    variance: torch.Tensor | None = None  # with blocks: the D variances
+
+    @property
+    def cov(self) -> torch.Tensor:
+        """The ``D x D`` covariance (assembled from ``blocks`` the first time it is asked for, and kept)."""
+        if self.matrix is None:
+            assert self.blocks is not None and self.variance is not None
+            object.__setattr__(self, "matrix", assemble(self.widths, self.blocks, self.variance))  # a cache
+        assert self.matrix is not None
+        return self.matrix
+
+    def variances(self) -> torch.Tensor:
+        """The ``D`` variances (the covariance's diagonal)."""
+        return self.variance if self.matrix is None and self.variance is not None else self.cov.diagonal()
+
+    def cross(self, i: int, j: int) -> torch.Tensor:
+        """The covariance between model ``i``'s features (rows) and model ``j``'s (columns)."""
+        if self.matrix is None and self.blocks is not None and i != j:
+            return self.blocks[(i, j)] if (i, j) in self.blocks else self.blocks[(j, i)].T
+        return self.block(self.cov, i, j)
 
     def offsets(self) -> list[int]:
         out = [0]
@@ -108,10 +134,10 @@ class GroupStats:
         models of 5632 channels, a few blocks of 254 MB instead of a dozen ``D x D`` matrices of 1 GB."""
         o = self.offsets()
         a, b = slice(o[i], o[i + 1]), slice(o[j], o[j + 1])
-        var = self.cov.diagonal()
+        var = self.variances()
         std = var.clamp_min(0).sqrt()
         denom = std[a, None] * std[None, b]
-        sim = self.cov[a, b] / denom.clamp_min(1e-300)
+        sim = self.cross(i, j) / denom.clamp_min(1e-300)
         sim.masked_fill_(denom <= 0, 0.0).clamp_(-1.0, 1.0)
         del denom
         const = self.constant if self.constant is not None else var <= 1e-12 * float(var.max().clamp_min(1e-300))
@@ -222,7 +248,12 @@ def _one_pass(graphs: Sequence[ModelGraph], data: Iterable, gids: list[int], ful
             a = ready.pop(gid)  # the accumulator goes before the group is solved: one D^2 less held meanwhile
             if a.n < 2:
                 raise HetsurgeryError(f"group {gid}: fewer than two calibration samples; give more data")
-            s = GroupStats(tuple(sizes[gid]), a.n, a.means(), a.covariance(), complete=full, constant=a.constant())
+            if full:
+                s = GroupStats(tuple(sizes[gid]), a.n, a.means(), a.covariance(), constant=a.constant())
+            else:
+                blocks, var = a.parts()
+                s = GroupStats(tuple(sizes[gid]), a.n, a.means(), None, complete=False, constant=a.constant(),
+                               blocks=blocks, variance=var)
             del a
             if done is None:
                 result[gid] = s
