@@ -89,8 +89,12 @@ class BlockAccumulator:
         for i, j in self.pairs:
             prod = (xs[i] @ xs[j].T).double().cpu()
             if i == j:
-                diag[i] = prod.diagonal()
-            self.m2[(i, j)] += prod - nb * torch.outer(means[i], means[j]) + weight * torch.outer(delta[i], delta[j])
+                diag[i] = prod.diagonal().clone()
+            # in place (rank-one updates, no outer products made): one d_i x d_j float64 matrix besides the sums,
+            # not four (two 5632-channel models: 254 MB each)
+            prod.addr_(means[i], means[j], alpha=-nb).addr_(delta[i], delta[j], alpha=weight)
+            self.m2[(i, j)] += prod
+            del prod
         for k, (f, x) in enumerate(zip(feats, xs, strict=True)):
             squares = diag[k] if k in diag else torch.linalg.vector_norm(x, dim=1).double().cpu().square()
             self.var[k] += squares - nb * means[k].square() + weight * delta[k].square()

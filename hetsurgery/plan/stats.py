@@ -46,7 +46,10 @@ def signature_agreement(sig: torch.Tensor, other: torch.Tensor | None = None) ->
     t = s if other is None else other.double()
     dist = torch.cdist(s, t)
     norm_s, norm_t = s.norm(dim=1), t.norm(dim=1)
-    return 1.0 - (dist / (norm_s[:, None] + norm_t[None, :]).clamp_min(1e-12)).clamp(0, 1)
+    denom = (norm_s[:, None] + norm_t[None, :]).clamp_min_(1e-12)
+    dist.div_(denom)  # in place: two D x D matrices at most (5632 channels: 254 MB each), not five
+    del denom
+    return dist.clamp_(0, 1).neg_().add_(1.0)
 
 
 @dataclass(frozen=True)
@@ -137,19 +140,25 @@ class GroupStats:
         var = self.variances()
         std = var.clamp_min(0).sqrt()
         denom = std[a, None] * std[None, b]
-        sim = self.cross(i, j) / denom.clamp_min(1e-300)
-        sim.masked_fill_(denom <= 0, 0.0).clamp_(-1.0, 1.0)
+        dead = denom <= 0
+        sim = self.cross(i, j) / denom.clamp_min_(1e-300)
         del denom
+        sim.masked_fill_(dead, 0.0).clamp_(-1.0, 1.0)
+        del dead
         const = self.constant if self.constant is not None else var <= 1e-12 * float(var.max().clamp_min(1e-300))
         both = None
         if bool(const[a].any()) and bool(const[b].any()):
             same = (self.mean[a, None] - self.mean[None, b]).abs() <= 1e-6 * (1 + self.mean.abs().max())
             both = const[a, None] & const[None, b] & same
         agreement = None if signature is None else signature_agreement(signature[a], signature[b])
-        if agreement is not None:
-            sim += TIE * agreement
+        ties = None
         if both is not None and bool(both.any()):
-            sim[both] = (1.0 - 1e-4) + (0.0 if agreement is None else 1e-4 * agreement[both])
+            ties = (1.0 - 1e-4) + (0.0 if agreement is None else 1e-4 * agreement[both])
+        if agreement is not None:
+            sim += agreement.mul_(TIE)  # in place: (TIE * agreement) rounded as before, without another matrix
+            del agreement
+        if both is not None and ties is not None:
+            sim[both] = ties
         return sim
 
     def second_moment(self) -> torch.Tensor:
