@@ -21,6 +21,7 @@ from torch import nn
 
 from hetsurgery.export.errors import InputError
 from hetsurgery.ir import ModelGraph
+from hetsurgery.merging.inputs import all_finite
 from hetsurgery.stream.checkpoint import Checkpoint
 from hetsurgery.tracing import trace
 
@@ -139,7 +140,7 @@ class Values(Mapping[str, torch.Tensor]):
             return t.to(dtype=self._dtype(t), device=self.device)
         ckpt = self.model.checkpoint
         t = ckpt.read(key, dtype=self._dtype_of(ckpt.dtype(key)), device=self.device, rows=rows)
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        if t.is_floating_point() and not all_finite(t):
             raise InputError(f"{self.model.name}: {key} in {ckpt.entries[key].file} holds NaN or Inf; fix the "
                              "checkpoint first")
         return t
