@@ -37,6 +37,7 @@ Runner = Callable[[fx.GraphModule, Iterable, "torch.device | str | None", bool, 
 Done = Callable[[int, "GroupStats"], None]
 
 TIE = 1e-5  # the weight of the signature among live features: it decides only between near-equal correlations
+ROWS = 1 << 20  # elements of a similarity block made at once
 
 
 def signature_agreement(sig: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
@@ -133,32 +134,35 @@ class GroupStats:
         return torch.where(both, score, sim)
 
     def similarity_block(self, i: int, j: int, signature: torch.Tensor | None = None) -> torch.Tensor:
-        """The ``(model i, model j)`` block of ``similarity(signature)``, made without any ``D x D`` matrix: for two
-        models of 5632 channels, a few blocks of 254 MB instead of a dozen ``D x D`` matrices of 1 GB."""
+        """The ``(model i, model j)`` block of ``similarity(signature)``, made without any ``D x D`` matrix and a few
+        rows at a time: for two models of 5632 channels the 254 MB block and nothing else of its size."""
         o = self.offsets()
         a, b = slice(o[i], o[i + 1]), slice(o[j], o[j + 1])
         var = self.variances()
         std = var.clamp_min(0).sqrt()
-        denom = std[a, None] * std[None, b]
-        dead = denom <= 0
-        sim = self.cross(i, j) / denom.clamp_min_(1e-300)
-        del denom
-        sim.masked_fill_(dead, 0.0).clamp_(-1.0, 1.0)
-        del dead
         const = self.constant if self.constant is not None else var <= 1e-12 * float(var.max().clamp_min(1e-300))
-        both = None
-        if bool(const[a].any()) and bool(const[b].any()):
-            same = (self.mean[a, None] - self.mean[None, b]).abs() <= 1e-6 * (1 + self.mean.abs().max())
-            both = const[a, None] & const[None, b] & same
-        agreement = None if signature is None else signature_agreement(signature[a], signature[b])
-        ties = None
-        if both is not None and bool(both.any()):
-            ties = (1.0 - 1e-4) + (0.0 if agreement is None else 1e-4 * agreement[both])
-        if agreement is not None:
-            sim += agreement.mul_(TIE)  # in place: (TIE * agreement) rounded as before, without another matrix
-            del agreement
-        if both is not None and ties is not None:
-            sim[both] = ties
+        tied = bool(const[a].any()) and bool(const[b].any())  # constant features of one value pair up
+        bound = 1e-6 * (1 + self.mean.abs().max())
+        cross = self.cross(i, j)
+        sim = torch.empty_like(cross)
+        step = max(1, ROWS // max(1, cross.shape[1]))
+        for lo in range(0, cross.shape[0], step):
+            r = slice(o[i] + lo, min(o[i + 1], o[i] + lo + step))
+            denom = std[r, None] * std[None, b]
+            dead = denom <= 0
+            rows = torch.div(cross[lo:lo + step], denom.clamp_min_(1e-300), out=sim[lo:lo + step])
+            rows.masked_fill_(dead, 0.0).clamp_(-1.0, 1.0)
+            both = None
+            if tied:
+                both = const[r, None] & const[None, b] & ((self.mean[r, None] - self.mean[None, b]).abs() <= bound)
+            agreement = None if signature is None else signature_agreement(signature[r], signature[b])
+            ties = None
+            if both is not None and bool(both.any()):
+                ties = (1.0 - 1e-4) + (0.0 if agreement is None else 1e-4 * agreement[both])
+            if agreement is not None:
+                rows += agreement.mul_(TIE)  # (TIE * agreement) rounded as in similarity, without another matrix
+            if both is not None and ties is not None:
+                rows[both] = ties
         return sim
 
     def second_moment(self) -> torch.Tensor:
