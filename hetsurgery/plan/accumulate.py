@@ -87,14 +87,15 @@ class BlockAccumulator:
         delta = [m - old for m, old in zip(means, self.mean, strict=True)]
         diag: dict[int, torch.Tensor] = {}
         for i, j in self.pairs:
-            prod = (xs[i] @ xs[j].T).double().cpu()
+            prod = (xs[i] @ xs[j].T).cpu()
             if i == j:
-                diag[i] = prod.diagonal().clone()
-            # in place (rank-one updates, no outer products made): one d_i x d_j float64 matrix besides the sums,
-            # not four (two 5632-channel models: 254 MB each)
-            prod.addr_(means[i], means[j], alpha=-nb).addr_(delta[i], delta[j], alpha=weight)
-            self.m2[(i, j)] += prod
+                diag[i] = prod.diagonal().double()
+            # in place, the float32 product widened as it is added and the rank-one corrections made by addr_: no
+            # float64 matrix besides the sums (two 5632-channel models: four of 254 MB each, before)
+            m2 = self.m2[(i, j)]
+            m2 += prod
             del prod
+            m2.addr_(means[i], means[j], alpha=-nb).addr_(delta[i], delta[j], alpha=weight)
         for k, (f, x) in enumerate(zip(feats, xs, strict=True)):
             squares = diag[k] if k in diag else torch.linalg.vector_norm(x, dim=1).double().cpu().square()
             self.var[k] += squares - nb * means[k].square() + weight * delta[k].square()

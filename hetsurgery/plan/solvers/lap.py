@@ -13,6 +13,8 @@ With ``Blocks(moves=True)`` and a head ``order`` (``solvers.heads``) block ``i``
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -33,11 +35,24 @@ def best_permutation(score: torch.Tensor, block: int | Blocks, order: torch.Tens
     for i, j in enumerate(heads):
         lo, at = i * size, j * size
         if blocks.inner:
-            _, cols = linear_sum_assignment(s[lo:lo + size, at:at + size], maximize=True)
+            _, cols = _maximise(s[lo:lo + size, at:at + size], linear_sum_assignment)
         else:
             cols = np.arange(size)
         perm[lo:lo + size] = at + cols
     return torch.from_numpy(perm)
+
+
+def _maximise(s: np.ndarray, solve: Any) -> Any:
+    """``solve(s, maximize=True)`` without the negated copy scipy makes for it (5632 channels: 254 MB): ``s`` is
+    negated in place, solved for the minimum and negated back (exact: a sign flip), so the caller's matrix is as
+    it was."""
+    if not s.flags.writeable or s.dtype != np.float64:
+        return solve(s, maximize=True)
+    np.negative(s, out=s)
+    try:
+        return solve(s)
+    finally:
+        np.negative(s, out=s)
 
 
 def assignment_value(score: torch.Tensor, perm: torch.Tensor) -> float:
