@@ -116,19 +116,22 @@ class BlockAccumulator:
         """Features that took a single value on every sample (exactly, from running min and max)."""
         return torch.cat([lo == hi for lo, hi in zip(self.low, self.high, strict=True)])
 
-    def parts(self) -> tuple[dict[tuple[int, int], torch.Tensor], torch.Tensor]:
+    def parts(self, *, spend: bool = False) -> tuple[dict[tuple[int, int], torch.Tensor], torch.Tensor]:
         """The covariance as its blocks (``(i, j)``, ``i <= j``: between models ``i`` and ``j``; inside a model only
-        with ``full``) and the ``D`` variances; a constant feature varies with nothing (float32 sums leave dust)."""
+        with ``full``) and the ``D`` variances; a constant feature varies with nothing (float32 sums leave dust).
+        ``spend``: the sums become the blocks in place (no second copy of each), and the accumulator is used up."""
         scale = 1.0 / max(self.n - 1, 1)
         const = [lo == hi for lo, hi in zip(self.low, self.high, strict=True)]
         blocks = {}
         for (i, j), m in self.m2.items():
-            block = m * scale
+            block = m.mul_(scale) if spend else m * scale
             block[const[i], :] = 0.0
             block[:, const[j]] = 0.0
             blocks[(i, j)] = block
         var = torch.cat([v.clamp_min(0) * scale for v in self.var])
         var[torch.cat(const)] = 0.0
+        if spend:
+            self.m2 = {}
         return blocks, var
 
     def covariance(self) -> torch.Tensor:

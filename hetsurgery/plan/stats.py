@@ -264,7 +264,7 @@ def _one_pass(graphs: Sequence[ModelGraph], data: Iterable, gids: list[int], ful
             if full:
                 s = GroupStats(tuple(sizes[gid]), a.n, a.means(), a.covariance(), constant=a.constant())
             else:
-                blocks, var = a.parts()
+                blocks, var = a.parts(spend=True)
                 s = GroupStats(tuple(sizes[gid]), a.n, a.means(), None, complete=False, constant=a.constant(),
                                blocks=blocks, variance=var)
             del a
