@@ -24,6 +24,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+PRODUCT = 1 << 23  # elements of a product block made at once (32 MB in float32)
+
 
 class Scratch:
     """One reusable buffer per model for the centred copies.
@@ -87,14 +89,18 @@ class BlockAccumulator:
         delta = [m - old for m, old in zip(means, self.mean, strict=True)]
         diag: dict[int, torch.Tensor] = {}
         for i, j in self.pairs:
-            prod = (xs[i] @ xs[j].T).cpu()
-            if i == j:
-                diag[i] = prod.diagonal().double()
-            # in place, the float32 product widened as it is added and the rank-one corrections made by addr_: no
-            # float64 matrix besides the sums (two 5632-channel models: four of 254 MB each, before)
+            # in place, the float32 product widened as it is added (a block of rows at a time for large groups) and
+            # the rank-one corrections made by addr_: no matrix of the sums' size besides them (two 5632-channel
+            # models: four float64 ones of 254 MB each, before)
             m2 = self.m2[(i, j)]
-            m2 += prod
-            del prod
+            step = max(1, PRODUCT // max(1, xs[j].shape[0]))
+            for lo in range(0, xs[i].shape[0], step):
+                prod = (xs[i][lo:lo + step] @ xs[j].T).cpu()
+                if i == j:
+                    diag.setdefault(i, torch.empty(xs[i].shape[0], dtype=torch.float64))[lo:lo + step] = \
+                        prod.diagonal(offset=lo).double()
+                m2[lo:lo + step] += prod
+                del prod
             m2.addr_(means[i], means[j], alpha=-nb).addr_(delta[i], delta[j], alpha=weight)
         for k, (f, x) in enumerate(zip(feats, xs, strict=True)):
             squares = diag[k] if k in diag else torch.linalg.vector_norm(x, dim=1).double().cpu().square()
