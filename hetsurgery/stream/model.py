@@ -25,6 +25,7 @@ from hetsurgery.stream.checkpoint import Checkpoint
 from hetsurgery.tracing import trace
 
 DEFAULT_EXAMPLE_LENGTH = 8
+FINITE_BLOCK = 1 << 20  # elements checked for NaN and Inf at a time
 
 
 @contextlib.contextmanager
@@ -120,10 +121,12 @@ class StreamedModel:
 
 class Values(Mapping[str, torch.Tensor]):
     """A streamed model's parameter values by graph name, each read from the checkpoint when asked for (floating
-    tensors in ``dtype``, or as stored for ``None``, on ``device``) and checked to be finite; nothing is kept."""
+    tensors in ``dtype``, or as stored for ``None``, on ``device``) and checked to be finite (once read whole, a tensor
+    is not checked again: weight matching reads each several times); no tensor is kept."""
 
     def __init__(self, model: StreamedModel, dtype: torch.dtype | None, device: torch.device | str | None) -> None:
         self.model, self.dtype, self.device = model, dtype, device
+        self.finite: set[str] = set()  # checked already
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.rows(name, None)
@@ -139,9 +142,12 @@ class Values(Mapping[str, torch.Tensor]):
             return t.to(dtype=self._dtype(t), device=self.device)
         ckpt = self.model.checkpoint
         t = ckpt.read(key, dtype=self._dtype_of(ckpt.dtype(key)), device=self.device, rows=rows)
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise InputError(f"{self.model.name}: {key} in {ckpt.entries[key].file} holds NaN or Inf; fix the "
-                             "checkpoint first")
+        if t.is_floating_point() and key not in self.finite:
+            if not _finite(t):
+                raise InputError(f"{self.model.name}: {key} in {ckpt.entries[key].file} holds NaN or Inf; fix the "
+                                 "checkpoint first")
+            if rows is None:
+                self.finite.add(key)
         return t
 
     def _dtype(self, t: torch.Tensor) -> torch.dtype:
@@ -163,6 +169,12 @@ class Values(Mapping[str, torch.Tensor]):
 def structure_config(ckpt: Checkpoint) -> dict[str, Any]:
     """What decides a checkpoint's structure: its config without the dtype and where it came from."""
     return {k: v for k, v in (ckpt.config or {}).items() if k not in ("dtype", "torch_dtype", "_name_or_path")}
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """No NaN or Inf in ``t``, checked ``FINITE_BLOCK`` elements at a time: ``isfinite`` of a whole tensor makes
+    temporaries of its size (for a bfloat16 embedding of 32000 x 2048, 310 MB beside its own 131 MB)."""
+    return all(bool(torch.isfinite(block).all()) for block in t.reshape(-1).split(FINITE_BLOCK))
 
 
 def _float(dtype: torch.dtype) -> torch.dtype | None:
