@@ -25,7 +25,7 @@ from hetsurgery.stream.checkpoint import Checkpoint
 from hetsurgery.tracing import trace
 
 DEFAULT_EXAMPLE_LENGTH = 8
-FINITE_BLOCK = 1 << 20  # elements checked for NaN and Inf at a time
+FINITE_BLOCK = 1 << 22  # elements checked for NaN and Inf at a time: temporaries of ~20 MB, few parallel regions
 
 
 @contextlib.contextmanager
