@@ -1,6 +1,6 @@
-"""Acting on one slot of a parameter: permute, pad, or multiply by a matrix along the slot's channels.
+"""Acting on one slot of a parameter: permute, pad, place, or multiply by a matrix along the slot's channels.
 
-Every pass and the merge's combine step go through these three functions, so the slot semantics
+Every pass and the merge's combine step go through these functions, so the slot semantics
 (``offset``, ``inner``, ``chunks``, ``stride``) live in one place; ``slot_maps`` applies them to every slot of
 every parameter.
 
@@ -78,6 +78,22 @@ def permute_slot(t: torch.Tensor, slot: Slot, perm: torch.Tensor) -> torch.Tenso
     index = permutation_indices(t, [(slot, perm)])
     assert index is not None
     return t.index_select(slot.dim, index[slot.dim])
+
+
+def place_slot(t: torch.Tensor, slot: Slot, index: torch.Tensor, size: int) -> torch.Tensor:
+    """The slot's ``size`` channels replaced by ``index.numel()`` ones: new channel ``i`` is old channel ``index[i]``,
+    or zeros where ``index[i]`` is -1 (the dim shrinks or grows); what ``apply_matrix`` does with the 0/1 matrix of
+    those rows, by one gather."""
+    if not slot.packed or slot.chunks > 1:
+        raise ValueError(f"{slot.param}: interleaved or block-diagonal channels cannot change width")
+    before, seg, after = _segment(t, slot, size)
+    shape = list(t.shape)
+    shape[slot.dim] = slot.inner
+    seg = torch.cat([seg, torch.zeros(shape, dtype=t.dtype, device=t.device)], dim=slot.dim)  # channel `size`, zeros: -1's
+    source = torch.where(index >= 0, index, size).to(t.device)
+    moved = seg.index_select(slot.dim, (source[:, None] * slot.inner + torch.arange(slot.inner, device=t.device))
+                             .reshape(-1))
+    return torch.cat([before, moved, after], dim=slot.dim)
 
 
 def permutation_indices(t: torch.Tensor, slots: Iterable[tuple[Slot, torch.Tensor]]) -> dict[int, torch.Tensor] | None:

@@ -2,9 +2,10 @@
 
 Along every slot, produce-side axes are multiplied by ``M`` (``r x d``) and consume-side axes by ``Uᵀ``
 (``W U``). A scaled permutation takes the fast path (one gather for all of a parameter's slots, scales in
-place), anything else an einsum slot by slot. ``ApplyPermutation``, ``ZipNeurons``, ``PadWidth`` and the
-merge (combine, align, weight matching, OT on weights) all go through here, so the order in which a
-parameter's slots are visited, ``later_offsets_first``, is decided once.
+place), a ``Placement`` (MAL's zero padding) one gather per slot, anything else an einsum slot by slot.
+``ApplyPermutation``, ``ZipNeurons``, ``PadWidth`` and the merge (combine, align, weight matching, OT on
+weights) all go through here, so the order in which a parameter's slots are visited, ``later_offsets_first``,
+is decided once.
 
 >>> import torch
 >>> from hetsurgery.ir import Blocks, PermGroup, Slot
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -31,11 +33,48 @@ from hetsurgery.ir.slot_algebra import (
     pad_slot,
     permutation_indices,
     permute_slot,
+    place_slot,
     positions,
 )
 from hetsurgery.ir.slots import Role, Slot
 
-Map = torch.Tensor | tuple[torch.Tensor, float]  # a dense r x d matrix, or (perm, scale) = scale * I[perm]
+
+@dataclass(frozen=True)
+class Placement:
+    """``scale`` times the ``r x width`` 0/1 matrix whose row ``i`` picks channel ``index[i]``, or is zero where
+    ``index[i]`` is -1 (channels distinct): a model's channels placed among ``r`` merged ones, some of which it has
+    none for (MAL's zero padding). Kept as indices, as a permutation is: dense, it is ``r x width`` float64 per model
+    and group, gigabytes over the MLP groups of a billion-parameter model, all held while the merge is combined.
+
+    >>> p = Placement(torch.tensor([1, -1, 0]), 0.5, 2)
+    >>> p.dense().tolist()
+    [[0.0, 0.5], [0.0, 0.0], [0.5, 0.0]]
+    >>> w = torch.arange(4.).reshape(2, 2)
+    >>> torch.equal(SlotMaps({0: p}, {}).apply(w, 0, Slot("w", 0)), p.dense().float() @ w)
+    True
+    """
+
+    index: torch.Tensor
+    scale: float
+    width: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.index.numel(), self.width
+
+    def dense(self) -> torch.Tensor:
+        m = torch.zeros(self.shape, dtype=torch.float64)
+        real = self.index >= 0
+        m[torch.arange(self.index.numel())[real], self.index[real]] = self.scale
+        return m
+
+    def permutation(self) -> tuple[torch.Tensor, float] | None:
+        """``(perm, scale)`` when it is a scaled permutation (square, every row placed, a nonzero scale)."""
+        full = self.index.numel() == self.width and bool((self.index >= 0).all()) and self.scale != 0
+        return (self.index, self.scale) if full else None
+
+
+Map = torch.Tensor | tuple[torch.Tensor, float] | Placement  # dense r x d, (perm, scale) = scale * I[perm], placed
 GroupSlots = Iterable[tuple[int, Slot]]  # (group id, slot) pairs of one parameter
 
 
@@ -99,6 +138,9 @@ class SlotMaps:
             perm, scale = m
             out = permute_slot(t, slot, perm)
             return out if scale == 1.0 else _scale_slot(out, slot, perm.numel(), scale)
+        if isinstance(m, Placement):
+            out = place_slot(t, slot, m.index, m.width)
+            return out if m.scale == 1.0 else _scale_slot(out, slot, m.index.numel(), m.scale)
         return apply_matrix(t, slot, m)
 
     def permute_all(self, t: torch.Tensor, slots: GroupSlots) -> torch.Tensor | None:
@@ -148,6 +190,8 @@ def _each_slot(t: torch.Tensor, slots: GroupSlots, act: Callable[[torch.Tensor, 
 
 
 def _fast(m: Map) -> Map:
+    if isinstance(m, Placement):
+        return m.permutation() or m
     return m if isinstance(m, tuple) else as_permutation(m) or m
 
 

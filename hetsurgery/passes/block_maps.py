@@ -25,7 +25,7 @@ import torch
 
 from hetsurgery.errors import PassError
 from hetsurgery.ir import Blocks, ModelGraph
-from hetsurgery.ir.slot_maps import Map
+from hetsurgery.ir.slot_maps import Map, Placement
 
 
 def block_order(m: Map, blocks: Blocks) -> torch.Tensor | str:
@@ -33,6 +33,8 @@ def block_order(m: Map, blocks: Blocks) -> torch.Tensor | str:
     ``blocks``; for a map that zips whole blocks (several source blocks in one merged block, or another number of
     blocks), the ``merged x source`` matrix of the blocks it uses."""
     c, s = blocks.count, blocks.size
+    if isinstance(m, Placement):
+        m = m.permutation() or m.dense()
     if isinstance(m, tuple):  # a scaled permutation: read off its indices
         return _permutation_order(m[0].cpu(), blocks)
     dense = m.detach().cpu()

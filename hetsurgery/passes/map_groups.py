@@ -32,7 +32,7 @@ import torch
 
 from hetsurgery.errors import PassError
 from hetsurgery.ir import Capability, ModelGraph, PermGroup, SlotMaps, slots_by_param
-from hetsurgery.ir.slot_maps import GroupMaps, Map, as_permutation
+from hetsurgery.ir.slot_maps import GroupMaps, Map, Placement, as_permutation
 from hetsurgery.passes.base import Recorded
 from hetsurgery.passes.block_maps import check_blocks
 from hetsurgery.passes.resize import resized_groups
@@ -114,6 +114,6 @@ def _shape(m: Map) -> tuple[int, int]:
 
 
 def _scaled_identity(m: Map) -> bool:
-    p = m if isinstance(m, tuple) else as_permutation(m)
+    p = m if isinstance(m, tuple) else m.permutation() if isinstance(m, Placement) else as_permutation(m)
     return p is not None and torch.equal(p[0].cpu(), torch.arange(p[0].numel()))
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from hetsurgery.ir.slot_maps import Map
+from hetsurgery.ir.slot_maps import Map, Placement
 
 
 class MatchKind(enum.StrEnum):
@@ -62,8 +62,9 @@ class MalReport:
 
 @dataclass(frozen=True)
 class GroupMatch:
-    """One group's alignment. Permutations are kept as index vectors (``perms``, ``scales``), anything
-    else as dense ``merges`` / ``unmerges``; ``merge`` / ``unmerge`` give the dense matrices either way.
+    """One group's alignment. Permutations are kept as index vectors (``perms``, ``scales``), MAL's zero-padded
+    ones as one ``Placement`` per model (``placed``: ``M_k``; ``U_k`` is its transpose unscaled), anything else as
+    dense ``merges`` / ``unmerges``; ``merge`` / ``unmerge`` give the dense matrices either way.
     ``kind`` says how it was matched (a ``MatchKind``; a kind written by another version stays its text; ``None``:
     as the plan's method),
     ``mal`` holds MAL's report per model other than the anchor, ``info`` method details for the record
@@ -78,6 +79,7 @@ class GroupMatch:
     scales: tuple[float, ...] = ()
     kind: MatchKind | str | None = None  # None: matched as the plan's method says
     mal: tuple[MalReport, ...] = ()
+    placed: tuple[Placement, ...] | None = None
 
     @staticmethod
     def identity(group: int, widths: Sequence[int], weights: Sequence[float]) -> GroupMatch:
@@ -96,6 +98,8 @@ class GroupMatch:
     def merge(self) -> tuple[torch.Tensor, ...]:
         if self.merges is not None:
             return self.merges
+        if self.placed is not None:
+            return tuple(p.dense() for p in self.placed)
         assert self.perms is not None
         return tuple(s * _rows_of_identity(p) for s, p in zip(self.scales, self.perms, strict=True))
 
@@ -103,6 +107,8 @@ class GroupMatch:
     def unmerge(self) -> tuple[torch.Tensor, ...]:
         if self.unmerges is not None:
             return self.unmerges
+        if self.placed is not None:
+            return tuple(replace(p, scale=1.0).dense().T.contiguous() for p in self.placed)
         assert self.perms is not None
         return tuple(_rows_of_identity(p).T.contiguous() for p in self.perms)
 
@@ -110,6 +116,9 @@ class GroupMatch:
         """``M_k`` (or, ``normalised``, ``M_k`` with rows summing to 1: model k alone in merged space)."""
         if self.perms is not None:
             return self.perms[k], 1.0 if normalised else self.scales[k]
+        if self.placed is not None:  # normalised: each row's one entry is 1 (none where the weight is 0)
+            p = self.placed[k]
+            return replace(p, scale=float(p.scale != 0)) if normalised else p
         m = self.merge[k]
         if not normalised:
             return m
@@ -124,6 +133,8 @@ class GroupMatch:
         """``U_kᵀ``, the matrix applied along consumer-side axes."""
         if self.perms is not None:
             return self.perms[k], 1.0
+        if self.placed is not None:
+            return replace(self.placed[k], scale=1.0)
         return self.unmerge[k].T
 
     def assignment(self, k: int) -> list[list[int]]:

@@ -121,10 +121,12 @@ class StreamedModel:
 
 class Values(Mapping[str, torch.Tensor]):
     """A streamed model's parameter values by graph name, each read from the checkpoint when asked for (floating
-    tensors in ``dtype``, or as stored for ``None``, on ``device``) and checked to be finite; nothing is kept."""
+    tensors in ``dtype``, or as stored for ``None``, on ``device``) and checked to be finite (once read whole, a tensor
+    is not checked again: weight matching reads each several times); no tensor is kept."""
 
     def __init__(self, model: StreamedModel, dtype: torch.dtype | None, device: torch.device | str | None) -> None:
         self.model, self.dtype, self.device = model, dtype, device
+        self.finite: set[str] = set()  # checked already
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.rows(name, None)
@@ -140,9 +142,12 @@ class Values(Mapping[str, torch.Tensor]):
             return t.to(dtype=self._dtype(t), device=self.device)
         ckpt = self.model.checkpoint
         t = ckpt.read(key, dtype=self._dtype_of(ckpt.dtype(key)), device=self.device, rows=rows)
-        if t.is_floating_point() and not all_finite(t):
-            raise InputError(f"{self.model.name}: {key} in {ckpt.entries[key].file} holds NaN or Inf; fix the "
-                             "checkpoint first")
+        if t.is_floating_point() and key not in self.finite:
+            if not all_finite(t):
+                raise InputError(f"{self.model.name}: {key} in {ckpt.entries[key].file} holds NaN or Inf; fix the "
+                                 "checkpoint first")
+            if rows is None:
+                self.finite.add(key)
         return t
 
     def _dtype(self, t: torch.Tensor) -> torch.dtype:

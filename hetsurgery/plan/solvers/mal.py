@@ -29,31 +29,31 @@ from collections.abc import Sequence
 
 import torch
 
+from hetsurgery.ir.slot_maps import Placement
 from hetsurgery.plan.width_plan import GroupMatch, MalReport, MatchKind
 
 
 def placement(perm: torch.Tensor, width: int) -> torch.Tensor:
-    """``Q`` (``W x d``): padded channel ``i`` holds the model's channel ``perm[i]`` when ``perm[i] < d``.
+    """``Q``'s rows as indices: padded channel ``i`` holds the model's channel ``perm[i]`` when ``perm[i] < d``, none
+    (-1) otherwise.
 
     >>> placement(torch.tensor([2, 0, 1]), 2).tolist()
-    [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]
+    [-1, 0, 1]
     """
-    q = torch.zeros(perm.numel(), width, dtype=torch.float64)
-    real = perm < width
-    q[torch.arange(perm.numel())[real], perm[real]] = 1.0
-    return q
+    return torch.where(perm < width, perm, -1)
 
 
 def mal_match(gid: int, perms: Sequence[torch.Tensor], widths: Sequence[int], weights: Sequence[float], *,
               keep: int | None, reports: Sequence[MalReport] = ()) -> GroupMatch:
-    """The group's merge from padded-space permutations (one per model, the anchor's the identity).
+    """The group's merge from padded-space permutations (one per model, the anchor's the identity), each model's
+    ``M_k = w_k Q_k`` and ``U_k = Q_kᵀ`` kept as a ``Placement`` (indices, not ``W x d_k`` matrices).
 
     ``keep`` is ``None`` to keep every padded channel, or the index of the model whose real channels
     the merged group keeps.
     """
-    qs = [placement(p, d) for p, d in zip(perms, widths, strict=True)]
+    index = [placement(p, d) for p, d in zip(perms, widths, strict=True)]
     if keep is not None:
-        rows = torch.nonzero(qs[keep].sum(1)).flatten()
-        qs = [q[rows] for q in qs]
-    return GroupMatch(gid, qs[0].shape[0], tuple(w * q for w, q in zip(weights, qs, strict=True)),
-                      tuple(q.T.contiguous() for q in qs), kind=MatchKind.MAL, mal=tuple(reports))
+        rows = torch.nonzero(index[keep] >= 0).flatten()
+        index = [i[rows] for i in index]
+    placed = tuple(Placement(i, float(w), d) for i, w, d in zip(index, weights, widths, strict=True))
+    return GroupMatch(gid, index[0].numel(), None, None, kind=MatchKind.MAL, mal=tuple(reports), placed=placed)

@@ -169,19 +169,27 @@ def _score(grp: PermGroup, a: Params, b: Params, by_param: BySlot, perms: Mappin
         if idx is not None:
             along = max((dim for dim in range(wb.dim()) if dim != slot.dim), key=lambda dim: wb.shape[dim], default=None)
             for pa, pb in _pieces(wa, wb, idx, along):
-                score += (_rows(pa, slot, d) @ _rows(pb, slot, d).T).double()
+                _add(score, _rows(pa, slot, d) @ _rows(pb, slot, d).T)
             continue
         for gid, other in others:
             if gid in perms:
                 wb = permute_slot(wb, other, perms[gid])
         if slot.chunks == 1:
-            score += (_rows(wa, slot, d) @ _rows(wb, slot, d).T).double()
+            _add(score, _rows(wa, slot, d) @ _rows(wb, slot, d).T)
             continue
         per = d // slot.chunks
         part = Slot(slot.param, slot.dim, slot.offset, slot.inner)
         for j, (ca, cb) in enumerate(zip(wa.chunk(slot.chunks), wb.chunk(slot.chunks), strict=True)):
-            score[j * per:(j + 1) * per, j * per:(j + 1) * per] += (_rows(ca, part, per) @ _rows(cb, part, per).T).double()
+            _add(score[j * per:(j + 1) * per, j * per:(j + 1) * per], _rows(ca, part, per) @ _rows(cb, part, per).T)
     return score
+
+
+def _add(score: torch.Tensor, product: torch.Tensor) -> None:
+    """``score += product``, float32 into float64, a block of rows at a time: on the CPU an operand of another dtype
+    is widened whole first (a 254 MB float64 copy of a 5632-wide group's product), whatever the spelling."""
+    step = max(1, PIECE // max(1, product.shape[1]))
+    for lo in range(0, product.shape[0], step):
+        score[lo:lo + step] += product[lo:lo + step]
 
 
 def _indices(t: torch.Tensor, slots: Sequence[tuple[int, Slot]], perms: Mapping[int, torch.Tensor]
@@ -193,9 +201,10 @@ def _indices(t: torch.Tensor, slots: Sequence[tuple[int, Slot]], perms: Mapping[
 def _pieces(wa: torch.Tensor, wb: torch.Tensor, idx: Mapping[int, torch.Tensor], along: int | None
             ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``a`` and the permuted ``b`` in pieces along dim ``along`` of about ``PIECE`` elements: the copies
-    a permutation needs stay small whatever the layer's size (freed small blocks are reused, big ones
-    would stay with the allocator)."""
-    if along is None or not idx or wb.numel() <= PIECE:
+    a permutation needs, and the float32 copies of a tensor stored narrower, stay small whatever the layer's size
+    (freed small blocks are reused, big ones would stay with the allocator), unpermuted tensors too: a bfloat16
+    embedding widened whole is a gigabyte with its transposed copies."""
+    if along is None or wb.numel() <= PIECE:
         yield wa, gather(wb, idx)
         return
     n = wb.shape[along]
