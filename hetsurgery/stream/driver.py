@@ -15,6 +15,7 @@ shapes and configs are checked instead.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -40,7 +41,7 @@ from hetsurgery.plan.width_plan import WidthPlan
 from hetsurgery.stream.checkpoint import Checkpoint
 from hetsurgery.stream.model import StreamedModel, Values, structure_config
 from hetsurgery.stream.provenance import Copy, Source, chained, check_streamable, provenance
-from hetsurgery.stream.segments import SEGMENT_BYTES, Segmented
+from hetsurgery.stream.segments import SEGMENT_BYTES, Segmented, release_free_memory
 from hetsurgery.stream.writer import SHARD_BYTES, Layout, Spec
 
 CHUNK = 1 << 24  # elements: larger tensors are merged a block of rows at a time
@@ -101,6 +102,8 @@ def merge(models: Sequence[str | os.PathLike[str] | Checkpoint], data: Iterable 
     values = [m.values(torch.float32, device) for m in streamed]
     seconds["trace"] = time.perf_counter() - clock
     read = [m.values(None, device) for m in streamed] if METHODS[o.method].weights_as_stored else values
+    gc.collect()  # what tracing left (the example run's tensors), given back before the statistics and the matching
+    release_free_memory()
     planned = plan_traced(graphs, data, o, seconds, values=read, runner=Segmented(graphs, values, segment_bytes))
     if not world.leader:
         return StreamResult(None, planned.plan, seconds)

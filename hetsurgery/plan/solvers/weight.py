@@ -169,27 +169,28 @@ def _score(grp: PermGroup, a: Params, b: Params, by_param: BySlot, perms: Mappin
         if idx is not None:
             along = max((dim for dim in range(wb.dim()) if dim != slot.dim), key=lambda dim: wb.shape[dim], default=None)
             for pa, pb in _pieces(wa, wb, idx, along):
-                _add(score, _rows(pa, slot, d) @ _rows(pb, slot, d).T)
+                _add(score, _rows(pa, slot, d), _rows(pb, slot, d))
             continue
         for gid, other in others:
             if gid in perms:
                 wb = permute_slot(wb, other, perms[gid])
         if slot.chunks == 1:
-            _add(score, _rows(wa, slot, d) @ _rows(wb, slot, d).T)
+            _add(score, _rows(wa, slot, d), _rows(wb, slot, d))
             continue
         per = d // slot.chunks
         part = Slot(slot.param, slot.dim, slot.offset, slot.inner)
         for j, (ca, cb) in enumerate(zip(wa.chunk(slot.chunks), wb.chunk(slot.chunks), strict=True)):
-            _add(score[j * per:(j + 1) * per, j * per:(j + 1) * per], _rows(ca, part, per) @ _rows(cb, part, per).T)
+            _add(score[j * per:(j + 1) * per, j * per:(j + 1) * per], _rows(ca, part, per), _rows(cb, part, per))
     return score
 
 
-def _add(score: torch.Tensor, product: torch.Tensor) -> None:
-    """``score += product``, float32 into float64, a block of rows at a time: on the CPU an operand of another dtype
-    is widened whole first (a 254 MB float64 copy of a 5632-wide group's product), whatever the spelling."""
-    step = max(1, PIECE // max(1, product.shape[1]))
-    for lo in range(0, product.shape[0], step):
-        score[lo:lo + step] += product[lo:lo + step]
+def _add(score: torch.Tensor, rows_a: torch.Tensor, rows_b: torch.Tensor) -> None:
+    """``score += rows_a @ rows_bᵀ``, the float32 product made and added into float64 a block of rows at a time:
+    neither the product of a 5632-wide group (127 MB) nor a float64 copy of it (on the CPU an operand of another
+    dtype is widened whole first, 254 MB) exists whole."""
+    step = max(1, PIECE // max(1, rows_b.shape[0]))
+    for lo in range(0, rows_a.shape[0], step):
+        score[lo:lo + step] += rows_a[lo:lo + step] @ rows_b.T
 
 
 def _indices(t: torch.Tensor, slots: Sequence[tuple[int, Slot]], perms: Mapping[int, torch.Tensor]
