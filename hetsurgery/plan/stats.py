@@ -124,18 +124,13 @@ class GroupStats:
         (``TIE`` times its agreement, far below any difference of correlation that carries information and
         far above the float error of a correlation of 1), and correlations are clipped to ``[-1, 1]``.
         """
-        sim = self.corr().clamp(-1.0, 1.0)
-        both = self.constant_pairs()
-        score = torch.full_like(sim, 1.0 - 1e-4)
-        if signature is not None:
-            agreement = signature_agreement(signature)
-            score = score + 1e-4 * agreement
-            sim = sim + TIE * agreement
-        return torch.where(both, score, sim)
+        k = len(self.widths)
+        return torch.cat([torch.cat([self.similarity_block(i, j, signature) for j in range(k)], 1) for i in range(k)])
 
     def similarity_block(self, i: int, j: int, signature: torch.Tensor | None = None) -> torch.Tensor:
-        """The ``(model i, model j)`` block of ``similarity(signature)``, made without any ``D x D`` matrix and a few
-        rows at a time: for two models of 5632 channels the 254 MB block and nothing else of its size."""
+        """The ``(model i, model j)`` block of ``similarity(signature)`` (which is made of them), without any ``D x D``
+        matrix and a few rows at a time: for two models of 5632 channels the 254 MB block and nothing else of its
+        size."""
         o = self.offsets()
         a, b = slice(o[i], o[i + 1]), slice(o[j], o[j + 1])
         var = self.variances()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import functools
 import gc
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -145,17 +146,17 @@ def release_free_memory() -> None:
     """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; nothing elsewhere): the tensors of a
     segment below the ``mmap`` threshold (32 MB) leave freed pages in the heap that the resident size still counts
     (a streamed permute of two 1.1B Llamas: about 250 MB)."""
-    global _TRIM
-    if _TRIM is None:
-        try:
-            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _TRIM = False
-    if _TRIM:
-        _TRIM(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
-_TRIM: Any = None
+@functools.cache
+def _malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def on_device(args: Any, device: torch.device | str, old: str = "meta") -> Any:

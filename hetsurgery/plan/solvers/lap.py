@@ -24,8 +24,6 @@ from hetsurgery.ir import Blocks
 def best_permutation(score: torch.Tensor, block: int | Blocks, order: torch.Tensor | None = None) -> torch.Tensor:
     """``perm`` maximising ``Σ_i score[i, perm[i]]`` with ``perm`` mapping block ``i`` onto block ``order[i]``
     (each onto itself without an order, or when blocks may not move)."""
-    from scipy.optimize import linear_sum_assignment  # scipy.optimize costs 0.4 s to import: on first use
-
     d = score.shape[0]
     blocks = block if isinstance(block, Blocks) else Blocks(d // block, block)
     size = blocks.size
@@ -35,22 +33,24 @@ def best_permutation(score: torch.Tensor, block: int | Blocks, order: torch.Tens
     for i, j in enumerate(heads):
         lo, at = i * size, j * size
         if blocks.inner:
-            _, cols = _maximise(s[lo:lo + size, at:at + size], linear_sum_assignment)
+            _, cols = _maximise(s[lo:lo + size, at:at + size])
         else:
             cols = np.arange(size)
         perm[lo:lo + size] = at + cols
     return torch.from_numpy(perm)
 
 
-def _maximise(s: np.ndarray, solve: Any) -> Any:
-    """``solve(s, maximize=True)`` without the negated copy scipy makes for it (5632 channels: 254 MB): ``s`` is
-    negated in place, solved for the minimum and negated back (exact: a sign flip), so the caller's matrix is as
-    it was."""
+def _maximise(s: np.ndarray) -> Any:
+    """``linear_sum_assignment(s, maximize=True)`` without the negated copy scipy makes for it (5632 channels:
+    254 MB): ``s`` is negated in place, solved for the minimum and negated back (exact: a sign flip), so the caller's
+    matrix is as it was."""
+    from scipy.optimize import linear_sum_assignment  # scipy.optimize costs 0.4 s to import: on first use
+
     if not s.flags.writeable or s.dtype != np.float64:
-        return solve(s, maximize=True)
+        return linear_sum_assignment(s, maximize=True)
     np.negative(s, out=s)
     try:
-        return solve(s)
+        return linear_sum_assignment(s)
     finally:
         np.negative(s, out=s)
 
