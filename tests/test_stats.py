@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 import torch
 from torch import nn
 
 import hetsurgery as hs
+from hetsurgery.errors import HetsurgeryError
 from hetsurgery.plan.joint import features, tap_module
 from hetsurgery.plan.signature import joint_signature
 from hetsurgery.plan.stats import collect_stats
@@ -181,3 +183,33 @@ def test_a_similarity_block_is_that_block_of_the_similarity() -> None:
         full = stats.similarity(sig)
         for i, j in ((0, 1), (1, 0), (1, 1)):
             assert torch.equal(stats.similarity_block(i, j, sig), stats.block(full, i, j))
+
+
+def test_single_use_statistics_make_the_similarity_over_their_covariance_block() -> None:
+    """Single-use statistics (a streamed pass hands each group over to be solved once) write a similarity block over
+    the covariance block it comes from: the same values as otherwise, the block's memory, the same tensor when asked
+    again with the same signature, and a clear error for anything that would read the covariance afterwards."""
+    from hetsurgery.plan.stats import GroupStats
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(300, 9, generator=gen, dtype=torch.float64)
+    x[:, [1, 6]] = 2.0  # dead in both models, at the same value
+    cov = torch.cov(x.T)
+    signature = torch.randn(9, 2, generator=gen)
+
+    def parts() -> dict:
+        return dict(widths=(4, 5), count=300, mean=x.mean(0), matrix=None, complete=False,
+                    blocks={(0, 1): cov[:4, 4:].clone()}, variance=cov.diagonal().clone())
+
+    kept = GroupStats(**parts())
+    once = GroupStats(**parts(), single_use=True)
+    block = once.blocks[(0, 1)]
+    made = once.similarity_block(0, 1, signature)
+    assert torch.equal(made, kept.similarity_block(0, 1, signature))
+    assert made.data_ptr() == block.data_ptr()  # over the covariance block, no second matrix
+    assert once.similarity_block(0, 1, signature.clone()) is made
+    for read in (lambda: once.cross(0, 1), lambda: once.cross(1, 0), lambda: once.cov,
+                 lambda: once.similarity_block(0, 1, None)):
+        with pytest.raises(HetsurgeryError, match="single-use"):
+            read()
+    assert torch.equal(kept.similarity_block(0, 1, signature), kept.similarity_block(0, 1, signature))

@@ -70,12 +70,18 @@ class GroupStats:
     constant: torch.Tensor | None = None  # per feature: took one value on every sample
     blocks: Mapping[tuple[int, int], torch.Tensor] | None = None  # (i, j), i < j: between models i and j
     variance: torch.Tensor | None = None  # with blocks: the D variances
+    # handed over to be solved once (a streamed pass lets them go when the group is solved): ``similarity_block``
+    # is made in the memory of the block it comes from, which these statistics then no longer hold
+    single_use: bool = False
 
     @property
     def cov(self) -> torch.Tensor:
         """The ``D x D`` covariance (assembled from ``blocks`` the first time it is asked for, and kept)."""
         if self.matrix is None:
             assert self.blocks is not None and self.variance is not None
+            if self._spent():
+                raise HetsurgeryError("these single-use statistics made similarities over their covariance blocks: the "
+                                      "covariance is no longer held")
             object.__setattr__(self, "matrix", assemble(self.widths, self.blocks, self.variance))  # a cache
         assert self.matrix is not None
         return self.matrix
@@ -86,6 +92,9 @@ class GroupStats:
 
     def cross(self, i: int, j: int) -> torch.Tensor:
         """The covariance between model ``i``'s features (rows) and model ``j``'s (columns)."""
+        if (i, j) in self._spent() or (j, i) in self._spent():
+            raise HetsurgeryError(f"the covariance between models {i} and {j} was made into their similarity "
+                                  "(single-use statistics): it is no longer held")
         if self.matrix is None and self.blocks is not None and i != j:
             return self.blocks[(i, j)] if (i, j) in self.blocks else self.blocks[(j, i)].T
         return self.block(self.cov, i, j)
@@ -130,7 +139,16 @@ class GroupStats:
     def similarity_block(self, i: int, j: int, signature: torch.Tensor | None = None) -> torch.Tensor:
         """The ``(model i, model j)`` block of ``similarity(signature)`` (which is made of them), without any ``D x D``
         matrix and a few rows at a time: for two models of 5632 channels the 254 MB block and nothing else of its
-        size."""
+        size. Single-use statistics write it over their covariance block (nothing of its size at all), and give it
+        again when asked with the same signature."""
+        spent = self._spent()
+        if (i, j) in spent:  # single use: made once, over the block it came from
+            made, sig = spent[(i, j)]
+            if not ((sig is None and signature is None) or
+                    (sig is not None and signature is not None and torch.equal(sig, signature))):
+                raise HetsurgeryError(f"the similarity of models {i} and {j} was made with another signature, "
+                                      "over the covariance it came from (single-use statistics)")
+            return made
         o = self.offsets()
         a, b = slice(o[i], o[i + 1]), slice(o[j], o[j + 1])
         var = self.variances()
@@ -139,7 +157,9 @@ class GroupStats:
         tied = bool(const[a].any()) and bool(const[b].any())  # constant features of one value pair up
         bound = 1e-6 * (1 + self.mean.abs().max())
         cross = self.cross(i, j)
-        sim = torch.empty_like(cross)
+        # each row block reads only its own elements of ``cross``: the similarity may be written over it
+        over = self.single_use and self.matrix is None and i != j
+        sim = cross if over else torch.empty_like(cross)
         step = max(1, ROWS // max(1, cross.shape[1]))
         for lo in range(0, cross.shape[0], step):
             r = slice(o[i] + lo, min(o[i + 1], o[i] + lo + step))
@@ -158,7 +178,17 @@ class GroupStats:
                 rows += agreement.mul_(TIE)  # (TIE * agreement) rounded as in similarity, without another matrix
             if both is not None and ties is not None:
                 rows[both] = ties
+        if over:
+            spent[(i, j)] = (sim, signature)
         return sim
+
+    def _spent(self) -> dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor | None]]:
+        """The similarity blocks made over their covariance blocks (single use), by model pair."""
+        spent = self.__dict__.get("_spent_blocks")
+        if spent is None:
+            spent = {}
+            object.__setattr__(self, "_spent_blocks", spent)
+        return spent
 
     def second_moment(self) -> torch.Tensor:
         """``E[x xᵀ]`` (for euclidean distances between features)."""
@@ -261,7 +291,7 @@ def _one_pass(graphs: Sequence[ModelGraph], data: Iterable, gids: list[int], ful
             else:
                 blocks, var = a.parts(spend=True)
                 s = GroupStats(tuple(sizes[gid]), a.n, a.means(), None, complete=False, constant=a.constant(),
-                               blocks=blocks, variance=var)
+                               blocks=blocks, variance=var, single_use=done is not None)  # done solves them once
             del a
             if done is None:
                 result[gid] = s
