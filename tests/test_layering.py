@@ -1,6 +1,6 @@
 """The import layering of the package (DESIGN §2): a lower layer never imports a higher one.
 
-``ir <- tracing <- plan, passes <- export <- merging <- assembly <- cli``. ``zoo`` and ``errors`` sit under
+``ir <- tracing <- plan, passes <- export <- merging <- assembly <- cli``. ``zoo``, ``errors`` and ``memory`` sit under
 everything (``zoo`` imports nothing of hetsurgery); ``plan`` and ``passes`` are siblings that never import each
 other; ``evaluate`` scores merged models beside ``merging``; ``assembly`` (MAL, the λ threshold) balances and
 aligns donors with merging's code, so it sits above it and ``merging`` never imports it; ``stream`` (checkpoints read
@@ -18,7 +18,7 @@ import pytest
 
 import hetsurgery as hs
 
-LAYERS = {"errors": 0, "zoo": 0, "ir": 1, "tracing": 2, "plan": 3, "passes": 3, "export": 4, "merging": 5,
+LAYERS = {"errors": 0, "memory": 0, "zoo": 0, "ir": 1, "tracing": 2, "plan": 3, "passes": 3, "export": 4, "merging": 5,
           "evaluate": 5, "assembly": 6, "stream": 6, "demo": 7, "config": 7, "cli": 8}
 TOP = 9  # hetsurgery/__init__.py re-exports every layer: importing it from inside pulls in all of them
 INDEPENDENT = {frozenset({"plan", "passes"})}  # siblings on one layer that never import each other

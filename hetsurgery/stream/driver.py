@@ -30,6 +30,7 @@ from hetsurgery.export.atomic import atomic_folder
 from hetsurgery.export.outputs import check_folder
 from hetsurgery.export.pretrained import saved_names, to_pretrained
 from hetsurgery.ir import ModelGraph, Role, Slot, SlotMaps, slots_by_param
+from hetsurgery.memory import release_free_memory
 from hetsurgery.merging.combine import Combination
 from hetsurgery.merging.driver import STAGES, plan_traced
 from hetsurgery.merging.inputs import default_device, first_batch
@@ -41,10 +42,10 @@ from hetsurgery.plan.width_plan import WidthPlan
 from hetsurgery.stream.checkpoint import Checkpoint
 from hetsurgery.stream.model import StreamedModel, Values, structure_config
 from hetsurgery.stream.provenance import Copy, Source, chained, check_streamable, provenance
-from hetsurgery.stream.segments import SEGMENT_BYTES, Segmented, release_free_memory
+from hetsurgery.stream.segments import SEGMENT_BYTES, Segmented
 from hetsurgery.stream.writer import SHARD_BYTES, Layout, Spec
 
-CHUNK = 1 << 24  # elements: larger tensors are merged a block of rows at a time
+CHUNK = 1 << 22  # elements (16 MB in float32): larger tensors are merged a block of rows at a time
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ def merge(models: Sequence[str | os.PathLike[str] | Checkpoint], data: Iterable 
     anchor = streamed[c.anchor]
 
     def make(name: str, out_dtype: torch.dtype) -> torch.Tensor:
+        release_free_memory()  # what the last tensor's copies left in the C heap, given back before the next
         return _combined(c, graphs, values, merged, name, out_dtype)
 
     _write(merged, anchor, make, out, dtype, shard_bytes, o.progress)

@@ -12,9 +12,6 @@ segment is read. Peak memory is one segment's tensors plus the boundary activati
 from __future__ import annotations
 
 import copy
-import ctypes
-import functools
-import gc
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +23,10 @@ from tqdm.auto import tqdm
 from hetsurgery.errors import HetsurgeryError
 from hetsurgery.ir import ModelGraph
 from hetsurgery.ir.batches import input_names, model_input
+from hetsurgery.memory import release_free_memory
 from hetsurgery.stream.model import Values
 
-SEGMENT_BYTES = 128 * 2**20  # the tensors of all models one segment may read (in float32; a 1.1B Llama MLP: 277 MB)
+SEGMENT_BYTES = 64 * 2**20  # the tensors of all models one segment may read (in float32; a 1.1B Llama MLP: 277 MB)
 
 
 @dataclass(frozen=True)
@@ -48,6 +46,7 @@ class Segmented:
         last = {n: max((position.get(u, len(segments)) for u in n.users), default=-1)
                 for n in joint.graph.nodes if n.op != "output"}
         names = input_names(joint)
+        shared = {id(m) for m in joint.modules()}
         placeholders = [n for n in joint.graph.nodes if n.op == "placeholder"]
         envs: list[dict[fx.Node, object]] = [dict(zip(placeholders, model_input(b, names).to(device), strict=True))
                                              for b in data]
@@ -57,15 +56,16 @@ class Segmented:
                 reads = list(dict.fromkeys(a for n in seg for a in n.all_input_nodes if position.get(a) != i))
                 keeps = [n for n in seg if last[n] > i]
                 module = self._module(joint, seg, reads, keeps, device)
+                release_free_memory()  # the checkpoint reads' copies (a 1.1B Llama's layer: ~100 MB left resident)
                 for env in envs:
                     outs = module(*[env[a] for a in reads])
                     env.update(zip(keeps, outs, strict=True))
                     for a in reads:
                         if last[a] <= i:
                             del env[a]
+                    release_free_memory()  # the batch's intermediate activations
+                _empty(module, shared)  # its layers and tensors freed now, whatever still refers to the module
                 del module
-                gc.collect()  # a GraphModule and its graph refer to each other: only the cycle collector frees its
-                # tensors, and tensor bytes never trigger it (without this, every segment's layers stayed: 7 GB)
                 release_free_memory()
                 if finished is not None:  # the sites this segment observed are done, on every batch
                     finished([str(n.args[0]) for n in seg if n.op == "call_module" and n.target == "observer"])
@@ -142,21 +142,18 @@ class Segmented:
         return held.to(device) if device is not None else held
 
 
-def release_free_memory() -> None:
-    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; nothing elsewhere): the tensors of a
-    segment below the ``mmap`` threshold (32 MB) leave freed pages in the heap that the resident size still counts
-    (a streamed permute of two 1.1B Llamas: about 250 MB)."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-@functools.cache
-def _malloc_trim() -> Any:
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
+def _empty(module: nn.Module, shared: set[int]) -> None:
+    """Drop every layer, parameter, buffer and tensor ``module`` and its submodules hold (those not ``shared`` with the
+    joint module: the observer). A GraphModule and its graph
+    refer to each other, so only the cycle collector would free the module (tensor bytes never trigger it: without
+    this, every segment's layers stayed, 7 GB for a 1.1B Llama); a full collection per segment costs more than the
+    segment's forward passes."""
+    for m in [m for m in module.modules() if id(m) not in shared]:
+        m._parameters.clear()
+        m._buffers.clear()
+        for name in [k for k, v in vars(m).items() if isinstance(v, torch.Tensor)]:
+            delattr(m, name)
+        m._modules.clear()
 
 
 def on_device(args: Any, device: torch.device | str, old: str = "meta") -> Any:
