@@ -71,6 +71,35 @@ def test_streamed_mal_pad_with_a_narrower_model(saved: dict, tmp_path: Path) -> 
     _same(r.to_pretrained(like=a).state_dict(), out.path)
 
 
+@pytest.mark.parametrize("method", ["mal-pad", "weight"])
+def test_large_tensors_are_read_a_block_of_rows_at_a_time(saved: dict, method: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """With pieces and chunks smaller than the embedding, weight matching and the writing read it from the
+    checkpoint a block of rows at a time, never whole, and the output is still the merge in memory."""
+    import hetsurgery.plan.solvers.weight as weight
+    import hetsurgery.stream.driver as driver
+    from hetsurgery.stream.checkpoint import Checkpoint
+
+    monkeypatch.setattr(weight, "PIECE", 256)
+    monkeypatch.setattr(driver, "CHUNK", 512)
+    reads: list[tuple[str, tuple[int, int] | None]] = []
+    read = Checkpoint.read
+
+    def spy(self: Checkpoint, name: str, **kw: object) -> torch.Tensor:
+        reads.append((name, kw.get("rows")))  # type: ignore[arg-type]
+        return read(self, name, **kw)  # type: ignore[arg-type]
+
+    root, a, data = saved["root"], saved["a"], saved["data"]
+    other = saved["narrow"] if method == "mal-pad" else saved["b"]
+    r = merge([a, other], None, method=method, example_inputs=data[0], progress=False)
+    monkeypatch.setattr(Checkpoint, "read", spy)
+    out = stream.merge([root / "a", root / "narrow" if method == "mal-pad" else root / "b"], None,
+                       tmp_path / "merged", method=method, example_inputs=data[0], progress=False)
+    _same(r.to_pretrained(like=a).state_dict(), out.path)
+    embedding = [rows for name, rows in reads if name == "model.embed_tokens.weight"]
+    assert len(embedding) > 4 and None not in embedding  # 64 rows of 32: pieces of 8, chunks of 16 rows
+
+
 def test_streamed_mal_pad_of_bfloat16_checkpoints(saved: dict, tmp_path: Path) -> None:
     """Weight matching reads bfloat16 checkpoints as stored and widens each piece itself: the plan and the output
     are those of the in-memory merge of the same weights in float32, written in bfloat16."""

@@ -17,6 +17,7 @@ import torch
 
 from hetsurgery.errors import MergeInputError, PassError
 from hetsurgery.ir import Capability, ModelGraph
+from hetsurgery.ir.lazy import read_rows, shape_of
 from hetsurgery.merging.widths import WidthRule
 from hetsurgery.merging.zip_plan import plan_zip, prepare_zip
 from hetsurgery.passes.pad_width import pad_groups, padded_view
@@ -165,6 +166,14 @@ class _Only(Mapping[str, torch.Tensor]):
 
     def __contains__(self, name: object) -> bool:  # without reading the tensor
         return name in self.known
+
+    def rows(self, name: str, rows: tuple[int, int]) -> torch.Tensor:
+        if name not in self.known:
+            raise KeyError(name)
+        return read_rows(self.source, name, rows)
+
+    def shape(self, name: str) -> torch.Size | None:
+        return shape_of(self.source, name)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names)

@@ -12,6 +12,7 @@ from torch import nn
 
 from hetsurgery.errors import PassError
 from hetsurgery.ir import Capability, ModelGraph, owner_of, pad_params
+from hetsurgery.ir.lazy import read_rows, shape_of
 from hetsurgery.passes.base import Recorded
 from hetsurgery.passes.resize import resized_groups
 
@@ -82,11 +83,32 @@ class _Padded(Mapping[str, torch.Tensor]):
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self.padded:
             return self.source[name]
-        return pad_params({name: self.source[name]}, self.groups, self.sizes,
-                          lambda param: _fill_for(self.modules, param), names=(name,))[name]
+        return self._pad(name, self.source[name])
 
     def __contains__(self, name: object) -> bool:  # without reading the tensor
         return name in self.source
+
+    def rows(self, name: str, rows: tuple[int, int]) -> torch.Tensor:
+        """Rows of the padded tensor: those of the source, padded (``shape`` says which tensors read by rows)."""
+        if name not in self.padded:
+            return read_rows(self.source, name, rows)
+        if self._rows_move(name):
+            return self[name][rows[0]:rows[1]]
+        return self._pad(name, read_rows(self.source, name, rows))
+
+    def shape(self, name: str) -> torch.Size | None:
+        """The padded shape when the tensor reads by rows; ``None`` when padding adds rows (it is read whole)."""
+        shape = shape_of(self.source, name)
+        if shape is None or name not in self.padded:
+            return shape
+        return None if self._rows_move(name) else self._pad(name, torch.empty(shape, device="meta")).shape
+
+    def _rows_move(self, name: str) -> bool:
+        return any(s.dim == 0 for grp in self.groups for s in grp.slots if s.param == name)
+
+    def _pad(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        return pad_params({name: t}, self.groups, self.sizes, lambda param: _fill_for(self.modules, param),
+                          names=(name,))[name]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.source)

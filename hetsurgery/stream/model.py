@@ -120,7 +120,8 @@ class StreamedModel:
 
 
 class Values(Mapping[str, torch.Tensor]):
-    """A streamed model's parameter values by graph name, each read from the checkpoint when asked for (floating
+    """A streamed model's parameter values by graph name (lazy: ``ir.lazy``), each read from the checkpoint when
+    asked for, whole or a block of rows (floating
     tensors in ``dtype``, or as stored for ``None``, on ``device``) and checked to be finite (once read whole, a tensor
     is not checked again: weight matching reads each several times); no tensor is kept."""
 
@@ -149,6 +150,10 @@ class Values(Mapping[str, torch.Tensor]):
             if rows is None:
                 self.finite.add(key)
         return t
+
+    def shape(self, name: str) -> torch.Size:
+        """``name``'s shape, without reading it."""
+        return self.model.graph.params[name].shape
 
     def _dtype(self, t: torch.Tensor) -> torch.dtype:
         return self._dtype_of(t.dtype)

@@ -29,7 +29,9 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 
 from hetsurgery.ir import PermGroup, Slot, slots_by_param
+from hetsurgery.ir.lazy import read_rows, shape_of
 from hetsurgery.ir.slot_algebra import gather, permutation_indices, permute_slot, slot_rows
+from hetsurgery.memory import release_free_memory
 from hetsurgery.plan.solvers.heads import head_order
 from hetsurgery.plan.solvers.lap import best_permutation
 
@@ -140,14 +142,14 @@ def _touched(grp: PermGroup, by_param: BySlot) -> list[str]:
 
 def _value(a: Params, b: Params, by_param: BySlot, perms: Mapping[int, torch.Tensor], name: str) -> float:
     """``⟨a[name], b[name] with every slot permuted⟩`` (float32 products, float64 sums), piece by piece."""
-    wa, wb = a[name], b[name]
-    idx = _indices(wb, by_param[name], perms)
-    if idx is None:  # block-diagonal slots: the whole tensor at once
-        for gid, slot in by_param[name]:
-            if gid in perms:
-                wb = permute_slot(wb, slot, perms[gid])
-        return float(torch.sum(_wide(wa) * _wide(wb), dtype=torch.float64))
-    return sum(float(torch.sum(_wide(pa) * _wide(pb), dtype=torch.float64)) for pa, pb in _pieces(wa, wb, idx, 0))
+    pieces = _pieces(a, b, name, by_param[name], perms, 0)
+    if pieces is not None:
+        return sum(float(torch.sum(_wide(pa) * _wide(pb), dtype=torch.float64)) for pa, pb in pieces)
+    wa, wb = a[name], b[name]  # block-diagonal slots: the whole tensor at once
+    for gid, slot in by_param[name]:
+        if gid in perms:
+            wb = permute_slot(wb, slot, perms[gid])
+    return float(torch.sum(_wide(wa) * _wide(wb), dtype=torch.float64))
 
 
 def _wide(t: torch.Tensor) -> torch.Tensor:
@@ -163,14 +165,16 @@ def _score(grp: PermGroup, a: Params, b: Params, by_param: BySlot, perms: Mappin
     for slot in grp.slots:
         if slot.param not in by_param:
             continue
-        wa, wb = a[slot.param], b[slot.param]
+        # the copies of the last tensors read leave freed pages resident in the C heap: given back before the next
+        # (a streamed 1.1B Llama's MLP group: its 254 MB scores, and ~100 MB of such pages before this)
+        release_free_memory()
         others = [(gid, o) for gid, o in by_param[slot.param] if o.dim != slot.dim]
-        idx = _indices(wb, others, perms) if slot.chunks == 1 else None
-        if idx is not None:
-            along = max((dim for dim in range(wb.dim()) if dim != slot.dim), key=lambda dim: wb.shape[dim], default=None)
-            for pa, pb in _pieces(wa, wb, idx, along):
+        pieces = _pieces(a, b, slot.param, others, perms, None, skip=slot.dim) if slot.chunks == 1 else None
+        if pieces is not None:
+            for pa, pb in pieces:
                 _add(score, _rows(pa, slot, d), _rows(pb, slot, d))
             continue
+        wa, wb = a[slot.param], b[slot.param]
         for gid, other in others:
             if gid in perms:
                 wb = permute_slot(wb, other, perms[gid])
@@ -181,6 +185,7 @@ def _score(grp: PermGroup, a: Params, b: Params, by_param: BySlot, perms: Mappin
         part = Slot(slot.param, slot.dim, slot.offset, slot.inner)
         for j, (ca, cb) in enumerate(zip(wa.chunk(slot.chunks), wb.chunk(slot.chunks), strict=True)):
             _add(score[j * per:(j + 1) * per, j * per:(j + 1) * per], _rows(ca, part, per), _rows(cb, part, per))
+    release_free_memory()  # and the last, before the LAP
     return score
 
 
@@ -199,12 +204,45 @@ def _indices(t: torch.Tensor, slots: Sequence[tuple[int, Slot]], perms: Mapping[
     return permutation_indices(t, [(slot, perms[gid]) for gid, slot in slots if gid in perms])
 
 
-def _pieces(wa: torch.Tensor, wb: torch.Tensor, idx: Mapping[int, torch.Tensor], along: int | None
-            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``a`` and the permuted ``b`` in pieces along dim ``along`` of about ``PIECE`` elements: the copies
-    a permutation needs, and the float32 copies of a tensor stored narrower, stay small whatever the layer's size
-    (freed small blocks are reused, big ones would stay with the allocator), unpermuted tensors too: a bfloat16
-    embedding widened whole is a gigabyte with its transposed copies."""
+def _pieces(a: Params, b: Params, name: str, slots: Sequence[tuple[int, Slot]], perms: Mapping[int, torch.Tensor],
+            along: int | None, skip: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]] | None:
+    """``a[name]`` and ``b[name]`` with ``slots`` permuted, in pieces of about ``PIECE`` elements along dim ``along``
+    (``None``: the largest dim other than ``skip``); ``None`` when a slot is block-diagonal (no index does it).
+
+    The copies a permutation needs, and the float32 copies of a tensor stored narrower, stay small whatever the
+    layer's size (freed small blocks are reused, big ones would stay with the allocator), unpermuted tensors too: a
+    bfloat16 embedding widened whole is a gigabyte with its transposed copies. When both mappings are lazy
+    (``ir.lazy``: a streamed model's) and the pieces are blocks of rows no permutation moves, each piece is read
+    alone: the tensor is never whole in memory."""
+    shape = shape_of(a, name)
+    if shape is not None and shape_of(b, name) == shape and len(shape) > 1:
+        cut = along if along is not None else _largest(shape, skip)
+        idx = _indices(torch.empty(()).expand(shape), slots, perms)
+        if idx is None:
+            return None
+        if cut == 0 and 0 not in idx and shape.numel() > PIECE:
+            return _read_pieces(a, b, name, shape, idx)
+    wa, wb = a[name], b[name]
+    idx = _indices(wb, slots, perms)
+    if idx is None:
+        return None
+    return _cut(wa, wb, idx, along if along is not None else _largest(wb.shape, skip))
+
+
+def _largest(shape: Sequence[int], skip: int | None) -> int | None:
+    return max((dim for dim in range(len(shape)) if dim != skip), key=lambda dim: shape[dim], default=None)
+
+
+def _read_pieces(a: Params, b: Params, name: str, shape: torch.Size, idx: Mapping[int, torch.Tensor]
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    step = max(1, PIECE // max(1, shape.numel() // shape[0]))
+    for lo in range(0, shape[0], step):
+        rows = (lo, min(shape[0], lo + step))
+        yield read_rows(a, name, rows), gather(read_rows(b, name, rows), idx)
+
+
+def _cut(wa: torch.Tensor, wb: torch.Tensor, idx: Mapping[int, torch.Tensor], along: int | None
+         ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     if along is None or wb.numel() <= PIECE:
         yield wa, gather(wb, idx)
         return
