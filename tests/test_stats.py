@@ -164,7 +164,7 @@ def test_accumulators_sharing_scratch_buffers_equal_separate_ones() -> None:
         assert torch.equal(s.covariance(), a.covariance()) and torch.equal(s.means(), a.means())
     feats = torch.cat([b[2].transpose(1, 2).reshape(-1, 6) for b in batches])
     torch.testing.assert_close(shared[1].covariance()[:6, :6], torch.cov(feats.T.double()), rtol=1e-5, atol=1e-6)
-    assert len(scratch.buffers) == 2  # one per model, grown to the largest site
+    assert len(scratch.buffers) == 3  # one per model and one for the products, grown to the largest site
 
 
 def test_a_similarity_block_is_that_block_of_the_similarity() -> None:
@@ -213,3 +213,27 @@ def test_single_use_statistics_make_the_similarity_over_their_covariance_block()
         with pytest.raises(HetsurgeryError, match="single-use"):
             read()
     assert torch.equal(kept.similarity_block(0, 1, signature), kept.similarity_block(0, 1, signature))
+
+
+def test_products_made_and_widened_in_blocks_of_rows_give_the_same_sums(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Products added into the float64 sums a few rows at a time (``WIDEN``) sum exactly what the whole product does,
+    and products of a few rows (``PRODUCT``) what one product of every row does, to float32 rounding (a product of
+    fewer rows may take another kernel)."""
+    import hetsurgery.plan.accumulate as accumulate
+
+    gen = torch.Generator().manual_seed(3)
+    batches = [[torch.randn(2, d, 5, generator=gen) + 2 for d in (7, 9)] for _ in range(3)]
+
+    def run(product: int, widen: int) -> torch.Tensor:
+        monkeypatch.setattr(accumulate, "PRODUCT", product)
+        monkeypatch.setattr(accumulate, "WIDEN", widen)
+        acc = accumulate.BlockAccumulator([7, 9], True)
+        for b in batches:
+            acc.add(b)
+        return acc.covariance()
+
+    whole = run(1 << 20, 1 << 20)
+    for widen in (1, 2, 5):
+        assert torch.equal(run(1 << 20, widen), whole)
+    for product, widen in ((20, 2), (9, 64), (1, 1)):  # products of 2, 1 and 1 rows
+        torch.testing.assert_close(run(product, widen), whole, rtol=1e-5, atol=1e-6)

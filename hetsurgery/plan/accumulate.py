@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+WIDEN = 64  # rows of a product added into the float64 sums at once (each widened first: 2.9 MB for 5632 columns)
 PRODUCT = 1 << 21  # elements of a product block made at once (8 MB in float32; adding it into the float64 sums
 # widens it whole first, 16 MB more)
 
@@ -95,12 +96,17 @@ class BlockAccumulator:
             # models: four float64 ones of 254 MB each, before)
             m2 = self.m2[(i, j)]
             step = max(1, PRODUCT // max(1, xs[j].shape[0]))
+            out = self.scratch.get(-1, min(step, xs[i].shape[0]) * xs[j].shape[0], xs[i].dtype, xs[i].device)
             for lo in range(0, xs[i].shape[0], step):
-                prod = (xs[i][lo:lo + step] @ xs[j].T).cpu()
+                rows = xs[i][lo:lo + step]
+                prod = torch.matmul(rows, xs[j].T, out=out[:rows.shape[0] * xs[j].shape[0]].view(rows.shape[0], -1))
+                prod = prod.cpu()
                 if i == j:
                     diag.setdefault(i, torch.empty(xs[i].shape[0], dtype=torch.float64))[lo:lo + step] = \
                         prod.diagonal(offset=lo).double()
-                m2[lo:lo + step] += prod
+                for a in range(0, prod.shape[0], WIDEN):  # widened for the float64 add a few rows at a time
+                    b = min(a + WIDEN, prod.shape[0])
+                    m2[lo + a:lo + b] += prod[a:b]
                 del prod
             m2.addr_(means[i], means[j], alpha=-nb).addr_(delta[i], delta[j], alpha=weight)
         for k, (f, x) in enumerate(zip(feats, xs, strict=True)):

@@ -32,6 +32,7 @@ from hetsurgery.ir import PermGroup, Slot, slots_by_param
 from hetsurgery.ir.lazy import read_rows, shape_of
 from hetsurgery.ir.slot_algebra import gather, permutation_indices, permute_slot, slot_rows
 from hetsurgery.memory import release_free_memory
+from hetsurgery.plan.accumulate import WIDEN
 from hetsurgery.plan.solvers.heads import head_order
 from hetsurgery.plan.solvers.lap import best_permutation
 
@@ -192,10 +193,18 @@ def _score(grp: PermGroup, a: Params, b: Params, by_param: BySlot, perms: Mappin
 def _add(score: torch.Tensor, rows_a: torch.Tensor, rows_b: torch.Tensor) -> None:
     """``score += rows_a @ rows_bᵀ``, the float32 product made and added into float64 a block of rows at a time:
     neither the product of a 5632-wide group (127 MB) nor a float64 copy of it (on the CPU an operand of another
-    dtype is widened whole first, 254 MB) exists whole."""
+    dtype is widened whole first, 254 MB) exists whole. The products go into one buffer, widened ``WIDEN`` rows at a
+    time: a few sizes of blocks, reused, instead of fresh ones the C heap keeps after they are freed."""
     step = max(1, PIECE // max(1, rows_b.shape[0]))
+    n = rows_b.shape[0]
+    buf = torch.empty(min(step, rows_a.shape[0]) * n, dtype=torch.promote_types(rows_a.dtype, rows_b.dtype),
+                      device=rows_a.device)
     for lo in range(0, rows_a.shape[0], step):
-        score[lo:lo + step] += rows_a[lo:lo + step] @ rows_b.T
+        part = rows_a[lo:lo + step]
+        prod = torch.matmul(part, rows_b.T, out=buf[:part.shape[0] * n].view(part.shape[0], n))
+        for a in range(0, prod.shape[0], WIDEN):
+            b = min(a + WIDEN, prod.shape[0])
+            score[lo + a:lo + b] += prod[a:b]
 
 
 def _indices(t: torch.Tensor, slots: Sequence[tuple[int, Slot]], perms: Mapping[int, torch.Tensor]
