@@ -237,19 +237,3 @@ def test_products_made_and_widened_in_blocks_of_rows_give_the_same_sums(monkeypa
         assert torch.equal(run(1 << 20, widen), whole)
     for product, widen in ((20, 2), (9, 64), (1, 1)):  # products of 2, 1 and 1 rows
         torch.testing.assert_close(run(product, widen), whole, rtol=1e-5, atol=1e-6)
-
-
-def test_the_lap_solver_is_scipys_without_scipy_optimize() -> None:
-    """``lap.linear_sum_assignment`` is scipy's C solver loaded on its own: the same assignments as
-    ``scipy.optimize.linear_sum_assignment``, square, rectangular and maximising."""
-    from scipy.optimize import linear_sum_assignment as public
-
-    from hetsurgery.plan.solvers.lap import linear_sum_assignment
-
-    solve = linear_sum_assignment()
-    gen = torch.Generator().manual_seed(4)
-    for shape in ((6, 6), (4, 7), (7, 4)):
-        cost = torch.randn(*shape, generator=gen, dtype=torch.float64).numpy()
-        for maximize in (False, True):
-            got, want = solve(cost, maximize=maximize), public(cost, maximize=maximize)
-            assert all((g == w).all() for g, w in zip(got, want, strict=True))

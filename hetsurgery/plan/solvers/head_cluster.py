@@ -36,7 +36,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from hetsurgery.plan.solvers import lap
 from hetsurgery.plan.solvers.zip import zip_match
 from hetsurgery.plan.stats import GroupStats
 from hetsurgery.plan.width_plan import GroupMatch, MatchKind
@@ -45,7 +44,7 @@ from hetsurgery.plan.width_plan import GroupMatch, MatchKind
 def head_similarity(sim: torch.Tensor, size: int, inner: bool = True) -> torch.Tensor:
     """``N x N`` for ``N = D / size`` heads: the mean similarity of heads ``i`` and ``j``'s channels, under the best
     one-to-one assignment between them (in order with ``inner=False``)."""
-    linear_sum_assignment = lap.linear_sum_assignment()  # scipy's, loaded on first use
+    from scipy.optimize import linear_sum_assignment
 
     n = sim.shape[0] // size
     pairs = sim.detach().double().cpu().reshape(n, size, n, size).permute(0, 2, 1, 3).numpy()
@@ -78,7 +77,7 @@ def clustered_heads(gid: int, stats: GroupStats, size: int, weights: Sequence[fl
                     alpha: float = 0.5, beta: float = 1.0) -> GroupMatch:
     """The maps of one group given the head ``clusters`` (global head numbers, model by model): merged head ``i`` is
     cluster ``i``, its channels zipped from the members' (``zip_inside``) or matched one to one and averaged."""
-    linear_sum_assignment = lap.linear_sum_assignment()  # scipy's, loaded on first use
+    from scipy.optimize import linear_sum_assignment
 
     sim = stats.similarity(signature)
     counts = [d // size for d in stats.widths]
@@ -111,9 +110,9 @@ def clustered_heads(gid: int, stats: GroupStats, size: int, weights: Sequence[fl
                 blocks.append((p * (w / mass if mass > 0 else 0.0), p.T))
         for h, (mk, uk) in zip(members, blocks, strict=True):
             k, j = int(origin[h]), int(local[h])
-            span = slice(j * size, (j + 1) * size)
-            merges[k][rows, span] = mk
-            unmerges[k][span, rows] = uk
+            cols = slice(j * size, (j + 1) * size)
+            merges[k][rows, cols] = mk
+            unmerges[k][cols, rows] = uk
     info: dict[str, object] = {"note": "heads of different counts: heads zipped as units, channels "
                     + ("zipped" if zip_inside and inner else "matched one to one") + " inside each merged head",
             "head_clusters": [[(int(origin[h]), int(local[h])) for h in c] for c in clusters]}

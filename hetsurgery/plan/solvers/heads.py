@@ -22,12 +22,11 @@ import numpy as np
 import torch
 
 from hetsurgery.ir import Blocks, PermGroup
-from hetsurgery.plan.solvers import lap
 
 
 def head_score(score: torch.Tensor, blocks: Blocks) -> torch.Tensor:
     """``count x count``: how well head ``j`` of the other model matches head ``i`` of the anchor."""
-    linear_sum_assignment = lap.linear_sum_assignment()  # scipy's, loaded on first use
+    from scipy.optimize import linear_sum_assignment  # costs 0.4 s to import: on first use
 
     c, s = blocks.count, blocks.size
     pairs = score.detach().double().cpu().reshape(c, s, c, s).permute(0, 2, 1, 3)  # [i, j] = block (i, j)
@@ -45,7 +44,7 @@ def head_score(score: torch.Tensor, blocks: Blocks) -> torch.Tensor:
 def head_order(scores: Sequence[tuple[torch.Tensor, Blocks]]) -> torch.Tensor:
     """The other model's head for each anchor head, best over the summed head similarities of ``scores`` (each a
     tied group's score with its blocks: T5's bias has heads of 1 beside heads of 64)."""
-    linear_sum_assignment = lap.linear_sum_assignment()  # scipy's, loaded on first use
+    from scipy.optimize import linear_sum_assignment
 
     total = sum(head_score(s, blocks) for s, blocks in scores)
     assert isinstance(total, torch.Tensor)

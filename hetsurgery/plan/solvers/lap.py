@@ -13,11 +13,6 @@ With ``Blocks(moves=True)`` and a head ``order`` (``solvers.heads``) block ``i``
 
 from __future__ import annotations
 
-import functools
-import importlib.machinery
-import importlib.util
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,38 +40,17 @@ def best_permutation(score: torch.Tensor, block: int | Blocks, order: torch.Tens
     return torch.from_numpy(perm)
 
 
-@functools.cache
-def linear_sum_assignment() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
-    """scipy's LAP solver, ``scipy.optimize.linear_sum_assignment``: the C function of ``scipy.optimize._lsap``, which
-    that name is, loaded on its own when the file is there. Importing ``scipy.optimize`` costs 0.4 s and 36 MB of
-    modules a LAP does not use (a tenth of a streamed merge's fixed memory); anything unexpected falls back to it."""
-    try:
-        import scipy
-
-        folder = Path(scipy.__file__).parent / "optimize"
-        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-            spec = importlib.util.spec_from_file_location("scipy.optimize._lsap", folder / f"_lsap{suffix}")
-            if spec is not None and spec.loader is not None and (folder / f"_lsap{suffix}").is_file():
-                module = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(module)
-                return module.linear_sum_assignment  # type: ignore[no-any-return]
-    except (ImportError, OSError, AttributeError):
-        pass
-    from scipy.optimize import linear_sum_assignment as solve
-
-    return solve  # type: ignore[no-any-return]
-
-
 def _maximise(s: np.ndarray) -> Any:
     """``linear_sum_assignment(s, maximize=True)`` without the negated copy scipy makes for it (5632 channels:
     254 MB): ``s`` is negated in place, solved for the minimum and negated back (exact: a sign flip), so the caller's
     matrix is as it was."""
-    solve = linear_sum_assignment()
+    from scipy.optimize import linear_sum_assignment  # scipy.optimize costs 0.4 s to import: on first use
+
     if not s.flags.writeable or s.dtype != np.float64:
-        return solve(s, maximize=True)
+        return linear_sum_assignment(s, maximize=True)
     np.negative(s, out=s)
     try:
-        return solve(s)
+        return linear_sum_assignment(s)
     finally:
         np.negative(s, out=s)
 
