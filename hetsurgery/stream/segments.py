@@ -144,10 +144,10 @@ class Segmented:
 
 def _empty(module: nn.Module, shared: set[int]) -> None:
     """Drop every layer, parameter, buffer and tensor ``module`` and its submodules hold (those not ``shared`` with the
-    joint module: the observer). A GraphModule and its graph
-    refer to each other, so only the cycle collector would free the module (tensor bytes never trigger it: without
-    this, every segment's layers stayed, 7 GB for a 1.1B Llama); a full collection per segment costs more than the
-    segment's forward passes."""
+    joint module: the observer). A GraphModule and its graph refer to each other, so only the cycle collector would
+    free the module (tensor bytes never trigger it: without this, every segment's layers stayed, 7 GB for a 1.1B
+    Llama), and a full collection per segment cost more than the segment's forward passes (statistics of the 1.1B
+    Llama pair: 58 s with one, 37 s without)."""
     for m in [m for m in module.modules() if id(m) not in shared]:
         m._parameters.clear()
         m._buffers.clear()
