@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-WIDEN = 64  # rows of a product added into the float64 sums at once (each widened first: 2.9 MB for 5632 columns)
+WIDEN = 1 << 18  # elements of a product added into the float64 sums at once (widened first: 2 MB)
 PRODUCT = 1 << 21  # elements of a product block made at once (8 MB in float32; adding it into the float64 sums
 # widens it whole first, 16 MB more)
 
@@ -104,8 +104,9 @@ class BlockAccumulator:
                 if i == j:
                     diag.setdefault(i, torch.empty(xs[i].shape[0], dtype=torch.float64))[lo:lo + step] = \
                         prod.diagonal(offset=lo).double()
-                for a in range(0, prod.shape[0], WIDEN):  # widened for the float64 add a few rows at a time
-                    b = min(a + WIDEN, prod.shape[0])
+                few = max(1, WIDEN // max(1, prod.shape[1]))  # widened for the float64 add a few rows at a time
+                for a in range(0, prod.shape[0], few):
+                    b = min(a + few, prod.shape[0])
                     m2[lo + a:lo + b] += prod[a:b]
                 del prod
             m2.addr_(means[i], means[j], alpha=-nb).addr_(delta[i], delta[j], alpha=weight)

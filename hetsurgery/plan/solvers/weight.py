@@ -29,7 +29,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 
 from hetsurgery.ir import PermGroup, Slot, slots_by_param
-from hetsurgery.ir.lazy import read_rows, shape_of
+from hetsurgery.ir.lazy import is_lazy, read_rows, shape_of
 from hetsurgery.ir.slot_algebra import gather, permutation_indices, permute_slot, slot_rows
 from hetsurgery.memory import release_free_memory
 from hetsurgery.plan.accumulate import WIDEN
@@ -163,12 +163,14 @@ def _score(grp: PermGroup, a: Params, b: Params, by_param: BySlot, perms: Mappin
     """``score[i, j] = ⟨a's channel i, b's channel j⟩`` over every slot, b's other axes already permuted."""
     d = grp.size
     score = torch.zeros(d, d, dtype=torch.float64)
+    # streamed models (lazy mappings): the copies of the last tensors read leave freed pages resident in the C heap,
+    # given back before the next (a 1.1B Llama's MLP group: its 254 MB scores, and ~100 MB of such pages besides).
+    # In memory that would only cost time: the pages are faulted in again (a ResNet-20 x8: matching 1.45x slower)
+    trim = release_free_memory if is_lazy(a) or is_lazy(b) else _nothing
     for slot in grp.slots:
         if slot.param not in by_param:
             continue
-        # the copies of the last tensors read leave freed pages resident in the C heap: given back before the next
-        # (a streamed 1.1B Llama's MLP group: its 254 MB scores, and ~100 MB of such pages before this)
-        release_free_memory()
+        trim()
         others = [(gid, o) for gid, o in by_param[slot.param] if o.dim != slot.dim]
         pieces = _pieces(a, b, slot.param, others, perms, None, skip=slot.dim) if slot.chunks == 1 else None
         if pieces is not None:
@@ -186,15 +188,19 @@ def _score(grp: PermGroup, a: Params, b: Params, by_param: BySlot, perms: Mappin
         part = Slot(slot.param, slot.dim, slot.offset, slot.inner)
         for j, (ca, cb) in enumerate(zip(wa.chunk(slot.chunks), wb.chunk(slot.chunks), strict=True)):
             _add(score[j * per:(j + 1) * per, j * per:(j + 1) * per], _rows(ca, part, per), _rows(cb, part, per))
-    release_free_memory()  # and the last, before the LAP
+    trim()  # and the last, before the LAP
     return score
+
+
+def _nothing() -> None:
+    pass
 
 
 def _add(score: torch.Tensor, rows_a: torch.Tensor, rows_b: torch.Tensor) -> None:
     """``score += rows_a @ rows_bᵀ``, the float32 product made and added into float64 a block of rows at a time:
     neither the product of a 5632-wide group (127 MB) nor a float64 copy of it (on the CPU an operand of another
-    dtype is widened whole first, 254 MB) exists whole. The products go into one buffer, widened ``WIDEN`` rows at a
-    time: a few sizes of blocks, reused, instead of fresh ones the C heap keeps after they are freed."""
+    dtype is widened whole first, 254 MB) exists whole. The products go into one buffer, widened ``WIDEN`` elements at
+    a time: a few sizes of blocks, reused, instead of fresh ones the C heap keeps after they are freed."""
     step = max(1, PIECE // max(1, rows_b.shape[0]))
     n = rows_b.shape[0]
     buf = torch.empty(min(step, rows_a.shape[0]) * n, dtype=torch.promote_types(rows_a.dtype, rows_b.dtype),
@@ -202,8 +208,9 @@ def _add(score: torch.Tensor, rows_a: torch.Tensor, rows_b: torch.Tensor) -> Non
     for lo in range(0, rows_a.shape[0], step):
         part = rows_a[lo:lo + step]
         prod = torch.matmul(part, rows_b.T, out=buf[:part.shape[0] * n].view(part.shape[0], n))
-        for a in range(0, prod.shape[0], WIDEN):
-            b = min(a + WIDEN, prod.shape[0])
+        few = max(1, WIDEN // max(1, n))
+        for a in range(0, prod.shape[0], few):
+            b = min(a + few, prod.shape[0])
             score[lo + a:lo + b] += prod[a:b]
 
 
