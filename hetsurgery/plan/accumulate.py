@@ -25,8 +25,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 WIDEN = 1 << 18  # elements of a product added into the float64 sums at once (widened first: 2 MB)
-PRODUCT = 1 << 21  # elements of a product block made at once (8 MB in float32; adding it into the float64 sums
-# widens it whole first, 16 MB more)
+PRODUCT = 1 << 21  # elements of a product block made at once (8 MB in float32)
 
 
 class Scratch:
@@ -97,18 +96,9 @@ class BlockAccumulator:
             m2 = self.m2[(i, j)]
             step = max(1, PRODUCT // max(1, xs[j].shape[0]))
             out = self.scratch.get(-1, min(step, xs[i].shape[0]) * xs[j].shape[0], xs[i].dtype, xs[i].device)
-            for lo in range(0, xs[i].shape[0], step):
-                rows = xs[i][lo:lo + step]
-                prod = torch.matmul(rows, xs[j].T, out=out[:rows.shape[0] * xs[j].shape[0]].view(rows.shape[0], -1))
-                prod = prod.cpu()
-                if i == j:
-                    diag.setdefault(i, torch.empty(xs[i].shape[0], dtype=torch.float64))[lo:lo + step] = \
-                        prod.diagonal(offset=lo).double()
-                few = max(1, WIDEN // max(1, prod.shape[1]))  # widened for the float64 add a few rows at a time
-                for a in range(0, prod.shape[0], few):
-                    b = min(a + few, prod.shape[0])
-                    m2[lo + a:lo + b] += prod[a:b]
-                del prod
+            if i == j:
+                diag[i] = torch.empty(xs[i].shape[0], dtype=torch.float64)
+            add_product(m2, xs[i], xs[j], step, out, diag.get(i) if i == j else None)
             m2.addr_(means[i], means[j], alpha=-nb).addr_(delta[i], delta[j], alpha=weight)
         for k, (f, x) in enumerate(zip(feats, xs, strict=True)):
             squares = diag[k] if k in diag else torch.linalg.vector_norm(x, dim=1).double().cpu().square()
@@ -151,6 +141,26 @@ class BlockAccumulator:
     def covariance(self) -> torch.Tensor:
         """The ``D x D`` covariance; without ``full`` the blocks inside a model hold only the variances."""
         return assemble(self.widths, *self.parts())
+
+
+def add_product(sums: torch.Tensor, a: torch.Tensor, b: torch.Tensor, rows: int, out: torch.Tensor | None = None,
+                diagonal: torch.Tensor | None = None) -> None:
+    """``sums += a @ bᵀ`` for float64 ``sums`` on the CPU and float32 ``a`` and ``b`` anywhere: the product made
+    ``rows`` rows of ``a`` at a time (into ``out``, a flat buffer of that many rows, when given) and added ``WIDEN``
+    elements at a time, since on the CPU an operand of another dtype is widened whole first. Neither the whole product
+    (127 MB for 5632 channels) nor a float64 copy of it exists, and the blocks are few sizes, reused, not fresh ones the
+    C heap keeps once freed. ``diagonal`` (``a`` is ``b``): filled with the product's diagonal."""
+    n = b.shape[0]
+    if out is None:
+        out = torch.empty(min(rows, a.shape[0]) * n, dtype=torch.promote_types(a.dtype, b.dtype), device=a.device)
+    few = max(1, WIDEN // max(1, n))
+    for lo in range(0, a.shape[0], rows):
+        part = a[lo:lo + rows]
+        prod = torch.matmul(part, b.T, out=out[:part.shape[0] * n].view(part.shape[0], n)).cpu()
+        if diagonal is not None:
+            diagonal[lo:lo + part.shape[0]] = prod.diagonal(offset=lo).double()
+        for r in range(0, prod.shape[0], few):
+            sums[lo + r:lo + min(r + few, prod.shape[0])] += prod[r:r + few]
 
 
 def assemble(widths: Sequence[int], blocks: Mapping[tuple[int, int], torch.Tensor], var: torch.Tensor) -> torch.Tensor:

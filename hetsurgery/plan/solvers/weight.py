@@ -32,7 +32,7 @@ from hetsurgery.ir import PermGroup, Slot, slots_by_param
 from hetsurgery.ir.lazy import is_lazy, read_rows, shape_of
 from hetsurgery.ir.slot_algebra import gather, permutation_indices, permute_slot, slot_rows
 from hetsurgery.memory import release_free_memory
-from hetsurgery.plan.accumulate import WIDEN
+from hetsurgery.plan.accumulate import add_product
 from hetsurgery.plan.solvers.heads import head_order
 from hetsurgery.plan.solvers.lap import best_permutation
 
@@ -197,21 +197,8 @@ def _nothing() -> None:
 
 
 def _add(score: torch.Tensor, rows_a: torch.Tensor, rows_b: torch.Tensor) -> None:
-    """``score += rows_a @ rows_bᵀ``, the float32 product made and added into float64 a block of rows at a time:
-    neither the product of a 5632-wide group (127 MB) nor a float64 copy of it (on the CPU an operand of another
-    dtype is widened whole first, 254 MB) exists whole. The products go into one buffer, widened ``WIDEN`` elements at
-    a time: a few sizes of blocks, reused, instead of fresh ones the C heap keeps after they are freed."""
-    step = max(1, PIECE // max(1, rows_b.shape[0]))
-    n = rows_b.shape[0]
-    buf = torch.empty(min(step, rows_a.shape[0]) * n, dtype=torch.promote_types(rows_a.dtype, rows_b.dtype),
-                      device=rows_a.device)
-    for lo in range(0, rows_a.shape[0], step):
-        part = rows_a[lo:lo + step]
-        prod = torch.matmul(part, rows_b.T, out=buf[:part.shape[0] * n].view(part.shape[0], n))
-        few = max(1, WIDEN // max(1, n))
-        for a in range(0, prod.shape[0], few):
-            b = min(a + few, prod.shape[0])
-            score[lo + a:lo + b] += prod[a:b]
+    """``score += rows_a @ rows_bᵀ`` in pieces of about ``PIECE`` elements (``accumulate.add_product``)."""
+    add_product(score, rows_a, rows_b, max(1, PIECE // max(1, rows_b.shape[0])))
 
 
 def _indices(t: torch.Tensor, slots: Sequence[tuple[int, Slot]], perms: Mapping[int, torch.Tensor]
