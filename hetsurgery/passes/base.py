@@ -18,6 +18,7 @@ torch.Size([3, 4])
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -39,7 +40,7 @@ class Pass(Protocol):
     def __call__(self, g: ModelGraph) -> ModelGraph: ...
 
 
-class Recorded:
+class Recorded(abc.ABC):
     """The base of every pass: ``__call__`` rewrites the graph (the subclass's ``rewrite``) and records the pass in
     the new graph's history, ``passes`` (here and nowhere else).
 
@@ -54,8 +55,9 @@ class Recorded:
         out = self.rewrite(g)
         return replace(out, passes=(*g.passes, self.recorded()))
 
+    @abc.abstractmethod
     def rewrite(self, g: ModelGraph) -> ModelGraph:
-        raise NotImplementedError
+        """The rewritten graph (history aside: ``__call__`` records the pass)."""
 
     def recorded(self) -> Recorded:
         """What the history keeps of this pass (itself; a pass holding calibration data keeps less)."""

@@ -26,6 +26,7 @@ stays as it is (it runs; the channel rules then name it as an op they do not kno
 
 from __future__ import annotations
 
+import abc
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -76,13 +77,13 @@ def _equal(a: Any, b: Any) -> bool:
     return not isinstance(b, (list, tuple, torch.Tensor)) and bool(a == b)
 
 
-class Rewrite:
+class Rewrite(abc.ABC):
     """How one aten overload is written at torch level."""
 
+    @abc.abstractmethod
     def emit(self, graph: fx.Graph, bound: Bound, node: fx.Node, op: torch._ops.OpOverload) -> Any:
         """The new node (or value) for the call of ``op`` that the exported graph's ``node`` makes (its
         metadata gives the argument shapes); ``None`` when the rewrite declines."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)
