@@ -11,26 +11,37 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from decoder_models import PostNormEncoder
 from helpers import randomise
 
 import hetsurgery as hs
 import hetsurgery.passes as passes_package
 from hetsurgery.export import read_package
-from hetsurgery.passes import FuseReluSegment, InsertIdentity, InsertZeroResidual, RemoveBlock, replay, specs
+from hetsurgery.passes import (
+    FuseReluSegment,
+    InsertIdentity,
+    InsertPostNormBlock,
+    InsertZeroResidual,
+    RemoveBlock,
+    replay,
+    specs,
+)
 from hetsurgery.passes.replay import STRUCTURAL
 
 IMAGES, VECTORS = torch.randn(2, 1, 8, 8), torch.randn(2, 64)
+TOKENS = torch.randint(0, 40, (2, 7), generator=torch.Generator().manual_seed(0))
 
 
 def _pass_classes() -> list[type]:
-    """Every pass class the passes package defines: a class with a ``name`` and a ``__call__``, module by module."""
+    """Every pass class the passes package defines: a class with a ``name`` of its own and a ``__call__`` (or
+    ``rewrite``, perhaps inherited: ``InsertPostNormBlock`` is an ``InsertZeroResidual``), module by module."""
     found = {}
     for module_name in passes_package.__all__:
         obj = getattr(passes_package, module_name)
         module = inspect.getmodule(obj)
         for _, cls in inspect.getmembers(module, inspect.isclass):
             if cls.__module__.startswith("hetsurgery.passes.") and isinstance(vars(cls).get("name"), str) \
-                    and any(callable(vars(cls).get(m)) for m in ("__call__", "rewrite")):
+                    and any(callable(getattr(cls, m, None)) for m in ("__call__", "rewrite")):
                 found[cls.__qualname__] = cls
     return list(found.values())
 
@@ -57,6 +68,8 @@ EXAMPLES: dict[type, tuple[Callable[[], torch.nn.Module], torch.Tensor, Callable
     FuseReluSegment: (lambda: randomise(hs.zoo.mlp([8, 8, 8]), 3), VECTORS,
                       lambda g: FuseReluSegment(("layers_0", "layers_2"), _signs(g, "layers_0"))),
     RemoveBlock: (lambda: randomise(hs.zoo.resnet((3, 1, 1)), 4), IMAGES, lambda g: RemoveBlock(("layer1_1_conv1",))),
+    InsertPostNormBlock: (lambda: randomise(PostNormEncoder(depth=2), 5), TOKENS,
+                          lambda g: InsertPostNormBlock("stage0", (1, 2))),
 }
 
 

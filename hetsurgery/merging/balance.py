@@ -8,8 +8,10 @@ them out (asked before any data is read), and the passes that do it.
   ``why_not_merge`` say why a stage refuses one (the passes' own ``why_not``), and ``check_balance`` refuses a
   balance that cannot work with one message that says whether the other can.
 * **Passes.** ``insert_units`` grows the shallower side of each stage alignment where the plan says
-  (``InsertIdentity`` / ``InsertZeroResidual``, exact); ``fuse_segment`` fuses one segment of layers
-  (``FuseReluSegment``, signs and LayerNorm scales estimated on the calibration data, approximate).
+  (``InsertIdentity`` / ``InsertZeroResidual``, exact; ``InsertPostNormBlock`` for blocks that normalise after their
+  adds, BERT's, approximately the identity: the depth merge measures it on the calibration data);
+  ``fuse_segment`` fuses one segment of layers (``FuseReluSegment``, signs and LayerNorm scales estimated on the
+  calibration data, approximate).
 
 >>> import torch, hetsurgery as hs
 >>> g = hs.trace(hs.zoo.mlp([8, 8]), torch.randn(2, 64))
@@ -23,7 +25,14 @@ from collections.abc import Iterable, Sequence
 
 from hetsurgery.errors import MergeInputError, PassError
 from hetsurgery.ir import Activation, ModelGraph, UnitKind
-from hetsurgery.passes import FuseReluSegment, InsertIdentity, InsertZeroResidual, Pipeline
+from hetsurgery.passes import (
+    FuseReluSegment,
+    InsertIdentity,
+    InsertPostNormBlock,
+    InsertZeroResidual,
+    Pipeline,
+)
+from hetsurgery.passes.insert_zero_residual import post_norms
 from hetsurgery.plan.depth import Balance, StageAlignment
 from hetsurgery.plan.fuse_signs import Estimator, estimate_signs, norm_scales
 
@@ -76,7 +85,9 @@ def check_balance(graphs: Sequence[ModelGraph], anchor: int, balance: Balance) -
                 raise MergeInputError(f"neither balance can even out {a.key} of {shallow.name} and {deep.name}: "
                                       f"balance='add' cannot, {why[Balance.ADD]}; balance='merge' cannot, "
                                       f"{why[Balance.MERGE]}. These models cannot be aligned in depth")
-            can = ("it inserts identity units into the shallower model (exact)" if other is Balance.ADD else
+            exact = ("approximately: its blocks normalise after their adds, and the report gives the error"
+                     if insertion(shallow, s_stage.key) is InsertPostNormBlock else "exact")
+            can = (f"it inserts identity units into the shallower model ({exact})" if other is Balance.ADD else
                    f"it fuses {deep.name}'s layers of {d_stage.key} across their activations, an approximation whose "
                    "error on the calibration data the report gives" + _taken_as_relu(deep, d_stage.key))
             raise MergeInputError(f"balance='{balance.value}' cannot even out {a.key} of {shallow.name} and "
@@ -86,7 +97,7 @@ def check_balance(graphs: Sequence[ModelGraph], anchor: int, balance: Balance) -
 def why_not_add(g: ModelGraph, stage: str) -> str | None:
     """Why no unit can be inserted anywhere after the first of ``stage`` (``None``: somewhere it can)."""
     st = g.stage(stage)
-    insert = InsertIdentity if st.kind is UnitKind.LAYER else InsertZeroResidual
+    insert = insertion(g, stage)
     reasons = [insert(stage, (p,)).why_not(g) for p in range(1, len(st) + 1)]
     return None if any(r is None for r in reasons) else reasons[0]
 
@@ -107,15 +118,28 @@ def _taken_as_relu(g: ModelGraph, stage: str) -> str:
     return f" ({', '.join(sorted(a.value for a in acts))} taken as a ReLU)" if acts else ""
 
 
+def insertion(g: ModelGraph, stage: str) -> type[InsertIdentity | InsertZeroResidual]:
+    """The pass that inserts units into ``stage``: identity layers into a stage of layers, zero-residual blocks into
+    one of blocks, post-norm blocks (approximate) into one whose blocks normalise after their adds.
+
+    >>> import torch, hetsurgery as hs
+    >>> g = hs.trace(hs.zoo.resnet((1, 1, 1)), torch.randn(2, 1, 8, 8))
+    >>> insertion(g, g.stages[0].key).__name__
+    'InsertZeroResidual'
+    """
+    st = g.stage(stage)
+    if st.kind is UnitKind.LAYER:
+        return InsertIdentity
+    return InsertPostNormBlock if any(post_norms(g, g.unit(k)) for k in st.units) else InsertZeroResidual
+
+
 def insert_units(g: ModelGraph, stages: Sequence[StageAlignment], deeper: str) -> ModelGraph:
     """``g`` (the shallow side of ``stages``) with units inserted where each alignment says, as deep as ``deeper``."""
     passes = []
     for sa in stages:
         at = tuple(ins.after + 1 for ins in sa.insertions for _ in range(ins.count))
         if at:
-            kind = g.stage(sa.stage_shallow).kind
-            passes.append(InsertIdentity(sa.stage_shallow, at) if kind is UnitKind.LAYER
-                          else InsertZeroResidual(sa.stage_shallow, at))
+            passes.append(insertion(g, sa.stage_shallow)(sa.stage_shallow, at))
     try:
         return Pipeline(tuple(passes))(g)
     except PassError as exc:

@@ -11,9 +11,9 @@
    models of equal depth the widest is the anchor (the most channels over its permutable groups: it
    loses the least when the others are carried onto its structure), then the first; ``depth_anchor=``
    names it instead (it must then be the deepest, or shallowest, in every stage).
-3. **Balance.** ``InsertIdentity`` / ``InsertZeroResidual`` (exact) or ``FuseReluSegment`` with signs
-   estimated on the calibration data (an approximation, measured in the report), through ``balance``, which
-   assembly uses too; whether the balance can work is asked first, before any data is read.
+3. **Balance.** ``InsertIdentity`` / ``InsertZeroResidual`` (exact), ``InsertPostNormBlock`` (post-norm blocks,
+   approximately the identity) or ``FuseReluSegment`` with signs estimated on the calibration data (the
+   approximations measured in the report), through ``balance``, which assembly uses too; whether the balance can work is asked first, before any data is read.
 4. **Correspondence.** Each balanced model is carried onto the anchor's structure and names
    (``correspond.on_anchor_names``), unit by unit; the width methods then see models of one topology.
 
@@ -37,9 +37,9 @@ from hetsurgery.ir import ModelGraph
 from hetsurgery.merging.balance import check_balance, check_pairable, fuse_segment, insert_units
 from hetsurgery.merging.correspond import on_anchor_names
 from hetsurgery.merging.depth_options import DepthCost, DepthOptions
-from hetsurgery.merging.fusion import FuseReport, compare
+from hetsurgery.merging.fusion import FuseReport, InsertReport, compare, measure
 from hetsurgery.merging.similarity import StagePair, stage_scores
-from hetsurgery.passes import specs
+from hetsurgery.passes import InsertPostNormBlock, specs
 from hetsurgery.plan.depth import Balance, DepthPlan, ModelDepth, StageAlignment
 from hetsurgery.plan.depth.depth_plan import Score, align_stage
 
@@ -51,7 +51,7 @@ class Balanced:
     graphs: tuple[ModelGraph, ...]
     plan: DepthPlan
     seconds: dict[str, float]
-    fusions: tuple[FuseReport, ...] = field(default=())
+    fusions: tuple[FuseReport | InsertReport, ...] = field(default=())  # what approximate balancing cost
 
 
 def balance_depths(graphs: Sequence[ModelGraph], data: Iterable | None, opts: DepthOptions, *,
@@ -134,13 +134,17 @@ def _plan(graphs: Sequence[ModelGraph], anchor: int, scores: dict[int, dict[str,
 
 
 def _balance(graphs: Sequence[ModelGraph], anchor: int, plan: DepthPlan, data: Iterable | None, opts: DepthOptions
-             ) -> tuple[list[ModelGraph], list[FuseReport]]:
+             ) -> tuple[list[ModelGraph], list[FuseReport | InsertReport]]:
     out = list(graphs)
-    reports: list[FuseReport] = []
+    reports: list[FuseReport | InsertReport] = []
     for md in plan.models:
         g = graphs[md.model]
         if opts.balance is Balance.ADD:
             out[md.model] = insert_units(g, md.stages, graphs[anchor].name)
+            if data is not None and any(isinstance(q, InsertPostNormBlock) for q in out[md.model].passes):
+                had = {u.key for u in g.units}
+                reports.append(InsertReport(g.name, tuple(u.key for u in out[md.model].units if u.key not in had),
+                                            *measure(g, out[md.model], data)))
             continue
         for sa in md.stages:
             for fusion in sa.fusions:

@@ -21,7 +21,7 @@ from hetsurgery.ir.lowering import to_module
 from hetsurgery.merging.balance import check_same_depth
 from hetsurgery.merging.combine import combine
 from hetsurgery.merging.depth import balance_depths
-from hetsurgery.merging.fusion import FuseReport
+from hetsurgery.merging.fusion import FuseReport, InsertReport
 from hetsurgery.merging.head_counts import changing_heads, layout_model
 from hetsurgery.merging.inputs import (
     BN_RESET_SAMPLES,
@@ -61,7 +61,7 @@ class MergeReport:
     seconds: Mapping[str, float]
     groups: tuple[tuple[int, str, tuple[int, ...], int, str], ...]  # id, label, widths in, width out, how
     depth: DepthPlan | None = None
-    fusions: tuple[FuseReport, ...] = ()
+    fusions: tuple[FuseReport | InsertReport, ...] = ()
     unaligned: tuple[str, ...] = ()  # why groups were left as they are (``unaligned_groups``), also warned
     partial: PartialReport | None = None  # where a partial zip cut the models (``stop_at``)
 
@@ -125,7 +125,7 @@ class Planned:
     plan: WidthPlan
     seconds: dict[str, float]
     depth: DepthPlan | None = None
-    fusions: tuple[FuseReport, ...] = ()
+    fusions: tuple[FuseReport | InsertReport, ...] = ()
     unaligned: tuple[str, ...] = ()
 
 

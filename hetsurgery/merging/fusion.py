@@ -24,6 +24,7 @@ from hetsurgery.ir import ModelGraph
 from hetsurgery.ir.batches import input_names, model_input
 from hetsurgery.ir.lowering import to_module
 from hetsurgery.passes import FuseReluSegment
+from hetsurgery.passes.base import output_tensors
 from hetsurgery.plan.fuse_signs import Estimator, estimate_signs
 
 
@@ -63,13 +64,39 @@ def fuse_relu_segment(g: ModelGraph, units: Sequence[str], data: Iterable, estim
 def compare(before: ModelGraph, after: ModelGraph, data: Iterable, units: Sequence[str], est: Estimator
             ) -> FuseReport:
     """Both graphs on the same batches: relative output error, and accuracy when batches have labels."""
+    return FuseReport(tuple(units), est, *measure(before, after, data))
+
+
+@dataclass(frozen=True)
+class InsertReport:
+    """What inserting approximate identity units (``InsertPostNormBlock``) into a model cost on the calibration data
+    (``accuracy_*`` are ``None`` without labels)."""
+
+    model: str
+    units: tuple[str, ...]
+    relative_error: float
+    accuracy_before: float | None
+    accuracy_after: float | None
+    samples: int
+
+    def __str__(self) -> str:
+        acc = "" if self.accuracy_before is None or self.accuracy_after is None else (
+            f", accuracy {self.accuracy_before:.3f} -> {self.accuracy_after:.3f} "
+            f"({self.accuracy_after - self.accuracy_before:+.3f})")
+        return (f"inserted post-norm blocks {', '.join(self.units)} into {self.model} (approximately the identity): "
+                f"relative output error {self.relative_error:.3g} on {self.samples} samples{acc}")
+
+
+def measure(before: ModelGraph, after: ModelGraph, data: Iterable) -> tuple[float, float | None, float | None, int]:
+    """Both graphs on the same batches: the relative output error (largest absolute difference over the largest
+    absolute output), the accuracies before and after when batches have labels, and the samples seen."""
     a, b = to_module(before, share=True).eval(), to_module(after, share=True).eval()
     diff = scale = 0.0
     right_a = right_b = labelled = seen = 0
     with torch.no_grad():
         for batch in data:
             x = model_input(batch, input_names(a))
-            ya, yb = a(*x), b(*x)
+            ya, yb = output_tensors(a(*x))[0], output_tensors(b(*x))[0]
             diff = max(diff, float((ya - yb).abs().max()))
             scale = max(scale, float(ya.abs().max()))
             seen += x.samples
@@ -80,7 +107,7 @@ def compare(before: ModelGraph, after: ModelGraph, data: Iterable, units: Sequen
                 labelled += y.shape[0]
     acc_a = right_a / labelled if labelled else None
     acc_b = right_b / labelled if labelled else None
-    return FuseReport(tuple(units), est, diff / max(scale, 1e-12), acc_a, acc_b, seen)
+    return diff / max(scale, 1e-12), acc_a, acc_b, seen
 
 
 def _estimator(e: Estimator | str) -> Estimator:

@@ -151,8 +151,8 @@ def check_same_function(before: ModelGraph, after: ModelGraph, tol: float = EXAC
     if not before.example_inputs or any(t.is_meta for t in before.params.values()):
         return 0.0
     with torch.no_grad():
-        want = _flat(to_module(before, share=True).eval()(*before.example_inputs))
-        got = _flat(to_module(after, share=True).eval()(*before.example_inputs))
+        want = output_tensors(to_module(before, share=True).eval()(*before.example_inputs))
+        got = output_tensors(to_module(after, share=True).eval()(*before.example_inputs))
     if len(want) != len(got) or any(a.shape != b.shape for a, b in zip(want, got, strict=True)):
         raise PassError(f"{before.name}: the outputs changed shape: {[tuple(a.shape) for a in want]} -> "
                         f"{[tuple(b.shape) for b in got]}")
@@ -164,11 +164,13 @@ def check_same_function(before: ModelGraph, after: ModelGraph, tol: float = EXAC
     return err
 
 
-def _flat(out: Any) -> list[torch.Tensor]:
+def output_tensors(out: Any) -> list[torch.Tensor]:
+    """The tensors of a model's output, in order: a tensor, or those inside its dicts, lists and tuples (a Hugging
+    Face ``ModelOutput`` is a dict)."""
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, dict):
-        return [t for v in out.values() for t in _flat(v)]
+        return [t for v in out.values() for t in output_tensors(v)]
     if isinstance(out, (list, tuple)):
-        return [t for v in out for t in _flat(v)]
+        return [t for v in out for t in output_tensors(v)]
     return []

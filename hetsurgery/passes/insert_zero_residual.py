@@ -70,6 +70,7 @@ class InsertZeroResidual(Recorded):
     positions: tuple[int, ...]
     name: ClassVar[str] = "insert-zero-residual"
     exact: ClassVar[bool] = True
+    post_norm: ClassVar[bool] = False  # blocks that normalise after their add (``InsertPostNormBlock``)
 
     def rewrite(self, g: ModelGraph) -> ModelGraph:
         gm = editable(g)
@@ -82,7 +83,7 @@ class InsertZeroResidual(Recorded):
         for n, point, template, derived in self._plans(g):
             at, width = node_named(gm, point), _width(g, point)
             for _ in range(n):  # one after the other, so that their names count up in order
-                at = _copy_block(gm, g, at, width, template, derived)
+                at = _copy_block(gm, g, at, width, template, derived, self.post_norm)
 
     def footprint(self, g: ModelGraph) -> tuple[set[str], set[str]]:
         """The nodes whose readers the new units take over, and the nodes the copies are made from (their
@@ -101,7 +102,8 @@ class InsertZeroResidual(Recorded):
         if st.kind is not UnitKind.BLOCK:
             raise PassError(f"{g.name}: stage {st.key} is a stage of layers; insert layers with InsertIdentity")
         units = [g.unit(k) for k in st.units]
-        return [(n, *_point_and_template(g, st, units, p)) for p, n in counted_positions(g, st, self.positions)]
+        return [(n, *_point_and_template(g, st, units, p, self.post_norm))
+                for p, n in counted_positions(g, st, self.positions)]
 
     def spec(self) -> dict[str, Any]:
         """The pass as JSON-able data (``hetsurgery.passes.replay`` makes it again)."""
@@ -113,10 +115,12 @@ class InsertZeroResidual(Recorded):
         return cls(str(spec["stage"]), tuple(int(p) for p in spec["positions"]))
 
 
-def _point_and_template(g: ModelGraph, st: Stage, units: list[Unit], p: int) -> tuple[str, Unit, bool]:
+def _point_and_template(g: ModelGraph, st: Stage, units: list[Unit], p: int, post_norm: bool = False
+                        ) -> tuple[str, Unit, bool]:
     """Where the block goes, the block it copies, and whether it is derived from a block that changes shape."""
     point = insertion_point(g, st, p)
-    where = f"{g.name}: cannot insert a zero-residual block at position {p} of stage {st.key} (after node {point})"
+    kind = "post-norm" if post_norm else "zero-residual"
+    where = f"{g.name}: cannot insert a {kind} block at position {p} of stage {st.key} (after node {point})"
     refuse_before_fixed(where, units, p)
     free = [u for u in units if u.fixed is None]
     before = [u for u in free if units.index(u) < p]
@@ -125,12 +129,16 @@ def _point_and_template(g: ModelGraph, st: Stage, units: list[Unit], p: int) -> 
     if there.shape != stream.shape or there.writes != stream.writes:
         raise PassError(f"{where}: the values there (shape {there.shape}) are not the stream the stage's blocks "
                         f"write (shape {stream.shape}); insert after the stage's first block")
+    if post_norm:
+        _check_post_norm(g, where, units, p, template)
+        return point, template, False
     for n in template.nodes[template.nodes.index(template.pre) + 1:]:
         if g.facts[n].kind is OpKind.LAYER_NORM:
             raise PassError(f"{where}: the blocks normalise after their residual add (node {n}: post-norm, "
                             "LayerNorm(x + f(x)), as in BERT); a block whose branch is zero still normalises the "
-                            "stream, so no inserted block keeps the function. Pre-norm blocks (x + f(LayerNorm(x))) "
-                            "take zero-residual blocks")
+                            "stream, so no inserted block keeps the function exactly (InsertPostNormBlock inserts "
+                            "one that approximates it). Pre-norm blocks (x + f(LayerNorm(x))) take zero-residual "
+                            "blocks")
         act = g.facts[n].activation
         if act is not None and not act.identity_on(there.range):
             raise PassError(f"{where}: the blocks end in {act.value} after their add, which is not the identity on "
@@ -138,9 +146,51 @@ def _point_and_template(g: ModelGraph, st: Stage, units: list[Unit], p: int) -> 
     return point, template, template.fixed is not None
 
 
-def _copy_block(gm: fx.GraphModule, g: ModelGraph, point: fx.Node, width: int, template: Unit, derived: bool
-                ) -> fx.Node:
-    """A copy of ``template`` reading ``point`` (``width`` channels), its branches zeroed; returns its output."""
+def post_norms(g: ModelGraph, unit: Unit) -> list[str]:
+    """The norms of ``unit`` that carry its stream (post-norm: ``LayerNorm(x + f(x))``), in order: each reads one of
+    its residual adds and is what the next add adds to, or comes after the last. (A pre-norm block's second norm
+    reads an add too, but feeds a branch.)"""
+    nodes = {n.name: n for n in g.module.graph.nodes}
+    tail = set(unit.nodes[unit.nodes.index(unit.pre) + 1:])
+    out = []
+    for name in unit.nodes:
+        node = nodes[name]
+        first = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+        if g.facts[name].kind is not OpKind.LAYER_NORM or first is None or first.name not in unit.nodes \
+                or not _is_add(g, first):
+            continue
+        if name in tail or any(_is_add(g, user) and node in user.args[:2] for user in node.users
+                               if user.name in unit.nodes):
+            out.append(name)
+    return out
+
+
+def _check_post_norm(g: ModelGraph, where: str, units: list[Unit], p: int, template: Unit) -> None:
+    """A post-norm block goes right after the block it copies, whose last norm made the stream it reads, and every
+    norm after one of its adds is a LayerNorm module with an affine (``InsertPostNormBlock``)."""
+    norms = post_norms(g, template)
+    if not norms:
+        raise PassError(f"{where}: the blocks do not normalise after their residual adds; insert exact "
+                        "zero-residual blocks (InsertZeroResidual)")
+    if p == 0 or units[p - 1] is not template:
+        raise PassError(f"{where}: a post-norm block goes right after a block it can copy, whose last norm gave the "
+                        "stream its scale; insert after the stage's first block")
+    if template.exit != norms[-1]:
+        raise PassError(f"{where}: block {template.key} ends in node {template.exit}, not in the norm {norms[-1]} "
+                        "after its last add, so the stream's scale is not that norm's")
+    modules = dict(g.module.named_modules())
+    nodes = {n.name: n for n in g.module.graph.nodes}
+    for name in norms:
+        mod = modules.get(str(nodes[name].target)) if nodes[name].op == "call_module" else None
+        if not (isinstance(mod, nn.LayerNorm) and mod.elementwise_affine and mod.bias is not None):
+            raise PassError(f"{where}: node {name} is not an nn.LayerNorm with a weight and a bias, which the inserted "
+                            "block's first norms are set to the identity affine of")
+
+
+def _copy_block(gm: fx.GraphModule, g: ModelGraph, point: fx.Node, width: int, template: Unit, derived: bool,
+                post_norm: bool = False) -> fx.Node:
+    """A copy of ``template`` reading ``point`` (``width`` channels), its branches zeroed; returns its output. With
+    ``post_norm`` every norm after an add but the last gets the identity affine (``InsertPostNormBlock``)."""
     olds = [node_named(gm, n) for n in template.nodes]
     entry = node_named(gm, template.entry)
     env: dict[fx.Node, fx.Node] = {entry: point}
@@ -170,15 +220,22 @@ def _copy_block(gm: fx.GraphModule, g: ModelGraph, point: fx.Node, width: int, t
             kwargs = fx.map_arg(old.kwargs, lambda n: env.get(n, n))
             new = gm.graph.create_node(old.op, target, args, kwargs, type_expr=old.type)  # type: ignore[arg-type]
             new.meta = {k: v for k, v in old.meta.items() if k == OPKIND_META}
-        new.meta[ORIGIN_META] = InsertZeroResidual.name
+        new.meta[ORIGIN_META] = "insert-post-norm-block" if post_norm else InsertZeroResidual.name
         if old.op in ("call_module", "get_attr") and not (derived and entry in old.all_input_nodes):
             new.meta[COPY_META] = str(old.target)  # rebuilt layers (derived blocks) have fresh weights: no copy
         env[old] = new
         last = new
+    by_name = {o.name: o for o in kept}
+    norms = [env[by_name[name]] for name in post_norms(g, template)] if post_norm else []
     for add in (env[o] for o in kept if _is_add(g, o)):
-        branch = _branch(g, add, env, kept)
+        branch = _branch(g, add, env, kept, set(norms))
         if branch is not None:
             _zero(gm, g, branch, template)
+    for norm in norms[:-1]:  # the identity affine: the block's last norm alone gives the stream its scale
+        mod = gm.get_submodule(str(norm.target))
+        assert isinstance(mod, nn.LayerNorm) and mod.bias is not None  # _check_post_norm
+        mod.weight = nn.Parameter(torch.ones_like(mod.weight), requires_grad=mod.weight.requires_grad)
+        mod.bias = nn.Parameter(torch.zeros_like(mod.bias), requires_grad=mod.bias.requires_grad)
     out = env[node_named(gm, template.exit)]
     needed = _ancestors(out)
     for user in users:
@@ -246,10 +303,12 @@ def _for_stream(mod: nn.Module, width: int | None, name: str) -> nn.Module:
     return mod
 
 
-def _branch(g: ModelGraph, add: fx.Node, env: dict[fx.Node, fx.Node], olds: list[fx.Node]) -> fx.Node | None:
+def _branch(g: ModelGraph, add: fx.Node, env: dict[fx.Node, fx.Node], olds: list[fx.Node],
+            norms: set[fx.Node] | None = None) -> fx.Node | None:
     """The operand of a residual add that is the branch; the other carries the stream (the block's input, an
-    earlier add of the block, or channel-wise ops applied to one). ``None`` for an add that is no residual join."""
-    stream = {env[o] for o in olds if _is_add(g, o)} | {env[o] for o in env if o not in olds}
+    earlier add of the block, a post-norm block's ``norms`` after its adds, or channel-wise ops applied to one).
+    ``None`` for an add that is no residual join."""
+    stream = {env[o] for o in olds if _is_add(g, o)} | {env[o] for o in env if o not in olds} | (norms or set())
     operands = [a for a in add.args[:2] if isinstance(a, fx.Node)]
     skips = [a for a in operands if a in stream or _follows_add(a, stream)]
     branches = [a for a in operands if a not in skips]

@@ -30,6 +30,7 @@ from hetsurgery.ir import ModelGraph
 from hetsurgery.passes.base import Pass, Pipeline
 from hetsurgery.passes.fuse_relu_segment import FuseReluSegment
 from hetsurgery.passes.insert_identity import InsertIdentity
+from hetsurgery.passes.insert_post_norm_block import InsertPostNormBlock
 from hetsurgery.passes.insert_zero_residual import InsertZeroResidual
 from hetsurgery.passes.remove_block import RemoveBlock
 
@@ -43,7 +44,8 @@ class Structural(Pass, Protocol):
     def from_spec(cls, spec: Mapping[str, Any]) -> Structural: ...
 
 
-STRUCTURAL_PASSES: tuple[type[Structural], ...] = (InsertIdentity, InsertZeroResidual, FuseReluSegment, RemoveBlock)
+STRUCTURAL_PASSES: tuple[type[Structural], ...] = (InsertIdentity, InsertZeroResidual, InsertPostNormBlock, FuseReluSegment,
+                                                         RemoveBlock)
 STRUCTURAL: Mapping[str, type[Structural]] = MappingProxyType({cls.name: cls for cls in STRUCTURAL_PASSES})
 
 
