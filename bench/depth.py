@@ -306,33 +306,40 @@ def _table_ten_laws(maps: list[tuple[int, ...]], cells: dict[tuple[tuple[int, ..
 
 def cost_section(width: int, samples: int, repeats: int = 3) -> str:
     r = run({"kind": "depth", "width": width, "samples": samples, "repeats": repeats})
-    floor = r["forward"]["seconds"] + r["lap"]["seconds"]
+    floor = r["gram"]["seconds"] + r["lap"]["seconds"]
+    bare = r["forward"]["seconds"] + r["lap"]["seconds"]
     m = r["depth-zip"]
+    passes = sum(m["stages"][k] for k in ("similarity", "statistics", "bn_reset"))
     return "\n".join([
         "### (c) Cost of a depth-heterogeneous merge",
         "",
         f"A ResNet-20 x{width} and a ResNet-32 x{width} (3x32x32 inputs, {r['parameters'] / 1e6:.1f} M and "
         f"{r['parameters_deep'] / 1e6:.1f} M parameters), untrained, {samples} calibration images in batches of 128; "
-        "`merge(method=\"zip\", depth=\"lma\")`. The floor, measured in the same process: both models' forward "
-        "passes over the calibration images and the bare assignment solves of their shared groups. Medians of "
+        "`merge(method=\"zip\", depth=\"lma\")`. The honest floor (issue 21), measured in the same process: both "
+        "models' forward passes over the calibration images with, per batch, the Gram GEMM of the features at "
+        "every permutable group's first site of the anchor (the ResNet-32, `bench.worker.gram_floor`), plus the "
+        "bare assignment solves of the shared groups; the forward passes alone are reported beside it. Medians of "
         f"{repeats} runs, the contenders alternating, after a warm-up merge of small models.",
         "",
-        "| run | seconds | total / floor | memory | stages (s) |",
-        "|---|---|---|---|---|",
-        f"| floor: forward passes of both models | {r['forward']['seconds']:.1f} | | {over(r, r['forward']['peak_mib']):.1f} | |",
-        f"| floor: bare linear_sum_assignment calls | {r['lap']['seconds']:.3f} | | | |",
-        f"| depth merge (lma, zip) | {m['seconds']:.1f} | **{m['seconds'] / floor:.2f}** | "
+        "| run | seconds | total / honest floor | total / forward floor | memory | stages (s) |",
+        "|---|---|---|---|---|---|",
+        f"| floor: forward passes of both models | {r['forward']['seconds']:.1f} | | | "
+        f"{over(r, r['forward']['peak_mib']):.1f} | |",
+        f"| floor: the same with the anchor's Gram GEMMs (the honest floor) | {r['gram']['seconds']:.1f} | | | "
+        f"{over(r, r['gram']['peak_mib']):.1f} | |",
+        f"| floor: bare linear_sum_assignment calls | {r['lap']['seconds']:.3f} | | | | |",
+        f"| depth merge (lma, zip) | {m['seconds']:.1f} | **{m['seconds'] / floor:.2f}** | {m['seconds'] / bare:.2f} | "
         f"{over(r, m['peak_mib']):.1f} | {stages(m['stages'])} |",
         "",
-        f"Target: total / floor ≤ 1.6: {'met' if m['seconds'] / floor <= 1.6 else 'missed'}. The stages show where the "
-        "time goes: `similarity` is the depth plan's pass (both models over the first 512 images), `statistics` the "
-        "width plan's own pass over all images on the *balanced* models, where the ResNet-20 with its inserted "
-        "zero-residual blocks costs as much as the ResNet-32, and `bn_reset` the merged model over 512 images. Those "
-        "three passes alone take " + ", ".join(f"{m['stages'][k] / floor:.2f}" for k in ("similarity", "statistics",
-                                                                                       "bn_reset"))
-        + f" × the floor ({sum(m['stages'][k] for k in ('similarity', 'statistics', 'bn_reset')) / floor:.2f} in "
-        "all): a pipeline that runs the balanced models cannot reach the target; it would have to reuse the "
-        "similarity pass's features or skip the inserted blocks' inner channels.",
+        f"Target (issue 21): total / honest floor ≤ 1.3: {'met' if m['seconds'] / floor <= 1.3 else 'missed'}. The "
+        "stages show where the time goes: `similarity` is the depth plan's pass (both models over the first 512 "
+        "images), `statistics` the width plan's own pass over all images on the *balanced* models, where the "
+        "ResNet-20 with its inserted zero-residual blocks costs as much as the ResNet-32, and `bn_reset` the merged "
+        "model over 512 images. Those three passes alone take " + ", ".join(
+            f"{m['stages'][k] / floor:.2f}" for k in ("similarity", "statistics", "bn_reset"))
+        + f" × the honest floor ({passes / floor:.2f} in all): a pipeline that runs the balanced models cannot "
+        "reach the target; it would have to reuse the similarity pass's features or skip the inserted blocks' inner "
+        "channels.",
     ])
 
 

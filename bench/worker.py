@@ -86,9 +86,16 @@ def run_rebasin(a: nn.Module, b: nn.Module, x: torch.Tensor) -> dict[str, Any]:
 CONTENDERS = {"hetsurgery": run_hetsurgery, "rebasin": run_rebasin}
 
 
+def independent_pair(width: int, seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    from bench.independent_resnet import ResNet20
+
+    torch.manual_seed(seed)
+    return ResNet20(width).eval(), ResNet20(width).eval()
+
+
 def weight(spec: dict[str, Any]) -> dict[str, Any]:
     baseline = warm_baseline()
-    a, b = resnet_pair(spec["width"])
+    a, b = independent_pair(spec["width"])
     x = torch.randn(2, 3, 32, 32)
     runs: dict[str, list[Run]] = {name: [] for name in CONTENDERS}
     for i in range(spec["repeats"] + 1):  # the first round warms up and is dropped
