@@ -67,49 +67,19 @@ def _copy(x: Any) -> Any:
 def propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], name: str,
                      keep: Callable[[fx.Node], bool] | None = None) -> dict[fx.Node, Arguments]:
     """``tensor_meta`` on every node (eval mode, no grad; the train/eval flags of every module are restored);
-    returns copies of the arguments of the nodes ``keep`` selects.
-
-    When no node is to be kept, the run is on fake tensors (``FakeTensorMode``: shapes and dtypes, no arithmetic),
-    so tracing a wide model costs no forward pass; a graph that fake tensors cannot run (a value read back as a
-    number, an op without a fake implementation) runs on the real inputs instead."""
+    returns copies of the arguments of the nodes ``keep`` selects."""
     flags = {m: m.training for m in gm.modules()}
+    prop = _Recording(gm, keep)
     try:
         gm.eval()
-        if keep is None or not any(keep(n) for n in gm.graph.nodes):
-            faked = _fake_run(gm, inputs)
-            if faked:
-                return {}
-        prop = _Recording(gm, keep)
-        try:
-            with torch.no_grad():
-                prop.run(*inputs)
-        except Exception as exc:
-            raise TracingError(_explain(name, gm, inputs, prop.failed, exc)) from None
+        with torch.no_grad():
+            prop.run(*inputs)
+    except Exception as exc:
+        raise TracingError(_explain(name, gm, inputs, prop.failed, exc)) from None
     finally:
         for m, flag in flags.items():
             m.train(flag)
     return prop.kept
-
-
-def _fake_run(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> bool:
-    """Record ``tensor_meta`` running ``gm`` on fake tensors; ``False`` (and nothing recorded) when it cannot."""
-    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
-
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
-    prop = _Recording(gm, None)
-    try:
-        with torch.no_grad(), mode:
-            fake = tuple(mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in inputs)
-            prop.run(*fake)
-    except Exception:
-        for n in gm.graph.nodes:
-            for key in ("tensor_meta", "type", NUMBER_META):
-                n.meta.pop(key, None)
-        return False
-    for n in gm.graph.nodes:
-        if n.meta.get("type") is FakeTensor:
-            n.meta["type"] = torch.Tensor
-    return True
 
 
 def _explain(name: str, gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], node: fx.Node | None,
