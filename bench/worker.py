@@ -1,7 +1,8 @@
 """One benchmark configuration in a fresh process: ``python -m bench.worker '<json spec>'`` prints JSON.
 
 Kinds: ``weight`` (hetsurgery vs rebasin weight matching, alternating), ``activation`` (a data-driven
-merge and its floor: the plain forward passes and the bare LAPs), ``hetero`` (a width-heterogeneous merge),
+merge and its floors: the plain forward passes; the forward passes with one Gram GEMM per group, the honest floor;
+the bare LAPs), ``hetero`` (a width-heterogeneous merge),
 ``depth`` (a depth-heterogeneous merge and its floor).
 """
 
@@ -145,6 +146,36 @@ def forward_floor(a: nn.Module, b: nn.Module, data: list[torch.Tensor]) -> dict[
     return {}
 
 
+def site_taps(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, list[int]]:
+    """``model`` returning the features at the first site of each of its permutable groups (what a correlation
+    method must observe, at the least), and the dim of each that holds the channels."""
+    from hetsurgery.ir.lowering import tap_module
+
+    g = hs.trace(model, x)
+    sites = [grp.sites[0] for grp in g.permutable() if grp.sites]
+    assert all((s.offset, s.inner, s.stride, s.run, s.skip) == (0, 1, 1, 0, 0) for s in sites)  # plain channels
+    return tap_module(g, [s.node for s in sites]), [s.dim for s in sites]
+
+
+def gram_floor(taps: nn.Module, dims: list[int], other: nn.Module, data: list[torch.Tensor], *,
+               cross: bool) -> dict[str, Any]:
+    """The honest floor of a correlation merge: both models over the data and, per batch, one Gram GEMM per
+    permutable group (float32, summed into float64): the cross-correlation ``XᵀY`` of the two models' features at
+    the group's first site when ``cross`` (``other`` returns the same sites), else ``XᵀX`` of ``taps``' own
+    features (every site of the anchor of a depth merge; ``other`` then only runs)."""
+    sums: list[torch.Tensor | None] = [None] * len(dims)
+    with torch.no_grad():
+        for x in data:
+            mine, theirs = taps(x), other(x)
+            for i, d in enumerate(dims):
+                f = mine[i].movedim(d, -1)
+                u = f.reshape(-1, f.shape[-1])
+                v = theirs[i].movedim(d, -1).reshape(-1, f.shape[-1]) if cross else u
+                g = (u.T @ v).double()
+                sums[i] = g if sums[i] is None else sums[i].add_(g)
+    return {}
+
+
 def lap_floor(matrices: list[torch.Tensor]) -> dict[str, Any]:
     from scipy.optimize import linear_sum_assignment
 
@@ -167,8 +198,10 @@ def activation(spec: dict[str, Any]) -> dict[str, Any]:
     a, b = resnet_pair(spec["width"])
     data = calibration(spec["samples"])
     matrices = lap_matrices(a, b, data)
+    (taps_a, dims), (taps_b, _) = site_taps(a, data[0][:2]), site_taps(b, data[0][:2])
     contenders: dict[str, Any] = {
         "forward": lambda: forward_floor(a, b, data),
+        "gram": lambda: gram_floor(taps_a, dims, taps_b, data, cross=True),
         "lap": lambda: lap_floor(matrices),
         **{m: (lambda m=m: {"stages": dict(hs.merge([a, b], data, method=m, progress=False).report.seconds)})
            for m in spec["methods"]},
@@ -239,8 +272,10 @@ def depth(spec: dict[str, Any]) -> dict[str, Any]:
     balanced = plan_merge([a, b], data[:2], method="permute", depth="lma", progress=False).graphs
     stats = collect_stats(balanced, data[:2], full=False, progress=False)
     matrices = [s.block(s.similarity(), 0, 1).numpy() for s in stats.values()]
+    taps, dims = site_taps(b, data[0][:2])  # b, the deeper model, is the anchor
     contenders: dict[str, Any] = {
         "forward": lambda: forward_floor(a, b, data),
+        "gram": lambda: gram_floor(taps, dims, a, data, cross=False),
         "lap": lambda: lap_floor(matrices),
         "depth-zip": lambda: {"stages": dict(hs.merge([a, b], data, method="zip", depth="lma",
                                                       progress=False).report.seconds)},
