@@ -159,21 +159,24 @@ def site_taps(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, list[int]]:
 
 def gram_floor(taps: nn.Module, dims: list[int], other: nn.Module, data: list[torch.Tensor], *,
                cross: bool) -> dict[str, Any]:
-    """The honest floor of a correlation merge: both models over the data and, per batch, one Gram GEMM per
-    permutable group (float32, summed into float64): the cross-correlation ``XᵀY`` of the two models' features at
-    the group's first site when ``cross`` (``other`` returns the same sites), else ``XᵀX`` of ``taps``' own
-    features (every site of the anchor of a depth merge; ``other`` then only runs)."""
+    """The Gram GEMMs any correlation merge needs, timed alone (``stages["gemm"]``; the forward passes that make the
+    features are the forward floor's): per batch, one per permutable group (float32, summed into float64), the
+    cross-correlation ``XᵀY`` of the two models' features at the group's first site when ``cross`` (``other``
+    returns the same sites), else ``XᵀX`` of ``taps``' own features (every site of the anchor of a depth merge)."""
     sums: list[torch.Tensor | None] = [None] * len(dims)
+    seconds = 0.0
     with torch.no_grad():
         for x in data:
             mine, theirs = taps(x), other(x)
+            clock = time.perf_counter()
             for i, d in enumerate(dims):
                 f = mine[i].movedim(d, -1)
                 u = f.reshape(-1, f.shape[-1])
                 v = theirs[i].movedim(d, -1).reshape(-1, f.shape[-1]) if cross else u
                 g = (u.T @ v).double()
                 sums[i] = g if sums[i] is None else sums[i].add_(g)
-    return {}
+            seconds += time.perf_counter() - clock
+    return {"stages": {"gemm": seconds}}
 
 
 def lap_floor(matrices: list[torch.Tensor]) -> dict[str, Any]:
