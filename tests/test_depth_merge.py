@@ -184,3 +184,37 @@ def test_cla_with_the_width_cost_needs_no_data_and_align_balances_too() -> None:
     x = torch.randn(4, 64)
     with torch.no_grad():  # each model carried into the merged space keeps its function (identity layers, permutations)
         assert rel_err(a(x), aligned[0](x)) <= 1e-5 and rel_err(b(x), aligned[1](x)) <= 1e-5
+
+
+@pytest.mark.parametrize("make", [lambda: (hs.zoo.resnet((3, 2, 2)), hs.zoo.resnet((2, 1, 2)), (1, 8, 8))],
+                         ids=["resnet"])
+def test_the_statistics_skip_inserted_zero_residual_blocks_and_the_merge_is_the_same(make, monkeypatch) -> None:
+    """Statistics of the balanced models leave out what computes nothing they need: the inside of the blocks
+    inserted into the shallow model (matched to the deep model's channels alone, no data needed) and the blocks'
+    zero branches (each add returns its stream). The merge is the one the full pass gives, exactly."""
+    import hetsurgery.merging.driver as driver
+    import hetsurgery.plan.stats as stats
+
+    torch.manual_seed(0)
+    deep, shallow, shape = make()
+    deep, shallow = randomise(deep, 1), randomise(shallow, 2)
+    gen = torch.Generator().manual_seed(0)
+    data = [torch.randn(16, *shape, generator=gen) for _ in range(3)]
+    convs: list[int] = []
+    real_joint = stats.joint_module
+
+    def counted(*args, **kwargs):
+        gm = real_joint(*args, **kwargs)
+        convs.append(sum(isinstance(m, nn.Conv2d) for n in gm.graph.nodes if n.op == "call_module"
+                         for m in [gm.get_submodule(str(n.target))]))
+        return gm
+
+    monkeypatch.setattr(stats, "joint_module", counted)
+    fast = hs.merge([deep, shallow], data, method="zip", depth="lma", progress=False)
+    monkeypatch.setattr(driver, "zero_branches", lambda g, units: {})
+    monkeypatch.setattr(driver, "real_interiors", lambda graphs, depth: {})
+    full = hs.merge([deep, shallow], data, method="zip", depth="lma", progress=False)
+    inserted = sum(ins.count for sa in fast.depth.model(1).stages for ins in sa.insertions)  # blocks
+    assert inserted and convs[1] - convs[0] == 2 * inserted  # the two convs of each inserted block no longer run
+    assert fast.graph.params.keys() == full.graph.params.keys()
+    assert all(torch.equal(fast.graph.params[k], full.graph.params[k]) for k in full.graph.params)

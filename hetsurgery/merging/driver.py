@@ -32,7 +32,7 @@ from hetsurgery.merging.inputs import (
     merge_weights,
     model_names,
 )
-from hetsurgery.merging.inserted import with_real_interiors
+from hetsurgery.merging.inserted import inserted_units, real_interiors, with_real_interiors, zero_branches
 from hetsurgery.merging.methods import METHODS, Values, learned
 from hetsurgery.merging.options import MergeOptions
 from hetsurgery.merging.partial import PartialReport, partial_zip
@@ -200,16 +200,21 @@ def plan_traced(graphs: Sequence[ModelGraph], data: Iterable | None, o: MergeOpt
     clock = time.perf_counter()
     wants = spec.wants_data(method_options) and data is not None
     solved: dict[int, GroupMatch] = {}
+    depth = None if balanced is None else balanced.plan
+    interiors = real_interiors(graphs, depth)  # inside inserted blocks: one model's channels, no statistics needed
     done = _solve_when_observed(graphs, w, targets, o, solved, world.leader) if runner is not None and wants else None
-    stats = (collect_stats(graphs, data, full=spec.full_stats, memory_budget=o.memory_budget, progress=progress,
-                           device=default_device(device), world=world, runner=runner, done=done)
+    observed = [grp.id for grp in graphs[0].permutable() if grp.id not in interiors]
+    shortcuts = [zero_branches(g, inserted_units(depth, k)) for k, g in enumerate(graphs)]
+    stats = (collect_stats(graphs, data, groups=observed, full=spec.full_stats, memory_budget=o.memory_budget,
+                           progress=progress, device=default_device(device), world=world, runner=runner, done=done,
+                           shortcuts=shortcuts)
              if wants and data is not None else None)
     seconds["statistics"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    plan = world.broadcast(_width_plan(graphs, stats, w, targets, o, values, solved if done is not None else None)
-                           if world.leader else None)
-    plan = with_real_interiors(graphs, plan, None if balanced is None else balanced.plan)
+    plan = world.broadcast(_width_plan(graphs, stats, w, targets, o, values, solved if done is not None else None,
+                                       interiors) if world.leader else None)
+    plan = with_real_interiors(graphs, plan, depth)
     seconds["matching"] = time.perf_counter() - clock
     unaligned = unaligned_groups(graphs[0], method)
     for text in unaligned:
@@ -247,12 +252,16 @@ def _solve_when_observed(graphs: Sequence[ModelGraph], w: Sequence[float], targe
 
 def _width_plan(graphs: Sequence[ModelGraph], stats: Mapping[int, GroupStats] | None, w: Sequence[float],
                 targets: Mapping[int, int], o: MergeOptions, values: Values | None,
-                solved: Mapping[int, GroupMatch] | None = None) -> WidthPlan:
+                solved: Mapping[int, GroupMatch] | None = None, known: Mapping[int, GroupMatch] | None = None
+                ) -> WidthPlan:
+    """The width plan: the method's matches, ``known`` ones (the inside of inserted blocks) as they are, weight
+    matching for groups no node shows, the identity for frozen groups."""
     spec, anchor = METHODS[o.method], o.anchor
     reads = "values" in inspect.signature(spec.plan).parameters  # the methods that read weights take them
     extra = (values,) if values is not None and reads else ()
     matches = dict(solved) if solved is not None else spec.plan(graphs, stats, w, anchor, targets, *extra,
                                                    **dict(o.method_options))
+    matches.update(known or {})
     matches.update(_fill_unobserved(graphs, matches, w, anchor))
     for grp in graphs[0].groups:
         if not grp.perm_ok:

@@ -21,12 +21,14 @@ width method. Where two or more models have the unit (three models or more), the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
+from torch import fx, nn
 
-from hetsurgery.ir import ModelGraph, PermGroup, Unit
+from hetsurgery.ir import ModelGraph, OpKind, PermGroup, Unit
 from hetsurgery.ir.graph import owner_of
+from hetsurgery.passes.insert_zero_residual import ADD, zero_preserving_input
 from hetsurgery.plan.depth import Balance, DepthPlan
 from hetsurgery.plan.width_plan import GroupMatch, MatchKind, WidthPlan
 
@@ -42,18 +44,72 @@ def inserted_units(depth: DepthPlan | None, k: int) -> frozenset[str]:
 
 def with_real_interiors(graphs: Sequence[ModelGraph], plan: WidthPlan, depth: DepthPlan | None) -> WidthPlan:
     """``plan`` with the groups inside every unit that all models but one had inserted matched to that one."""
+    interiors = real_interiors(graphs, depth)
+    if not interiors:
+        return plan
+    return WidthPlan(plan.method, plan.weights, plan.anchor, {**plan.groups, **interiors}, plan.keys)
+
+
+def real_interiors(graphs: Sequence[ModelGraph], depth: DepthPlan | None) -> dict[int, GroupMatch]:
+    """The matches of the groups inside every unit that all models but one had inserted: that one's channels
+    alone. Known before any data is read, so the statistics pass leaves these groups out."""
     inserted = [inserted_units(depth, k) for k in range(len(graphs))]
     if not any(inserted):
-        return plan
-    groups = dict(plan.groups)
+        return {}
+    out = {}
     for unit in graphs[0].units:
         real = [k for k, keys in enumerate(inserted) if unit.key not in keys]
         if len(real) != 1:
             continue
         for grp in interior_groups(graphs[0], unit):
             widths = [g.group(grp.id).size for g in graphs]
-            groups[grp.id] = alone(grp.id, widths, real[0], unit.key)
-    return WidthPlan(plan.method, plan.weights, plan.anchor, groups, plan.keys)
+            out[grp.id] = alone(grp.id, widths, real[0], unit.key)
+    return out
+
+
+def zero_branches(g: ModelGraph, units: Iterable[str]) -> dict[str, str]:
+    """For the statistics pass, the residual adds of ``units`` (blocks ``InsertZeroResidual`` inserted) whose branch
+    is exactly zero in ``g``: it ends, through ops that keep zero (``zero_preserving_input``), in a BatchNorm,
+    Linear or convolution whose weight and bias are all zero. Each add maps to its other operand, the stream, whose
+    values the add returns unchanged: the joint graph takes them instead (``plan.joint.joint_module``), the branch
+    is never computed, and the inserted block costs nothing. A branch that is not provably zero stays."""
+    nodes = {n.name: n for n in g.module.graph.nodes}
+    modules = dict(g.module.named_modules())
+    out: dict[str, str] = {}
+    for key in units:
+        unit = g.unit(key)
+        for name in unit.nodes:
+            node = nodes[name]
+            if g.facts[name].kind is not OpKind.BINARY or node.target not in ADD:
+                continue
+            operands = [a for a in node.args[:2] if isinstance(a, fx.Node)]
+            zero = [a for a in operands if _is_zero(g, modules, a)]
+            if len(operands) == 2 and len(zero) == 1 and not any(_in_place(modules, u) for u in node.users):
+                out[name] = next(a.name for a in operands if a is not zero[0])
+    return out
+
+
+def _in_place(modules: dict[str, nn.Module], node: fx.Node) -> bool:
+    """``node`` may write into its input (``relu_``, ``inplace=True``): the input the shortcut hands on would change."""
+    mod = modules.get(str(node.target)) if node.op == "call_module" else None
+    return bool(node.kwargs.get("inplace") or getattr(mod, "inplace", False)
+                or (node.op == "call_method" and str(node.target).endswith("_"))
+                or getattr(node.target, "__name__", "").endswith("_"))
+
+
+def _is_zero(g: ModelGraph, modules: dict[str, nn.Module], node: fx.Node) -> bool:
+    """``node``'s output is zero whatever its input: a zero layer, reached through ops that keep zero."""
+    while True:
+        mod = modules.get(str(node.target)) if node.op == "call_module" else None
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            return mod.affine and all(not g.params[f"{node.target}.{leaf}"].any() for leaf in ("weight", "bias"))
+        if isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd)):
+            return all(not g.params[f"{node.target}.{leaf}"].any() for leaf in ("weight", "bias")
+                       if getattr(mod, leaf, None) is not None)
+        nxt = zero_preserving_input(g.module, node)
+        if nxt is None:
+            return False
+        node = nxt
 
 
 def interior_groups(g: ModelGraph, unit: Unit) -> list[PermGroup]:

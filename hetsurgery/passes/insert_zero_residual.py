@@ -58,7 +58,7 @@ from hetsurgery.tracing import OPKIND_META
 _ZERO_AT_ZERO = frozenset({OpKind.FLATTEN, OpKind.RESHAPE, OpKind.TRANSPOSE, OpKind.UNSQUEEZE, OpKind.GETITEM,
                            OpKind.SPATIAL})
 _MUL = frozenset({operator.mul, operator.imul, torch.mul, "mul", "mul_"})
-_ADD = frozenset({operator.add, operator.iadd, torch.add, "add", "add_"})
+ADD = frozenset({operator.add, operator.iadd, torch.add, "add", "add_"})
 
 
 @dataclass(frozen=True)
@@ -318,7 +318,7 @@ def _branch(g: ModelGraph, add: fx.Node, env: dict[fx.Node, fx.Node], olds: list
 
 
 def _is_add(g: ModelGraph, node: fx.Node) -> bool:
-    return g.facts[node.name].kind is OpKind.BINARY and node.target in _ADD
+    return g.facts[node.name].kind is OpKind.BINARY and node.target in ADD
 
 
 def _follows_add(node: fx.Node, stream: set[fx.Node]) -> bool:
@@ -351,14 +351,14 @@ def _zero(gm: fx.GraphModule, g: ModelGraph, branch: fx.Node, template: Unit) ->
                 if _zero_tensors(owner, (leaf,)):
                     attr.meta[ZEROED_META] = ("",)  # the attribute itself
             return
-        nxt = _zero_preserving_input(gm, node)
+        nxt = zero_preserving_input(gm, node)
         if nxt is None:
             raise PassError(f"{g.name}: the residual branch of block {template.key} ends in node {node.name}, "
                             "which zeroing a layer before it does not make zero; no zero-residual copy of it")
         node = nxt
 
 
-def _zero_preserving_input(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
+def zero_preserving_input(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
     """The input through which ``node`` maps zero to zero (dropout, ReLU, reshapes, a scale), or ``None``."""
     kind = node.meta.get(OPKIND_META)
     first = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None

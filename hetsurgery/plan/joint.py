@@ -51,10 +51,15 @@ class Observer(nn.Module):
         self.sink(name, outs)
 
 
-def joint_module(graphs: Sequence[ModelGraph], site_nodes: set[str], observer: Observer) -> fx.GraphModule:
-    """One module running every graph (sharing their tensors) and calling ``observer`` at ``site_nodes``."""
+def joint_module(graphs: Sequence[ModelGraph], site_nodes: set[str], observer: Observer,
+                 shortcuts: Sequence[Mapping[str, str]] = ()) -> fx.GraphModule:
+    """One module running every graph (sharing their tensors) and calling ``observer`` at ``site_nodes``.
+    ``shortcuts[k]`` maps nodes of model ``k`` that return one of their inputs unchanged (a residual add whose
+    branch is zero) to that input: the joint graph takes its value instead, and what only fed the node is never
+    run."""
     modules = [to_module(g, share=True).eval() for g in graphs]
     lists = [list(m.graph.nodes) for m in modules]
+    by_name = [{n.name: n for n in nodes} for nodes in lists]
     if any([n.name for n in nodes] != [n.name for n in lists[0]] for nodes in lists):
         raise HetsurgeryError("the models' traced graphs differ node by node; they cannot be run together")
     root = nn.Module()
@@ -74,6 +79,10 @@ def joint_module(graphs: Sequence[ModelGraph], site_nodes: set[str], observer: O
             continue
         for k, nodes in enumerate(lists):
             env = envs[k]
+            same = shortcuts[k].get(nodes[i].name) if k < len(shortcuts) else None
+            if same is not None:
+                env[nodes[i]] = env[by_name[k][same]]
+                continue
             new = graph.node_copy(nodes[i], env.__getitem__)
             if new.op in ("call_module", "get_attr"):
                 new.target = f"m{k}.{new.target}"

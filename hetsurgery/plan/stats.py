@@ -203,7 +203,8 @@ class GroupStats:
 def collect_stats(graphs: Sequence[ModelGraph], data: Iterable, *, groups: Sequence[int] | None = None,
                   full: bool = True, memory_budget: int | None = None, progress: bool = True,
                   device: torch.device | str | None = None, world: World | None = None,
-                  runner: Runner | None = None, done: Done | None = None) -> dict[int, GroupStats]:
+                  runner: Runner | None = None, done: Done | None = None,
+                  shortcuts: Sequence[Mapping[str, str]] = ()) -> dict[int, GroupStats]:
     """Run all models over ``data`` once (or once per chunk of groups under ``memory_budget`` bytes).
 
     ``graphs`` must share their groups (same topology, widths may differ). Batches are tensors or
@@ -214,7 +215,8 @@ def collect_stats(graphs: Sequence[ModelGraph], data: Iterable, *, groups: Seque
     (``plan.distributed``): every rank gets the statistics of all the batches. ``runner`` runs the joint graph over
     the batches (default: whole, batch after batch). With ``done``, each group's statistics are handed to it as soon
     as the runner has observed its last site on every batch (a streamed model's block-local groups, one block after
-    another), and released: they are not in the result.
+    another), and released: they are not in the result. ``shortcuts`` (per model, a node that returns an input
+    unchanged -> that input: ``joint_module``) skip what computes nothing the statistics need.
     """
     ref = graphs[0]
     wanted = [gid for gid in (groups if groups is not None else [g.id for g in ref.permutable()])
@@ -222,7 +224,7 @@ def collect_stats(graphs: Sequence[ModelGraph], data: Iterable, *, groups: Seque
     out: dict[int, GroupStats] = {}
     for chunk in _chunks(graphs, wanted, memory_budget):
         out.update(_one_pass(graphs, data, chunk, full, progress, device, world or World(), runner or run_whole,
-                             done))
+                             done, shortcuts))
     return out
 
 
@@ -257,8 +259,8 @@ def run_whole(joint: fx.GraphModule, data: Iterable, device: torch.device | str 
 
 
 def _one_pass(graphs: Sequence[ModelGraph], data: Iterable, gids: list[int], full: bool, progress: bool,
-              device: torch.device | str | None, world: World, run: Runner, done: Done | None
-              ) -> dict[int, GroupStats]:
+              device: torch.device | str | None, world: World, run: Runner, done: Done | None,
+              shortcuts: Sequence[Mapping[str, str]] = ()) -> dict[int, GroupStats]:
     where = sites_by_node(graphs, gids)
     sizes = {gid: [g.group(gid).size for g in graphs] for gid in gids}
     scratch = Scratch()  # the sites are folded in one after another: one set of buffers for all groups
@@ -272,7 +274,7 @@ def _one_pass(graphs: Sequence[ModelGraph], data: Iterable, gids: list[int], ful
                 a = acc[gid] = BlockAccumulator(sizes[gid], full, scratch)
             a.add([site_view(o, s, d) for o, s, d in zip(outs, sites, sizes[gid], strict=True)])
 
-    joint = joint_module(graphs, set(where), Observer(sink))
+    joint = joint_module(graphs, set(where), Observer(sink), shortcuts)
     observed = [str(n.args[0]) for n in joint.graph.nodes if n.op == "call_module" and n.target == "observer"]
     last = {gid: node for node in observed for gid, _ in where[node]}  # in the order they run: the last wins
     result: dict[int, GroupStats] = {}
