@@ -218,3 +218,40 @@ def test_the_statistics_skip_inserted_zero_residual_blocks_and_the_merge_is_the_
     assert inserted and convs[1] - convs[0] == 2 * inserted  # the two convs of each inserted block no longer run
     assert fast.graph.params.keys() == full.graph.params.keys()
     assert all(torch.equal(fast.graph.params[k], full.graph.params[k]) for k in full.graph.params)
+
+
+class _InPlaceBlock(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return torch.nn.functional.relu(out + x, inplace=True)  # writes into the add's output
+
+
+class _InPlaceNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.blocks = nn.Sequential(_InPlaceBlock(8), _InPlaceBlock(8))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(torch.relu(self.stem(x))).mean((2, 3)))
+
+
+def test_a_zero_branch_is_skipped_only_where_nothing_writes_into_the_add() -> None:
+    from hetsurgery.merging.inserted import zero_branches
+    from hetsurgery.passes import InsertZeroResidual
+
+    x = torch.randn(2, 1, 8, 8)
+    for model, skipped in ((hs.zoo.resnet((2, 1, 1)), True), (_InPlaceNet(), False)):
+        g = hs.trace(randomise(model.eval(), 3), x)
+        st = g.stages[0]
+        deeper = InsertZeroResidual(st.key, (len(st),))(g)
+        new = [k for k in deeper.stage(st.key).units if k not in st.units]
+        found = zero_branches(deeper, new)
+        assert bool(found) is skipped
+        assert not zero_branches(deeper, list(st.units))  # real blocks' branches are not zero

@@ -21,6 +21,7 @@ width method. Where two or more models have the unit (three models or more), the
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -92,9 +93,12 @@ def zero_branches(g: ModelGraph, units: Iterable[str]) -> dict[str, str]:
 def _in_place(modules: dict[str, nn.Module], node: fx.Node) -> bool:
     """``node`` may write into its input (``relu_``, ``inplace=True``): the input the shortcut hands on would change."""
     mod = modules.get(str(node.target)) if node.op == "call_module" else None
-    return bool(node.kwargs.get("inplace") or getattr(mod, "inplace", False)
+    return bool(node.kwargs.get("inplace") or getattr(mod, "inplace", False) or node.target in _AUGMENTED
                 or (node.op == "call_method" and str(node.target).endswith("_"))
                 or getattr(node.target, "__name__", "").endswith("_"))
+
+
+_AUGMENTED = frozenset({operator.iadd, operator.isub, operator.imul, operator.itruediv})  # ``x += y`` writes into x
 
 
 def _is_zero(g: ModelGraph, modules: dict[str, nn.Module], node: fx.Node) -> bool:
