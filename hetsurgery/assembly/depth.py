@@ -6,8 +6,10 @@ method), the stage pair is aligned on linear CKA (``merging.similarity``, ``plan
 donor's stage is balanced to the base's, by merge's balancing (``merging.balance``) where merge has the step:
 
 - **donor shallower** (balance ``add``): identity layers (``InsertIdentity``) or zero-residual blocks
-  (``InsertZeroResidual``) are inserted into the donor where the plan says. Both are exact. A base unit that
-  meets an inserted unit has no counterpart: the donor holds nothing there to absorb.
+  (``InsertZeroResidual``) are inserted into the donor where the plan says. Both are exact; into a post-norm
+  stack (BERT) go post-norm blocks (``InsertPostNormBlock``), approximately the identity, so the donor's later
+  units are aligned on features that differ from its own by that approximation. A base unit that meets an
+  inserted unit has no counterpart: the donor holds nothing there to absorb.
 - **donor deeper** (balance ``merge``): every segment of donor units that meets one base unit becomes one
   unit. Layers are fused across their ReLUs (``FuseReluSegment``, CLAFusion's "merge layers", with the signs
   estimated on the data: an approximation; ``merging.balance``, as merge fuses). Residual blocks cannot be fused; all but one block of the segment
