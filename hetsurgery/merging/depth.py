@@ -13,7 +13,8 @@
    names it instead (it must then be the deepest, or shallowest, in every stage).
 3. **Balance.** ``InsertIdentity`` / ``InsertZeroResidual`` (exact), ``InsertPostNormBlock`` (post-norm blocks,
    approximately the identity) or ``FuseReluSegment`` with signs estimated on the calibration data (the
-   approximations measured in the report), through ``balance``, which assembly uses too; whether the balance can work is asked first, before any data is read.
+   approximations measured in the report), through ``balance``, which assembly uses too; whether the balance
+   can work is asked first, before any data is read.
 4. **Correspondence.** Each balanced model is carried onto the anchor's structure and names
    (``correspond.on_anchor_names``), unit by unit; the width methods then see models of one topology.
 

@@ -32,7 +32,7 @@ from hetsurgery.merging.inputs import (
     merge_weights,
     model_names,
 )
-from hetsurgery.merging.inserted import inserted_units, real_interiors, with_real_interiors, zero_branches
+from hetsurgery.merging.inserted import inserted_units, real_interiors, zero_branches
 from hetsurgery.merging.methods import METHODS, Values, learned
 from hetsurgery.merging.options import MergeOptions
 from hetsurgery.merging.partial import PartialReport, partial_zip
@@ -214,7 +214,6 @@ def plan_traced(graphs: Sequence[ModelGraph], data: Iterable | None, o: MergeOpt
     clock = time.perf_counter()
     plan = world.broadcast(_width_plan(graphs, stats, w, targets, o, values, solved if done is not None else None,
                                        interiors) if world.leader else None)
-    plan = with_real_interiors(graphs, plan, depth)
     seconds["matching"] = time.perf_counter() - clock
     unaligned = unaligned_groups(graphs[0], method)
     for text in unaligned:

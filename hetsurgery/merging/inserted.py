@@ -29,9 +29,9 @@ from torch import fx, nn
 
 from hetsurgery.ir import ModelGraph, OpKind, PermGroup, Unit
 from hetsurgery.ir.graph import owner_of
-from hetsurgery.passes.insert_zero_residual import ADD, zero_preserving_input
+from hetsurgery.passes.insert_zero_residual import ADD, branch_layer
 from hetsurgery.plan.depth import Balance, DepthPlan
-from hetsurgery.plan.width_plan import GroupMatch, MatchKind, WidthPlan
+from hetsurgery.plan.width_plan import GroupMatch, MatchKind
 
 
 def inserted_units(depth: DepthPlan | None, k: int) -> frozenset[str]:
@@ -43,17 +43,10 @@ def inserted_units(depth: DepthPlan | None, k: int) -> frozenset[str]:
                      for p, key in enumerate(sa.units_deep) if p not in sa.positions)
 
 
-def with_real_interiors(graphs: Sequence[ModelGraph], plan: WidthPlan, depth: DepthPlan | None) -> WidthPlan:
-    """``plan`` with the groups inside every unit that all models but one had inserted matched to that one."""
-    interiors = real_interiors(graphs, depth)
-    if not interiors:
-        return plan
-    return WidthPlan(plan.method, plan.weights, plan.anchor, {**plan.groups, **interiors}, plan.keys)
-
-
 def real_interiors(graphs: Sequence[ModelGraph], depth: DepthPlan | None) -> dict[int, GroupMatch]:
     """The matches of the groups inside every unit that all models but one had inserted: that one's channels
-    alone. Known before any data is read, so the statistics pass leaves these groups out."""
+    alone. Known before any data is read, so the statistics pass leaves these groups out, and they stand in the
+    width plan whatever the width method would have matched."""
     inserted = [inserted_units(depth, k) for k in range(len(graphs))]
     if not any(inserted):
         return {}
@@ -84,7 +77,7 @@ def zero_branches(g: ModelGraph, units: Iterable[str]) -> dict[str, str]:
             if g.facts[name].kind is not OpKind.BINARY or node.target not in ADD:
                 continue
             operands = [a for a in node.args[:2] if isinstance(a, fx.Node)]
-            zero = [a for a in operands if _is_zero(g, modules, a)]
+            zero = [a for a in operands if _is_zero(g, a)]
             if len(operands) == 2 and len(zero) == 1 and not any(_in_place(modules, u) for u in node.users):
                 out[name] = next(a.name for a in operands if a is not zero[0])
     return out
@@ -101,19 +94,17 @@ def _in_place(modules: dict[str, nn.Module], node: fx.Node) -> bool:
 _AUGMENTED = frozenset({operator.iadd, operator.isub, operator.imul, operator.itruediv})  # ``x += y`` writes into x
 
 
-def _is_zero(g: ModelGraph, modules: dict[str, nn.Module], node: fx.Node) -> bool:
-    """``node``'s output is zero whatever its input: a zero layer, reached through ops that keep zero."""
-    while True:
-        mod = modules.get(str(node.target)) if node.op == "call_module" else None
-        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-            return mod.affine and all(not g.params[f"{node.target}.{leaf}"].any() for leaf in ("weight", "bias"))
-        if isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd)):
-            return all(not g.params[f"{node.target}.{leaf}"].any() for leaf in ("weight", "bias")
-                       if getattr(mod, leaf, None) is not None)
-        nxt = zero_preserving_input(g.module, node)
-        if nxt is None:
-            return False
-        node = nxt
+def _is_zero(g: ModelGraph, node: fx.Node) -> bool:
+    """``node``'s output is zero whatever its input: it ends in a BatchNorm, Linear or convolution module whose weight
+    and bias are all zero (``branch_layer``, the walk ``InsertZeroResidual`` zeroes by)."""
+    layer = branch_layer(g.module, node)
+    if layer is None or layer.op != "call_module":
+        return False
+    mod = g.module.get_submodule(str(layer.target))
+    if isinstance(mod, nn.MultiheadAttention):
+        return False
+    return all(not g.params[f"{layer.target}.{leaf}"].any() for leaf in ("weight", "bias")
+               if getattr(mod, leaf, None) is not None)
 
 
 def interior_groups(g: ModelGraph, unit: Unit) -> list[PermGroup]:

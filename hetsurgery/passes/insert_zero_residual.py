@@ -332,30 +332,35 @@ def _follows_add(node: fx.Node, stream: set[fx.Node]) -> bool:
 
 def _zero(gm: fx.GraphModule, g: ModelGraph, branch: fx.Node, template: Unit) -> None:
     """Make ``branch`` exactly zero: zero the last parametric layer it ends in (through zero-preserving ops)."""
-    node = branch
-    while True:
+    node = branch_layer(gm, branch)
+    if node is None:
+        raise PassError(f"{g.name}: the residual branch of block {template.key} does not end, through ops that keep "
+                        "zero, in a layer whose weights zeroing makes it zero; no zero-residual copy of it")
+    mod = gm.get_submodule(str(node.target)) if node.op == "call_module" else None
+    if isinstance(mod, nn.MultiheadAttention):
+        node.meta[ZEROED_META] = tuple(f"out_proj.{n}" for n in _zero_tensors(mod.out_proj, ("weight", "bias")))
+    elif mod is not None:
+        node.meta[ZEROED_META] = _zero_tensors(mod, ("weight", "bias"))
+    else:  # F.linear, GPT-2's Conv1D: the weights read from the model
+        for attr in (a for a in [*node.args, *node.kwargs.values()] if isinstance(a, fx.Node) and a.op == "get_attr"):
+            owner, leaf = owner_of(gm, str(attr.target))
+            if _zero_tensors(owner, (leaf,)):
+                attr.meta[ZEROED_META] = ("",)  # the attribute itself
+
+
+def branch_layer(gm: fx.GraphModule, branch: fx.Node) -> fx.Node | None:
+    """The layer ``branch`` ends in, through ops that keep zero (``zero_preserving_input``): an affine BatchNorm, a
+    Linear or convolution, an ``nn.MultiheadAttention`` (its output projection), an ``F.linear`` or ``addmm``; zero
+    its weights and the branch is zero. ``None`` when the branch ends in anything else."""
+    node: fx.Node | None = branch
+    while node is not None:
         mod = gm.get_submodule(str(node.target)) if node.op == "call_module" else None
-        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.affine:
-            node.meta[ZEROED_META] = _zero_tensors(mod, ("weight", "bias"))
-            return
-        if isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd)):
-            node.meta[ZEROED_META] = _zero_tensors(mod, ("weight", "bias"))
-            return
-        if isinstance(mod, nn.MultiheadAttention):
-            node.meta[ZEROED_META] = tuple(f"out_proj.{n}" for n in _zero_tensors(mod.out_proj, ("weight", "bias")))
-            return
-        if node.meta.get(OPKIND_META) in (OpKind.FUNCTIONAL_LINEAR, OpKind.ADDMM):  # F.linear, GPT-2's Conv1D
-            for attr in (a for a in [*node.args, *node.kwargs.values()] if isinstance(a, fx.Node)
-                         and a.op == "get_attr"):
-                owner, leaf = owner_of(gm, str(attr.target))
-                if _zero_tensors(owner, (leaf,)):
-                    attr.meta[ZEROED_META] = ("",)  # the attribute itself
-            return
-        nxt = zero_preserving_input(gm, node)
-        if nxt is None:
-            raise PassError(f"{g.name}: the residual branch of block {template.key} ends in node {node.name}, "
-                            "which zeroing a layer before it does not make zero; no zero-residual copy of it")
-        node = nxt
+        if (isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.affine) or isinstance(
+                mod, (nn.Linear, nn.modules.conv._ConvNd, nn.MultiheadAttention)) \
+                or node.meta.get(OPKIND_META) in (OpKind.FUNCTIONAL_LINEAR, OpKind.ADDMM):
+            return node
+        node = zero_preserving_input(gm, node)
+    return None
 
 
 def zero_preserving_input(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
