@@ -191,9 +191,13 @@ def test_cla_with_the_width_cost_needs_no_data_and_align_balances_too() -> None:
 def test_the_statistics_skip_inserted_zero_residual_blocks_and_the_merge_is_the_same(make, monkeypatch) -> None:
     """Statistics of the balanced models leave out what computes nothing they need: the inside of the blocks
     inserted into the shallow model (matched to the deep model's channels alone, no data needed) and the blocks'
-    zero branches (each add returns its stream). The merge is the one the full pass gives, exactly."""
+    zero branches (each add returns its stream). The merge is the one the full pass gives, exactly. (Both merges
+    gather their statistics in a pass of their own, not in the similarity pass: ``merging.one_pass``.)"""
     import hetsurgery.merging.driver as driver
+    import hetsurgery.merging.one_pass as one_pass
     import hetsurgery.plan.stats as stats
+
+    monkeypatch.setattr(one_pass, "possible", lambda *a, **k: False)
 
     torch.manual_seed(0)
     deep, shallow, shape = make()

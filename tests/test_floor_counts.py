@@ -107,20 +107,19 @@ def test_an_assembly_lifts_the_base_and_the_donor_once_each_before_balancing(cou
     assert copies <= 14
 
 
-def test_a_depth_merge_reads_the_data_twice_and_lifts_the_balanced_model_again(counted: Counts) -> None:
-    """Where a depth merge stands: the unit similarities and the width statistics are two passes, and the balanced
-    model is lifted again after its units are inserted (3 lifts for 2 models; carried onto the anchor's names at
-    the same widths it reuses the anchor's graph)."""
+def test_a_depth_merge_reads_the_data_once_and_lifts_the_balanced_model_again(counted: Counts) -> None:
+    """Where a depth merge stands: the unit similarities and the width statistics come from one pass over the data
+    (``merging.one_pass``), but the balanced model is lifted again after its units are inserted (3 lifts for 2
+    models; carried onto the anchor's names at the same widths it reuses the anchor's graph)."""
     torch.manual_seed(0)
     deep, shallow = hs.zoo.mlp([16] * 5), hs.zoo.mlp([16, 16])
     data = _data((64,))
     lifts, copies = _run(counted, lambda: hs.merge([deep, shallow], data, method="zip", depth="cla", progress=False))
-    assert (lifts, data.passes) == (3, 2)
-    assert copies <= 19
+    assert (lifts, data.passes) == (3, 1)
+    assert copies <= 21  # 19, and the two tap modules that check the one pass's traced sites (merging.one_pass)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21: a depth merge still lifts the balanced model once more and "
-                   "reads the data once for the unit similarities and once for the width statistics")
+@pytest.mark.xfail(strict=True, reason="issue 21: a depth merge still lifts the balanced model once more")
 def test_a_depth_merge_at_the_floor(counted: Counts) -> None:
     torch.manual_seed(0)
     deep, shallow = hs.zoo.mlp([16] * 5), hs.zoo.mlp([16, 16])

@@ -135,6 +135,36 @@ def with_progress(data: Iterable, desc: str, progress: bool) -> Iterator[object]
             bar.update()
 
 
+class Resumable:
+    """Calibration batches read by several loops that together make one pass: a loop that stops inside a batch
+    hands the rest back (``hand_back``), and the next loop starts with it, then goes on where the first stopped.
+
+    >>> data = Resumable([1, 2, 3])
+    >>> for b in data:
+    ...     if b == 2:
+    ...         data.hand_back("rest of 2")
+    ...         break
+    >>> list(data)
+    ['rest of 2', 3]
+    """
+
+    def __init__(self, data: Iterable) -> None:
+        self.data = data
+        self._it: Iterator | None = None
+        self._back: list[object] = []
+
+    def __iter__(self) -> Iterator[object]:
+        if self._it is None:
+            self._it = iter(self.data)
+        while self._back:
+            yield self._back.pop()
+        for batch in self._it:  # noqa: UP028 (``yield from`` would close the batches' iterator when a loop stops early)
+            yield batch
+
+    def hand_back(self, batch: object) -> None:
+        self._back.append(batch)
+
+
 def one_shot(data: object) -> bool:
     """Whether ``data`` can be iterated only once (a generator, an iterator). Asked without calling ``iter``,
     which would start a DataLoader's workers for nothing."""

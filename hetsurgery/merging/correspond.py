@@ -38,7 +38,7 @@ from hetsurgery.tracing import lift_graph
 
 def on_anchor_names(anchor: ModelGraph, g: ModelGraph) -> ModelGraph:
     """``g`` rebuilt on ``anchor``'s structure and names, holding ``g``'s own tensors (its widths)."""
-    pairs = _paired_nodes(anchor, g)
+    pairs = paired_nodes(anchor, g)
     a_mods, g_mods = dict(anchor.module.named_modules()), dict(g.module.named_modules())
     tensors: dict[str, torch.Tensor] = {}
     for a_node, g_node in pairs:
@@ -80,7 +80,7 @@ def _carried(anchor: ModelGraph, g: ModelGraph, tensors: dict[str, torch.Tensor]
     return lift_graph(with_tensors(anchor.module, tensors, share=True), g.example_inputs, g.name)
 
 
-def _paired_nodes(anchor: ModelGraph, g: ModelGraph) -> list[tuple[fx.Node, fx.Node]]:
+def paired_nodes(anchor: ModelGraph, g: ModelGraph) -> list[tuple[fx.Node, fx.Node]]:
     """Every computing node of ``anchor`` with its counterpart in ``g``, found by following both graphs from their
     outputs back through their arguments, each pair in corresponding units and computing the same thing."""
     if len(anchor.units) != len(g.units):

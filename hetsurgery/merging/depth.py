@@ -4,7 +4,9 @@
    default: linear CKA over every position of 512 images settles well before that, and the width plan's own
    pass over all the data is the expensive one) beside the anchor; linear CKA between each of its units and
    each unit of the anchor's corresponding stage is streamed (``similarity.stage_scores``); CLA with
-   ``depth_cost="width"`` compares widths instead and needs no data.
+   ``depth_cost="width"`` compares widths instead and needs no data. Where it can, the same forward passes
+   gather the width statistics of those samples for every pairing the plan may choose (``merging.one_pass``),
+   and the statistics pass goes on from the next sample.
 2. **Plan.** Stage ``i`` of a model is aligned with stage ``i`` of the anchor (CLA / SMA / LMA,
    ``plan.depth``). With ``balance="add"`` the anchor is the deepest model and the others get units
    inserted; with ``balance="merge"`` it is the shallowest and the others have segments fused. Between
@@ -28,7 +30,7 @@ a stage's first or last (``tests/test_depth_merge.py::test_self_merge_certificat
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -39,7 +41,7 @@ from hetsurgery.merging.balance import check_balance, check_pairable, fuse_segme
 from hetsurgery.merging.correspond import on_anchor_names
 from hetsurgery.merging.depth_options import DepthCost, DepthOptions
 from hetsurgery.merging.fusion import FuseReport, InsertReport, compare, measure
-from hetsurgery.merging.similarity import StagePair, stage_scores
+from hetsurgery.merging.similarity import Extra, StagePair, stage_scores
 from hetsurgery.passes import InsertPostNormBlock, specs
 from hetsurgery.plan.depth import Balance, DepthPlan, ModelDepth, StageAlignment
 from hetsurgery.plan.depth.depth_plan import Score, align_stage
@@ -53,11 +55,16 @@ class Balanced:
     plan: DepthPlan
     seconds: dict[str, float]
     fusions: tuple[FuseReport | InsertReport, ...] = field(default=())  # what approximate balancing cost
+    own: tuple[ModelGraph, ...] = field(default=(), repr=False)  # the balanced models on their own names
+    gathered: Extra | None = field(default=None, repr=False)  # what else the similarity pass fed
 
 
 def balance_depths(graphs: Sequence[ModelGraph], data: Iterable | None, opts: DepthOptions, *,
-                   device: torch.device | str | None, progress: bool) -> Balanced:
-    """Align every model's stages with the anchor's, balance them, and carry them onto the anchor's names."""
+                   device: torch.device | str | None, progress: bool,
+                   gather: Callable[[int], Extra] | None = None) -> Balanced:
+    """Align every model's stages with the anchor's, balance them, and carry them onto the anchor's names.
+    ``gather`` (given the anchor's index) makes what else reads the similarity pass's forward passes
+    (``merging.one_pass``)."""
     check_pairable(graphs)
     anchor = _anchor(graphs, opts.balance, opts.anchor)
     check_balance(graphs, anchor, opts.balance)
@@ -65,7 +72,8 @@ def balance_depths(graphs: Sequence[ModelGraph], data: Iterable | None, opts: De
     clock = time.perf_counter()
     others = [k for k in range(len(graphs)) if k != anchor]
     pairs = [StagePair(*_roles(k, anchor, opts.balance), st.key, st.key) for k in others for st in graphs[k].stages]
-    matrices = iter(stage_scores(graphs, pairs, data, opts, device=device, progress=progress))
+    extra = gather(anchor) if gather is not None else None
+    matrices = iter(stage_scores(graphs, pairs, data, opts, device=device, progress=progress, extra=extra))
     scores = {k: {st.key: next(matrices) for st in graphs[k].stages} for k in others}
     seconds["similarity"] = time.perf_counter() - clock
     clock = time.perf_counter()
@@ -77,7 +85,7 @@ def balance_depths(graphs: Sequence[ModelGraph], data: Iterable | None, opts: De
     seconds["balance"] = time.perf_counter() - clock
     plan = replace(plan, models=tuple(replace(md, passes=tuple(specs(balanced[md.model].passes)))
                                       for md in plan.models))
-    return Balanced(carried, plan, seconds, tuple(reports))
+    return Balanced(carried, plan, seconds, tuple(reports), tuple(balanced), extra)
 
 
 def _anchor(graphs: Sequence[ModelGraph], balance: Balance, given: int | None = None) -> int:

@@ -6,7 +6,7 @@ import inspect
 import os
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -16,11 +16,13 @@ from torch import nn
 
 from hetsurgery.errors import MergeInputError, UnalignedGroupWarning
 from hetsurgery.ir import ModelGraph, SlotMaps, slots_by_param, transform_params
-from hetsurgery.ir.batches import one_shot
+from hetsurgery.ir.batches import Resumable, one_shot
 from hetsurgery.ir.lowering import to_module
+from hetsurgery.merging import one_pass
 from hetsurgery.merging.balance import check_same_depth
 from hetsurgery.merging.combine import combine
 from hetsurgery.merging.depth import balance_depths
+from hetsurgery.merging.depth_options import DepthCost
 from hetsurgery.merging.fusion import FuseReport, InsertReport
 from hetsurgery.merging.head_counts import changing_heads, layout_model
 from hetsurgery.merging.inputs import (
@@ -53,9 +55,11 @@ STAGES = ("trace", "similarity", "depth_plan", "balance", "statistics", "matchin
 
 @dataclass(frozen=True)
 class MergeReport:
-    """Seconds per stage (``similarity``, ``depth_plan`` and ``balance`` are the depth alignment's: one pass of
-    every model over the data for the unit similarities; ``statistics`` is the width plan's own pass, on the
-    balanced models), the widths per group, the depth plan and what fusing cost (``balance="merge"``)."""
+    """Seconds per stage (``similarity``, ``depth_plan`` and ``balance`` are the depth alignment's: every model over
+    the first ``depth_samples`` samples for the unit similarities; ``statistics`` is the width plan's pass, on the
+    balanced models), the widths per group, the depth plan, what approximate balancing cost, and how often each model
+    ran over the data for both (``passes``: 1 where the similarity pass also gathered the statistics of the samples
+    it read and the statistics went on from there, ``merging.one_pass``)."""
 
     method: str
     seconds: Mapping[str, float]
@@ -64,6 +68,7 @@ class MergeReport:
     fusions: tuple[FuseReport | InsertReport, ...] = ()
     unaligned: tuple[str, ...] = ()  # why groups were left as they are (``unaligned_groups``), also warned
     partial: PartialReport | None = None  # where a partial zip cut the models (``stop_at``)
+    passes: int | None = None  # how often each model ran over the calibration data for similarities and statistics
 
     @property
     def total_seconds(self) -> float:
@@ -79,6 +84,9 @@ class MergeReport:
         lines.append(f"{'group':>5} {'widths':>12} {'->':>2} {'out':>5}  how  label")
         for gid, label, widths, out, how in self.groups:
             lines.append(f"{gid:>5} {'/'.join(map(str, widths)):>12} -> {out:>5}  {how}  {label}")
+        if self.passes is not None:
+            lines.append(f"passes of each model over the calibration data (unit similarities and statistics): "
+                         f"{self.passes}")
         lines += [f"warning: {text}" for text in self.unaligned]
         if self.partial is not None:
             lines.append(str(self.partial))
@@ -127,6 +135,7 @@ class Planned:
     depth: DepthPlan | None = None
     fusions: tuple[FuseReport | InsertReport, ...] = ()
     unaligned: tuple[str, ...] = ()
+    passes: int = 1  # how often each model ran over the calibration data for the similarities and statistics
 
 
 def plan_merge(models: Sequence[nn.Module], data: Iterable | None, options: MergeOptions | None = None,
@@ -172,10 +181,19 @@ def plan_traced(graphs: Sequence[ModelGraph], data: Iterable | None, o: MergeOpt
     w = merge_weights(o.weights, len(graphs))
     world = join(o.distributed, default_device(device))
     balanced = None
+    originals = tuple(graphs)
+    wants = spec.wants_data(method_options) and data is not None
+    # a depth merge whose similarity pass also gathers the statistics of every pairing the plan may choose
+    once = (wants and runner is None and one_pass.possible(graphs, o, alone=world.size == 1)
+            and (spec.prepare is None or _unchanged(spec.prepare, graphs)))
+    if once and data is not None:
+        data = Resumable(data)
     if o.depth is None:
         check_same_depth(graphs)
     else:
-        balanced = balance_depths(graphs, data, o.depth, device=default_device(device), progress=progress)
+        gather = (lambda anchor: one_pass.Gather(originals, anchor, spec.full_stats)) if once else None
+        balanced = balance_depths(graphs, data, o.depth, device=default_device(device), progress=progress,
+                                  gather=gather)
         graphs = balanced.graphs
         seconds.update(balanced.seconds)
     clock = time.perf_counter()
@@ -194,20 +212,29 @@ def plan_traced(graphs: Sequence[ModelGraph], data: Iterable | None, o: MergeOpt
     if o.partial is not None:
         o.partial.units_merged(graphs[anchor])  # a cut the balanced models have, before their statistics
     if spec.prepare is not None:  # exact edits the method's plan relies on (zip: norms folded into their readers)
-        graphs = spec.prepare(graphs)
+        prepared = spec.prepare(graphs)
+        once = once and all(p is g for p, g in zip(prepared, graphs, strict=True))
+        graphs = prepared
     seconds["trace"] += time.perf_counter() - clock
 
     clock = time.perf_counter()
-    wants = spec.wants_data(method_options) and data is not None
     solved: dict[int, GroupMatch] = {}
     depth = None if balanced is None else balanced.plan
     interiors = real_interiors(graphs, depth)  # inside inserted blocks: one model's channels, no statistics needed
     done = _solve_when_observed(graphs, w, targets, o, solved, world.leader) if runner is not None and wants else None
     observed = [grp.id for grp in graphs[0].permutable() if grp.id not in interiors]
-    shortcuts = [zero_branches(g, inserted_units(depth, k)) for k, g in enumerate(graphs)]
+    inserted = [inserted_units(depth, k) for k in range(len(graphs))]
+    shortcuts = [zero_branches(g, units) for g, units in zip(graphs, inserted, strict=True)]
+    seeds = None
+    if once and balanced is not None and isinstance(balanced.gathered, one_pass.Gather):
+        seeds = one_pass.seeded(balanced.gathered, graphs, balanced.own, balanced.plan, shortcuts, inserted, observed)
+    if isinstance(data, Resumable) and seeds is None:  # a site not traced back: the statistics read all the data
+        data = data.data
+    similarity = o.depth is not None and o.depth.cost is not DepthCost.WIDTH and data is not None
+    passes = int(wants and data is not None) + int(similarity) - int(seeds is not None)
     stats = (collect_stats(graphs, data, groups=observed, full=spec.full_stats, memory_budget=o.memory_budget,
                            progress=progress, device=default_device(device), world=world, runner=runner, done=done,
-                           shortcuts=shortcuts)
+                           shortcuts=shortcuts, initial=seeds)
              if wants and data is not None else None)
     seconds["statistics"] = time.perf_counter() - clock
 
@@ -219,8 +246,14 @@ def plan_traced(graphs: Sequence[ModelGraph], data: Iterable | None, o: MergeOpt
     for text in unaligned:
         warnings.warn(text, UnalignedGroupWarning, stacklevel=4)
     if balanced is None:
-        return Planned(tuple(graphs), plan, seconds, unaligned=unaligned)
-    return Planned(tuple(graphs), plan, seconds, balanced.plan, balanced.fusions, unaligned)
+        return Planned(tuple(graphs), plan, seconds, unaligned=unaligned, passes=passes)
+    return Planned(tuple(graphs), plan, seconds, balanced.plan, balanced.fusions, unaligned, passes)
+
+
+def _unchanged(prepare: Callable[[Sequence[ModelGraph]], tuple[ModelGraph, ...]], graphs: Sequence[ModelGraph]
+               ) -> bool:
+    """``prepare`` leaves ``graphs`` as they are (zip folds no norm of these models)."""
+    return all(p is g for p, g in zip(prepare(graphs), graphs, strict=True))
 
 
 def _solve_when_observed(graphs: Sequence[ModelGraph], w: Sequence[float], targets: Mapping[int, int],
@@ -336,7 +369,7 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, options: MergeOpti
     report = MergeReport(o.method, seconds, tuple(
         (grp.id, grp.label, tuple(g.group(grp.id).size for g in graphs), plan.groups[grp.id].size,
          "frozen" if not grp.perm_ok else str(plan.groups[grp.id].kind or o.method))
-        for grp in graphs[0].groups), planned.depth, planned.fusions, planned.unaligned, partial)
+        for grp in graphs[0].groups), planned.depth, planned.fusions, planned.unaligned, partial, planned.passes)
     # the merged tensors are new: the module takes them without a copy (so .model and .graph share them)
     return MergeResult(to_module(merged, share=True).eval(), plan, report, merged, planned.depth)
 

@@ -17,14 +17,15 @@ stage pair is streamed (``StreamingCKA``: no activation is stored). CLA minimise
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from hetsurgery.errors import MergeInputError
 from hetsurgery.ir import ModelGraph, Site
-from hetsurgery.ir.batches import Inputs, input_names, model_input, with_progress
+from hetsurgery.ir.batches import Inputs, Resumable, input_names, model_input, with_progress
 from hetsurgery.merging.depth_options import DepthCost, DepthOptions
 from hetsurgery.plan.depth import DepthMethod, StreamingCKA
 from hetsurgery.plan.depth.cka import width_cost
@@ -58,28 +59,48 @@ def channel_dim(g: ModelGraph, node: str) -> int:
 
 @dataclass(frozen=True)
 class UnitTap:
-    """A copy of a model that returns the feature node of each of ``units``, as ``(A, C, M)`` views."""
+    """A copy of a model that returns the feature node of each of ``units`` (as ``(A, C, M)`` views, ``features``)
+    and the outputs of ``also``'s nodes."""
 
     module: torch.fx.GraphModule
     units: tuple[str, ...]
     sites: tuple[Site, ...]
+    nodes: tuple[str, ...] = ()  # what the module returns, in order
 
     @staticmethod
-    def of(g: ModelGraph, units: Sequence[str], method: DepthMethod, device: torch.device | str | None) -> UnitTap:
-        nodes = [feature_node(g, u, method) for u in units]
+    def of(g: ModelGraph, units: Sequence[str], method: DepthMethod, device: torch.device | str | None,
+           also: Sequence[str] = ()) -> UnitTap:
+        unit_nodes = [feature_node(g, u, method) for u in units]
+        nodes = tuple(dict.fromkeys([*unit_nodes, *also]))
         tap = tap_module(g, nodes)
         return UnitTap(tap.to(device) if device is not None else tap, tuple(units),
-                       tuple(Site(n, channel_dim(g, n)) for n in nodes))
+                       tuple(Site(n, channel_dim(g, n)) for n in unit_nodes), nodes)
 
-    def features(self, x: Inputs) -> dict[str, torch.Tensor]:
-        outs = self.module(*x)
-        return {u: site_view(out, s, out.shape[s.dim]) for u, s, out in zip(self.units, self.sites, outs, strict=True)}
+    def outputs(self, x: Inputs) -> dict[str, torch.Tensor]:
+        """Every tapped node's output on ``x``, by node name."""
+        return dict(zip(self.nodes, self.module(*x), strict=True))
+
+    def features(self, outs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each unit's features in ``outputs``' result."""
+        return {u: site_view(outs[s.node], s, outs[s.node].shape[s.dim]) for u, s in zip(self.units, self.sites,
+                                                                                       strict=True)}
+
+
+class Extra(Protocol):
+    """What else reads the similarity pass's forward passes (``plan.candidates.Candidates``): the nodes of each
+    model it needs, and each batch's outputs there."""
+
+    def nodes(self, model: int) -> list[str]: ...
+
+    def add(self, outs: Mapping[int, Mapping[str, torch.Tensor]]) -> None: ...
 
 
 def stage_scores(graphs: Sequence[ModelGraph], pairs: Sequence[StagePair], data: Iterable | None,
-                 opts: DepthOptions, *, device: torch.device | str | None = None, progress: bool = False
-                 ) -> list[torch.Tensor]:
-    """Per pair, the ``(shallow units x deep units)`` score matrix, every graph run once per batch."""
+                 opts: DepthOptions, *, device: torch.device | str | None = None, progress: bool = False,
+                 extra: Extra | None = None) -> list[torch.Tensor]:
+    """Per pair, the ``(shallow units x deep units)`` score matrix, every graph run once per batch. ``extra`` gets
+    the outputs of the nodes it names on the same batches. When ``data`` is ``Resumable`` and the pass stops inside
+    a batch, the rest of it is handed back."""
     units = [(graphs[p.shallow].stage(p.stage_shallow).units, graphs[p.deep].stage(p.stage_deep).units)
              for p in pairs]
     if opts.cost is DepthCost.WIDTH:
@@ -100,19 +121,26 @@ def stage_scores(graphs: Sequence[ModelGraph], pairs: Sequence[StagePair], data:
     for p, (s, d) in zip(pairs, units, strict=True):
         needed.setdefault(p.shallow, []).extend(s)
         needed.setdefault(p.deep, []).extend(d)
-    taps = {k: UnitTap.of(graphs[k], list(dict.fromkeys(us)), opts.method, device) for k, us in needed.items()}
+    taps = {k: UnitTap.of(graphs[k], list(dict.fromkeys(us)), opts.method, device,
+                          extra.nodes(k) if extra is not None else ()) for k, us in needed.items()}
     target = device if device is not None else next(iter(graphs[0].params.values())).device
     seen = 0
     with torch.no_grad():
         for batch in with_progress(data, "unit similarity", progress):
-            if opts.samples is not None and seen >= opts.samples:
-                break
             x = model_input(batch, input_names(graphs[0].module)).to(target)
-            x = x if opts.samples is None else x[:opts.samples - seen]
+            if opts.samples is not None and x.samples > opts.samples - seen:
+                if isinstance(data, Resumable):
+                    data.hand_back(x[opts.samples - seen:].tensors)
+                x = x[:opts.samples - seen]
             seen += x.samples
-            feats = {k: tap.features(x) for k, tap in taps.items()}
+            outs = {k: tap.outputs(x) for k, tap in taps.items()}
+            feats = {k: tap.features(outs[k]) for k, tap in taps.items()}
             for (rows, cols), acc in cka.items():
                 acc.add(feats[rows], feats[cols])
+            if extra is not None:
+                extra.add(outs)
+            if opts.samples is not None and seen >= opts.samples:
+                break
     out = [cka[(p.shallow, p.deep)].matrix(str(i)) for i, p in enumerate(pairs)]
     return [1.0 - m for m in out] if opts.method is DepthMethod.CLA else out  # CLA minimises a cost
 

@@ -76,15 +76,27 @@ class BlockAccumulator:
 
     def add(self, feats: Sequence[torch.Tensor]) -> None:
         """One batch: ``feats[k]`` is a ``(A, d_k, M)`` view (never modified)."""
-        nb = feats[0].shape[0] * feats[0].shape[2]
-        if nb == 0:
+        if feats[0].shape[0] * feats[0].shape[2] == 0:
             return
+        xs, means = self.centre(feats)
+        self.fold(feats, xs, means)
+
+    def centre(self, feats: Sequence[torch.Tensor], slots: Sequence[int] | None = None
+               ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """One batch's features minus the reference (set from this batch if it is the first), as ``(d_k, samples)``
+        copies in the scratch buffers ``slots`` (default: the model indices), and their means (float64, CPU)."""
+        nb = feats[0].shape[0] * feats[0].shape[2]
         if self.shift is None:
             self.shift = [f.mean((0, 2), dtype=torch.float32 if f.dtype != torch.float64 else f.dtype)
                           for f in feats]
-        xs = [centred(f, s, self.scratch.get(k, f.numel(), s.dtype, f.device))
-              for k, (f, s) in enumerate(zip(feats, self.shift, strict=True))]
-        means = [x.sum(1).double().cpu() / nb for x in xs]
+        where = range(len(feats)) if slots is None else slots
+        xs = [centred(f, s, self.scratch.get(slot, f.numel(), s.dtype, f.device))
+              for slot, f, s in zip(where, feats, self.shift, strict=True)]
+        return xs, [x.sum(1).double().cpu() / nb for x in xs]
+
+    def fold(self, feats: Sequence[torch.Tensor], xs: Sequence[torch.Tensor], means: Sequence[torch.Tensor]) -> None:
+        """Add one batch ``centre`` prepared into the sums."""
+        nb = feats[0].shape[0] * feats[0].shape[2]
         total = self.n + nb
         weight = self.n * nb / total
         delta = [m - old for m, old in zip(means, self.mean, strict=True)]
@@ -94,12 +106,10 @@ class BlockAccumulator:
             # the rank-one corrections made by addr_: no matrix of the sums' size besides them (two 5632-channel
             # models: four float64 ones of 254 MB each, before)
             m2 = self.m2[(i, j)]
-            step = max(1, PRODUCT // max(1, xs[j].shape[0]))
-            out = self.scratch.get(-1, min(step, xs[i].shape[0]) * xs[j].shape[0], xs[i].dtype, xs[i].device)
             if i == j:
                 diag[i] = torch.empty(xs[i].shape[0], dtype=torch.float64)
-            add_product(m2, xs[i], xs[j], step, out, diag.get(i) if i == j else None)
-            m2.addr_(means[i], means[j], alpha=-nb).addr_(delta[i], delta[j], alpha=weight)
+            fold_product(m2, xs[i], xs[j], means[i], means[j], delta[i], delta[j], self.n, nb, self.scratch,
+                         diag.get(i) if i == j else None)
         for k, (f, x) in enumerate(zip(feats, xs, strict=True)):
             squares = diag[k] if k in diag else torch.linalg.vector_norm(x, dim=1).double().cpu().square()
             self.var[k] += squares - nb * means[k].square() + weight * delta[k].square()
@@ -141,6 +151,18 @@ class BlockAccumulator:
     def covariance(self) -> torch.Tensor:
         """The ``D x D`` covariance; without ``full`` the blocks inside a model hold only the variances."""
         return assemble(self.widths, *self.parts())
+
+
+def fold_product(m2: torch.Tensor, a: torch.Tensor, b: torch.Tensor, mean_a: torch.Tensor, mean_b: torch.Tensor,
+                 delta_a: torch.Tensor, delta_b: torch.Tensor, n: int, nb: int, scratch: Scratch,
+                 diagonal: torch.Tensor | None = None) -> None:
+    """Chan's update of the centred cross-moment ``m2`` (``n`` samples so far) by one batch of ``nb``: ``a`` and
+    ``b`` are the batch's shifted ``(d, nb)`` features, ``mean_*`` their batch means and ``delta_*`` those minus the
+    running means. ``diagonal`` (``a`` is ``b``): filled with the product's diagonal."""
+    step = max(1, PRODUCT // max(1, b.shape[0]))
+    out = scratch.get(-1, min(step, a.shape[0]) * b.shape[0], a.dtype, a.device)
+    add_product(m2, a, b, step, out, diagonal)
+    m2.addr_(mean_a, mean_b, alpha=-nb).addr_(delta_a, delta_b, alpha=n * nb / (n + nb))
 
 
 def add_product(sums: torch.Tensor, a: torch.Tensor, b: torch.Tensor, rows: int, out: torch.Tensor | None = None,

@@ -204,7 +204,8 @@ def collect_stats(graphs: Sequence[ModelGraph], data: Iterable, *, groups: Seque
                   full: bool = True, memory_budget: int | None = None, progress: bool = True,
                   device: torch.device | str | None = None, world: World | None = None,
                   runner: Runner | None = None, done: Done | None = None,
-                  shortcuts: Sequence[Mapping[str, str]] = ()) -> dict[int, GroupStats]:
+                  shortcuts: Sequence[Mapping[str, str]] = (),
+                  initial: Mapping[int, BlockAccumulator] | None = None) -> dict[int, GroupStats]:
     """Run all models over ``data`` once (or once per chunk of groups under ``memory_budget`` bytes).
 
     ``graphs`` must share their groups (same topology, widths may differ). Batches are tensors or
@@ -216,7 +217,8 @@ def collect_stats(graphs: Sequence[ModelGraph], data: Iterable, *, groups: Seque
     the batches (default: whole, batch after batch). With ``done``, each group's statistics are handed to it as soon
     as the runner has observed its last site on every batch (a streamed model's block-local groups, one block after
     another), and released: they are not in the result. ``shortcuts`` (per model, a node that returns an input
-    unchanged -> that input: ``joint_module``) skip what computes nothing the statistics need.
+    unchanged -> that input: ``joint_module``) skip what computes nothing the statistics need. ``initial`` (per
+    group, what earlier samples gave) is where the pass starts (``merging.one_pass``).
     """
     ref = graphs[0]
     wanted = [gid for gid in (groups if groups is not None else [g.id for g in ref.permutable()])
@@ -224,7 +226,7 @@ def collect_stats(graphs: Sequence[ModelGraph], data: Iterable, *, groups: Seque
     out: dict[int, GroupStats] = {}
     for chunk in _chunks(graphs, wanted, memory_budget):
         out.update(_one_pass(graphs, data, chunk, full, progress, device, world or World(), runner or run_whole,
-                             done, shortcuts))
+                             done, shortcuts, initial or {}))
     return out
 
 
@@ -260,11 +262,16 @@ def run_whole(joint: fx.GraphModule, data: Iterable, device: torch.device | str 
 
 def _one_pass(graphs: Sequence[ModelGraph], data: Iterable, gids: list[int], full: bool, progress: bool,
               device: torch.device | str | None, world: World, run: Runner, done: Done | None,
-              shortcuts: Sequence[Mapping[str, str]] = ()) -> dict[int, GroupStats]:
+              shortcuts: Sequence[Mapping[str, str]] = (), initial: Mapping[int, BlockAccumulator] | None = None
+              ) -> dict[int, GroupStats]:
     where = sites_by_node(graphs, gids)
     sizes = {gid: [g.group(gid).size for g in graphs] for gid in gids}
     scratch = Scratch()  # the sites are folded in one after another: one set of buffers for all groups
     acc: dict[int, BlockAccumulator] = {}  # made at a group's first site: only the groups in flight hold memory
+    for gid in gids:
+        if initial and gid in initial:
+            acc[gid] = initial[gid]
+            acc[gid].scratch = scratch
     pending = set(gids)
 
     def sink(node: str, outs: Sequence[torch.Tensor]) -> None:

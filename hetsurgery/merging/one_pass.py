@@ -1,0 +1,179 @@
+"""A depth merge that runs the models over the calibration data once.
+
+The unit similarities that decide the depth plan read the first ``depth_samples`` samples; the width statistics
+read all of them, on the *balanced* models, which exist only once the plan is made. Yet the balanced models compute
+nothing new where the statistics look: an inserted identity unit's features are its predecessor's, an inserted
+zero-residual block hands its input on (``merging.inserted.zero_branches``), and the groups inside inserted blocks
+are matched without data (``real_interiors``). So every site of a balanced model shows the features of a node of
+the *original* model.
+
+While the similarity pass runs the original models, ``Gather`` therefore accumulates each site's own moments and
+the cross-moments of every pair of sites the plan could put together (``plan.candidates``): an anchor's site with
+each site of the other model in the same stage, of the same kind (inside one unit, or shared by several) and the
+same positions. Once the models are balanced, each site of the balanced model is traced back to the original node
+it shows (``sources``: through the inserted units, checked on the example inputs), the chosen pairs are joined into
+each group's accumulator (``seeded``), and the statistics pass goes on from the first sample the similarity pass
+did not read. The statistics are those of the two-pass merge, up to float rounding (the sums are added in
+another order).
+
+It applies to two models balanced by ``add`` with exact insertions, merged in one process without a memory budget
+(``possible``); anything else, or a site that cannot be traced back, takes the two passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+
+import torch
+from torch import fx
+
+from hetsurgery.ir import ModelGraph, Site
+from hetsurgery.ir.lowering import tap_module
+from hetsurgery.merging.balance import insertion
+from hetsurgery.merging.correspond import paired_nodes
+from hetsurgery.merging.depth_options import DepthCost
+from hetsurgery.merging.inserted import interior_groups
+from hetsurgery.merging.options import MergeOptions
+from hetsurgery.merging.similarity import channel_dim
+from hetsurgery.passes import InsertPostNormBlock
+from hetsurgery.plan.accumulate import BlockAccumulator
+from hetsurgery.plan.candidates import Candidates, View
+from hetsurgery.plan.depth import Balance, DepthPlan
+
+
+def possible(graphs: Sequence[ModelGraph], o: MergeOptions, *, alone: bool) -> bool:
+    """Whether a depth merge of ``graphs`` under ``o`` can read the data once: two models balanced by exact
+    insertions, the unit similarities from data, the models run whole in one process (``alone``) without a memory
+    budget. (The method must also leave the models as they are before its statistics: the driver asks.)"""
+    d = o.depth
+    if d is None or d.balance is not Balance.ADD or d.cost is DepthCost.WIDTH or len(graphs) != 2:
+        return False
+    if o.memory_budget is not None or not alone:
+        return False
+    return not any(insertion(g, st.key) is InsertPostNormBlock for g in graphs for st in g.stages if len(st))
+
+
+class Gather:
+    """Fed by the similarity pass (``similarity.Extra``): the statistics of every site pair a depth plan with
+    ``anchor`` may choose between the original ``graphs``."""
+
+    def __init__(self, graphs: Sequence[ModelGraph], anchor: int, full: bool) -> None:
+        self.graphs, self.anchor = tuple(graphs), anchor
+        views = {k: _views(g, k, exits=k != anchor) for k, g in enumerate(graphs)}
+        pairs = [(a, b) for a, key_a in views[anchor].items() for k in views if k != anchor
+                 for b, key_b in views[k].items() if key_a == key_b]
+        self.candidates = Candidates([v for vs in views.values() for v in vs], pairs, full)
+
+    def nodes(self, model: int) -> list[str]:
+        return self.candidates.nodes(model)
+
+    def add(self, outs: Mapping[int, Mapping[str, torch.Tensor]]) -> None:
+        self.candidates.add(outs)
+
+
+def seeded(gather: Gather, graphs: Sequence[ModelGraph], own: Sequence[ModelGraph], depth: DepthPlan,
+           shortcuts: Sequence[Mapping[str, str]], inserted: Sequence[Iterable[str]], gids: Iterable[int]
+           ) -> dict[int, BlockAccumulator] | None:
+    """Per group of ``gids``, its accumulator over the samples ``gather`` saw, the balanced ``graphs`` (on the
+    anchor's names; ``own``: the same before they were carried onto them) reading the original models' features;
+    ``None`` where a site of a balanced model cannot be traced back to a site ``gather`` accumulated."""
+    anchor = depth.anchor
+    k = 1 - anchor
+    gids = list(gids)
+    nodes = [s.node for gid in gids for s in graphs[k].group(gid).sites]
+    found = sources(graphs[anchor], graphs[k], own[k], gather.graphs[k], shortcuts[k], inserted[k], nodes)
+    if found is None:
+        return None
+    cands = gather.candidates
+    out: dict[int, BlockAccumulator] = {}
+    for gid in gids:
+        sites = []
+        for site_a, site_k in zip(graphs[anchor].group(gid).sites, graphs[k].group(gid).sites, strict=True):
+            source = found.get(site_k.node)
+            if source is None:
+                return None
+            a = View(anchor, site_a, graphs[anchor].group(gid).size)
+            b = View(k, replace(site_k, node=source), graphs[k].group(gid).size)
+            if not cands.has(a, b):
+                return None
+            sites.append((a, b))
+        if sites:
+            out[gid] = cands.accumulator(sites, anchor_first=anchor == 0)
+    return out
+
+
+def sources(anchor: ModelGraph, carried: ModelGraph, own: ModelGraph, original: ModelGraph,
+            shortcuts: Mapping[str, str], inserted: Iterable[str], sites: Iterable[str]) -> dict[str, str] | None:
+    """For each of the ``sites`` (nodes) of ``carried`` (a balanced model on ``anchor``'s names; ``own``: the same
+    on its own names), the node of ``original`` (the model before balancing) whose output it shows: a node of an inserted unit
+    shows what it hands on (a zero-branch add its stream, ``shortcuts``; an identity layer or an activation in an
+    identity unit its input), any other node the original node it was carried from. Checked on the example inputs;
+    ``None`` where a node cannot be traced or the check fails."""
+    nodes = {n.name: n for n in carried.module.graph.nodes}
+    in_inserted = {n for key in inserted for n in carried.unit(key).nodes}
+    paired = {a.name: b.name for a, b in paired_nodes(anchor, own)}
+    known = {n.name for n in original.module.graph.nodes}
+    out: dict[str, str] = {}
+    for node in dict.fromkeys(sites):
+        name = node
+        while name in in_inserted:
+            if name in shortcuts:
+                name = shortcuts[name]
+                continue
+            operands = [a for a in _operands(nodes[name]) if a.op != "get_attr"]
+            if len(operands) != 1:
+                break
+            name = operands[0].name
+        source = paired.get(name) if name not in in_inserted else None
+        if source is None or source not in known:
+            continue
+        out[node] = source
+    if not out or not _same_outputs(carried, original, out):
+        return None
+    return out
+
+
+def _same_outputs(carried: ModelGraph, original: ModelGraph, found: Mapping[str, str]) -> bool:
+    """The traced nodes show the same values on the example inputs (up to the rounding of an identity BatchNorm)."""
+    names = list(found)
+    with torch.no_grad():
+        mine = tap_module(carried, names)(*carried.example_inputs)
+        theirs = tap_module(original, [found[n] for n in names])(*carried.example_inputs)
+    for a, b in zip(mine, theirs, strict=True):
+        if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-5, atol=1e-6 * (1.0 + float(b.abs().max()))):
+            return False
+    return True
+
+
+def _operands(node: fx.Node) -> list[fx.Node]:
+    out: list[fx.Node] = []
+    fx.map_arg((node.args, node.kwargs), lambda n: out.append(n) or n)  # type: ignore[func-returns-value]
+    return out
+
+
+def _views(g: ModelGraph, k: int, *, exits: bool) -> dict[View, tuple[object, ...]]:
+    """Every site of ``g``'s permutable groups (and, with ``exits``, every unit's output, which a balanced model may
+    show at a site where the model itself has none: the last block of a stage read only after a pooling), with
+    what a plan's pairing must keep: the stage (``None`` outside any), whether the group lies inside one unit, and
+    the positions that count as samples."""
+    stage_of = {u: st.key for st in g.stages for u in st.units}
+    unit_of = {n: u.key for u in g.units for n in u.nodes}
+    inside = {grp.id for u in g.units for grp in interior_groups(g, u)}
+    sites = [(site, grp.size, grp.id in inside) for grp in g.permutable() for site in grp.sites]
+    if exits:
+        seen = {site.node for site, _, _ in sites}
+        for u in g.units:
+            shape = g.facts[u.exit].shape
+            if u.exit not in seen and shape is not None:
+                dim = channel_dim(g, u.exit)
+                sites.append((Site(u.exit, dim), shape[dim], False))
+    out: dict[View, tuple[object, ...]] = {}
+    for site, width, within in sites:
+        shape = g.facts[site.node].shape
+        if shape is None:
+            continue
+        unit = unit_of.get(site.node)
+        out[View(k, site, width)] = (stage_of.get(unit) if unit is not None else None, within,
+                                     tuple(shape[:site.dim]), tuple(shape[site.dim + 1:]), site.inner)
+    return out
