@@ -61,8 +61,8 @@ class Gather:
     def __init__(self, graphs: Sequence[ModelGraph], anchor: int, full: bool) -> None:
         self.graphs, self.anchor = tuple(graphs), anchor
         views = {k: _views(g, k, exits=k != anchor) for k, g in enumerate(graphs)}
-        pairs = [(a, b) for a, key_a in views[anchor].items() for k in views if k != anchor
-                 for b, key_b in views[k].items() if key_a == key_b]
+        pairs = [(a, b) for a, (key_a, at_a) in views[anchor].items() for k in views if k != anchor
+                 for b, (key_b, at_b) in views[k].items() if key_a == key_b and _reachable(at_b, at_a)]
         self.candidates = Candidates([v for vs in views.values() for v in vs], pairs, full)
 
     def nodes(self, model: int) -> list[str]:
@@ -152,12 +152,23 @@ def _operands(node: fx.Node) -> list[fx.Node]:
     return out
 
 
-def _views(g: ModelGraph, k: int, *, exits: bool) -> dict[View, tuple[object, ...]]:
+def _reachable(shallow: tuple[int, int] | None, deep: tuple[int, int] | None) -> bool:
+    """Whether the unit at ``shallow`` (its position in its stage, the stage's length) may stand at ``deep`` once
+    units are inserted: never in front of a stage's first unit, the order kept, so unit ``i`` of ``n`` lands at a
+    position from ``i`` to ``i + m - n`` of ``m``, and a position shows the last unit at or before it."""
+    if shallow is None or deep is None:
+        return shallow == deep
+    (i, n), (p, m) = shallow, deep
+    return p - (m - n) <= i <= p
+
+
+def _views(g: ModelGraph, k: int, *, exits: bool
+           ) -> dict[View, tuple[tuple[object, ...], tuple[int, int] | None]]:
     """Every site of ``g``'s permutable groups (and, with ``exits``, every unit's output, which a balanced model may
     show at a site where the model itself has none: the last block of a stage read only after a pooling), with
     what a plan's pairing must keep: the stage (``None`` outside any), whether the group lies inside one unit, and
-    the positions that count as samples."""
-    stage_of = {u: st.key for st in g.stages for u in st.units}
+    the positions that count as samples; and where its unit stands in its stage (position, length)."""
+    stage_of = {u: st for st in g.stages for u in st.units}
     unit_of = {n: u.key for u in g.units for n in u.nodes}
     inside = {grp.id for u in g.units for grp in interior_groups(g, u)}
     sites = [(site, grp.size, grp.id in inside) for grp in g.permutable() for site in grp.sites]
@@ -168,12 +179,14 @@ def _views(g: ModelGraph, k: int, *, exits: bool) -> dict[View, tuple[object, ..
             if u.exit not in seen and shape is not None:
                 dim = channel_dim(g, u.exit)
                 sites.append((Site(u.exit, dim), shape[dim], False))
-    out: dict[View, tuple[object, ...]] = {}
+    out: dict[View, tuple[tuple[object, ...], tuple[int, int] | None]] = {}
     for site, width, within in sites:
         shape = g.facts[site.node].shape
         if shape is None:
             continue
         unit = unit_of.get(site.node)
-        out[View(k, site, width)] = (stage_of.get(unit) if unit is not None else None, within,
-                                     tuple(shape[:site.dim]), tuple(shape[site.dim + 1:]), site.inner)
+        stage = stage_of.get(unit) if unit is not None else None
+        key = (stage.key if stage is not None else None, within, tuple(shape[:site.dim]),
+               tuple(shape[site.dim + 1:]), site.inner)
+        out[View(k, site, width)] = (key, (stage.units.index(unit), len(stage.units)) if stage is not None else None)
     return out

@@ -139,6 +139,7 @@ def stage_scores(graphs: Sequence[ModelGraph], pairs: Sequence[StagePair], data:
                 acc.add(feats[rows], feats[cols])
             if extra is not None:
                 extra.add(outs)
+            del outs, feats  # before the next batch's forward passes: one batch of features alive at a time
             if opts.samples is not None and seen >= opts.samples:
                 break
     out = [cka[(p.shallow, p.deep)].matrix(str(i)) for i, p in enumerate(pairs)]
