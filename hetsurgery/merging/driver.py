@@ -81,12 +81,12 @@ class MergeReport:
             lines.append(f"depth plan (anchor: model {self.depth.anchor}):")
             lines += [f"  model {md.model} {sa}" for md in self.depth.models for sa in md.stages]
             lines += [f"  {f}" for f in self.fusions]
+            if self.passes is not None:
+                lines.append(f"passes of each model over the calibration data (unit similarities and statistics): "
+                             f"{self.passes}")
         lines.append(f"{'group':>5} {'widths':>12} {'->':>2} {'out':>5}  how  label")
         for gid, label, widths, out, how in self.groups:
             lines.append(f"{gid:>5} {'/'.join(map(str, widths)):>12} -> {out:>5}  {how}  {label}")
-        if self.passes is not None:
-            lines.append(f"passes of each model over the calibration data (unit similarities and statistics): "
-                         f"{self.passes}")
         lines += [f"warning: {text}" for text in self.unaligned]
         if self.partial is not None:
             lines.append(str(self.partial))
