@@ -337,7 +337,8 @@ def cost_text(r: dict, width: int, samples: int, repeats: int) -> str:
         f"| depth merge (lma, zip) | {m['seconds']:.1f} | **{m['seconds'] / floor:.2f}** | {m['seconds'] / bare:.2f} | "
         f"{over(r, m['peak_mib']):.1f} | {stages(m['stages'])} |",
         "",
-        f"Target (issue 21): total / honest floor ≤ 1.3: {'met' if m['seconds'] / floor <= 1.3 else 'missed'}. The "
+        f"Target (issue 21): total / honest floor ≤ 1.3: {'met' if m['seconds'] / floor <= 1.3 else 'missed'}"
+        + _every_site(r, bare, m['seconds']) + ". The "
         "stages show where the time goes. The models run over the data once (`merging.one_pass`, since commit "
         "11ee786): `similarity` is both original models over the first 512 images, computing the unit similarities "
         "and gathering the statistics of every pairing of sites the depth plan may choose; `statistics` goes on "
@@ -351,6 +352,18 @@ def cost_text(r: dict, width: int, samples: int, repeats: int) -> str:
         "every group, the blocks inside each model that zip reads, the centred copies), and in the first 512 "
         "images the unit similarities and the cross-moments of the pairings the plan did not choose.",
     ])
+
+
+def _every_site(r: dict, bare: float, total: float) -> str:
+    """The ratio against the issue's own wording of the floor (a Gram GEMM at every site of the anchor, not one per
+    group), where the run measured it."""
+    if "gram-every" not in r:
+        return ""
+    gemm = r["gram-every"]["stages"]["gemm"]
+    return (f" against the floor above, whose GEMMs are one per group and batch; the issue words the floor with the "
+            f"Gram GEMMs of every site of the anchor ({gemm:.1f} s here, `bench.worker.site_taps(every=True)`): "
+            f"against that floor the merge takes {total / (bare + gemm):.2f}× "
+            f"({'met' if total / (bare + gemm) <= 1.3 else 'missed'})")
 
 
 def main(seeds: Sequence[int] = (0, 1, 2), epochs: int = 15) -> str:

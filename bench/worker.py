@@ -146,13 +146,14 @@ def forward_floor(a: nn.Module, b: nn.Module, data: list[torch.Tensor]) -> dict[
     return {}
 
 
-def site_taps(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, list[int]]:
+def site_taps(model: nn.Module, x: torch.Tensor, *, every: bool = False) -> tuple[nn.Module, list[int]]:
     """``model`` returning the features at the first site of each of its permutable groups (what a correlation
-    method must observe, at the least), and the dim of each that holds the channels."""
+    method must observe, at the least; ``every``: at every site of every group), and the dim of each that holds
+    the channels."""
     from hetsurgery.ir.lowering import tap_module
 
     g = hs.trace(model, x)
-    sites = [grp.sites[0] for grp in g.permutable() if grp.sites]
+    sites = [s for grp in g.permutable() for s in (grp.sites if every else grp.sites[:1])]
     assert all((s.offset, s.inner, s.stride, s.run, s.skip) == (0, 1, 1, 0, 0) for s in sites)  # plain channels
     return tap_module(g, [s.node for s in sites]), [s.dim for s in sites]
 
@@ -276,9 +277,11 @@ def depth(spec: dict[str, Any]) -> dict[str, Any]:
     stats = collect_stats(balanced, data[:2], full=False, progress=False)
     matrices = [s.block(s.similarity(), 0, 1).numpy() for s in stats.values()]
     taps, dims = site_taps(b, data[0][:2])  # b, the deeper model, is the anchor
+    every, every_dims = site_taps(b, data[0][:2], every=True)
     contenders: dict[str, Any] = {
         "forward": lambda: forward_floor(a, b, data),
         "gram": lambda: gram_floor(taps, dims, a, data, cross=False),
+        "gram-every": lambda: gram_floor(every, every_dims, a, data, cross=False),
         "lap": lambda: lap_floor(matrices),
         "depth-zip": lambda: {"stages": dict(hs.merge([a, b], data, method="zip", depth="lma",
                                                       progress=False).report.seconds)},
