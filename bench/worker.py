@@ -261,6 +261,19 @@ def hetero(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def two_passes(fn: Any) -> Any:
+    """``fn()`` with the similarity pass and the statistics as two passes over the data (``merging.one_pass`` off):
+    the merge before the one pass, measured beside it."""
+    from hetsurgery.merging import one_pass
+
+    real = one_pass.possible
+    one_pass.possible = lambda *args, **kwargs: False  # type: ignore[assignment]
+    try:
+        return fn()
+    finally:
+        one_pass.possible = real
+
+
 def depth(spec: dict[str, Any]) -> dict[str, Any]:
     """A depth-heterogeneous zip merge (ResNet-20 and ResNet-32 of one width) and its floor after a warm-up, the
     median of ``repeats`` alternating runs each: the forward passes of both models, and the bare LAPs of the
@@ -285,6 +298,8 @@ def depth(spec: dict[str, Any]) -> dict[str, Any]:
         "lap": lambda: lap_floor(matrices),
         "depth-zip": lambda: {"stages": dict(hs.merge([a, b], data, method="zip", depth="lma",
                                                       progress=False).report.seconds)},
+        "depth-zip-two-passes": lambda: two_passes(lambda: {"stages": dict(hs.merge(
+            [a, b], data, method="zip", depth="lma", progress=False).report.seconds)}),
     }
     out: dict[str, Any] = {"width": spec["width"], "samples": spec["samples"], "params_mib": param_mib(a, b),
                            "baseline_mib": baseline, "parameters": sum(p.numel() for p in a.parameters()),
