@@ -10,14 +10,17 @@ the *original* model.
 While the similarity pass runs the original models, ``Gather`` therefore accumulates each site's own moments and
 the cross-moments of every pair of sites the plan could put together (``plan.candidates``): an anchor's site with
 each site of the other model in the same stage, of the same kind (inside one unit, or shared by several) and the
-same positions. Once the models are balanced, each site of the balanced model is traced back to the original node
+same positions, whose unit insertions can bring to the anchor's site (``_reachable``). Once the models are balanced, each site of the balanced model is traced back to the original node
 it shows (``sources``: through the inserted units, checked on the example inputs), the chosen pairs are joined into
 each group's accumulator (``seeded``), and the statistics pass goes on from the first sample the similarity pass
 did not read. The statistics are those of the two-pass merge, up to float rounding (the sums are added in
 another order).
 
 It applies to two models balanced by ``add`` with exact insertions, merged in one process without a memory budget
-(``possible``); anything else, or a site that cannot be traced back, takes the two passes.
+(``possible``); anything else, or a site that cannot be traced back, takes the two passes. What it costs: in the
+first ``depth_samples`` samples, the cross-moments of the pairings the plan does not choose, and the features of
+every site of both models held for one batch at a time (bench ``depth_cost``: a ResNet-20 x4 with a ResNet-32 x4
+over 2048 images took 0.79 of the two-pass time at 1.65 times its peak memory).
 """
 
 from __future__ import annotations
