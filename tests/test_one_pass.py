@@ -179,3 +179,21 @@ def test_candidates_join_sites_as_one_accumulator_would_sum_them() -> None:
     assert joined.n == whole.n == 3 * 7 * 5 * 2 - 7 * 5
     assert torch.allclose(joined.covariance(), whole.covariance(), rtol=1e-6, atol=1e-6)
     assert torch.allclose(joined.means(), whole.means(), rtol=1e-7)
+
+
+def test_one_pass_reads_a_dataloader_of_labelled_batches() -> None:
+    """(inputs, labels) batches from a DataLoader: the batch the similarity pass cuts goes on into the statistics
+    without its labels, and the merge equals the two-pass one."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    models = [hs.zoo.resnet((3, 2, 1)), hs.zoo.resnet((2, 1, 1))]
+    x = torch.cat(_data((1, 8, 8)))
+    loader = DataLoader(TensorDataset(x, torch.arange(len(x)) % 10), batch_size=24)
+    once = hs.merge(models, loader, method="zip", depth="lma", depth_samples=50, progress=False)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(one_pass, "possible", lambda *a, **k: False)
+        twice = hs.merge(models, loader, method="zip", depth="lma", depth_samples=50, progress=False)
+    assert (once.report.passes, twice.report.passes) == (1, 2)
+    a, b = once.model.state_dict(), twice.model.state_dict()
+    assert all(torch.allclose(a[k].double(), b[k].double(), atol=1e-5) for k in a if a[k].is_floating_point())
