@@ -237,3 +237,27 @@ def test_products_made_and_widened_in_blocks_of_rows_give_the_same_sums(monkeypa
         assert torch.equal(run(1 << 20, widen), whole)
     for product, widen in ((20, 18), (9, 1 << 10), (1, 1)):  # products of 2, 1 and 1 rows
         torch.testing.assert_close(run(product, widen), whole, rtol=1e-5, atol=1e-6)
+
+
+def test_a_tapped_value_that_a_later_op_writes_into_is_returned_as_it_was_made() -> None:
+    """The zoo's VGG runs ``ReLU(inplace=True)`` after its BatchNorms and its hidden Linear: a tap of those
+    pre-activations (CLA's unit features, the signs a fused segment estimates) must not see the ReLU's output."""
+    torch.manual_seed(0)
+    model = hs.zoo.vgg().eval()
+    x = torch.randn(4, 1, 8, 8)
+    g = hs.trace(model, x)
+    pres = [u.pre for u in g.units if u.pre != u.exit]
+    assert pres
+    seen: dict[str, torch.Tensor] = {}
+    modules = dict(model.named_modules())
+    hooks = [modules[str(n.target)].register_forward_hook(
+        lambda m, i, o, name=n.name: seen.__setitem__(name, o.clone()))
+        for n in g.module.graph.nodes if n.name in pres]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    tapped = dict(zip(pres, tap_module(g, pres)(x), strict=True))
+    for name in pres:
+        assert bool((seen[name] < 0).any())  # a pre-activation: some values negative
+        assert torch.equal(tapped[name], seen[name]), name

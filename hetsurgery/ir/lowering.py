@@ -6,9 +6,10 @@ Submodules whose parameters changed shape are resynchronised (``in_features``, `
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+from collections.abc import Mapping, Sequence
 
-from torch import fx
+from torch import fx, nn
 
 from hetsurgery.ir.graph import ModelGraph
 from hetsurgery.ir.structure import with_tensors
@@ -37,8 +38,27 @@ def tap_module(g: ModelGraph, nodes: Sequence[str]) -> fx.GraphModule:
     """
     gm = to_module(g, share=True)
     by_name = {n.name: n for n in gm.graph.nodes}
+    modules = dict(gm.named_modules())
+    taken = []
+    for name in nodes:  # a value a later op writes into (``ReLU(inplace=True)``) is returned as it was made
+        node = by_name[name]
+        if any(writes_in_place(modules, user) for user in node.users):
+            with gm.graph.inserting_after(node):
+                node = gm.graph.call_method("clone", (node,))
+        taken.append(node)
     out = next(n for n in gm.graph.nodes if n.op == "output")
-    out.args = (tuple(by_name[n] for n in nodes),)
+    out.args = (tuple(taken),)
     gm.graph.eliminate_dead_code()
     gm.recompile()
     return gm.eval()
+
+
+def writes_in_place(modules: Mapping[str, nn.Module], node: fx.Node) -> bool:
+    """``node`` may write into its input (``relu_``, ``inplace=True``, ``x += y``)."""
+    mod = modules.get(str(node.target)) if node.op == "call_module" else None
+    return bool(node.kwargs.get("inplace") or getattr(mod, "inplace", False) or node.target in _AUGMENTED
+                or (node.op == "call_method" and str(node.target).endswith("_"))
+                or getattr(node.target, "__name__", "").endswith("_"))
+
+
+_AUGMENTED = frozenset({operator.iadd, operator.isub, operator.imul, operator.itruediv})  # ``x += y`` writes into x

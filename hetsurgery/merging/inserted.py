@@ -21,7 +21,6 @@ width method. Where two or more models have the unit (three models or more), the
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -29,6 +28,7 @@ from torch import fx, nn
 
 from hetsurgery.ir import ModelGraph, OpKind, PermGroup, Unit
 from hetsurgery.ir.graph import owner_of
+from hetsurgery.ir.lowering import writes_in_place
 from hetsurgery.passes.insert_zero_residual import ADD, branch_layer
 from hetsurgery.plan.depth import Balance, DepthPlan
 from hetsurgery.plan.width_plan import GroupMatch, MatchKind
@@ -78,20 +78,9 @@ def zero_branches(g: ModelGraph, units: Iterable[str]) -> dict[str, str]:
                 continue
             operands = [a for a in node.args[:2] if isinstance(a, fx.Node)]
             zero = [a for a in operands if _is_zero(g, a)]
-            if len(operands) == 2 and len(zero) == 1 and not any(_in_place(modules, u) for u in node.users):
+            if len(operands) == 2 and len(zero) == 1 and not any(writes_in_place(modules, u) for u in node.users):
                 out[name] = next(a.name for a in operands if a is not zero[0])
     return out
-
-
-def _in_place(modules: dict[str, nn.Module], node: fx.Node) -> bool:
-    """``node`` may write into its input (``relu_``, ``inplace=True``): the input the shortcut hands on would change."""
-    mod = modules.get(str(node.target)) if node.op == "call_module" else None
-    return bool(node.kwargs.get("inplace") or getattr(mod, "inplace", False) or node.target in _AUGMENTED
-                or (node.op == "call_method" and str(node.target).endswith("_"))
-                or getattr(node.target, "__name__", "").endswith("_"))
-
-
-_AUGMENTED = frozenset({operator.iadd, operator.isub, operator.imul, operator.itruediv})  # ``x += y`` writes into x
 
 
 def _is_zero(g: ModelGraph, node: fx.Node) -> bool:
