@@ -72,6 +72,25 @@ def test_one_pass_gives_the_statistics_and_the_merge_of_two(monkeypatch: pytest.
         assert torch.equal(o.constant, s.constant)
     a, b = once.model.state_dict(), twice.model.state_dict()
     assert all(torch.allclose(a[k].double(), b[k].double(), atol=1e-5) for k in a if a[k].is_floating_point())
+    # the unit similarities: SMA and LMA made of the gathered moments of the units' outputs, CLA a CKA of its own
+    for md_once, md_twice in zip(once.depth.models, twice.depth.models, strict=True):
+        for sa, sb in zip(md_once.stages, md_twice.stages, strict=True):
+            assert sa.map == sb.map
+            assert torch.allclose(torch.tensor(sa.scores), torch.tensor(sb.scores), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("depth, separate", [("lma", False), ("sma", False), ("cla", True)])
+def test_sma_and_lma_take_their_unit_similarities_from_the_gathered_moments(monkeypatch: pytest.MonkeyPatch,
+                                                                           depth: str, separate: bool) -> None:
+    import hetsurgery.merging.similarity as similarity
+
+    fed: list[int] = []
+    real = similarity.StreamingCKA.add
+    monkeypatch.setattr(similarity.StreamingCKA, "add", lambda self, *a: fed.append(1) or real(self, *a))
+    torch.manual_seed(0)
+    r = hs.merge([hs.zoo.resnet((3, 2, 1)), hs.zoo.resnet((2, 1, 1))], _data((1, 8, 8)), method="zip", depth=depth,
+                 depth_samples=60, progress=False)
+    assert r.report.passes == 1 and bool(fed) == separate  # CLA compares pre-activations: a CKA of its own
 
 
 def test_the_data_is_read_once_in_order_and_not_again(monkeypatch: pytest.MonkeyPatch) -> None:

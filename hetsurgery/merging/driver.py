@@ -43,7 +43,7 @@ from hetsurgery.merging.topology import check_same_operations, check_same_topolo
 from hetsurgery.merging.unaligned import unaligned_groups
 from hetsurgery.merging.widths import check_width_changes, resolve_widths
 from hetsurgery.passes import MapGroups, Pipeline, ResetBatchNorm
-from hetsurgery.plan.depth import DepthPlan
+from hetsurgery.plan.depth import DepthMethod, DepthPlan
 from hetsurgery.plan.distributed import join
 from hetsurgery.plan.solvers.weight import weight_matching
 from hetsurgery.plan.stats import Done, GroupStats, Runner, collect_stats
@@ -191,7 +191,9 @@ def plan_traced(graphs: Sequence[ModelGraph], data: Iterable | None, o: MergeOpt
     if o.depth is None:
         check_same_depth(graphs)
     else:
-        gather = (lambda anchor: one_pass.Gather(originals, anchor, spec.full_stats)) if once else None
+        gather = (lambda anchor: one_pass.Gather(originals, anchor, spec.full_stats,
+                                                 exits=o.depth is not None and o.depth.method is not DepthMethod.CLA)
+                  ) if once else None
         balanced = balance_depths(graphs, data, o.depth, device=default_device(device), progress=progress,
                                   gather=gather)
         graphs = balanced.graphs

@@ -10,7 +10,10 @@ the *original* model.
 While the similarity pass runs the original models, ``Gather`` therefore accumulates each site's own moments and
 the cross-moments of every pair of sites the plan could put together (``plan.candidates``): an anchor's site with
 each site of the other model in the same stage, of the same kind (inside one unit, or shared by several) and the
-same positions, whose unit insertions can bring to the anchor's site (``_reachable``). Once the models are balanced, each site of the balanced model is traced back to the original node
+same positions, whose unit insertions can bring to the anchor's site (``_reachable``). SMA and LMA compare the
+units' outputs: their moments are gathered too, with the cross-moments of every pair of a stage's units, and the
+unit similarities are the linear CKA of those (``Gather.unit_scores``), not a second accumulation of the same
+products (CLA compares pre-activations and keeps its own CKA). Once the models are balanced, each site of the balanced model is traced back to the original node
 it shows (``sources``: through the inserted units, checked on the example inputs), the chosen pairs are joined into
 each group's accumulator (``seeded``), and the statistics pass goes on from the first sample the similarity pass
 did not read. The statistics are those of the two-pass merge, up to float rounding (the sums are added in
@@ -38,11 +41,12 @@ from hetsurgery.merging.correspond import paired_nodes
 from hetsurgery.merging.depth_options import DepthCost
 from hetsurgery.merging.inserted import interior_groups
 from hetsurgery.merging.options import MergeOptions
-from hetsurgery.merging.similarity import channel_dim
+from hetsurgery.merging.similarity import StagePair, channel_dim
 from hetsurgery.passes import InsertPostNormBlock
 from hetsurgery.plan.accumulate import BlockAccumulator
 from hetsurgery.plan.candidates import Candidates, View
 from hetsurgery.plan.depth import Balance, DepthPlan
+from hetsurgery.plan.depth.cka import CKAError
 
 
 def possible(graphs: Sequence[ModelGraph], o: MergeOptions, *, alone: bool) -> bool:
@@ -59,20 +63,58 @@ def possible(graphs: Sequence[ModelGraph], o: MergeOptions, *, alone: bool) -> b
 
 class Gather:
     """Fed by the similarity pass (``similarity.Extra``): the statistics of every site pair a depth plan with
-    ``anchor`` may choose between the original ``graphs``."""
+    ``anchor`` may choose between the original ``graphs``. With ``exits`` (SMA and LMA compare the units' outputs)
+    it also gathers every unit output's moments and the cross-moments of the outputs of each stage's units, and the
+    unit similarities are made of them (``unit_scores``) instead of a separate linear CKA of the same features."""
 
-    def __init__(self, graphs: Sequence[ModelGraph], anchor: int, full: bool) -> None:
+    def __init__(self, graphs: Sequence[ModelGraph], anchor: int, full: bool, *, exits: bool = False) -> None:
         self.graphs, self.anchor = tuple(graphs), anchor
-        views = {k: _views(g, k, exits=k != anchor) for k, g in enumerate(graphs)}
+        views = {k: _views(g, k, exits=exits or k != anchor) for k, g in enumerate(graphs)}
         pairs = [(a, b) for a, (key_a, at_a) in views[anchor].items() for k in views if k != anchor
                  for b, (key_b, at_b) in views[k].items() if key_a == key_b and _reachable(at_b, at_a)]
-        self.candidates = Candidates([v for vs in views.values() for v in vs], pairs, full)
+        self.exits = {k: {u.key: _exit_view(g, k, u.key) for u in g.units} for k, g in enumerate(graphs)} if exits \
+            else {}
+        grams = [v for by_unit in self.exits.values() for v in by_unit.values()]
+        for st in graphs[anchor].stages if exits else ():
+            deep = [self.exits[anchor][u] for u in st.units]
+            pairs += [(a, self.exits[k][u]) for k in self.exits if k != anchor for u in graphs[k].stage(st.key).units
+                      for a in deep]
+        self.candidates = Candidates([*(v for vs in views.values() for v in vs), *grams], pairs, full, grams)
 
     def nodes(self, model: int) -> list[str]:
         return self.candidates.nodes(model)
 
     def add(self, outs: Mapping[int, Mapping[str, torch.Tensor]]) -> None:
         self.candidates.add(outs)
+
+    def unit_scores(self, pairs: Sequence[StagePair]) -> list[torch.Tensor]:
+        """Per stage pair (the other model's units the rows, the anchor's the columns), the linear CKA of the units'
+        outputs (``Candidates.cka``)."""
+        out = []
+        for p in pairs:
+            rows, cols = (self.graphs[p.shallow].stage(p.stage_shallow).units,
+                          self.graphs[p.deep].stage(p.stage_deep).units)
+            m = torch.zeros(len(rows), len(cols), dtype=torch.float64)
+            for j, u in enumerate(cols):
+                a = self.exits[p.deep][u]
+                if self.candidates.selves[a].n < 2:
+                    raise CKAError(f"stage pair {p.stage_deep!r}: unit {u!r} has {self.candidates.selves[a].n} "
+                                   "calibration samples; CKA needs at least two: give more data")
+                for i, w in enumerate(rows):
+                    m[i, j] = self.candidates.cka(a, self.exits[p.shallow][w])
+            if not bool(torch.isfinite(m).all()):
+                raise CKAError(f"stage pair {p.stage_deep!r}: the units' outputs are not finite (NaN or Inf)")
+            out.append(m)
+        return out
+
+
+def _exit_view(g: ModelGraph, k: int, unit: str) -> View:
+    """The view of ``unit``'s output, every channel (what SMA and LMA compare)."""
+    node = g.unit(unit).exit
+    dim = channel_dim(g, node)
+    shape = g.facts[node].shape
+    assert shape is not None
+    return View(k, Site(node, dim), shape[dim])
 
 
 def seeded(gather: Gather, graphs: Sequence[ModelGraph], own: Sequence[ModelGraph], depth: DepthPlan,

@@ -4,7 +4,9 @@ Every graph runs once over the first ``samples`` calibration samples (``DepthOpt
 with ``None``), through a tap that returns each needed unit's features (``UnitTap``): CLA compares
 pre-activations (``Unit.pre``), SMA and LMA unit outputs (``Unit.exit``). Linear CKA between the units of each
 stage pair is streamed (``StreamingCKA``: no activation is stored). CLA minimises a cost, so its matrices are
-``1 − CKA``; with ``cost="width"`` they are CLAFusion's data-free width cost and no data is read.
+``1 − CKA``; with ``cost="width"`` they are CLAFusion's data-free width cost and no data is read. What else reads the
+pass (``Extra``: a depth merge's one pass, ``merging.one_pass``) gets the outputs of the nodes it names, and where it
+gathers the units' outputs' moments itself, SMA's and LMA's matrices are made of them.
 
 >>> import torch, hetsurgery as hs
 >>> from hetsurgery.merging.depth_options import DepthOptions
@@ -87,12 +89,18 @@ class UnitTap:
 
 
 class Extra(Protocol):
-    """What else reads the similarity pass's forward passes (``plan.candidates.Candidates``): the nodes of each
-    model it needs, and each batch's outputs there."""
+    """What else reads the similarity pass's forward passes (``merging.one_pass.Gather``): the nodes of each model it
+    needs, and each batch's outputs there; where it gathers the units' outputs' moments itself (``exits``), the
+    unit similarities are made of them (``unit_scores``) and no separate CKA runs."""
+
+    @property
+    def exits(self) -> Mapping[int, Mapping[str, object]]: ...
 
     def nodes(self, model: int) -> list[str]: ...
 
     def add(self, outs: Mapping[int, Mapping[str, torch.Tensor]]) -> None: ...
+
+    def unit_scores(self, pairs: Sequence[StagePair]) -> list[torch.Tensor]: ...
 
 
 def stage_scores(graphs: Sequence[ModelGraph], pairs: Sequence[StagePair], data: Iterable | None,
@@ -112,15 +120,18 @@ def stage_scores(graphs: Sequence[ModelGraph], pairs: Sequence[StagePair], data:
     if data is None:
         raise MergeInputError(f"depth={opts.method.value!r} compares the models' units on calibration data; give "
                               "data (or use depth='cla' with depth_cost='width')")
-    # one accumulator per orientation (a stage key may be the rows of one pair and the columns of another)
+    # the units' outputs compared by what else reads the pass (SMA, LMA), or one CKA accumulator per orientation (a
+    # stage key may be the rows of one pair and the columns of another)
+    shared = extra is not None and opts.method is not DepthMethod.CLA and all(
+        k in extra.exits for p in pairs for k in (p.shallow, p.deep))
     by_side: dict[tuple[int, int], dict[str, tuple[Sequence[str], Sequence[str]]]] = {}
     for i, (p, (s, d)) in enumerate(zip(pairs, units, strict=True)):
         by_side.setdefault((p.shallow, p.deep), {})[str(i)] = (s, d)
-    cka = {side: StreamingCKA(keyed) for side, keyed in by_side.items()}
+    cka = {} if shared else {side: StreamingCKA(keyed) for side, keyed in by_side.items()}
     needed: dict[int, list[str]] = {}
     for p, (s, d) in zip(pairs, units, strict=True):
-        needed.setdefault(p.shallow, []).extend(s)
-        needed.setdefault(p.deep, []).extend(d)
+        needed.setdefault(p.shallow, []).extend(() if shared else s)
+        needed.setdefault(p.deep, []).extend(() if shared else d)
     taps = {k: UnitTap.of(graphs[k], list(dict.fromkeys(us)), opts.method, device,
                           extra.nodes(k) if extra is not None else ()) for k, us in needed.items()}
     target = device if device is not None else next(iter(graphs[0].params.values())).device
@@ -142,6 +153,9 @@ def stage_scores(graphs: Sequence[ModelGraph], pairs: Sequence[StagePair], data:
             del outs, feats  # before the next batch's forward passes: one batch of features alive at a time
             if opts.samples is not None and seen >= opts.samples:
                 break
+    if shared:
+        assert extra is not None
+        return extra.unit_scores(pairs)
     out = [cka[(p.shallow, p.deep)].matrix(str(i)) for i, p in enumerate(pairs)]
     return [1.0 - m for m in out] if opts.method is DepthMethod.CLA else out  # CLA minimises a cost
 

@@ -50,10 +50,12 @@ class Candidates:
     the same batches. Feed every batch with ``add`` (each model's outputs by node name); read one group's joined
     accumulator with ``accumulator``."""
 
-    def __init__(self, views: Sequence[View], pairs: Sequence[tuple[View, View]], full: bool) -> None:
+    def __init__(self, views: Sequence[View], pairs: Sequence[tuple[View, View]], full: bool,
+                 grams: Sequence[View] = ()) -> None:
         self.full = full
         self.scratch = Scratch()
-        self.selves = {v: BlockAccumulator([v.width], full, self.scratch) for v in dict.fromkeys(views)}
+        whole = set(grams)  # views whose own second moments are kept whole even without ``full`` (for ``cka``)
+        self.selves = {v: BlockAccumulator([v.width], full or v in whole, self.scratch) for v in dict.fromkeys(views)}
         self.cross = {p: torch.zeros(p[0].width, p[1].width, dtype=torch.float64) for p in dict.fromkeys(pairs)}
         self.partners: dict[View, list[View]] = {}
         for a, b in self.cross:
@@ -101,6 +103,25 @@ class Candidates:
 
     def has(self, a: View, b: View) -> bool:
         return (a, b) in self.cross
+
+    def cka(self, a: View, b: View) -> float:
+        """Linear CKA of the two views' features over the samples seen, ``‖C_abᵀ‖²_F / (‖C_aa‖_F ‖C_bb‖_F)`` on the
+        centred second moments (``plan.depth.cka``'s feature-space form); a feature that took one value adds nothing,
+        and a view without variance has CKA 0 with everything. ``a``'s and ``b``'s own moments must be whole
+        (``grams``)."""
+        sa, sb = self.selves[a], self.selves[b]
+        const_a, const_b = sa.low[0] == sa.high[0], sb.low[0] == sb.high[0]
+        cross = self.cross[(a, b)].clone()
+        cross[const_a, :] = 0.0
+        cross[:, const_b] = 0.0
+        norms = []
+        for acc, const in ((sa, const_a), (sb, const_b)):
+            gram = acc.m2[(0, 0)].clone()
+            gram[const, :] = 0.0
+            gram[:, const] = 0.0
+            norms.append(float(torch.linalg.norm(gram)))
+        denom = norms[0] * norms[1]
+        return float(cross.square().sum()) / denom if denom > 0 else 0.0
 
     def accumulator(self, sites: Sequence[tuple[View, View]], *, anchor_first: bool) -> BlockAccumulator:
         """The two-model accumulator of a group whose sites pair these views (each an anchor's view and the other
