@@ -23,7 +23,7 @@ It applies to two models balanced by ``add`` with exact insertions, merged in on
 (``possible``); anything else, or a site that cannot be traced back, takes the two passes. What it costs: in the
 first ``depth_samples`` samples, the cross-moments of the pairings the plan does not choose, and the features of
 every site of both models held for one batch at a time (bench ``depth_cost``: a ResNet-20 x4 with a ResNet-32 x4
-over 2048 images took 0.79 of the two-pass time at 1.65 times its peak memory).
+over 2048 images took 0.79 of the two-pass time at 1.1 times its peak memory).
 """
 
 from __future__ import annotations
