@@ -69,7 +69,7 @@ class Gather:
 
     def __init__(self, graphs: Sequence[ModelGraph], anchor: int, full: bool, *, exits: bool = False) -> None:
         self.graphs, self.anchor = tuple(graphs), anchor
-        views = {k: _views(g, k, exits=exits or k != anchor) for k, g in enumerate(graphs)}
+        views = {k: _views(g, k, exits=k != anchor) for k, g in enumerate(graphs)}
         pairs = [(a, b) for a, (key_a, at_a) in views[anchor].items() for k in views if k != anchor
                  for b, (key_b, at_b) in views[k].items() if key_a == key_b and _reachable(at_b, at_a)]
         self.exits = {k: {u.key: _exit_view(g, k, u.key) for u in g.units} for k, g in enumerate(graphs)} if exits \
