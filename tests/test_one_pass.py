@@ -137,6 +137,19 @@ def test_what_one_pass_does_not_cover_takes_two(options: dict[str, Any], models:
     assert r.report.passes == 2
 
 
+@pytest.mark.parametrize("method", ["zip", "permute"])
+def test_normalised_streams_take_two_passes_without_gathering(monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+    """A pre-LN transformer: an inserted block's LayerNorm output is no node of the original, so nothing is gathered
+    for a pass that could not use it."""
+    made: list[object] = []
+    real = one_pass.Gather.__init__
+    monkeypatch.setattr(one_pass.Gather, "__init__", lambda self, *a, **k: made.append(1) or real(self, *a, **k))
+    torch.manual_seed(0)
+    deep, shallow = hs.zoo.transformer("manual", depth=3).eval(), hs.zoo.transformer("manual", depth=1).eval()
+    r = hs.merge([deep, shallow], _data((1, 8, 8)), method=method, depth="lma", progress=False)
+    assert r.report.passes == 2 and not made
+
+
 class InPlaceBlock(nn.Module):
     """A residual block whose add is read by an in-place ReLU: an inserted copy's branch cannot be skipped, and its
     output cannot be traced back to its input."""

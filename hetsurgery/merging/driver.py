@@ -6,7 +6,7 @@ import inspect
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -184,8 +184,7 @@ def plan_traced(graphs: Sequence[ModelGraph], data: Iterable | None, o: MergeOpt
     originals = tuple(graphs)
     wants = spec.wants_data(method_options) and data is not None
     # a depth merge whose similarity pass also gathers the statistics of every pairing the plan may choose
-    once = (wants and runner is None and one_pass.possible(graphs, o, alone=world.size == 1)
-            and (spec.prepare is None or _unchanged(spec.prepare, graphs)))
+    once = wants and runner is None and one_pass.possible(graphs, o, alone=world.size == 1)
     if once and data is not None:
         data = Resumable(data)
     if o.depth is None:
@@ -250,12 +249,6 @@ def plan_traced(graphs: Sequence[ModelGraph], data: Iterable | None, o: MergeOpt
     if balanced is None:
         return Planned(tuple(graphs), plan, seconds, unaligned=unaligned, passes=passes)
     return Planned(tuple(graphs), plan, seconds, balanced.plan, balanced.fusions, unaligned, passes)
-
-
-def _unchanged(prepare: Callable[[Sequence[ModelGraph]], tuple[ModelGraph, ...]], graphs: Sequence[ModelGraph]
-               ) -> bool:
-    """``prepare`` leaves ``graphs`` as they are (zip folds no norm of these models)."""
-    return all(p is g for p, g in zip(prepare(graphs), graphs, strict=True))
 
 
 def _solve_when_observed(graphs: Sequence[ModelGraph], w: Sequence[float], targets: Mapping[int, int],

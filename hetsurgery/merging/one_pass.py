@@ -32,7 +32,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
 import torch
-from torch import fx
 
 from hetsurgery.ir import ModelGraph, Site
 from hetsurgery.ir.lowering import tap_module
@@ -42,6 +41,7 @@ from hetsurgery.merging.depth_options import DepthCost
 from hetsurgery.merging.inserted import interior_groups
 from hetsurgery.merging.options import MergeOptions
 from hetsurgery.merging.similarity import StagePair, channel_dim
+from hetsurgery.merging.zip_plan import normalised_groups
 from hetsurgery.passes import InsertPostNormBlock
 from hetsurgery.plan.accumulate import BlockAccumulator
 from hetsurgery.plan.candidates import Candidates, View
@@ -52,11 +52,14 @@ from hetsurgery.plan.depth.cka import CKAError
 def possible(graphs: Sequence[ModelGraph], o: MergeOptions, *, alone: bool) -> bool:
     """Whether a depth merge of ``graphs`` under ``o`` can read the data once: two models balanced by exact
     insertions, the unit similarities from data, the models run whole in one process (``alone``) without a memory
-    budget. (The method must also leave the models as they are before its statistics: the driver asks.)"""
+    budget, and no stream normalised over its channels. (An inserted block's LayerNorm or RMSNorm output is no
+    node of the original model; and zip folds such norms into their readers before its statistics, so the
+    models it gathers on would not be the ones it reads.) The driver still checks that the method's preparation
+    left the balanced models as they are."""
     d = o.depth
     if d is None or d.balance is not Balance.ADD or d.cost is DepthCost.WIDTH or len(graphs) != 2:
         return False
-    if o.memory_budget is not None or not alone:
+    if o.memory_budget is not None or not alone or any(normalised_groups(g) for g in graphs):
         return False
     return not any(insertion(g, st.key) is InsertPostNormBlock for g in graphs for st in g.stages if len(st))
 
@@ -166,7 +169,7 @@ def sources(anchor: ModelGraph, carried: ModelGraph, own: ModelGraph, original: 
             if name in shortcuts:
                 name = shortcuts[name]
                 continue
-            operands = [a for a in _operands(nodes[name]) if a.op != "get_attr"]
+            operands = [a for a in nodes[name].all_input_nodes if a.op != "get_attr"]
             if len(operands) != 1:
                 break
             name = operands[0].name
@@ -189,12 +192,6 @@ def _same_outputs(carried: ModelGraph, original: ModelGraph, found: Mapping[str,
         if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-5, atol=1e-6 * (1.0 + float(b.abs().max()))):
             return False
     return True
-
-
-def _operands(node: fx.Node) -> list[fx.Node]:
-    out: list[fx.Node] = []
-    fx.map_arg((node.args, node.kwargs), lambda n: out.append(n) or n)  # type: ignore[func-returns-value]
-    return out
 
 
 def _reachable(shallow: tuple[int, int] | None, deep: tuple[int, int] | None) -> bool:
