@@ -232,7 +232,7 @@ def plan_traced(graphs: Sequence[ModelGraph], data: Iterable | None, o: MergeOpt
     if isinstance(data, Resumable) and seeds is None:  # a site not traced back: the statistics read all the data
         data = data.data
     similarity = o.depth is not None and o.depth.cost is not DepthCost.WIDTH and data is not None
-    passes = int(wants and data is not None) + int(similarity) - int(seeds is not None)
+    passes = int(wants) + int(similarity) - int(seeds is not None)
     stats = (collect_stats(graphs, data, groups=observed, full=spec.full_stats, memory_budget=o.memory_budget,
                            progress=progress, device=default_device(device), world=world, runner=runner, done=done,
                            shortcuts=shortcuts, initial=seeds)
