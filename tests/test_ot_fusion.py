@@ -116,14 +116,19 @@ def test_copies_share_one_neurons_mass() -> None:
 
 
 def test_maps_carry_a_narrow_model_onto_a_wide_one_exactly() -> None:
-    """Two neurons onto six: T copies each three times, U M = I: the carried model is exact; OTFusion's
-    T diag(1/b) on the outgoing side would be 3 U, the next layer fed three times its input."""
+    """Two neurons onto six, balanced: T copies each three times, U M = I: the carried model is exact;
+    OTFusion's T diag(1/b) on the outgoing side would be 3 U, the next layer fed three times its input. The
+    partial transport carries each neuron onto one target, also exactly."""
     cost = torch.tensor([[0.0, 1.0, 0.1, 1.1, 0.2, 1.2], [1.0, 0.0, 1.1, 0.1, 1.2, 0.2]], dtype=torch.float64)
-    t = coupling(cost)
+    t = coupling(cost, marginals="balanced")
     merge, unmerge = maps_of(t, 0.5)
     torch.testing.assert_close(unmerge @ merge, 0.5 * torch.eye(2, dtype=torch.float64), rtol=0, atol=1e-12)
     otfusion = t / t.sum(0, keepdim=True)
     torch.testing.assert_close(otfusion, 3 * unmerge, rtol=0, atol=1e-12)
+    partial = coupling(cost)
+    assert partial.mul(6).tolist() == [[1.0, 0, 0, 0, 0, 0], [0, 1.0, 0, 0, 0, 0]]
+    merge, unmerge = maps_of(partial, 0.5)
+    torch.testing.assert_close(unmerge @ merge, 0.5 * torch.eye(2, dtype=torch.float64), rtol=0, atol=1e-12)
 
 
 def test_on_equal_widths_ot_and_permute_differ_only_by_the_ground_metric() -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hetsurgery.ir import Blocks
-from hetsurgery.plan.solvers.ot import coupling, feature_distance, maps_of, ot_match
+from hetsurgery.plan.solvers.ot import as_means, coupling, feature_distance, maps_of, ot_match, transport
 from hetsurgery.plan.solvers.permute import permute
 from hetsurgery.plan.solvers.zip import zip_match
 from hetsurgery.plan.stats import GroupStats
@@ -98,7 +98,9 @@ def test_every_ot_solver_and_cost_has_its_implementation() -> None:
 
 
 def test_emd_with_unequal_widths_is_the_linear_programme_optimum() -> None:
-    """OTFusion's transport with uniform marginals, against the linear programme solved by scipy."""
+    """Both transports against the linear programme solved by scipy: OTFusion's balanced one (uniform marginals
+    met in full) and the partial one a narrower source takes (every source sends its unit of mass, no target
+    receives more than one unit)."""
     from scipy.optimize import linprog
 
     gen = torch.Generator().manual_seed(1)
@@ -107,10 +109,38 @@ def test_emd_with_unequal_widths_is_the_linear_programme_optimum() -> None:
         rows = [[1.0 if k // m == i else 0.0 for k in range(n * m)] for i in range(n)]
         cols = [[1.0 if k % m == j else 0.0 for k in range(n * m)] for j in range(m)]
         best = linprog(cost.flatten().numpy(), A_eq=rows + cols, b_eq=[1 / n] * n + [1 / m] * m, method="highs").fun
-        t = coupling(cost)
+        t = coupling(cost, marginals="balanced")
         torch.testing.assert_close(t.sum(1), torch.full((n,), 1 / n, dtype=torch.float64), rtol=0, atol=1e-12)
         torch.testing.assert_close(t.sum(0), torch.full((m,), 1 / m, dtype=torch.float64), rtol=0, atol=1e-12)
         assert abs(float((t * cost).sum()) - best) < 1e-9
+        partial = coupling(cost)
+        if n >= m:  # the source has at least as much mass: the transport is balanced
+            assert torch.equal(partial, t)
+            continue
+        best = linprog(cost.flatten().numpy(), A_eq=rows, b_eq=[1.0] * n, A_ub=cols, b_ub=[1.0] * m,
+                       method="highs").fun
+        torch.testing.assert_close(partial.sum(1), torch.full((n,), 1 / m, dtype=torch.float64), rtol=0, atol=1e-12)
+        assert bool((partial.sum(0) <= 1 / m + 1e-12).all())
+        assert abs(m * float((partial * cost).sum()) - best) < 1e-9
+
+
+def test_partial_transport_leaves_unreached_targets_whole() -> None:
+    """Two source neurons onto four targets: each source lands on its nearest target, and the two targets it
+    does not reach are the target model's own neurons, whole, in the merged layer; the reached ones the mean
+    of the two models' neurons, by their weights."""
+    cost = torch.tensor([[0.0, 5.0, 1.0, 9.0], [5.0, 0.0, 9.0, 1.0]], dtype=torch.float64)
+    plan, capacity = transport(cost)
+    assert plan.mul(4).tolist() == [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]
+    merge, unmerge = maps_of(plan, 0.3, capacity)
+    own, theirs = as_means([0.7 * torch.eye(4, dtype=torch.float64), merge], [0.7, 0.3])
+    assert torch.allclose(own.diagonal(), torch.tensor([0.7, 0.7, 1.0, 1.0], dtype=torch.float64))
+    assert torch.allclose(theirs, torch.tensor([[0.3, 0], [0, 0.3], [0, 0], [0, 0]], dtype=torch.float64))
+    assert torch.equal(unmerge, torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]], dtype=torch.float64))
+    entropic = transport(cost, "sinkhorn", reg=0.05)  # every source's mass exactly, no target above its own
+    torch.testing.assert_close(entropic.plan.sum(1), torch.full((2,), 0.25, dtype=torch.float64), rtol=0, atol=1e-12)
+    assert bool((entropic.plan.sum(0) <= entropic.capacity + 1e-12).all())
+    with pytest.raises(ValueError, match="unknown OT marginals 'full': use 'partial' or 'balanced'"):
+        transport(cost, marginals="full")
 
 
 def test_feature_distance_is_euclidean_over_samples() -> None:

@@ -308,7 +308,7 @@ def merge(models: Sequence[nn.Module], data: Iterable | None, options: MergeOpti
     ``ot``, ``zip``, ``mal`` or ``mal-pad``; its options (``alpha=``, ``beta=``, ``solver=``, ...) are
     keyword arguments. ``weights`` (default uniform) weigh the models; ``anchor`` is the model the others
     are aligned to. Models may differ in width (zip, ot, mal): ``width`` picks the merged widths,
-    ``"max"``, ``"min"``, a model index or ``{group: width}`` (default: zip the widest, ot and mal the anchor).
+    ``"max"``, ``"min"``, a model index or ``{group: width}`` (default: zip and ot the widest, mal the anchor).
     Models of different depth need ``depth="cla" | "sma" | "lma"`` (CLAFusion's cross-layer alignment, Xu et
     al.'s segment- or layer-wise alignment on linear CKA) and ``balance="add"`` (identity layers and
     zero-residual blocks inserted into the shallower models: the merged model has the deepest model's

@@ -23,7 +23,7 @@ from hetsurgery.merging.zip_plan import plan_zip, prepare_zip
 from hetsurgery.passes.pad_width import pad_groups, padded_view
 from hetsurgery.plan.signature import joint_signature
 from hetsurgery.plan.solvers.mal import mal_match
-from hetsurgery.plan.solvers.ot import OTCost, OTSolver, as_solver, ot_match
+from hetsurgery.plan.solvers.ot import OTCost, OTMarginals, OTSolver, as_solver, ot_match
 from hetsurgery.plan.solvers.ot_weights import ot_weight_matches
 from hetsurgery.plan.solvers.permute import permute, stats_head_orders
 from hetsurgery.plan.solvers.weight import weight_matching
@@ -70,11 +70,13 @@ def plan_weight(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequ
 
 def plan_ot(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int,
             targets: Targets, *, solver: str = OTSolver.EMD.value, reg: float = 0.01,
-            cost: str = OTCost.ACTIVATIONS.value) -> dict[int, GroupMatch]:
+            cost: str = OTCost.ACTIVATIONS.value, marginals: str = OTMarginals.PARTIAL.value) -> dict[int, GroupMatch]:
     """Transport every model onto one model's neurons: per group, the anchor or the model of the target width.
 
     ``cost="activations"`` (default) compares features on the calibration data; ``"weights"`` compares
     incoming weights, producers first, and needs no data. ``solver`` is ``"emd"`` or ``"sinkhorn"``.
+    ``marginals="partial"`` (default) carries a model with fewer neurons onto as many of the target's, the others
+    staying whole; ``"balanced"`` is OTFusion's transport, which spreads it over all of them (``solvers.ot``).
     """
     onto = {}
     for grp in graphs[0].permutable():
@@ -83,20 +85,24 @@ def plan_ot(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence
         if onto[grp.id] < 0:
             raise MergeInputError(f"group {grp.id} ({grp.label}): ot transports onto one model's neurons; "
                              f"width {targets[grp.id]} is none of {widths}")
-    return OT_COSTS[OTCost(cost)](graphs, stats, weights, anchor, onto, as_solver(solver), reg)
+    return OT_COSTS[OTCost(cost)](graphs, stats, weights, anchor, onto, as_solver(solver), reg,
+                                  OTMarginals(marginals))
 
 
 def _ot_on_activations(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int,
-                       onto: Targets, solver: OTSolver, reg: float) -> dict[int, GroupMatch]:
+                       onto: Targets, solver: OTSolver, reg: float, marginals: OTMarginals
+                       ) -> dict[int, GroupMatch]:
     assert stats is not None
     orders = stats_head_orders(list(graphs[0].permutable()), stats, anchor, lambda gid: joint_signature(graphs, gid))
     return {gid: ot_match(gid, s, graphs[0].group(gid).structure, weights, onto[gid], solver=solver, reg=reg,
-                          signature=joint_signature(graphs, gid), orders=orders.get(gid)) for gid, s in stats.items()}
+                          signature=joint_signature(graphs, gid), orders=orders.get(gid), marginals=marginals)
+            for gid, s in stats.items()}
 
 
 def _ot_on_weights(graphs: Sequence[ModelGraph], stats: Stats | None, weights: Sequence[float], anchor: int,
-                   onto: Targets, solver: OTSolver, reg: float) -> dict[int, GroupMatch]:
-    return ot_weight_matches(graphs, weights, onto, learned(graphs[anchor]).keys(), solver=solver, reg=reg)
+                   onto: Targets, solver: OTSolver, reg: float, marginals: OTMarginals) -> dict[int, GroupMatch]:
+    return ot_weight_matches(graphs, weights, onto, learned(graphs[anchor]).keys(), solver=solver, reg=reg,
+                             marginals=marginals)
 
 
 OT_COSTS: Mapping[OTCost, Callable[..., dict[int, GroupMatch]]] = MappingProxyType({
@@ -217,7 +223,9 @@ METHODS: Mapping[str, Method] = MappingProxyType({
     "average": Method(needs_data=False, plan=plan_average, widths=None),
     "permute": Method(needs_data=True, plan=plan_permute, widths=None),
     "weight": Method(needs_data=False, plan=plan_weight, widths=None, weights_as_stored=True),
-    "ot": Method(needs_data=True, plan=plan_ot, widths=Capability.ZIP,
+    # ot fuses onto the widest widths, as CLAFusion does: a narrower model is carried partially onto them and
+    # loses nothing; onto narrower widths its neurons must be averaged (``width=`` chooses)
+    "ot": Method(needs_data=True, plan=plan_ot, widths=Capability.ZIP, default_width=WidthRule.MAX,
                  data_free_with=(("cost", OTCost.WEIGHTS.value),)),
     "zip": Method(needs_data=True, plan=plan_zip, widths=Capability.ZIP, default_width=WidthRule.MAX,
                   full_stats=True, prepare=prepare_zip),

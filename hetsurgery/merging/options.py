@@ -28,7 +28,7 @@ from hetsurgery.merging.inputs import check_reset_bn
 from hetsurgery.merging.methods import METHODS
 from hetsurgery.merging.partial import PartialOptions
 from hetsurgery.merging.widths import Width
-from hetsurgery.plan.solvers.ot import OTCost, OTSolver
+from hetsurgery.plan.solvers.ot import OTCost, OTMarginals, OTSolver
 
 
 def _one_of(kind: type[enum.Enum]) -> tuple[Callable[[Any], bool], str]:
@@ -45,6 +45,7 @@ def _one_of(kind: type[enum.Enum]) -> tuple[Callable[[Any], bool], str]:
 RULES: Mapping[str, tuple[Callable[[Any], bool], str]] = MappingProxyType({
     "solver": _one_of(OTSolver),  # ot: exact or entropic transport
     "cost": _one_of(OTCost),  # ot: what is compared
+    "marginals": _one_of(OTMarginals),  # ot: partial or balanced transport
     "reg": (lambda v: v > 0, "positive"),  # ot: Sinkhorn's regularisation
     "alpha": (lambda v: 0 <= v <= 1, "in [0, 1]"),  # zip: the discount of a feature zipped again
     "beta": (lambda v: v >= 0, "non-negative"),  # zip: the share of within-model merges

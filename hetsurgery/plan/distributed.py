@@ -9,11 +9,11 @@ states in the same order, so every rank gets the same numbers. ``World`` is the 
 
 >>> import torch
 >>> from hetsurgery.plan.accumulate import BlockAccumulator
->>> x = torch.randn(6, 3, 1)
+>>> x = torch.randn(6, 3, 1, generator=torch.Generator().manual_seed(0))
 >>> whole, halves = BlockAccumulator([3], full=True), [BlockAccumulator([3], full=True) for _ in range(2)]
 >>> whole.add([x]); halves[0].add([x[:2]]); halves[1].add([x[2:]])
 >>> merged = combined([state(a) for a in halves], [3], full=True)
->>> bool(torch.allclose(merged.covariance(), whole.covariance()))
+>>> bool(torch.allclose(merged.covariance(), whole.covariance(), atol=1e-6))  # float32 samples, summed apart
 True
 """
 

@@ -9,7 +9,7 @@ neurons it went to, see ``ot`` for why). The cost is the euclidean distance of a
     C_ij = ‖w̃_i - w_j‖₂    (w̃_i: row i of every parameter that produces g in model k, aligned; w_j: the
                              target's own; BatchNorm scales and shifts included, running statistics not),
 
-and the coupling, its marginals and the maps are ``ot.coupling`` and ``ot.maps_of`` of that cost, as for
+and the coupling, its marginals and the maps are ``ot.transport``, ``ot.maps_of`` and ``ot.as_means`` of that cost, as for
 activations (a neuron and its Net2Net copies have equal incoming weights: one point, one neuron's mass). No
 data is needed.
 
@@ -32,7 +32,17 @@ import torch
 from hetsurgery.ir import ModelGraph, PermGroup, Role, Slot, SlotMaps, later_offsets_first, slots_by_param
 from hetsurgery.ir.slot_algebra import positions, slot_rows
 from hetsurgery.plan.solvers.heads import head_order
-from hetsurgery.plan.solvers.ot import OTCost, OTSolver, as_solver, blockwise_coupling, maps_of
+from hetsurgery.plan.solvers.ot import (
+    OTCost,
+    OTMarginals,
+    OTSolver,
+    Transport,
+    as_marginals,
+    as_means,
+    as_solver,
+    blockwise_coupling,
+    maps_of,
+)
 from hetsurgery.plan.width_plan import GroupMatch, MatchKind
 
 
@@ -59,8 +69,8 @@ def producer_order(g: ModelGraph) -> tuple[list[PermGroup], set[int]]:
 
 
 def ot_weight_matches(graphs: Sequence[ModelGraph], weights: Sequence[float], targets: Mapping[int, int],
-                      learned: Collection[str], *, solver: OTSolver | str = OTSolver.EMD, reg: float = 0.01
-                      ) -> dict[int, GroupMatch]:
+                      learned: Collection[str], *, solver: OTSolver | str = OTSolver.EMD, reg: float = 0.01,
+                      marginals: OTMarginals | str = OTMarginals.PARTIAL) -> dict[int, GroupMatch]:
     """Per group, every model transported onto the neurons of model ``targets[group]``.
 
     Groups on a cycle are solved twice: first with the input axes of groups not solved yet summarised by
@@ -78,14 +88,16 @@ def ot_weight_matches(graphs: Sequence[ModelGraph], weights: Sequence[float], ta
         for k, r in enumerate(rows):
             cost = torch.cdist(r, rows[onto])
             moved = _head_order(grp, k, cost, heads) if grp.structure.moves and k != onto else None
-            t = torch.eye(r.shape[0], dtype=torch.float64) if k == onto else \
-                blockwise_coupling(cost, grp.structure.count, solver, reg, moved, inner=grp.structure.inner)
-            merge, unmerge = maps_of(t, weights[k])
+            width = r.shape[0]
+            t = Transport(torch.eye(width, dtype=torch.float64), torch.ones(width, dtype=torch.float64)) \
+                if k == onto else blockwise_coupling(cost, grp.structure.count, solver, reg, moved,
+                                                     inner=grp.structure.inner, marginals=marginals)
+            merge, unmerge = maps_of(t.plan, weights[k], t.capacity)
             merges.append(merge)
             unmerges.append(unmerge)
-        matches[grp.id] = GroupMatch(grp.id, rows[onto].shape[0], tuple(merges), tuple(unmerges),
-                                     {"solver": solver.value, "cost": OTCost.WEIGHTS.value, "onto": onto},
-                                     kind=MatchKind.OT)
+        matches[grp.id] = GroupMatch(grp.id, rows[onto].shape[0], as_means(merges, weights), tuple(unmerges),
+                                     {"solver": solver.value, "cost": OTCost.WEIGHTS.value, "onto": onto,
+                                      "marginals": as_marginals(marginals).value}, kind=MatchKind.OT)
     return matches
 
 
