@@ -252,7 +252,7 @@ def _target(cells: dict[str, list]) -> str:
                 out.append(f"{ot_label}, {balance}: refused (missed)")
                 continue
             gap = _mean(values) - zip_acc
-            out.append(f"{ot_label}, `{balance}`: {100 * gap:+.1f} points against {zip_label.split(' (')[0]}'s "
+            out.append(f"{ot_label}, `{balance}`: {100 * gap:+.1f} points against {zip_label.split(' (')[0]}, "
                        f"{100 * zip_acc:.1f} ({'met' if gap >= -0.02 else 'missed'})")
     return "; ".join(out)
 
