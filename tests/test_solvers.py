@@ -149,3 +149,35 @@ def test_feature_distance_is_euclidean_over_samples() -> None:
     m2 = stats.second_moment()
     expected = (m2[3 + 1, 3 + 1] + m2[2, 2] - 2 * m2[3 + 1, 2]).sqrt()
     assert abs(d[1, 2] - expected) < 1e-12
+
+
+def test_kept_weight_matching_terms_are_the_scores_made_afresh() -> None:
+    """``weight._Scores`` keeps each slot's term of a group's score until a group it depends on moves: after any
+    change of permutations its scores equal ``_score`` made from nothing, and a term whose other groups did not
+    move is the very tensor kept before."""
+    import hetsurgery as hs
+    from hetsurgery.ir import slots_by_param
+    from hetsurgery.passes import random_permutations
+    from hetsurgery.plan.solvers.weight import _score, _Scores
+
+    x = torch.randn(2, 1, 8, 8)
+    ga = hs.trace(hs.zoo.resnet((2, 1, 1)), x)
+    torch.manual_seed(1)
+    gb = hs.trace(hs.zoo.resnet((2, 1, 1)), x)
+    groups = list(ga.permutable())
+    by_param = {n: s for n, s in slots_by_param(groups).items() if n in ga.params}
+    scores = _Scores(ga.params, gb.params, by_param)
+    for seed in range(3):
+        perms = random_permutations(gb, seed)
+        if seed == 2:  # one group moves: the others' terms that do not read it stay as they were
+            perms = {**random_permutations(gb, 1), groups[0].id: random_permutations(gb, 2)[groups[0].id]}
+            before = dict(scores.terms)
+        for grp in groups:
+            torch.testing.assert_close(scores(grp, perms), _score(grp, ga.params, gb.params, by_param, perms),
+                                       rtol=1e-12, atol=1e-9)
+    kept = [key for key, (_, term) in before.items() if scores.terms[key][1] is term]
+    moved = [key for key in before if key not in kept]
+    assert kept and moved
+    for gid, i in moved:  # remade only because the group that moved is in the slot's tensor
+        slot = next(g for g in groups if g.id == gid).slots[i]
+        assert any(o == groups[0].id for o, _ in by_param[slot.param])
