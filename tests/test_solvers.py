@@ -87,9 +87,11 @@ def test_ot_maps_average_targets_and_split_sources() -> None:
 
 def test_every_ot_solver_and_cost_has_its_implementation() -> None:
     from hetsurgery.merging.methods import OT_COSTS
-    from hetsurgery.plan.solvers.ot import COUPLINGS, OTCost, OTSolver
+    from hetsurgery.merging.options import RULES
+    from hetsurgery.plan.solvers.ot import COUPLINGS, PARTIAL_COUPLINGS, OTCost, OTMarginals, OTSolver
 
-    assert set(COUPLINGS) == set(OTSolver) and set(OT_COSTS) == set(OTCost)
+    assert set(COUPLINGS) == set(OTSolver) == set(PARTIAL_COUPLINGS) and set(OT_COSTS) == set(OTCost)
+    assert all(RULES["marginals"][0](m.value) for m in OTMarginals) and not RULES["marginals"][0]("full")
     cost = torch.rand(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     for solver in OTSolver:  # the member or the string users write
         assert torch.equal(coupling(cost, solver, reg=0.5), coupling(cost, solver.value, reg=0.5))
