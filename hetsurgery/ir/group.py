@@ -19,6 +19,9 @@ class Capability(enum.Enum):
     ZIP = "zip"
 
 
+MODEL_OUTPUT = "model output"  # the reason a group the model returns is frozen
+
+
 @dataclass(frozen=True)
 class PermGroup:
     """One permutation group.

@@ -8,6 +8,7 @@ import torch
 from torch import fx
 from torch.fx.passes.shape_prop import TensorMetadata
 
+from hetsurgery.ir.group import MODEL_OUTPUT
 from hetsurgery.tracing.lifter import Lifter, params_in
 from hetsurgery.tracing.probe import probe
 from hetsurgery.tracing.rules.args import arg, describe, norm_dim, number, rank, shape, value
@@ -45,8 +46,8 @@ def output(lx: Lifter, node: fx.Node) -> Value:
         weights = _weights_in(v)
         if weights:  # returned attention weights show the order of the heads, not channels
             lx.stick([w.var for w in weights], f"attention weights returned as a model output ({src.name})")
-        lx.freeze(_channel_vars(v), "model output", by_design=True)
-    return Free("model output")
+        lx.freeze(_channel_vars(v), MODEL_OUTPUT, by_design=True)
+    return Free(MODEL_OUTPUT)
 
 
 def _weights_in(v: object) -> list[HeadIndex]:
