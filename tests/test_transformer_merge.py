@@ -126,6 +126,41 @@ def test_repair_gives_the_first_layers_their_target_statistics() -> None:
         assert gap_after < 1e-3 * want.mean() + 1e-6 and gap_after < gap_before
 
 
+def test_repair_gives_the_output_layer_the_weighted_mean_of_the_models_output_statistics() -> None:
+    """The layer writing the model's output is repaired too: the merged outputs' per-channel mean and standard
+    deviation on the data are the models' own, weighted by the merge weights (the output channels stay in place)."""
+    make, example = MODELS["separate-qkv"]
+    a, b = _perturbed(make(), 0), _perturbed(make(), 1)
+    data = _data(example)
+    weights = [0.3, 0.7]
+    merged = hs.merge([a, b], data, method="zip", weights=weights, repair=True, progress=False)
+    plain = hs.merge([a, b], data, method="zip", weights=weights, repair=False, progress=False)
+    out = [n for n in repair_layers(merged.graph) if merged.graph.module.graph.find_nodes(op="output")[0]
+           in _users_to_output(merged.graph, n)]
+    assert len(out) == 1  # the head, besides the layers whose outputs are aligned channels
+    graphs = [hs.trace(m, example) for m in (a, b)]
+    stats = [layer_moments(g, out, data, None, None)[out[0]] for g in graphs]
+    want_mean = sum(w * m for w, (m, _) in zip(weights, stats, strict=True))
+    want_std = sum(w * s for w, (_, s) in zip(weights, stats, strict=True))
+    got_mean, got_std = layer_moments(merged.graph, out, data, None, None)[out[0]]
+    before_mean, before_std = layer_moments(plain.graph, out, data, None, None)[out[0]]
+    torch.testing.assert_close(got_std, want_std, rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(got_mean, want_mean, rtol=1e-3, atol=1e-4 * float(want_std.mean()))
+    assert float((before_std - want_std).abs().max()) > 1e-2 * float(want_std.mean())  # there was a gap to close
+
+
+def _users_to_output(g: hs.ModelGraph, name: str) -> list:
+    """The nodes ``name`` reaches through ops without parameters (ending at the output node when it does)."""
+    node = next(n for n in g.module.graph.nodes if n.name == name)
+    seen, todo = [], list(node.users)
+    while todo:
+        n = todo.pop()
+        if n not in seen and n.op != "call_module":
+            seen.append(n)
+            todo.extend(n.users)
+    return seen
+
+
 def _with_a_head_copied(model: nn.Module, head: int) -> nn.Module:
     """Net2Net for heads: ``model`` with head ``head`` copied into a new last head, both halves of its output
     projection (the same function, one head more)."""
