@@ -143,7 +143,7 @@ def test_repair_gives_the_output_layer_the_weighted_mean_of_the_models_output_st
     want_mean = sum(w * m for w, (m, _) in zip(weights, stats, strict=True))
     want_std = sum(w * s for w, (_, s) in zip(weights, stats, strict=True))
     got_mean, got_std = layer_moments(merged.graph, out, data, None, None)[out[0]]
-    before_mean, before_std = layer_moments(plain.graph, out, data, None, None)[out[0]]
+    _, before_std = layer_moments(plain.graph, out, data, None, None)[out[0]]
     torch.testing.assert_close(got_std, want_std, rtol=1e-3, atol=1e-5)
     torch.testing.assert_close(got_mean, want_mean, rtol=1e-3, atol=1e-4 * float(want_std.mean()))
     assert float((before_std - want_std).abs().max()) > 1e-2 * float(want_std.mean())  # there was a gap to close
