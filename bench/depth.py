@@ -408,8 +408,8 @@ def transformer_main(seeds: Sequence[int] = (0, 1, 2), epochs: int = 15) -> str:
         "The depth section's protocol (digits 0-4 / 5-9, 15 epochs, seeds " + ", ".join(map(str, seeds)) + ") on the "
         "zoo's pre-LN ViT. `merge`'s defaults for such models: the LayerNorm'd residual stream folded and zipped "
         "onto principal directions, heads matched as units on their outputs, the values zipped inside matched "
-        "heads, REPAIR (the merged layers' output statistics set to the models'); the rows marked `repair=False` "
-        "switch REPAIR off. Joint / per-task accuracy (%), mean ± std. (The transformer table in the depth "
+        "heads, REPAIR (the merged layers' output statistics set to the models', the output layer's too since "
+        "commit 3c5f3ce); the rows marked `repair=False` switch REPAIR off. Joint / per-task accuracy (%), mean ± std. (The transformer table in the depth "
         "section above, when present, was measured before these defaults, at commit 8232012.)", "",
         "| model | joint | task A | task B | task avg |", "|---|---|---|---|---|", *_rows(runs), "",
         f"Targets (issue 20): homogeneous zip {100 * zip_:.1f} above the better parent's joint {100 * parent:.1f}: "
