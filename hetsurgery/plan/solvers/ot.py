@@ -87,7 +87,7 @@ import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -101,6 +101,7 @@ from hetsurgery.plan.width_plan import GroupMatch, MatchKind
 # a difference of moments, where float32 rounding leaves a neuron and its exact copy ~1e-4 apart (√(1e-7)) but
 # their squared costs agree to the moments' own rounding
 COPY_TOLERANCE = 1e-6
+E = TypeVar("E", bound=enum.Enum)
 
 
 class OTSolver(enum.Enum):
@@ -128,12 +129,17 @@ class OTCost(enum.Enum):
 
 def as_solver(solver: OTSolver | str) -> OTSolver:
     """``solver`` as an ``OTSolver`` (users write ``"emd"`` or ``"sinkhorn"``)."""
-    if isinstance(solver, OTSolver):
-        return solver
-    by_value = {s.value: s for s in OTSolver}
-    if solver not in by_value:
-        raise ValueError(f"unknown OT solver {solver!r}: use {' or '.join(repr(s.value) for s in OTSolver)}")
-    return by_value[solver]
+    return _member(OTSolver, solver, "solver")
+
+
+def _member(kind: type[E], value: E | str, what: str) -> E:
+    """``value`` as a member of ``kind`` (given as the member or its value); ``ValueError`` naming the choices."""
+    if isinstance(value, kind):
+        return value
+    by_value = {m.value: m for m in kind}
+    if value not in by_value:
+        raise ValueError(f"unknown OT {what} {value!r}: use {' or '.join(repr(m.value) for m in kind)}")
+    return by_value[value]
 
 
 def feature_distance(stats: GroupStats, k: int, anchor: int, signature: torch.Tensor | None = None) -> torch.Tensor:
@@ -284,12 +290,7 @@ def transport(cost: torch.Tensor, solver: OTSolver | str = OTSolver.EMD, reg: fl
 
 def as_marginals(marginals: OTMarginals | str) -> OTMarginals:
     """``marginals`` as an ``OTMarginals`` (users write ``"partial"`` or ``"balanced"``)."""
-    if isinstance(marginals, OTMarginals):
-        return marginals
-    by_value = {m.value: m for m in OTMarginals}
-    if marginals not in by_value:
-        raise ValueError(f"unknown OT marginals {marginals!r}: use {' or '.join(repr(m.value) for m in OTMarginals)}")
-    return by_value[marginals]
+    return _member(OTMarginals, marginals, "marginals")
 
 
 def _emd(c: np.ndarray, a: np.ndarray, b: np.ndarray, reg: float) -> np.ndarray:
