@@ -115,10 +115,11 @@ def repair_targets(graphs: Sequence[ModelGraph], plan: WidthPlan, layers: Sequen
         by_param = slots_by_param(g.groups)
         for name, (mean, cov) in layer_covariances(g, layers, data, max_samples, device).items():
             carry = _output_map(g, name, by_param, maps, mean.numel())
-            if all(gid in plan.groups for gid in g.facts[name].writes):
-                share = _output_map(g, name, by_param, shares, mean.numel()).sum(1)
-            else:  # the model's output, in place: each model's share is its weight
+            if any(g.group(gid).frozen == MODEL_OUTPUT for gid in g.facts[name].writes):
+                # the model's output, in place: each model's share is its weight
                 share = torch.full((mean.numel(),), float(plan.weights[k]), dtype=torch.float64)
+            else:
+                share = _output_map(g, name, by_param, shares, mean.numel()).sum(1)
             means[name] = means.get(name, 0) + share * (carry @ mean)
             stds[name] = stds.get(name, 0) + share * torch.einsum("ij,jk,ik->i", carry, cov, carry).clamp_min(0).sqrt()
             mass[name] = mass.get(name, 0) + share

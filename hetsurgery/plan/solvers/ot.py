@@ -210,8 +210,8 @@ def point_mass(cost: torch.Tensor, neurons: Neurons = Neurons()) -> torch.Tensor
 
 
 def unit_mass(cost: torch.Tensor, neurons: Neurons = Neurons()) -> torch.Tensor:
-    """Each row's mass when every distinct row has one unit, the copies of one row sharing it (``point_mass``
-    tells copies apart).
+    """Each row's mass when every distinct row has one unit, the copies of one row sharing it (copies as
+    ``point_mass`` says).
 
     >>> import torch
     >>> unit_mass(torch.tensor([[1., 2.], [3., 0.], [1., 2.]])).tolist()
